@@ -1,0 +1,168 @@
+"""The `rlhf` command line.
+
+    rlhf train RECIPE [key.path=value ...] [--resume | --overwrite]
+    rlhf validate RECIPE [key.path=value ...]
+    rlhf rewards list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DESCRIPTION = """\
+LLM post-training (RLHF / RLVR / preference optimisation) with a named multi-reward vector.
+
+A recipe is a YAML file (see recipes/). Any key can be overridden on the command line as key.path=value,
+e.g. `rlhf train recipes/grpo_tiny_cpu.yaml run.steps=20 train.lr=5e-5 rewards.0.weight=2`.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlhf", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="run a recipe: warm-up, RL steps, checkpoints, final summary",
+        description="Validate RECIPE, start Ray (local unless ray.address is set), run the rollout engines, reward "
+        "workers and DeepSpeed training ranks, and train. Writes metrics.jsonl, checkpoints and summary.json "
+        "under run.output_dir.",
+    )
+    t.add_argument("recipe", help="path to a recipe YAML")
+    t.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
+    g.add_argument("--overwrite", action="store_true", help="delete run.output_dir's previous run first")
+
+    v = sub.add_parser(
+        "validate",
+        help="check a recipe and print it fully resolved (extends + overrides + defaults)",
+        description="Exit 0 and print the resolved recipe as YAML, or exit 2 and print every error with the "
+        "file, the key path and the closest valid key.",
+    )
+    v.add_argument("recipe")
+    v.add_argument("overrides", nargs="*", metavar="key.path=value")
+
+    r = sub.add_parser("rewards", help="reward plugins: `rlhf rewards list` shows every plugin a recipe can name")
+    r.add_argument("action", choices=["list"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    if args.command == "validate":
+        return _validate(args)
+    if args.command == "rewards":
+        return _rewards_list()
+    return _train(args)
+
+
+def _load(args):
+    from rlhf.config import RecipeError, load_recipe
+
+    try:
+        return load_recipe(args.recipe, args.overrides)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _validate(args) -> int:
+    from rlhf.config import recipe_to_yaml
+
+    recipe = _load(args)
+    if recipe is None:
+        return 2
+    problems = _check_plugins(recipe, args.recipe)
+    if problems:
+        print("error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    print(recipe_to_yaml(recipe), end="")
+    return 0
+
+
+def _check_plugins(recipe, source: str) -> list[str]:
+    """Every reward component names a plugin that resolves (checked before any actor starts)."""
+    from rewards.api import RewardPluginError, check_component
+
+    problems = []
+    for i, c in enumerate(recipe.rewards):
+        try:
+            check_component(c)
+        except RewardPluginError as e:
+            problems.append(f"{source}: rewards.{i}: {e}")
+    return problems
+
+
+def _rewards_list() -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rewards.api import list_plugins
+
+    table = Table(title="reward plugins")
+    for col in ("name", "kind", "source", "description"):
+        table.add_column(col)
+    for info in list_plugins():
+        doc = (info.doc or "").strip().splitlines()
+        table.add_row(info.name, info.kind, info.source, doc[0] if doc else "")
+    Console().print(table)
+    return 0
+
+
+def _train(args) -> int:
+    import shutil
+
+    from rlhf.logging import summary_table
+
+    recipe = _load(args)
+    if recipe is None:
+        return 2
+    problems = _check_plugins(recipe, args.recipe)
+    if problems:
+        print("error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    if args.overwrite and os.path.isdir(recipe.run.output_dir):
+        shutil.rmtree(recipe.run.output_dir)
+    from rlhf.runtime.controller import run
+
+    try:
+        summary = run(recipe, resume=args.resume)
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint (if any) is intact: continue with --resume", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print_summary(summary, summary_table)
+    return 0
+
+
+def _print_summary(summary: dict, summary_table) -> None:
+    from rich.console import Console
+
+    console = Console()
+    rows = [
+        (name, f"{v['first']:.3f}", f"{v['last']:.3f}", f"{v['last'] - v['first']:+.3f}")
+        for name, v in summary["components"].items()
+    ]
+    console.print(summary_table(
+        f"reward components: mean over the first and last {summary['window']} steps",
+        rows, ("component", "first", "last", "change"),
+    ))
+    before, after = summary["eval_before"], summary["eval_after"]
+    keys = [k for k in after if k in before]
+    eval_rows = [(k, f"{before[k]:.3f}", f"{after[k]:.3f}", f"{after[k] - before[k]:+.3f}") for k in keys]
+    console.print(summary_table("held-out evaluation (greedy)", eval_rows, ("metric", "before RL", "after RL", "change")))
+    console.print(f"checkpoint: {summary['checkpoint']}")
+    console.print(f"metrics:    {summary['metrics']}")
+    console.print(f"summary:    {os.path.join(summary['output_dir'], 'summary.json')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The recipe schema: strict, typed, range-checked (pydantic v2, ``extra="forbid"`` everywhere).
+
+A recipe is a YAML file validated into :class:`Recipe`. Unknown keys are errors (see ``rlhf.config.load``
+for the message that names the file, the key path and the closest valid key). Cross-field checks run here,
+before any actor starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- run / model / data
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    output_dir: str = "runs/${run.name}"  # ${run.name} is substituted
+    seed: int = 0
+    steps: int = Field(100, ge=0, description="on-policy RL steps (or optimizer steps for offline objectives)")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    tensorboard: bool = False
+    progress: bool = True
+
+
+class TinyModelConfig(Strict):
+    """A small model built from config (random init) for tests and demos; no hub access."""
+
+    arch: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(256, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: Optional[int] = Field(None, ge=1)
+    max_position_embeddings: int = Field(256, ge=16)
+    tokenizer_vocab_size: int = Field(64, ge=16, description="BPE vocab size for the locally trained tokenizer")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {kv}")
+        return self
+
+
+class ModelConfig(Strict):
+    path: Optional[str] = Field(None, description="local directory or hub id of a causal LM")
+    tokenizer: Optional[str] = Field(None, description="defaults to the model path")
+    tiny: Optional[TinyModelConfig] = Field(None, description="build a tiny model from config instead of path")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError("set exactly one of model.path (a local dir or hub id) or model.tiny (build from config)")
+        return self
+
+
+class SyntheticArithmeticConfig(Strict):
+    n_train: int = Field(2000, ge=1)
+    n_eval: int = Field(200, ge=1)
+    min_operand: int = Field(0, ge=0)
+    max_operand: int = Field(20, ge=1)
+    ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
+
+    @model_validator(mode="after")
+    def _range(self) -> "SyntheticArithmeticConfig":
+        if self.max_operand < self.min_operand:
+            raise ValueError("max_operand must be >= min_operand")
+        return self
+
+
+class DataConfig(Strict):
+    source: Literal["synthetic_arithmetic", "jsonl", "parquet", "hf"] = "synthetic_arithmetic"
+    train_path: Optional[str] = Field(None, description="file (jsonl/parquet) or hub dataset id for source=hf")
+    eval_path: Optional[str] = None
+    split: str = "train"
+    prompt_column: str = "prompt"
+    completion_column: str = Field("completion", description="target text for SFT")
+    synthetic: SyntheticArithmeticConfig = Field(default_factory=SyntheticArithmeticConfig)
+    chat_template: Literal["auto", "none"] = Field(
+        "auto", description="auto: apply the tokenizer's chat template when it has one"
+    )
+    max_prompt_tokens: int = Field(128, ge=1)
+
+    @model_validator(mode="after")
+    def _paths(self) -> "DataConfig":
+        if self.source != "synthetic_arithmetic" and not self.train_path:
+            raise ValueError(f"data.source={self.source} needs data.train_path")
+        return self
+
+
+# --------------------------------------------------------------------------- rewards
+
+
+class RewardComponentConfig(Strict):
+    name: str = Field(..., min_length=1)
+    plugin: str = Field(..., description="registered name, or 'module:attr'")
+    kind: Optional[Literal["reward", "constraint", "process"]] = Field(
+        None, description="defaults to the plugin's kind (@reward -> reward, @judge -> constraint)"
+    )
+    weight: float = 1.0
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the plugin")
+    timeout_s: float = Field(60.0, gt=0)
+    on_error: Literal["fail", "nan", "zero"] = "fail"
+
+
+class WeightingConfig(Strict):
+    kind: Literal["static"] = "static"
+    normalize: Literal["component_then_sum", "sum_then_normalize"] = Field(
+        "sum_then_normalize",
+        description="component_then_sum: normalise each component within its group, then weight and sum; "
+        "sum_then_normalize: weight and sum the raw components, then normalise the sum within the group",
+    )
+
+
+# --------------------------------------------------------------------------- rollout / objective / train
+
+
+class RolloutConfig(Strict):
+    engine: Literal["hf"] = "hf"
+    num_engines: int = Field(1, ge=1)
+    prompts_per_step: int = Field(16, ge=1)
+    group_size: int = Field(8, ge=1, description="samples per prompt (n)")
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    stop: list[str] = Field(default_factory=list)
+    batch_size: int = Field(64, ge=1, description="sequences per generate() call inside an engine")
+
+
+class GRPOConfig(Strict):
+    kind: Literal["grpo"] = "grpo"
+    clip_eps: float = Field(0.2, gt=0)
+    clip_eps_high: Optional[float] = Field(None, gt=0, description="asymmetric upper clip; default = clip_eps")
+    kl_coef: float = Field(0.0, ge=0)
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    scale_std: bool = Field(True, description="divide group-centred rewards by the group std")
+    eps: float = Field(1e-6, gt=0)
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
+
+
+class SFTObjectiveConfig(Strict):
+    kind: Literal["sft"] = "sft"
+
+
+class WarmupConfig(Strict):
+    """An SFT stage before the main objective, on the same data's completion column."""
+
+    steps: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class TrainConfig(Strict):
+    backend: Literal["deepspeed", "torch"] = "deepspeed"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    num_ranks: int = Field(2, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, ge=0)
+    micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward on one rank")
+    sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size")
+
+    @model_validator(mode="after")
+    def _torch_single(self) -> "TrainConfig":
+        if self.backend == "torch" and self.num_ranks != 1:
+            raise ValueError("train.backend=torch runs one rank; set train.num_ranks=1 or use backend=deepspeed")
+        return self
+
+
+class EvalConfig(Strict):
+    every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only before and after")
+    max_samples: int = Field(200, ge=1)
+    accuracy_component: Optional[str] = Field(None, description="reward component reported as accuracy")
+
+
+class RayConfig(Strict):
+    address: Optional[str] = Field(None, description="None starts a local Ray")
+    num_cpus: Optional[int] = Field(None, ge=1)
+
+
+class Recipe(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    rewards: list[RewardComponentConfig] = Field(default_factory=list)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    objective: GRPOConfig | SFTObjectiveConfig = Field(default_factory=GRPOConfig, discriminator="kind")
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Recipe":
+        names = [c.name for c in self.rewards]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"rewards: duplicate component names {dup}")
+        if self.objective.kind == "grpo":
+            if not self.rewards:
+                raise ValueError("objective grpo needs at least one entry in rewards")
+            if self.rollout.group_size < 2:
+                raise ValueError("objective grpo needs rollout.group_size >= 2 (advantages are group-relative)")
+            n_seq = self.rollout.prompts_per_step * self.rollout.group_size
+            shards = self.train.num_ranks * self.objective.mini_batches
+            if n_seq % shards:
+                raise ValueError(
+                    f"rollout.prompts_per_step * rollout.group_size = {n_seq} sequences per step must be divisible "
+                    f"by train.num_ranks * objective.mini_batches = {shards}"
+                )
+        if self.warmup.steps and self.warmup.batch_size % self.train.num_ranks:
+            raise ValueError(
+                f"warmup.batch_size {self.warmup.batch_size} must be divisible by train.num_ranks {self.train.num_ranks}"
+            )
+        acc = self.eval.accuracy_component
+        if acc is not None and acc not in names:
+            raise ValueError(f"eval.accuracy_component {acc!r} is not a reward component; components are {names}")
+        return self

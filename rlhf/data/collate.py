@@ -1,0 +1,122 @@
+"""Token-level batching: SFT batches (prompt + completion + eos, loss on the completion) and left-padded prompts.
+
+    batch = collate_sft(tokenizer, rows, max_len=128)                  # SFTBatch, right-padded
+    ids, mask = encode_prompts(tokenizer, prompts, max_prompt_tokens)   # (B, P), left-padded for generation
+
+One bos convention for both, so SFT and rollout see the same prompt tokens: the prompt text (already chat
+formatted, see ``rlhf.data.chat``) is tokenized with ``add_special_tokens=False`` and ``bos_token_id`` is
+prepended when the tokenizer has one and the text did not already start with it (chat templates often write
+bos themselves). The completion is tokenized separately with ``add_special_tokens=False`` and followed by eos.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+
+from rlhf.types import SFTBatch
+
+
+def _require(tokenizer, attr: str, where: str) -> int:
+    value = getattr(tokenizer, attr, None)
+    if value is None:
+        raise ValueError(f"{where}: the tokenizer has no {attr}")
+    return int(value)
+
+
+def prompt_token_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of a (formatted) prompt: ``[bos] + tokens`` (bos only if the tokenizer has one)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+def completion_token_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of a target completion followed by eos."""
+    eos = _require(tokenizer, "eos_token_id", "completion_token_ids")
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos]
+
+
+def _row_texts(rows: Sequence[dict], i: int) -> tuple[str, str]:
+    row = rows[i]
+    for key in ("prompt", "completion"):
+        if not isinstance(row.get(key), str):
+            raise ValueError(
+                f"collate_sft: row {i} needs a string {key!r}, got {row.get(key)!r}; row keys are {sorted(row)}"
+            )
+    return row["prompt"], row["completion"]
+
+
+def collate_sft(tokenizer, rows: Sequence[dict], max_len: int) -> SFTBatch:
+    """Right-padded ``prompt + completion + eos`` with ``loss_mask`` = 1 on completion tokens and the eos only.
+
+    Sequences longer than ``max_len`` lose their tail (a warning gives the count).
+    """
+    if not rows:
+        raise ValueError("collate_sft: no rows")
+    pad = _require(tokenizer, "pad_token_id", "collate_sft")
+    seqs: list[list[int]] = []
+    targets: list[list[int]] = []
+    n_truncated = 0
+    for i in range(len(rows)):
+        prompt, completion = _row_texts(rows, i)
+        p_ids, c_ids = prompt_token_ids(tokenizer, prompt), completion_token_ids(tokenizer, completion)
+        ids, tgt = p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids)
+        if len(ids) > max_len:
+            n_truncated += 1
+            ids, tgt = ids[:max_len], tgt[:max_len]
+        seqs.append(ids)
+        targets.append(tgt)
+    if n_truncated:
+        warnings.warn(f"collate_sft: {n_truncated}/{len(rows)} sequences were longer than max_len={max_len} "
+                      "and lost their tail (and eos)", stacklevel=2)
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(seqs), T), dtype=torch.long)  # (B, T)
+    loss_mask = torch.zeros((len(seqs), T), dtype=torch.float32)  # (B, T)
+    for b, (ids, tgt) in enumerate(zip(seqs, targets)):
+        input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, : len(ids)] = 1
+        loss_mask[b, : len(ids)] = torch.tensor(tgt, dtype=torch.float32)
+    return SFTBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask)
+
+
+def _truncate_left(ids: list[int], max_tokens: int, bos: int | None) -> list[int]:
+    """Keep the last tokens; a leading bos stays in front."""
+    if bos is None or not ids or ids[0] != bos:
+        return ids[-max_tokens:]
+    if max_tokens == 1:
+        return [bos]
+    return [bos] + ids[1:][-(max_tokens - 1):]
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids ``(B, P)`` and attention mask ``(B, P)``; ``P`` = longest prompt (<= max).
+
+    Prompts longer than ``max_prompt_tokens`` lose their beginning (the bos, if any, is kept); a warning gives
+    the count.
+    """
+    if not prompts:
+        raise ValueError("encode_prompts: no prompts")
+    if max_prompt_tokens < 1:
+        raise ValueError(f"encode_prompts: max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+    pad = _require(tokenizer, "pad_token_id", "encode_prompts")
+    encoded = [prompt_token_ids(tokenizer, p) for p in prompts]
+    too_long = sum(len(ids) > max_prompt_tokens for ids in encoded)
+    if too_long:
+        warnings.warn(f"encode_prompts: {too_long}/{len(prompts)} prompts were longer than "
+                      f"max_prompt_tokens={max_prompt_tokens} (data.max_prompt_tokens) and lost their beginning",
+                      stacklevel=2)
+        encoded = [_truncate_left(ids, max_prompt_tokens, tokenizer.bos_token_id) for ids in encoded]
+    P = max(len(ids) for ids in encoded)
+    ids_t = torch.full((len(encoded), P), pad, dtype=torch.long)  # (B, P)
+    mask_t = torch.zeros((len(encoded), P), dtype=torch.long)  # (B, P)
+    for b, ids in enumerate(encoded):
+        if ids:
+            ids_t[b, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask_t[b, P - len(ids):] = 1
+    return ids_t, mask_t

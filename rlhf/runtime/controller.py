@@ -1,0 +1,339 @@
+"""The controller: one training run, top to bottom.
+
+    rlhf train recipes/grpo_tiny_cpu.yaml          ->  run(recipe)
+
+    build actors (train ranks, rollout engines, reward workers)
+    [warm-up]  SFT steps on the data's completions, saved as OUT/sft
+    eval (before)
+    for each step:  prompts -> generate -> score (reward vector) -> advantages -> update -> sync -> log [-> save]
+    eval (after), summary
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlhf.config.schema import Recipe
+from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
+
+
+@dataclass
+class RunState:
+    """Everything besides weights and optimizer that a resumed run needs (saved as state.json)."""
+
+    step: int = 0
+    warmup_done: bool = False
+    sampler: dict[str, Any] = field(default_factory=dict)
+    weighting: dict[str, Any] = field(default_factory=dict)
+    eval_before: dict[str, float] = field(default_factory=dict)
+    recipe_digest: str = ""
+
+
+def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
+    """Train as the recipe says; returns the summary (also written to OUT/summary.json)."""
+    from rlhf.data import PromptSampler, load_rows
+    from rlhf.logging import MetricsLogger
+    from rlhf.models.load import resolve_model_dir
+    from rlhf.objectives import build_objective
+    from rlhf.rollout.group import RolloutGroup
+    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.train import checkpoint as ckpt
+    from rlhf.train.group import TrainGroup
+    from rlhf.weighting import build_weighting
+
+    out = recipe.run.output_dir
+    os.makedirs(out, exist_ok=True)
+    (_save_recipe(recipe, out))
+    seed = recipe.run.seed
+    torch.manual_seed(seed)
+
+    # ---- data and model
+    train_rows, eval_rows = load_rows(recipe.data, seed)
+    corpus = lambda: [r["prompt"] + r.get("completion", "") for r in train_rows + eval_rows]  # noqa: E731
+    model_dir, _tok_dir = resolve_model_dir(recipe.model, corpus, out, seed)
+
+    # ---- resume point
+    state = RunState(recipe_digest=_digest(recipe))
+    resume_from = ckpt.latest(out) if resume else None
+    if resume and resume_from is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoints_dir(out)}")
+    if resume_from is not None:
+        state = RunState(**ckpt.verify(resume_from))
+    elif not resume and ckpt.latest(out) is not None:
+        raise FileExistsError(
+            f"{out} already holds checkpoints; pass --resume to continue, or set run.output_dir to a new directory"
+        )
+
+    started_ray = _init_ray(recipe)
+    log = MetricsLogger(
+        out,
+        tensorboard=recipe.run.tensorboard,
+        progress=recipe.run.progress,
+        total=recipe.run.steps,
+        headline=tuple(f"reward/{c.name}/mean" for c in recipe.rewards) + ("kl",),
+        append=resume_from is not None,
+    )
+    trainers = TrainGroup(recipe)
+    try:
+        # ---- stage 1: SFT warm-up (skipped when done or when resuming past it)
+        policy_dir = model_dir
+        if recipe.warmup.steps:
+            policy_dir = os.path.join(out, "sft")
+            if not state.warmup_done:
+                _warmup(recipe, trainers, model_dir, policy_dir, train_rows, log)
+                state.warmup_done = True
+        if recipe.objective.kind == "sft":
+            raise NotImplementedError("objective: sft as the main stage; use warmup.steps for an SFT stage")
+
+        # ---- stage 2: on-policy RL
+        start_dir = str(resume_from / "model") if resume_from else policy_dir
+        trainers.build(start_dir, recipe.train.lr)
+        if resume_from:
+            trainers.load_optimizer(str(resume_from))
+        objective = build_objective(recipe.objective)
+        if objective.needs_reference:
+            trainers.load_reference(policy_dir)
+        engines = RolloutGroup(recipe, start_dir)
+        rewards = RewardGroup(recipe.rewards)
+        weighting = build_weighting(recipe.weighting, recipe.rewards)
+        if state.weighting:
+            weighting.load_state_dict(state.weighting)
+        sampler = PromptSampler(train_rows, recipe.rollout.prompts_per_step, seed)
+        if state.sampler:
+            sampler.load_state_dict(state.sampler)
+        _sync(trainers, engines, version=state.step)  # engines start from the trainer's exact weights
+
+        if not state.eval_before:
+            state.eval_before = evaluate(recipe, engines, rewards, eval_rows)
+            log.log(state.step, {f"eval/{k}": v for k, v in state.eval_before.items()}, phase="eval")
+        log.start_phase("grpo", recipe.run.steps, state.step)
+
+        history: list[dict[str, float]] = []
+        for step in range(state.step + 1, recipe.run.steps + 1):
+            metrics = rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers)
+            history.append(metrics)
+            state.step = step
+            if step % recipe.run.log_every == 0 or step == recipe.run.steps:
+                log.log(step, metrics)
+            if recipe.eval.every and step % recipe.eval.every == 0 and step != recipe.run.steps:
+                log.log(step, {f"eval/{k}": v for k, v in evaluate(recipe, engines, rewards, eval_rows).items()}, "eval")
+            if recipe.run.save_every and step % recipe.run.save_every == 0 and step != recipe.run.steps:
+                _save(recipe, trainers, state, sampler, weighting)
+
+        final_ckpt = _save(recipe, trainers, state, sampler, weighting)
+        eval_after = evaluate(recipe, engines, rewards, eval_rows)
+        log.log(state.step, {f"eval/{k}": v for k, v in eval_after.items()}, phase="eval")
+        log.close()
+        summary = _summary(recipe, state, eval_after, final_ckpt, log.path)
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        return summary
+    finally:
+        log.close()
+        if started_ray:
+            _shutdown_ray()
+
+
+# --------------------------------------------------------------------------- one RL step
+
+
+def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers) -> dict[str, float]:
+    """generate -> score -> advantages -> update -> sync; returns this step's metrics."""
+    r = recipe.rollout
+    t_step = time.perf_counter()
+    rows = sampler.next_batch()
+
+    t0 = time.perf_counter()
+    settings = SamplingSettings(
+        n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+        stop=tuple(r.stop), seed=recipe.run.seed * 1_000_003 + step,
+    )
+    rollout = engines.generate([row["prompt"] for row in rows], settings)
+    t_generate = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
+    t_score = time.perf_counter() - t0
+
+    advantages, adv_metrics = objective.advantages(rv, rollout.group_ids, weighting)  # (B,)
+    exp = ExperienceBatch(
+        input_ids=rollout.input_ids(),
+        attention_mask=rollout.attention_mask(),
+        completion_mask=rollout.completion_mask.float(),
+        advantages=advantages,
+        prompt_len=rollout.prompt_ids.shape[1],
+    )
+    t0 = time.perf_counter()
+    train_metrics = trainers.train_rl(exp)
+    t_train = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    payload = _sync(trainers, engines, version=step)
+    t_sync = time.perf_counter() - t0
+
+    t_total = time.perf_counter() - t_step
+    n_tokens = int(rollout.completion_mask.sum())
+    return {
+        **reward_metrics,
+        **adv_metrics,
+        **train_metrics,
+        "rollout/completion_tokens_mean": n_tokens / rollout.batch_size,
+        "rollout/finished_rate": float(rollout.finished.float().mean()),
+        "throughput/gen_tokens_per_s": n_tokens / max(t_generate, 1e-9),
+        "throughput/samples_per_s": rollout.batch_size / max(t_total, 1e-9),
+        "sync/bytes": payload.num_bytes,
+        "time/generate": t_generate,
+        "time/score": t_score,
+        "time/train": t_train,
+        "time/sync": t_sync,
+        "time/step": t_total,
+    }
+
+
+def _columns(rows: list[dict[str, Any]], rollout: RolloutBatch) -> dict[str, list[Any]]:
+    """Dataset columns repeated per sample (rows of a group are adjacent), plus `finished` and `num_tokens`."""
+    from rlhf.runtime.reward_workers import rollout_columns
+
+    n = rollout.batch_size // len(rows)
+    keys = [k for k in rows[0] if k not in ("prompt", "completion")]
+    rollout.extras = {k: [row.get(k) for row in rows for _ in range(n)] for k in keys}
+    return rollout_columns(rollout)
+
+
+def _sync(trainers, engines, version: int):
+    payload = trainers.export_weights(version)
+    engines.sync(payload)  # raises WeightSyncError on any fingerprint/version mismatch
+    return payload
+
+
+# --------------------------------------------------------------------------- warm-up, eval, save
+
+
+def _warmup(recipe: Recipe, trainers, model_dir: str, sft_dir: str, rows: list[dict], log) -> None:
+    from rlhf.data import PromptSampler, collate_sft, format_prompts
+    from rlhf.models.load import load_tokenizer
+
+    w = recipe.warmup
+    tok = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+    missing = [i for i, r in enumerate(rows) if not isinstance(r.get("completion"), str)]
+    if missing:
+        raise ValueError(
+            f"warmup: SFT needs a '{recipe.data.completion_column}' column; rows {missing[:5]} have none"
+        )
+    trainers.build(model_dir, w.lr)
+    sampler = PromptSampler(rows, w.batch_size, recipe.run.seed + 1)
+    log.start_phase("sft warm-up", w.steps)
+    for step in range(1, w.steps + 1):
+        batch_rows = sampler.next_batch()
+        prompts = format_prompts(tok, [r["prompt"] for r in batch_rows], recipe.data.chat_template)
+        batch = collate_sft(tok, [{**r, "prompt": p} for r, p in zip(batch_rows, prompts)],
+                            recipe.data.max_prompt_tokens + recipe.rollout.max_new_tokens)
+        t0 = time.perf_counter()
+        metrics = trainers.train_sft(batch)
+        metrics["time/step"] = time.perf_counter() - t0
+        log.log(step, metrics, phase="sft")
+    trainers.save_hf(sft_dir)
+
+
+def evaluate(recipe: Recipe, engines, rewards, rows: list[dict]) -> dict[str, float]:
+    """Greedy completions on held-out rows, scored by every reward component."""
+    rows = rows[: recipe.eval.max_samples]
+    settings = SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
+                                stop=tuple(recipe.rollout.stop))
+    rollout = engines.generate([r["prompt"] for r in rows], settings)
+    rv, _ = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
+    out = {name: v for name, v in rv.means().items()}
+    if recipe.eval.accuracy_component:
+        out["accuracy"] = out[recipe.eval.accuracy_component]
+    out["completion_tokens_mean"] = float(rollout.completion_lengths.float().mean())
+    return out
+
+
+def _save(recipe, trainers, state: RunState, sampler, weighting) -> str:
+    from rlhf.train import checkpoint as ckpt
+
+    staged = ckpt.staging_dir(recipe.run.output_dir, state.step)
+    trainers.save_checkpoint(str(staged))
+    state.sampler = sampler.state_dict()
+    state.weighting = weighting.state_dict()
+    final = ckpt.commit(recipe.run.output_dir, state.step, staged, state.__dict__, recipe.run.keep_checkpoints)
+    return str(final)
+
+
+def _summary(recipe: Recipe, state: RunState, eval_after: dict[str, float], final_ckpt: str, metrics_path: str):
+    records = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    rl = [r for r in records if r.get("phase") == "rl"]
+    k = max(1, len(rl) // 5)
+    components = {}
+    for c in recipe.rewards:
+        key = f"reward/{c.name}/mean"
+        vals = [r[key] for r in rl if r.get(key) is not None]
+        if vals:
+            components[c.name] = {"first": sum(vals[:k]) / len(vals[:k]), "last": sum(vals[-k:]) / len(vals[-k:])}
+    return {
+        "steps": state.step,
+        "window": k,
+        "components": components,
+        "eval_before": state.eval_before,
+        "eval_after": eval_after,
+        "checkpoint": final_ckpt,
+        "metrics": metrics_path,
+        "output_dir": recipe.run.output_dir,
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _digest(recipe: Recipe) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _save_recipe(recipe: Recipe, out: str) -> None:
+    from rlhf.config import recipe_to_yaml
+
+    with open(os.path.join(out, "recipe.resolved.yaml"), "w") as f:
+        f.write(recipe_to_yaml(recipe))
+
+
+def _init_ray(recipe: Recipe) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and so should shut it down)."""
+    import logging
+
+    import ray
+
+    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    if not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu"
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=recipe.ray.address,
+        num_cpus=recipe.ray.num_cpus if recipe.ray.address is None else None,
+        include_dashboard=False,
+        log_to_driver=os.environ.get("RLHF_WORKER_LOGS", "0") == "1",
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": env},
+    )
+    return True
+
+
+def _shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+__all__ = ["run", "rl_step", "evaluate", "RunState", "RewardVector"]

@@ -1,0 +1,378 @@
+"""The reward worker group: score a batch with every reward component in parallel -> RewardVector (B, K).
+
+With Ray (the default) each component lives in its own actor (``num_cpus=0``) that builds its scorer once
+(``setup()`` of class plugins runs there). Without Ray (``use_ray=False``) the components run in-process, each in
+its own thread: for unit tests and debugging.
+
+Each component has its own ``timeout_s``. A timed-out Ray actor is killed (a running actor task cannot be
+interrupted otherwise) and restarted on the next ``score()``, which runs its ``setup()`` again. In-process, a timed-out
+call keeps its thread; the component fails fast until that call returns.
+
+``on_error`` per component: ``fail`` raises RewardPluginError naming the component, the plugin and the sample when
+known; ``nan`` fills NaN (the failing samples when known, else the whole column); ``zero`` fills 0.0. Failures are
+counted in the metrics ``reward/{name}/failures`` (samples affected), time in ``reward/{name}/time_s``.
+
+Usage::
+
+    group = RewardGroup(recipe.rewards)                 # after ray.init()
+    vector, metrics = group.score(batch.prompts, batch.completions, rollout_columns(batch))
+    group.shutdown()
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from rewards.api import PluginInfo, RewardPluginError, build_scorer, check_component, component_kind
+
+if TYPE_CHECKING:  # torch is imported where tensors are built: the actor processes never need it (faster start)
+    from rlhf.types import RewardVector, RolloutBatch
+
+RUNTIME_COLUMNS = ("finished", "num_tokens")  # columns the runtime adds to every batch
+
+
+@dataclass
+class ScoreOutcome:
+    """What one component's worker returns for one batch (plain data: it crosses the Ray boundary)."""
+
+    values: list[float] | None = None  # (B,) when the call returned; NaN where a sample's output was bad
+    sample_errors: list[tuple[int, str]] = field(default_factory=list)  # (sample index, message) per bad sample
+    error: str | None = None  # the whole call failed (plugin raised, wrong length, timeout, worker died)
+    error_sample: int | None = None  # sample index of a whole-call failure, when known
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs of a component (plain data, so the actor need not import the config schema or torch)."""
+
+    name: str
+    plugin: str
+    kind: str  # the effective kind (component_kind)
+    args: dict[str, Any]
+
+    @staticmethod
+    def of(component: Any, plugin: PluginInfo) -> "WorkerSpec":
+        kind = component_kind(component, plugin)
+        return WorkerSpec(component.name, component.plugin, kind, dict(component.args or {}))
+
+
+class RewardWorker:
+    """Hosts one component's scorer. Wrapped by ``ray.remote`` for the Ray group; used as is in-process."""
+
+    def __init__(self, component: WorkerSpec, plugin: PluginInfo) -> None:
+        self.component_name = component.name
+        self._setup_error: str | None = None
+        try:
+            self._scorer = build_scorer(component, plugin)
+        except Exception as exc:  # reported to the driver by ready(), which raises it there
+            self._setup_error = str(exc) if isinstance(exc, RewardPluginError) else f"{type(exc).__name__}: {exc}"
+
+    def ready(self) -> str | None:
+        """None when the scorer is built, else why building it failed."""
+        return self._setup_error
+
+    def score(self, payload: tuple[list[str], list[str], dict[str, list]]) -> ScoreOutcome:
+        prompts, completions, columns = payload
+        start = time.perf_counter()
+        try:
+            values, errors = self._scorer.run(prompts, completions, columns)
+        except RewardPluginError as exc:
+            return ScoreOutcome(error=str(exc), error_sample=exc.sample_index, elapsed_s=time.perf_counter() - start)
+        sample_errors = [(int(e.sample_index or 0), str(e)) for e in errors]  # convert_outputs sets the index
+        return ScoreOutcome(values=values, sample_errors=sample_errors, elapsed_s=time.perf_counter() - start)
+
+
+_REMOTE_WORKER_CLS: Any = None
+
+
+def remote_reward_worker_cls() -> Any:
+    """``ray.remote(num_cpus=0)(RewardWorker)``, built on first use so that importing this module needs no Ray."""
+    global _REMOTE_WORKER_CLS
+    if _REMOTE_WORKER_CLS is None:
+        import ray
+
+        _REMOTE_WORKER_CLS = ray.remote(num_cpus=0)(RewardWorker)
+    return _REMOTE_WORKER_CLS
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class _ThreadBackend:
+    """In-process: every component runs in its own daemon thread per call."""
+
+    def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo]) -> None:
+        self._workers = [RewardWorker(WorkerSpec.of(c, p), p) for c, p in zip(components, plugins)]
+        for component, worker in zip(components, self._workers):
+            _raise_setup_error(component, worker.ready())
+        self._stuck: dict[int, Future] = {}  # calls that timed out and may still be running
+
+    def run(self, payload: tuple, timeouts: Sequence[float]) -> list[ScoreOutcome]:
+        outcomes: list[ScoreOutcome | None] = [None] * len(self._workers)
+        futures: dict[int, Future] = {}
+        for j, worker in enumerate(self._workers):
+            if j in self._stuck and not self._stuck[j].done():
+                outcomes[j] = ScoreOutcome(error="is still running a call that timed out earlier")
+                continue
+            self._stuck.pop(j, None)
+            futures[j] = _in_daemon_thread(worker.score, payload, name=f"reward-{worker.component_name}")
+        start = time.monotonic()
+        for j, future in futures.items():
+            try:
+                outcomes[j] = future.result(timeout=max(0.0, start + timeouts[j] - time.monotonic()))
+            except FutureTimeout:
+                self._stuck[j] = future
+                outcomes[j] = _timeout_outcome(timeouts[j])
+        return outcomes  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        self._workers = []
+
+
+def _in_daemon_thread(fn: Callable, *args: Any, name: str) -> Future:
+    """Run fn(*args) in a daemon thread (a hung plugin must not block interpreter exit)."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the caller through future.result()
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
+
+
+class _RayBackend:
+    """One Ray actor per component."""
+
+    def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo]) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError(
+                "RewardGroup(use_ray=True) needs a running Ray: call ray.init() first, or pass use_ray=False"
+            )
+        self._components = list(components)
+        self._plugins = list(plugins)
+        self._actors: list[Any] = [None] * len(self._components)
+        try:
+            for j in range(len(self._components)):
+                self._actors[j] = self._start(j)
+            for j in range(len(self._components)):
+                self._wait_ready(j)
+        except BaseException:
+            self.shutdown()  # no orphan actors; the error propagates
+            raise
+
+    def _start(self, j: int) -> Any:
+        spec = WorkerSpec.of(self._components[j], self._plugins[j])
+        return remote_reward_worker_cls().remote(spec, self._plugins[j])
+
+    def _wait_ready(self, j: int) -> None:
+        import ray
+
+        component = self._components[j]
+        try:
+            problem = ray.get(self._actors[j].ready.remote())
+        except ray.exceptions.RayError as exc:
+            raise RewardPluginError(
+                f"reward component {component.name!r} (plugin {component.plugin!r}): its reward worker failed to "
+                f"start: {_last_line(exc)}. A plugin's module must be importable on every Ray worker (install its "
+                f"package, or run from the directory that holds it)",
+                component=component.name,
+                plugin=component.plugin,
+            ) from exc
+        _raise_setup_error(component, problem)
+
+    def run(self, payload: tuple, timeouts: Sequence[float]) -> list[ScoreOutcome]:
+        import ray
+
+        for j, actor in enumerate(self._actors):
+            if actor is None:  # killed after a timeout or a crash: start it again (runs setup() again)
+                self._actors[j] = self._start(j)
+                try:
+                    self._wait_ready(j)
+                except BaseException:
+                    self._kill(j)
+                    raise
+        payload_ref = ray.put(payload)
+        refs = [actor.score.remote(payload_ref) for actor in self._actors]
+        start = time.monotonic()
+        outcomes: list[ScoreOutcome] = []
+        for j, ref in enumerate(refs):
+            done, _ = ray.wait([ref], timeout=max(0.0, start + timeouts[j] - time.monotonic()))
+            outcomes.append(self._collect(j, ref) if done else self._abandon(j, timeouts[j]))
+        return outcomes
+
+    def _collect(self, j: int, ref: Any) -> ScoreOutcome:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:  # the actor process died (out of memory, segfault, ...)
+            self._kill(j)
+            return ScoreOutcome(error=f"its reward worker died: {_last_line(exc)}")
+
+    def _abandon(self, j: int, timeout_s: float) -> ScoreOutcome:
+        # ray.cancel cannot interrupt a task running in a regular actor: killing the actor is what stops it.
+        self._kill(j)
+        return _timeout_outcome(timeout_s)
+
+    def _kill(self, j: int) -> None:
+        import ray
+
+        if self._actors[j] is not None:
+            ray.kill(self._actors[j], no_restart=True)
+            self._actors[j] = None
+
+    def shutdown(self) -> None:
+        for j in range(len(self._actors)):
+            self._kill(j)
+
+
+def _timeout_outcome(timeout_s: float) -> ScoreOutcome:
+    return ScoreOutcome(
+        error=f"timed out after {timeout_s:g}s; raise its timeout_s or set on_error: nan to skip it",
+        elapsed_s=timeout_s,
+    )
+
+
+def _raise_setup_error(component: Any, problem: str | None) -> None:
+    if problem is None:
+        return
+    if not problem.startswith("reward component"):
+        problem = f"reward component {component.name!r} (plugin {component.plugin!r}): {problem}"
+    raise RewardPluginError(problem, component=component.name, plugin=component.plugin)
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- the group
+
+
+class RewardGroup:
+    """Scores batches with K reward components in parallel; see the module docstring."""
+
+    def __init__(self, components: Sequence[Any], use_ray: bool = True) -> None:
+        if not components:
+            raise ValueError("RewardGroup needs at least one reward component")
+        names = [c.name for c in components]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"RewardGroup: duplicate reward component names {duplicates}")
+        self.components = list(components)
+        self.plugins = [check_component(c) for c in self.components]  # unknown plugins / bad args fail here
+        self.names: tuple[str, ...] = tuple(names)
+        self.kinds: tuple[str, ...] = tuple(component_kind(c, p) for c, p in zip(self.components, self.plugins))
+        backend = _RayBackend if use_ray else _ThreadBackend
+        self._backend: _RayBackend | _ThreadBackend | None = backend(self.components, self.plugins)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        columns: Mapping[str, Sequence] | None = None,
+    ) -> tuple["RewardVector", dict[str, float]]:
+        """Score B samples with every component -> (RewardVector with values (B, K) float32, metrics)."""
+        import torch
+
+        from rlhf.types import RewardVector
+
+        if self._backend is None:
+            raise RuntimeError("RewardGroup.score() after shutdown()")
+        columns = _check_batch(prompts, completions, columns or {})
+        n = len(prompts)
+        payload = (list(prompts), list(completions), columns)
+        outcomes = self._backend.run(payload, [float(c.timeout_s) for c in self.components])
+        values = torch.full((n, len(self.components)), math.nan, dtype=torch.float32)  # (B, K)
+        metrics: dict[str, float] = {}
+        errors: list[RewardPluginError] = []
+        for j, (component, outcome) in enumerate(zip(self.components, outcomes)):
+            column, failures, error = self._resolve(component, self.plugins[j], outcome, n)
+            values[:, j] = torch.tensor(column, dtype=torch.float32)
+            metrics[f"reward/{component.name}/failures"] = float(failures)
+            metrics[f"reward/{component.name}/time_s"] = float(outcome.elapsed_s)
+            if error is not None:
+                errors.append(error)
+        if errors:
+            raise _combined(errors)
+        return RewardVector(names=self.names, kinds=self.kinds, values=values), metrics
+
+    def _resolve(
+        self, component: Any, plugin: PluginInfo, outcome: ScoreOutcome, n: int
+    ) -> tuple[list[float], int, RewardPluginError | None]:
+        """(column (B,), samples failed, error to raise under on_error: fail)."""
+        fill = 0.0 if component.on_error == "zero" else math.nan
+        if outcome.error is not None:
+            message = outcome.error
+            if not message.startswith("reward component"):
+                message = f"reward component {component.name!r} (plugin {plugin.name!r}) {message}"
+            error = RewardPluginError(
+                message, component=component.name, plugin=plugin.name, sample_index=outcome.error_sample
+            )
+            return [fill] * n, n, (error if component.on_error == "fail" else None)
+        column = list(outcome.values or [])
+        for index, _ in outcome.sample_errors:
+            column[index] = fill
+        if outcome.sample_errors and component.on_error == "fail":
+            index, message = outcome.sample_errors[0]
+            error = RewardPluginError(message, component=component.name, plugin=plugin.name, sample_index=index)
+            return column, len(outcome.sample_errors), error
+        return column, len(outcome.sample_errors), None
+
+    def shutdown(self) -> None:
+        """Kill the reward actors (idempotent)."""
+        if self._backend is not None:
+            self._backend.shutdown()
+            self._backend = None
+
+
+def _combined(errors: list[RewardPluginError]) -> RewardPluginError:
+    """The first failure, mentioning the other failing components."""
+    first = errors[0]
+    if len(errors) == 1:
+        return first
+    others = ", ".join(repr(e.component) for e in errors[1:])
+    return RewardPluginError(
+        f"{first} (components {others} failed too)",
+        component=first.component,
+        plugin=first.plugin,
+        sample_index=first.sample_index,
+    )
+
+
+def _check_batch(
+    prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
+) -> dict[str, list]:
+    n = len(prompts)
+    if len(completions) != n:
+        raise ValueError(f"RewardGroup.score: {n} prompts but {len(completions)} completions")
+    checked: dict[str, list] = {}
+    for name, column in columns.items():
+        if len(column) != n:
+            raise ValueError(f"RewardGroup.score: column {name!r} has {len(column)} values for {n} samples")
+        checked[name] = list(column)
+    return checked
+
+
+def rollout_columns(batch: "RolloutBatch") -> dict[str, list]:
+    """The columns a rollout batch gives reward plugins: its dataset extras plus `finished` (bool: ended with EOS)
+    and `num_tokens` (int: generated tokens)."""
+    clash = [c for c in RUNTIME_COLUMNS if c in batch.extras]
+    if clash:
+        raise ValueError(f"dataset column {clash[0]!r} clashes with a column the runtime adds; rename it")
+    columns = {name: list(values) for name, values in batch.extras.items()}
+    columns["finished"] = [bool(x) for x in batch.finished.tolist()]
+    columns["num_tokens"] = [int(x) for x in batch.completion_lengths.tolist()]
+    return columns

@@ -1,0 +1,98 @@
+"""Weight sync from training rank 0 to rollout engines: bucketed safetensors blobs with a fingerprint check.
+
+Protocol (CPU and any machine without a faster path):
+  1. every training rank enters `export_weights` (ZeRO-3 gathers are collective); rank 0 packs each bucket of
+     full float32 tensors into safetensors bytes, `ray.put`s it, and returns the refs + a fingerprint;
+  2. each engine loads every bucket in place (no restart) and reports the fingerprint of what it now holds;
+  3. the controller compares the fingerprints and the version: a mismatch raises `WeightSyncError`.
+
+The fingerprint is a SHA-256 over parameter names, shapes and float32 bytes in name order, so the same weights
+give the same digest on both sides whatever the bucket layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+
+class WeightSyncError(RuntimeError):
+    """The engine does not hold the weights the trainer sent."""
+
+
+@dataclass
+class WeightPayload:
+    """What rank 0 exports for one sync."""
+
+    version: int
+    fingerprint: str
+    buckets: list[Any] = field(default_factory=list)  # ray.ObjectRef of bytes (or raw bytes in-process)
+    num_params: int = 0
+    num_bytes: int = 0
+
+
+def fingerprint_named(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 over (name, shape, float32 bytes) sorted by name."""
+    h = hashlib.sha256()
+    for name, t in sorted(named, key=lambda kv: kv[0]):
+        t32 = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t32.shape)).encode())
+        h.update(t32.numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint_module(module: nn.Module) -> str:
+    return fingerprint_named(module.named_parameters())
+
+
+def pack_bucket(named: list[tuple[str, torch.Tensor]]) -> bytes:
+    return st_save({n: t.contiguous() for n, t in named})
+
+
+def unpack_bucket(blob: bytes) -> dict[str, torch.Tensor]:
+    return st_load(blob)
+
+
+def load_buckets_into(module: nn.Module, blobs: Iterable[bytes]) -> tuple[str, int]:
+    """Copy every tensor of every bucket into `module`'s parameters in place; return (fingerprint, count).
+
+    Unknown names, shape mismatches and parameters left without an update are errors.
+    """
+    params = dict(module.named_parameters())
+    seen: set[str] = set()
+    with torch.no_grad():
+        for blob in blobs:
+            for name, tensor in unpack_bucket(blob).items():
+                if name not in params:
+                    raise WeightSyncError(f"weight sync: engine has no parameter named {name!r}")
+                p = params[name]
+                if tuple(p.shape) != tuple(tensor.shape):
+                    raise WeightSyncError(
+                        f"weight sync: {name} has shape {tuple(p.shape)} in the engine, {tuple(tensor.shape)} sent"
+                    )
+                p.copy_(tensor.to(p.dtype))
+                seen.add(name)
+    missing = sorted(set(params) - seen)
+    if missing:
+        raise WeightSyncError(f"weight sync: {len(missing)} parameters were not sent, e.g. {missing[:3]}")
+    return fingerprint_module(module), len(seen)
+
+
+def check_sync(expected: WeightPayload, reports: list[tuple[int, str]]) -> None:
+    """Compare each engine's (version, fingerprint) with what the trainer sent."""
+    for i, (version, fp) in enumerate(reports):
+        if version != expected.version:
+            raise WeightSyncError(f"weight sync: engine {i} reports version {version}, trainer sent {expected.version}")
+        if fp != expected.fingerprint:
+            raise WeightSyncError(
+                f"weight sync: engine {i} holds weights with fingerprint {fp[:12]}…, trainer sent "
+                f"{expected.fingerprint[:12]}… (version {expected.version}); the engine's weights are not the "
+                "trainer's"
+            )

@@ -1,0 +1,126 @@
+"""DeepSpeed training backend: ZeRO 0/1/2/3, one rank per process (gloo on CPU, NCCL on GPU).
+
+The process group is set up from the environment (MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK) that the
+training actor group exports. The optimizer is AdamW with ``torch_adam`` so no C++ Adam op is compiled.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from rlhf.train.backend import bucket_params, micro_size
+
+
+def _init_distributed() -> None:
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def ds_config(
+    zero_stage: int, lr: float, betas: tuple[float, float], weight_decay: float, grad_clip: float, world: int, dtype: str
+) -> dict:
+    cfg: dict = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world,
+        "gradient_clipping": grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": lr, "betas": list(betas), "weight_decay": weight_decay, "torch_adam": True},
+        },
+        "zero_optimization": {"stage": zero_stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if dtype == "bfloat16":
+        cfg["bf16"] = {"enabled": True}
+    elif dtype == "float16":
+        cfg["fp16"] = {"enabled": True}
+    if zero_stage == 3:
+        # gather small parameters eagerly; keep everything simple on tiny CPU runs
+        cfg["zero_optimization"].update({"stage3_param_persistence_threshold": 0})
+    return cfg
+
+
+class DeepSpeedBackend:
+    """One DeepSpeed engine on this rank."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        zero_stage: int,
+        lr: float,
+        betas: tuple[float, float],
+        weight_decay: float,
+        grad_clip: float,
+        dtype: str = "float32",
+    ) -> None:
+        import deepspeed
+
+        _init_distributed()
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+        self.zero_stage = zero_stage
+        config = ds_config(zero_stage, lr, betas, weight_decay, grad_clip, self.world_size, dtype)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config
+        )
+        self.module = self.engine  # forward through the engine (ZeRO-3 hooks gather parameters)
+
+    def configure_batch(self, per_rank_batch: int, micro_batch_size: int) -> int:
+        m = micro_size(per_rank_batch, micro_batch_size)
+        self.engine.set_train_micro_batch_size(m)
+        self.engine.set_train_batch_size(per_rank_batch * self.world_size)
+        return m
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float | None:
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if not boundary:
+            return None
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def full_parameter_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        import deepspeed
+
+        named = list(self.engine.module.named_parameters())
+        numel = (lambda p: p.ds_numel) if self.zero_stage == 3 else (lambda p: p.numel())
+        for bucket in bucket_params(named, bucket_bytes, numel):
+            params = [p for _, p in bucket]
+            if self.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                    yield self._copy_on_rank0(bucket)
+            else:
+                yield self._copy_on_rank0(bucket)
+
+    def _copy_on_rank0(self, bucket: list[tuple[str, nn.Parameter]]) -> list[tuple[str, torch.Tensor]]:
+        if self.rank != 0:
+            return []
+        return [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in bucket]
+
+    def save_checkpoint(self, path: str) -> None:
+        self.engine.save_checkpoint(path, tag="ds", save_latest=False)
+
+    def load_checkpoint(self, path: str) -> None:
+        load_path, _ = self.engine.load_checkpoint(
+            path, tag="ds", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint under {os.path.join(path, 'ds')}")

@@ -1,0 +1,117 @@
+"""The training worker group: N `TrainWorker` Ray actors forming one DeepSpeed process group.
+
+    group = TrainGroup(recipe)            # actors placed by rlhf.runtime.placement, rendezvous on rank 0
+    group.build(model_dir, lr)            # every rank loads the model and builds its engine
+    metrics = group.train_rl(experience)  # shards the batch across ranks, averages the metrics
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, TypeVar
+
+from rlhf.config.schema import Recipe
+from rlhf.types import ExperienceBatch, SFTBatch
+
+T = TypeVar("T", ExperienceBatch, SFTBatch)
+
+
+class TrainWorkerDied(RuntimeError):
+    """A training rank died; the run stops and the last checkpoint stays valid."""
+
+
+class TrainGroup:
+    def __init__(self, recipe: Recipe) -> None:
+        import ray
+
+        from rlhf.runtime.placement import train_bundles
+        from rlhf.train.worker import TrainWorker
+
+        self.recipe = recipe
+        self.world_size = recipe.train.num_ranks
+        threads = max(1, (os.cpu_count() or 1) // self.world_size)
+        options = train_bundles(self.world_size)
+        actor_cls = ray.remote(TrainWorker)
+        self.workers = [
+            actor_cls.options(**options[r]).remote(r, self.world_size, recipe.model_dump(mode="json"), threads)
+            for r in range(self.world_size)
+        ]
+        addr, port = self._get(self.workers[0].address.remote())
+        self._all(lambda w: w.init_process_group.remote(addr, port))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _get(self, refs: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as e:
+            raise TrainWorkerDied(
+                f"a training worker died ({type(e).__name__}); the run stops here. The last checkpoint under "
+                f"{self.recipe.run.output_dir}/checkpoints is intact: continue with `rlhf train RECIPE --resume`."
+            ) from e
+        except ray.exceptions.RayTaskError as e:
+            raise e.as_instanceof_cause() from None  # keeps the worker's exception type and remote traceback
+
+    def _all(self, call: Callable[[Any], Any]) -> list[Any]:
+        return self._get([call(w) for w in self.workers])
+
+    def _shards(self, batch: T) -> list[T]:
+        n = batch.batch_size
+        if n % self.world_size:
+            raise ValueError(f"batch of {n} rows cannot be split evenly over {self.world_size} training ranks")
+        k = n // self.world_size
+        return [batch.slice(r * k, (r + 1) * k) for r in range(self.world_size)]
+
+    # ------------------------------------------------------------------ API
+
+    def build(self, model_dir: str, lr: float) -> list[dict[str, Any]]:
+        return self._all(lambda w: w.build.remote(model_dir, lr))
+
+    def load_reference(self, model_dir: str) -> None:
+        self._all(lambda w: w.load_reference.remote(model_dir))
+
+    def train_rl(self, exp: ExperienceBatch) -> dict[str, float]:
+        shards = self._shards(exp)
+        results = self._get([w.train_rl.remote(s) for w, s in zip(self.workers, shards)])
+        return _mean_metrics(results)
+
+    def train_sft(self, batch: SFTBatch) -> dict[str, float]:
+        shards = self._shards(batch)
+        results = self._get([w.train_sft.remote(s) for w, s in zip(self.workers, shards)])
+        return _mean_metrics(results)
+
+    def policy_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
+        """(B, C) logprobs under the trained policy (every rank computes; rank 0's answer is returned)."""
+        return self._all(lambda w: w.policy_logprobs.remote(input_ids, attention_mask, prompt_len, temperature))[0]
+
+    def export_weights(self, version: int) -> Any:
+        return self._all(lambda w: w.export_weights.remote(version))[0]
+
+    def save_hf(self, out_dir: str) -> None:
+        self._all(lambda w: w.save_hf.remote(out_dir))
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        self._all(lambda w: w.save_checkpoint.remote(ckpt_dir))
+
+    def load_optimizer(self, ckpt_dir: str) -> None:
+        self._all(lambda w: w.load_optimizer.remote(ckpt_dir))
+
+    def param_digests(self) -> list[str]:
+        return self._all(lambda w: w.param_digest.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+
+
+def _mean_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    keys = set().union(*results)
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in results if k in r]
+        out[k] = max(vals) if k.startswith("time/") else sum(vals) / len(vals)
+    return out

@@ -1,0 +1,66 @@
+"""Plain-torch training backend: one rank, AdamW, gradient clipping and accumulation. For debugging and tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from rlhf.train.backend import bucket_params, micro_size
+
+
+class TorchBackend:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        betas: tuple[float, float],
+        weight_decay: float,
+        grad_clip: float,
+        **_: object,
+    ) -> None:
+        self.module = model
+        self.rank, self.world_size = 0, 1
+        self.grad_clip = grad_clip
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay
+        )
+        self._gas, self._micro = 1, 0
+
+    def configure_batch(self, per_rank_batch: int, micro_batch_size: int) -> int:
+        m = micro_size(per_rank_batch, micro_batch_size)
+        self._gas = per_rank_batch // m
+        return m
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self._gas).backward()
+
+    def step(self) -> float | None:
+        self._micro += 1
+        if self._micro % self._gas:
+            return None
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def full_parameter_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        for bucket in bucket_params(list(self.module.named_parameters()), bucket_bytes):
+            yield [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in bucket]
+
+    def save_checkpoint(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        torch.save({"optimizer": self.optimizer.state_dict()}, os.path.join(path, "torch_optimizer.pt"))
+
+    def load_checkpoint(self, path: str) -> None:
+        state = torch.load(os.path.join(path, "torch_optimizer.pt"), weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,254 @@
+"""One training rank: the policy on a DeepSpeed (or torch) backend, a frozen reference, and the objective's loss.
+
+`TrainGroup` (rlhf/train/group.py) runs one `TrainWorker` per rank as a Ray actor. Every public method here is
+called on all ranks at once with that rank's shard of the batch; methods marked COLLECTIVE must be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from rlhf.types import ExperienceBatch, SFTBatch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+class TrainWorker:
+    def __init__(self, rank: int, world_size: int, recipe: dict[str, Any], num_threads: int) -> None:
+        from rlhf.config.schema import Recipe
+
+        self.rank, self.world_size = rank, world_size
+        self.recipe = Recipe.model_validate(recipe)
+        torch.set_num_threads(max(1, num_threads))
+        self.backend: Any = None
+        self.reference: torch.nn.Module | None = None
+        self.hf_model: Any = None
+        self.tokenizer: Any = None
+
+    # ------------------------------------------------------------------ setup
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0 picks the rendezvous address of the process group."""
+        return socket.gethostbyname(socket.gethostname()), _free_port()
+
+    def init_process_group(self, master_addr: str, master_port: int) -> None:
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK=str(self.rank) if not torch.cuda.is_available() else "0",
+        )
+
+    def build(self, model_dir: str, lr: float) -> dict[str, Any]:
+        """(Re)build the policy from an HF model directory with a fresh optimizer at learning rate `lr`."""
+        from rlhf.models.load import load_causal_lm, load_tokenizer
+
+        t = self.recipe.train
+        torch.manual_seed(self.recipe.run.seed)
+        self.tokenizer = load_tokenizer(model_dir, trust_remote_code=self.recipe.model.trust_remote_code)
+        self.hf_model = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
+        self.hf_model.train()
+        self.hf_model.config.use_cache = False
+        kwargs = dict(lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+        if t.backend == "deepspeed":
+            from rlhf.train.deepspeed import DeepSpeedBackend
+
+            self.backend = DeepSpeedBackend(self.hf_model, zero_stage=t.zero_stage, dtype=self.recipe.model.dtype, **kwargs)
+        else:
+            from rlhf.train.torch import TorchBackend
+
+            self.backend = TorchBackend(self.hf_model, **kwargs)
+        n = sum(p.numel() for p in self.hf_model.parameters())
+        return {"rank": self.rank, "params": n}
+
+    def load_reference(self, model_dir: str) -> None:
+        """A frozen copy of the policy at `model_dir`, used for the KL term."""
+        from rlhf.models.load import load_causal_lm
+
+        self.reference = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
+        self.reference.eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ updates
+
+    def train_rl(self, exp: ExperienceBatch) -> dict[str, float]:
+        """COLLECTIVE. Reference/old logprobs, then epochs x mini-batches of optimizer steps on this rank's shard."""
+        from rlhf.objectives import build_objective
+        from rlhf.objectives.common import completion_logprobs
+
+        objective = build_objective(self.recipe.objective)
+        cfg = self.recipe.objective
+        temperature = self.recipe.rollout.temperature
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if objective.needs_reference:
+                if self.reference is None:
+                    raise RuntimeError("the objective needs a reference model but none was loaded")
+                exp.ref_logprobs = self._logprobs_chunked(self.reference, exp, temperature)
+            reuse_old = cfg.epochs * cfg.mini_batches == 1
+            if not reuse_old:
+                self.hf_model.eval()
+                exp.old_logprobs = self._logprobs_chunked(self.backend.module, exp, temperature)
+                self.hf_model.train()
+        timings["time/ref_old_logprobs"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        n = exp.batch_size
+        mini = n // cfg.mini_batches
+        micro = self.backend.configure_batch(mini, self.recipe.train.micro_batch_size)
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for _epoch in range(cfg.epochs):
+            for start in range(0, n, mini):
+                # token_mean over the whole mini-batch of every rank: the backend divides each micro-batch loss by
+                # the accumulation steps and averages over ranks, so normalise by global tokens / (gas * world)
+                tokens = self._global_sum(exp.completion_mask[start : start + mini].sum())
+                normalizer = max(tokens, 1.0) / ((mini // micro) * self.world_size)
+                for m0 in range(start, start + mini, micro):
+                    part = exp.slice(m0, m0 + micro)
+                    logprobs = completion_logprobs(
+                        self.backend.module, part.input_ids, part.attention_mask, part.prompt_len, temperature
+                    )
+                    old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs
+                    out = objective.loss(
+                        logprobs, old, part.ref_logprobs, part.advantages, part.completion_mask, normalizer
+                    )
+                    self.backend.backward(out.loss)
+                    norm = self.backend.step()
+                    _accumulate(sums, counts, out.metrics)
+                    if norm is not None:
+                        _accumulate(sums, counts, {"grad_norm": norm})
+        timings["time/update"] = time.perf_counter() - t0
+        return {**{k: sums[k] / counts[k] for k in sums}, **timings}
+
+    def _global_sum(self, value: torch.Tensor) -> float:
+        """COLLECTIVE when world_size > 1: the sum of `value` over ranks."""
+        t = value.detach().float().reshape(1)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(t)
+        return float(t)
+
+    def _logprobs_chunked(self, model: torch.nn.Module, exp: ExperienceBatch, temperature: float) -> torch.Tensor:
+        from rlhf.objectives.common import completion_logprobs
+
+        step = self.recipe.train.micro_batch_size
+        parts = [
+            completion_logprobs(
+                model, exp.input_ids[i : i + step], exp.attention_mask[i : i + step], exp.prompt_len, temperature
+            )
+            for i in range(0, exp.batch_size, step)
+        ]
+        return torch.cat(parts, dim=0)  # (B, C)
+
+    @torch.no_grad()
+    def policy_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                        temperature: float = 1.0) -> torch.Tensor:
+        """COLLECTIVE (ZeRO-3 forwards gather parameters). (B, C) logprobs under the current policy."""
+        from rlhf.objectives.common import completion_logprobs
+
+        self.hf_model.eval()
+        try:
+            return completion_logprobs(self.backend.module, input_ids, attention_mask, prompt_len, temperature)
+        finally:
+            self.hf_model.train()
+
+    def train_sft(self, batch: SFTBatch) -> dict[str, float]:
+        """COLLECTIVE. One optimizer step of supervised fine-tuning on this rank's shard."""
+        from rlhf.objectives.sft import SFT
+
+        micro = self.backend.configure_batch(batch.batch_size, self.recipe.train.micro_batch_size)
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        sft = SFT()
+        for m0 in range(0, batch.batch_size, micro):
+            out = sft.loss_sft(self.backend.module, batch.slice(m0, m0 + micro))
+            self.backend.backward(out.loss)
+            norm = self.backend.step()
+            _accumulate(sums, counts, out.metrics)
+            if norm is not None:
+                _accumulate(sums, counts, {"grad_norm": norm})
+        return {k: sums[k] / counts[k] for k in sums}
+
+    # ------------------------------------------------------------------ weights out
+
+    def export_weights(self, version: int) -> Any:
+        """COLLECTIVE. Rank 0 returns a WeightPayload whose buckets are Ray object refs; others return None."""
+        import ray
+
+        from rlhf.runtime.weight_sync import WeightPayload, fingerprint_named, pack_bucket
+
+        bucket_bytes = int(self.recipe.train.sync_bucket_mb * 2**20)
+        payload = WeightPayload(version=version, fingerprint="")
+        everything: list[tuple[str, torch.Tensor]] = []
+        for bucket in self.backend.full_parameter_buckets(bucket_bytes):
+            if self.rank != 0:
+                continue
+            blob = pack_bucket(bucket)
+            payload.buckets.append(ray.put(blob))
+            payload.num_bytes += len(blob)
+            payload.num_params += len(bucket)
+            everything.extend(bucket)
+        if self.rank != 0:
+            return None
+        payload.fingerprint = fingerprint_named(everything)
+        return payload
+
+    def save_hf(self, out_dir: str) -> None:
+        """COLLECTIVE. Rank 0 writes a loadable HF model directory (safetensors + config + tokenizer)."""
+        state: dict[str, torch.Tensor] = {}
+        for bucket in self.backend.full_parameter_buckets(2**30):
+            state.update(bucket)
+        if self.rank == 0:
+            os.makedirs(out_dir, exist_ok=True)
+            self.hf_model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(out_dir)
+
+    def save_checkpoint(self, ckpt_dir: str) -> None:
+        """COLLECTIVE. HF weights (rank 0) + optimizer/engine state of every rank."""
+        self.save_hf(os.path.join(ckpt_dir, "model"))
+        self.backend.save_checkpoint(os.path.join(ckpt_dir, "optim"))
+
+    def load_optimizer(self, ckpt_dir: str) -> None:
+        """COLLECTIVE. After `build(ckpt_dir/model)`: restore the optimizer state."""
+        self.backend.load_checkpoint(os.path.join(ckpt_dir, "optim"))
+
+    def set_lr(self, lr: float) -> None:
+        self.backend.set_lr(lr)
+
+    def param_digest(self) -> str:
+        """COLLECTIVE. Fingerprint of the full parameters (used by tests to check ranks agree)."""
+        from rlhf.runtime.weight_sync import fingerprint_named
+
+        named: list[tuple[str, torch.Tensor]] = []
+        for bucket in self.backend.full_parameter_buckets(2**30):
+            named.extend(bucket)
+        if self.rank == 0:
+            return fingerprint_named(named)
+        # other ranks: digest of their own full view (ZeRO-3 shards are gathered on rank 0 only)
+        if getattr(self.backend, "zero_stage", 0) == 3:
+            return ""
+        return fingerprint_named(self.hf_model.named_parameters())
+
+    def ping(self) -> str:
+        return json.dumps({"rank": self.rank, "pid": os.getpid()})
+
+
+def _accumulate(sums: dict[str, float], counts: dict[str, int], metrics: dict[str, float]) -> None:
+    for k, v in metrics.items():
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        sums[k] += float(v)
+        counts[k] += 1

@@ -1,0 +1,53 @@
+"""Weighting: turns a RewardVector into what an objective needs (a per-sample advantage), built by name.
+
+    from rlhf.weighting import build_weighting
+    weighting = build_weighting(recipe.weighting, recipe.rewards)
+    advantages, metrics = weighting.scalarize(rv, group_ids, scale_std=True, eps=1e-6)
+
+Every weighting is stateful-by-contract (``state_dict`` / ``load_state_dict``) so dynamic weights, Lagrange
+multipliers or buffers resume exactly. Imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+
+from torch import Tensor
+
+from rlhf.types import RewardVector
+from rlhf.weighting.static import StaticWeighting
+
+if TYPE_CHECKING:  # the schema pulls in pydantic; only needed for type hints
+    from rlhf.config.schema import RewardComponentConfig, WeightingConfig
+
+
+@runtime_checkable
+class Weighting(Protocol):
+    """Reward vector (B, K) -> advantages (B,) plus metrics; checkpointable."""
+
+    def scalarize(
+        self, rv: RewardVector, group_ids: Tensor, scale_std: bool = True, eps: float = 1e-6
+    ) -> tuple[Tensor, dict[str, float]]: ...
+
+    def weighted_sum(self, rv: RewardVector) -> Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+WEIGHTINGS: dict[str, Callable[..., Weighting]] = {
+    "static": StaticWeighting.from_config,
+}
+
+
+def build_weighting(cfg: "WeightingConfig", components: Sequence["RewardComponentConfig"]) -> Weighting:
+    """Build the weighting named by ``cfg.kind`` for the recipe's reward components."""
+    try:
+        factory = WEIGHTINGS[cfg.kind]
+    except KeyError:
+        raise ValueError(f"unknown weighting kind {cfg.kind!r}; known: {sorted(WEIGHTINGS)}") from None
+    return factory(cfg, components)
+
+
+__all__ = ["Weighting", "StaticWeighting", "WEIGHTINGS", "build_weighting"]

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: set up, then run pytest (CPU; GPU tests are skipped without CUDA). Extra args go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+exec python -m pytest -q "$@"

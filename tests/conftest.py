@@ -1,0 +1,52 @@
+"""Shared test setup: no hub access, one thread per torch op pool, one local Ray per session, one tiny model."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray for the whole session (tests that need Ray share it; started once, ~3-8 s)."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def arithmetic_model_dir(tmp_path_factory):
+    """A tiny Llama + tokenizer trained on the synthetic arithmetic corpus, built once per session."""
+    from rlhf.config.schema import DataConfig, SyntheticArithmeticConfig, TinyModelConfig
+    from rlhf.data import load_rows
+    from rlhf.models.tiny import materialize_tiny
+
+    data = DataConfig(synthetic=SyntheticArithmeticConfig(n_train=300, n_eval=40, max_operand=20, ops=["+", "-"]))
+    train, ev = load_rows(data, 0)
+    cfg = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, max_position_embeddings=64)
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    return materialize_tiny(cfg, [r["prompt"] + r["completion"] for r in train + ev], str(out), seed=0)
