@@ -63,13 +63,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args):
+    """The validated recipe with every reward plugin resolved and its args checked; None after printing errors."""
     from rlhf.config import RecipeError, load_recipe
 
     try:
-        return load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
+    problems = _check_plugins(recipe, args.recipe)
+    if problems:
+        print("error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return None
+    return recipe
 
 
 def _validate(args) -> int:
@@ -77,10 +83,6 @@ def _validate(args) -> int:
 
     recipe = _load(args)
     if recipe is None:
-        return 2
-    problems = _check_plugins(recipe, args.recipe)
-    if problems:
-        print("error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     print(recipe_to_yaml(recipe), end="")
     return 0
@@ -122,10 +124,6 @@ def _train(args) -> int:
 
     recipe = _load(args)
     if recipe is None:
-        return 2
-    problems = _check_plugins(recipe, args.recipe)
-    if problems:
-        print("error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     if args.overwrite and os.path.isdir(recipe.run.output_dir):
         shutil.rmtree(recipe.run.output_dir)

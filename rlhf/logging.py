@@ -31,8 +31,6 @@ class MetricsLogger:
         *,
         tensorboard: bool = False,
         progress: bool = True,
-        total: int = 0,
-        description: str = "train",
         headline: tuple[str, ...] = (),
         append: bool = False,
     ) -> None:
@@ -60,11 +58,11 @@ class MetricsLogger:
                 transient=False,
             )
             self._progress.start()
-            self._task = self._progress.add_task(description, total=total, status="")
 
     def start_phase(self, description: str, total: int, completed: int = 0) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=description, total=total, completed=completed, status="")
+        """A new progress bar below the previous one (which stays on screen, finished)."""
+        if self._progress is not None:
+            self._task = self._progress.add_task(description, total=total, completed=completed, status="")
 
     def log(self, step: int, metrics: dict[str, Any], phase: str = "rl") -> None:
         record = {"step": step, "phase": phase, "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}

@@ -154,6 +154,8 @@ class GRPOConfig(Strict):
 
 
 class SFTObjectiveConfig(Strict):
+    """Supervised fine-tuning (used by the warm-up stage; not yet a main `objective:`)."""
+
     kind: Literal["sft"] = "sft"
 
 
@@ -201,7 +203,7 @@ class Recipe(Strict):
     rewards: list[RewardComponentConfig] = Field(default_factory=list)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    objective: GRPOConfig | SFTObjectiveConfig = Field(default_factory=GRPOConfig, discriminator="kind")
+    objective: GRPOConfig = Field(default_factory=GRPOConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

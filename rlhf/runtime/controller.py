@@ -75,7 +75,6 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         out,
         tensorboard=recipe.run.tensorboard,
         progress=recipe.run.progress,
-        total=recipe.run.steps,
         headline=tuple(f"reward/{c.name}/mean" for c in recipe.rewards) + ("kl",),
         append=resume_from is not None,
     )
@@ -88,9 +87,6 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             if not state.warmup_done:
                 _warmup(recipe, trainers, model_dir, policy_dir, train_rows, log)
                 state.warmup_done = True
-        if recipe.objective.kind == "sft":
-            raise NotImplementedError("objective: sft as the main stage; use warmup.steps for an SFT stage")
-
         # ---- stage 2: on-policy RL
         start_dir = str(resume_from / "model") if resume_from else policy_dir
         trainers.build(start_dir, recipe.train.lr)
