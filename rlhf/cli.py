@@ -127,14 +127,14 @@ def _train(args) -> int:
         return 2
     if args.overwrite and os.path.isdir(recipe.run.output_dir):
         shutil.rmtree(recipe.run.output_dir)
-    from rlhf.runtime.controller import run
+    from rlhf.runtime.controller import USER_ERRORS, run
 
     try:
         summary = run(recipe, resume=args.resume)
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint (if any) is intact: continue with --resume", file=sys.stderr)
         return 130
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     _print_summary(summary, summary_table)

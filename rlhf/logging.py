@@ -72,7 +72,7 @@ class MetricsLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self._tb.add_scalar(f"{phase}/{k}", v, step)
-        if self._progress is not None and self._task is not None:
+        if self._progress is not None and self._task is not None and phase != "eval":
             shown = [f"{k.split('/')[-2] if k.count('/') >= 2 else k}={metrics[k]:.3f}" for k in self.headline
                      if isinstance(metrics.get(k), (int, float))]
             self._progress.update(self._task, completed=step, status=" ".join(shown))

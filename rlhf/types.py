@@ -161,6 +161,20 @@ class ExperienceBatch:
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def to(self, device: torch.device | str) -> "ExperienceBatch":
+        def m(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return ExperienceBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            completion_mask=self.completion_mask.to(device),
+            advantages=self.advantages.to(device),
+            old_logprobs=m(self.old_logprobs),
+            ref_logprobs=m(self.ref_logprobs),
+            prompt_len=self.prompt_len,
+        )
+
     def slice(self, start: int, stop: int) -> "ExperienceBatch":
         def s(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[start:stop]
@@ -187,6 +201,9 @@ class SFTBatch:
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
+
+    def to(self, device: torch.device | str) -> "SFTBatch":
+        return SFTBatch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
 
     def slice(self, start: int, stop: int) -> "SFTBatch":
         return SFTBatch(self.input_ids[start:stop], self.attention_mask[start:stop], self.loss_mask[start:stop])

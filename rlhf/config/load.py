@@ -23,11 +23,30 @@ class RecipeError(ValueError):
     """A recipe that cannot be used; the message lists every problem."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice in the same section", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from None
     if data is None:
@@ -202,16 +221,18 @@ def _check_files(recipe: Recipe, source: str) -> None:
         ("data.train_path", recipe.data.train_path if recipe.data.source != "hf" else None),
         ("data.eval_path", recipe.data.eval_path if recipe.data.source != "hf" else None),
     ):
-        if value and _looks_local(value, key) and not Path(value).exists():
+        if value and _looks_local(value, key) and not Path(value).expanduser().exists():
             problems.append(f"{source}: {key}: path '{value}' does not exist")
     if problems:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
 
 
 def _looks_local(value: str, key: str) -> bool:
+    """Data files are always local; a model is local when it is written as a path ('/x', './x', '~/x', 'a/b/c')
+    -- 'gpt2' or 'org/name' that do not exist here are hub ids."""
     if key.startswith("data."):
-        return True  # jsonl/parquet files are always local
-    return value.startswith(("/", "./", "../", "~")) or value.count("/") != 1 or Path(value).exists()
+        return True
+    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

@@ -73,6 +73,9 @@ class SyntheticArithmeticConfig(Strict):
     min_operand: int = Field(0, ge=0)
     max_operand: int = Field(20, ge=1)
     ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
+    chatter: float = Field(
+        0.0, ge=0, le=1, description="fraction of train completions with a trailing remark (messy SFT data)"
+    )
 
     @model_validator(mode="after")
     def _range(self) -> "SyntheticArithmeticConfig":
@@ -172,6 +175,11 @@ class TrainConfig(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     num_ranks: int = Field(2, ge=1)
     lr: float = Field(1e-5, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after warm-up: keep lr, or decay it to min_lr_ratio * lr by the last step"
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many RL steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, ge=0)

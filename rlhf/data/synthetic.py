@@ -5,6 +5,10 @@
 Every (a, op, b) with a, b in [min_operand, max_operand] is enumerated once, shuffled with ``seed``; the first
 ``n_eval`` become the eval set and the next ``n_train`` (capped by what is left) the train set, so no prompt is in
 both. The eval set depends only on the operand range, the ops and the seed, not on ``n_train``.
+
+``chatter`` makes the SFT targets messy the way scraped or weakly-labelled data is: that fraction of the train
+rows' completions carry a trailing remark after the answer ("42 ok", "42 = 42"). The ``answer`` column stays
+clean, and eval rows are never touched. Format and length rewards then have something to fix.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import random
 
 from rlhf.config.schema import SyntheticArithmeticConfig
+
+CHATTER = (" ok", " done", " !", " = {answer}", " is it", " {answer} {answer}")
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
@@ -38,4 +44,8 @@ def make_arithmetic(cfg: SyntheticArithmeticConfig, seed: int) -> tuple[list[dic
     random.Random(seed).shuffle(triples)
     eval_rows = [arithmetic_row(*t) for t in triples[: cfg.n_eval]]
     train_rows = [arithmetic_row(*t) for t in triples[cfg.n_eval : cfg.n_eval + cfg.n_train]]
+    rng = random.Random(seed + 1)
+    for row in train_rows:
+        if rng.random() < cfg.chatter:
+            row["completion"] += rng.choice(CHATTER).format(answer=row["answer"])
     return train_rows, eval_rows

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 
 from rlhf.rollout.base import cat_rollouts
-from rlhf.runtime.weight_sync import fingerprint_module, load_buckets_into
+from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_module, load_buckets_into
 from rlhf.types import RolloutBatch, SamplingSettings
 
 
@@ -41,6 +41,16 @@ class HFEngine:
         self.max_prompt_tokens = max_prompt_tokens
         self.batch_size = batch_size
         self.weight_version = 0
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.eos_ids = _eos_ids(self.tokenizer, self.model)
+        # Sampling follows the recipe alone: a shipped generation_config (repetition_penalty, min_p, ...) would be
+        # merged into every generate() call and make samples come from a distribution the loss does not model.
+        from transformers import GenerationConfig
+
+        self.model.generation_config = GenerationConfig(
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids)
+        )
 
     # ------------------------------------------------------------------ generation
 
@@ -67,25 +77,20 @@ class HFEngine:
     def _generate_chunk(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: SamplingSettings) -> RolloutBatch:
         tok = self.tokenizer
         n = 1 if s.greedy else s.n
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=s.max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            num_return_sequences=n,
-            use_cache=True,
-        )
-        if s.greedy:
-            kwargs.update(do_sample=False)
-        else:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-        if s.stop:
-            kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
-        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kwargs)  # (B*n, P + C')
+        device = self.device
+        out = self.model.generate(
+            input_ids=prompt_ids.to(device),
+            attention_mask=prompt_mask.to(device),
+            generation_config=self._generation_config(s, n),
+            stopping_criteria=_stop_criteria(tok, s.stop, prompt_ids.shape[1]),
+        ).cpu()  # (B*n, P + C')
         P = prompt_ids.shape[1]
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # (B*n, P)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # (B*n, P)
         completion_ids = out[:, P:]  # (B*n, C)
-        completion_mask, finished = _completion_mask(completion_ids, tok.eos_token_id)
+        completion_mask, finished = _completion_mask(completion_ids, self.eos_ids)
+        if s.stop:
+            completion_mask, finished = _cut_at_stop(tok, completion_ids, completion_mask, finished, s.stop)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
         temperature = 1.0 if s.greedy else s.temperature
         logprobs = self.completion_logprobs(
@@ -107,17 +112,38 @@ class HFEngine:
             finished=finished,
         )
 
+    def _generation_config(self, s: SamplingSettings, n: int) -> Any:
+        """The recipe's sampling settings (the model's shipped generation_config was replaced at load)."""
+        from transformers import GenerationConfig
+
+        cfg = GenerationConfig(
+            max_new_tokens=s.max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+            use_cache=True,
+            do_sample=not s.greedy,
+        )
+        if not s.greedy:
+            cfg.temperature, cfg.top_p, cfg.top_k = s.temperature, s.top_p, (s.top_k or None)
+        return cfg
+
     @torch.no_grad()
     def completion_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float = 1.0
     ) -> torch.Tensor:
         from rlhf.objectives.common import completion_logprobs
 
-        return completion_logprobs(self.model, input_ids, attention_mask, prompt_len, temperature)  # (B, C)
+        lp = completion_logprobs(
+            self.model, input_ids.to(self.device), attention_mask.to(self.device), prompt_len, temperature
+        )
+        return lp.cpu()  # (B, C)
 
     # ------------------------------------------------------------------ weights
 
     def load_weights(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
+        if version < self.weight_version:
+            raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         fp, _ = load_buckets_into(self.model, buckets)
         self.weight_version = version
         return version, fp
@@ -134,12 +160,60 @@ class HFEngine:
         }
 
 
-def _completion_mask(completion_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the model's generation_config EOS list."""
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids |= {int(i) for i in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])}
+    if not ids:
+        raise ValueError("the tokenizer and the model define no EOS token; completions could never finish")
+    return ids
+
+
+def _completion_mask(completion_ids: torch.Tensor, eos_ids: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C) mask up to and including the first EOS, and (B,) whether an EOS was produced."""
-    is_eos = completion_ids == eos_id  # (B, C)
+    is_eos = torch.isin(completion_ids, torch.tensor(sorted(eos_ids)))  # (B, C)
     finished = is_eos.any(dim=1)  # (B,)
     C = completion_ids.shape[1]
     first = torch.where(finished, is_eos.float().argmax(dim=1), torch.full_like(finished, C, dtype=torch.long))
     positions = torch.arange(C).unsqueeze(0)  # (1, C)
     mask = (positions <= first.unsqueeze(1)).long()  # (B, C)
     return mask, finished
+
+
+def _stop_position(tokenizer: Any, ids: list[int], stops: tuple[str, ...]) -> int | None:
+    """Index of the token whose decoding completes the first stop string, or None."""
+    for k in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:k], skip_special_tokens=True)
+        if any(stop in text for stop in stops):
+            return k - 1
+    return None
+
+
+def _cut_at_stop(tokenizer, completion_ids, mask, finished, stops) -> tuple[torch.Tensor, torch.Tensor]:
+    """End each completion at the token that completes a stop string (kept, as vLLM's include_stop_str)."""
+    mask, finished = mask.clone(), finished.clone()
+    for b in range(completion_ids.shape[0]):
+        length = int(mask[b].sum())
+        k = _stop_position(tokenizer, completion_ids[b, :length].tolist(), stops)
+        if k is not None:
+            mask[b, k + 1 :] = 0
+            finished[b] = True
+    return mask, finished
+
+
+def _stop_criteria(tokenizer: Any, stops: tuple[str, ...], prompt_len: int) -> Any:
+    """Per-row stopping on stop strings (checked on the decoded tail, so any tokenizer works)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    if not stops:
+        return None
+    tail = max(len(s) for s in stops) + 8
+
+    class _StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            texts = tokenizer.batch_decode(input_ids[:, prompt_len:][:, -tail:], skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([_StopOnStrings()])

@@ -23,6 +23,24 @@ from rlhf.config.schema import Recipe
 from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message tells the user what to fix; anything else keeps its traceback."""
+    from rewards.api import RewardPluginError
+    from rlhf.config import RecipeError
+    from rlhf.data import DataLoadError
+    from rlhf.models.load import ModelLoadError
+    from rlhf.runtime.weight_sync import WeightSyncError
+    from rlhf.train.checkpoint import CheckpointError
+    from rlhf.train.group import TrainWorkerDied
+
+    return (FileNotFoundError, FileExistsError, RecipeError, DataLoadError, ModelLoadError, RewardPluginError,
+            WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch)
+
+
+class ResumeMismatch(ValueError):
+    """--resume with a recipe that trains something else than the checkpoint did."""
+
+
 @dataclass
 class RunState:
     """Everything besides weights and optimizer that a resumed run needs (saved as state.json)."""
@@ -48,8 +66,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     from rlhf.weighting import build_weighting
 
     out = recipe.run.output_dir
+    state, resume_from = _resume_point(recipe, resume)
     os.makedirs(out, exist_ok=True)
-    (_save_recipe(recipe, out))
+    _save_recipe(recipe, out)
     seed = recipe.run.seed
     torch.manual_seed(seed)
 
@@ -58,19 +77,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     corpus = lambda: [r["prompt"] + r.get("completion", "") for r in train_rows + eval_rows]  # noqa: E731
     model_dir, _tok_dir = resolve_model_dir(recipe.model, corpus, out, seed)
 
-    # ---- resume point
-    state = RunState(recipe_digest=_digest(recipe))
-    resume_from = ckpt.latest(out) if resume else None
-    if resume and resume_from is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoints_dir(out)}")
-    if resume_from is not None:
-        state = RunState(**ckpt.verify(resume_from))
-    elif not resume and ckpt.latest(out) is not None:
-        raise FileExistsError(
-            f"{out} already holds checkpoints; pass --resume to continue, or set run.output_dir to a new directory"
-        )
-
     started_ray = _init_ray(recipe)
+    if resume_from is not None:
+        _truncate_metrics(out, state.step)  # steps after the checkpoint are redone, not logged twice
     log = MetricsLogger(
         out,
         tensorboard=recipe.run.tensorboard,
@@ -78,8 +87,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         headline=tuple(f"reward/{c.name}/mean" for c in recipe.rewards) + ("kl",),
         append=resume_from is not None,
     )
-    trainers = TrainGroup(recipe)
+    actors: list[Any] = []
     try:
+        trainers = TrainGroup(recipe)
+        actors.append(trainers)
         # ---- stage 1: SFT warm-up (skipped when done or when resuming past it)
         policy_dir = model_dir
         if recipe.warmup.steps:
@@ -96,7 +107,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         if objective.needs_reference:
             trainers.load_reference(policy_dir)
         engines = RolloutGroup(recipe, start_dir)
+        actors.append(engines)
         rewards = RewardGroup(recipe.rewards)
+        actors.append(rewards)
         weighting = build_weighting(recipe.weighting, recipe.rewards)
         if state.weighting:
             weighting.load_state_dict(state.weighting)
@@ -110,10 +123,11 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             log.log(state.step, {f"eval/{k}": v for k, v in state.eval_before.items()}, phase="eval")
         log.start_phase("grpo", recipe.run.steps, state.step)
 
-        history: list[dict[str, float]] = []
         for step in range(state.step + 1, recipe.run.steps + 1):
+            lr = lr_at(recipe, step)
+            trainers.set_lr(lr)
             metrics = rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers)
-            history.append(metrics)
+            metrics["lr"] = lr
             state.step = step
             if step % recipe.run.log_every == 0 or step == recipe.run.steps:
                 log.log(step, metrics)
@@ -122,7 +136,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             if recipe.run.save_every and step % recipe.run.save_every == 0 and step != recipe.run.steps:
                 _save(recipe, trainers, state, sampler, weighting)
 
-        final_ckpt = _save(recipe, trainers, state, sampler, weighting)
+        final_ckpt = (
+            str(resume_from) if resume_from is not None and state.step == _ckpt_step(resume_from)
+            else _save(recipe, trainers, state, sampler, weighting)
+        )
         eval_after = evaluate(recipe, engines, rewards, eval_rows)
         log.log(state.step, {f"eval/{k}": v for k, v in eval_after.items()}, phase="eval")
         log.close()
@@ -132,6 +149,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         return summary
     finally:
         log.close()
+        for group in reversed(actors):
+            group.shutdown()
         if started_ray:
             _shutdown_ray()
 
@@ -190,6 +209,21 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
         "time/sync": t_sync,
         "time/step": t_total,
     }
+
+
+def lr_at(recipe: Recipe, step: int) -> float:
+    """Learning rate for RL step `step` (1-based): linear warm-up, then constant / linear / cosine decay."""
+    import math
+
+    t = recipe.train
+    if t.lr_warmup_steps and step <= t.lr_warmup_steps:
+        return t.lr * step / t.lr_warmup_steps
+    if t.lr_schedule == "constant":
+        return t.lr
+    span = max(1, recipe.run.steps - t.lr_warmup_steps)
+    progress = min(1.0, (step - t.lr_warmup_steps) / span)
+    decay = 1 - progress if t.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * decay)
 
 
 def _columns(rows: list[dict[str, Any]], rollout: RolloutBatch) -> dict[str, list[Any]]:
@@ -254,8 +288,11 @@ def evaluate(recipe: Recipe, engines, rewards, rows: list[dict]) -> dict[str, fl
 def _save(recipe, trainers, state: RunState, sampler, weighting) -> str:
     from rlhf.train import checkpoint as ckpt
 
+    from rlhf.config import recipe_to_yaml
+
     staged = ckpt.staging_dir(recipe.run.output_dir, state.step)
     trainers.save_checkpoint(str(staged))
+    (staged / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     state.sampler = sampler.state_dict()
     state.weighting = weighting.state_dict()
     final = ckpt.commit(recipe.run.output_dir, state.step, staged, state.__dict__, recipe.run.keep_checkpoints)
@@ -265,7 +302,7 @@ def _save(recipe, trainers, state: RunState, sampler, weighting) -> str:
 def _summary(recipe: Recipe, state: RunState, eval_after: dict[str, float], final_ckpt: str, metrics_path: str):
     records = [json.loads(line) for line in open(metrics_path) if line.strip()]
     rl = [r for r in records if r.get("phase") == "rl"]
-    k = max(1, len(rl) // 5)
+    k = max(1, min(10, len(rl) // 5))
     components = {}
     for c in recipe.rewards:
         key = f"reward/{c.name}/mean"
@@ -284,13 +321,82 @@ def _summary(recipe: Recipe, state: RunState, eval_after: dict[str, float], fina
     }
 
 
+# --------------------------------------------------------------------------- resume
+
+
+# keys a resumed run may change: how long it runs and how it reports, not what it trains
+RESUMABLE_CHANGES = ("run.steps", "run.save_every", "run.keep_checkpoints", "run.log_every", "run.progress",
+                     "run.tensorboard", "eval.every", "eval.max_samples")
+
+
+def _resume_point(recipe: Recipe, resume: bool) -> tuple[RunState, Any]:
+    """The state to start from, and the checkpoint directory (None for a fresh run)."""
+    from rlhf.train import checkpoint as ckpt
+
+    out = recipe.run.output_dir
+    state = RunState(recipe_digest=_digest(recipe))
+    if not resume:
+        if ckpt.checkpoints_dir(out).exists() and any(ckpt.checkpoints_dir(out).iterdir()):
+            raise FileExistsError(
+                f"{out} already holds checkpoints; pass --resume to continue, --overwrite to start over, or set "
+                "run.output_dir to a new directory"
+            )
+        return state, None
+    resume_from = ckpt.latest(out)
+    if resume_from is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoints_dir(out)}")
+    saved = RunState(**ckpt.verify(resume_from))
+    if saved.recipe_digest != state.recipe_digest:
+        changed = _changed_keys(recipe, resume_from / "recipe.yaml")
+        raise ResumeMismatch(
+            f"--resume: the recipe differs from the one {resume_from} was trained with, in: {', '.join(changed)}. "
+            f"A resumed run may only change {', '.join(RESUMABLE_CHANGES)}; start a new run.output_dir to train "
+            "with different settings."
+        )
+    return saved, resume_from
+
+
+def _changed_keys(recipe: Recipe, saved_path: Any) -> list[str]:
+    import yaml
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict):
+            return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
+        return {prefix[:-1]: d}
+
+    now, before = flat(recipe.model_dump(mode="json")), flat(yaml.safe_load(saved_path.read_text()))
+    return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k)) or ["(unknown)"]
+
+
+def _ckpt_step(path: Any) -> int:
+    return int(path.name.split("_")[-1])
+
+
+def _truncate_metrics(out: str, step: int) -> None:
+    """Drop RL/eval records logged after the checkpoint we resume from (they are about to be redone)."""
+    path = os.path.join(out, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    keep = [line for line in open(path) if line.strip() and
+            (json.loads(line).get("phase") == "sft" or json.loads(line)["step"] <= step)]
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
 def _digest(recipe: Recipe) -> str:
+    """Hash of everything that decides what is trained (RESUMABLE_CHANGES left out)."""
     import hashlib
 
-    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    data = recipe.model_dump(mode="json")
+    for key in RESUMABLE_CHANGES:
+        section, name = key.split(".")
+        data[section].pop(name, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _save_recipe(recipe: Recipe, out: str) -> None:
@@ -307,8 +413,6 @@ def _init_ray(recipe: Recipe) -> bool:
     import ray
 
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
         if key in os.environ:
             env[key] = os.environ[key]
@@ -331,5 +435,7 @@ def _shutdown_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
 
+
+USER_ERRORS = _user_errors()
 
 __all__ = ["run", "rl_step", "evaluate", "RunState", "RewardVector"]

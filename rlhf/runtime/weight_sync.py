@@ -37,15 +37,25 @@ class WeightPayload:
     num_bytes: int = 0
 
 
-def fingerprint_named(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """SHA-256 over (name, shape, float32 bytes) sorted by name."""
+def tensor_digest(name: str, t: torch.Tensor) -> bytes:
+    """SHA-256 of one parameter: its name, shape and float32 bytes."""
+    t32 = t.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(name.encode())
+    h.update(str(tuple(t32.shape)).encode())
+    h.update(t32.numpy().tobytes())
+    return h.digest()
+
+
+def combine_digests(digests: dict[str, bytes]) -> str:
+    """One fingerprint from per-parameter digests, in name order (independent of bucket layout)."""
     h = hashlib.sha256()
-    for name, t in sorted(named, key=lambda kv: kv[0]):
-        t32 = t.detach().to("cpu", torch.float32).contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t32.shape)).encode())
-        h.update(t32.numpy().tobytes())
+    for name in sorted(digests):
+        h.update(digests[name])
     return h.hexdigest()
+
+
+def fingerprint_named(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    return combine_digests({n: tensor_digest(n, t) for n, t in named})
 
 
 def fingerprint_module(module: nn.Module) -> str:

@@ -42,17 +42,31 @@ class TrainGroup:
     # ------------------------------------------------------------------ plumbing
 
     def _get(self, refs: Any) -> Any:
+        """Results of one call on the ranks; the first failure stops the whole group at once.
+
+        Waiting on all ranks together would hang when one rank fails while the others sit in a collective
+        (they would wait for the dead rank until the process-group timeout).
+        """
         import ray
 
+        single = not isinstance(refs, list)
+        pending = [refs] if single else list(refs)
         try:
-            return ray.get(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done[0])  # raises at the first failed rank
+            results = ray.get(refs)
         except ray.exceptions.RayActorError as e:
+            self.shutdown()
             raise TrainWorkerDied(
-                f"a training worker died ({type(e).__name__}); the run stops here. The last checkpoint under "
-                f"{self.recipe.run.output_dir}/checkpoints is intact: continue with `rlhf train RECIPE --resume`."
+                f"a training worker died ({type(e).__name__}); the run stops here. Checkpoints already written "
+                f"under {self.recipe.run.output_dir}/checkpoints are intact: continue with `rlhf train RECIPE "
+                "--resume`."
             ) from e
         except ray.exceptions.RayTaskError as e:
+            self.shutdown()  # the other ranks may be blocked in a collective with the failed one
             raise e.as_instanceof_cause() from None  # keeps the worker's exception type and remote traceback
+        return results
 
     def _all(self, call: Callable[[Any], Any]) -> list[Any]:
         return self._get([call(w) for w in self.workers])
@@ -68,6 +82,9 @@ class TrainGroup:
 
     def build(self, model_dir: str, lr: float) -> list[dict[str, Any]]:
         return self._all(lambda w: w.build.remote(model_dir, lr))
+
+    def set_lr(self, lr: float) -> None:
+        self._all(lambda w: w.set_lr.remote(lr))
 
     def load_reference(self, model_dir: str) -> None:
         self._all(lambda w: w.load_reference.remote(model_dir))
@@ -106,6 +123,7 @@ class TrainGroup:
 
         for w in self.workers:
             ray.kill(w)
+        self.workers = []
 
 
 def _mean_metrics(results: list[dict[str, float]]) -> dict[str, float]:

@@ -32,6 +32,9 @@ class TrainWorker:
         self.rank, self.world_size = rank, world_size
         self.recipe = Recipe.model_validate(recipe)
         torch.set_num_threads(max(1, num_threads))
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # decided here, on the worker's own node
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.backend: Any = None
         self.reference: torch.nn.Module | None = None
         self.hf_model: Any = None
@@ -40,8 +43,10 @@ class TrainWorker:
     # ------------------------------------------------------------------ setup
 
     def address(self) -> tuple[str, int]:
-        """Rank 0 picks the rendezvous address of the process group."""
-        return socket.gethostbyname(socket.gethostname()), _free_port()
+        """Rank 0 picks the rendezvous address of the process group (its node's IP as Ray sees it)."""
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
 
     def init_process_group(self, master_addr: str, master_port: int) -> None:
         os.environ.update(
@@ -60,6 +65,7 @@ class TrainWorker:
         torch.manual_seed(self.recipe.run.seed)
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=self.recipe.model.trust_remote_code)
         self.hf_model = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
+        _disable_dropout(self.hf_model)  # ratios and KL must not carry dropout noise (as TRL/OpenRLHF do)
         self.hf_model.train()
         self.hf_model.config.use_cache = False
         kwargs = dict(lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay, grad_clip=t.grad_clip)
@@ -79,7 +85,7 @@ class TrainWorker:
         from rlhf.models.load import load_causal_lm
 
         self.reference = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
-        self.reference.eval().requires_grad_(False)
+        self.reference.eval().requires_grad_(False).to(self.device)
 
     # ------------------------------------------------------------------ updates
 
@@ -90,6 +96,7 @@ class TrainWorker:
 
         objective = build_objective(self.recipe.objective)
         cfg = self.recipe.objective
+        exp = exp.to(self.device)
         temperature = self.recipe.rollout.temperature
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -136,7 +143,7 @@ class TrainWorker:
 
     def _global_sum(self, value: torch.Tensor) -> float:
         """COLLECTIVE when world_size > 1: the sum of `value` over ranks."""
-        t = value.detach().float().reshape(1)
+        t = value.detach().float().reshape(1).to(self.device)
         if self.world_size > 1:
             torch.distributed.all_reduce(t)
         return float(t)
@@ -161,7 +168,9 @@ class TrainWorker:
 
         self.hf_model.eval()
         try:
-            return completion_logprobs(self.backend.module, input_ids, attention_mask, prompt_len, temperature)
+            return completion_logprobs(
+                self.backend.module, input_ids.to(self.device), attention_mask.to(self.device), prompt_len, temperature
+            ).cpu()
         finally:
             self.hf_model.train()
 
@@ -169,6 +178,7 @@ class TrainWorker:
         """COLLECTIVE. One optimizer step of supervised fine-tuning on this rank's shard."""
         from rlhf.objectives.sft import SFT
 
+        batch = batch.to(self.device)
         micro = self.backend.configure_batch(batch.batch_size, self.recipe.train.micro_batch_size)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -188,29 +198,31 @@ class TrainWorker:
         """COLLECTIVE. Rank 0 returns a WeightPayload whose buckets are Ray object refs; others return None."""
         import ray
 
-        from rlhf.runtime.weight_sync import WeightPayload, fingerprint_named, pack_bucket
+        from rlhf.runtime.weight_sync import WeightPayload, combine_digests, pack_bucket, tensor_digest
 
         bucket_bytes = int(self.recipe.train.sync_bucket_mb * 2**20)
         payload = WeightPayload(version=version, fingerprint="")
-        everything: list[tuple[str, torch.Tensor]] = []
+        digests: dict[str, bytes] = {}
         for bucket in self.backend.full_parameter_buckets(bucket_bytes):
             if self.rank != 0:
                 continue
             blob = pack_bucket(bucket)
-            payload.buckets.append(ray.put(blob))
+            payload.buckets.append(ray.put(blob))  # one bucket in memory at a time on this side
             payload.num_bytes += len(blob)
             payload.num_params += len(bucket)
-            everything.extend(bucket)
+            digests.update((n, tensor_digest(n, t)) for n, t in bucket)
+            del blob, bucket
         if self.rank != 0:
             return None
-        payload.fingerprint = fingerprint_named(everything)
+        payload.fingerprint = combine_digests(digests)
         return payload
 
     def save_hf(self, out_dir: str) -> None:
         """COLLECTIVE. Rank 0 writes a loadable HF model directory (safetensors + config + tokenizer)."""
+        dtype = getattr(torch, self.recipe.model.dtype)
         state: dict[str, torch.Tensor] = {}
         for bucket in self.backend.full_parameter_buckets(2**30):
-            state.update(bucket)
+            state.update((n, t.to(dtype)) for n, t in bucket)  # saved in the model's dtype
         if self.rank == 0:
             os.makedirs(out_dir, exist_ok=True)
             self.hf_model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
@@ -244,6 +256,12 @@ class TrainWorker:
 
     def ping(self) -> str:
         return json.dumps({"rank": self.rank, "pid": os.getpid()})
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
 
 
 def _accumulate(sums: dict[str, float], counts: dict[str, int], metrics: dict[str, float]) -> None:

@@ -58,7 +58,7 @@ def test_unknown_section(tmp_path):
 
 
 def test_wrong_type_and_range(tmp_path):
-    p = _write(tmp_path, BASE + "train: {num_ranks: 2, lr: fast, zero_stage: 4}\n")
+    p = _write(tmp_path, BASE.replace("train: {num_ranks: 2}", "train: {num_ranks: 2, lr: fast, zero_stage: 4}"))
     with pytest.raises(RecipeError) as e:
         load_recipe(p)
     msg = str(e.value)
@@ -141,3 +141,16 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("train", "validate", "rewards"):
         assert cmd in out
+
+
+def test_duplicate_key_is_an_error(tmp_path):
+    p = _write(tmp_path, BASE + "train: {lr: 0.1}\n")  # a second `train:` section
+    with pytest.raises(RecipeError, match="key 'train' appears twice"):
+        load_recipe(p)
+
+
+def test_hub_ids_are_not_checked_locally(tmp_path):
+    for hub_id in ("gpt2", "Qwen/Qwen2.5-0.5B"):
+        p = _write(tmp_path, BASE.replace("tiny: {hidden_size: 32, intermediate_size: 64, num_heads: 4}",
+                                          f"path: {hub_id}"))
+        assert load_recipe(p).model.path == hub_id

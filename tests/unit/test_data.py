@@ -225,3 +225,17 @@ def test_format_prompt_chat_template(tok):
     assert format_prompt(chat_tok, "1+1=", "none") == "1+1="
     with pytest.raises(ValueError, match="chat_template"):
         format_prompt(chat_tok, "1+1=", "always")
+
+
+def test_arithmetic_chatter_only_touches_train_completions():
+    from rlhf.config.schema import SyntheticArithmeticConfig
+    from rlhf.data import make_arithmetic
+
+    cfg = SyntheticArithmeticConfig(n_train=400, n_eval=50, max_operand=30, chatter=0.5)
+    train, ev = make_arithmetic(cfg, seed=0)
+    messy = [r for r in train if r["completion"] != r["answer"]]
+    assert 120 < len(messy) < 280  # ~half
+    assert all(r["completion"].startswith(r["answer"] + " ") for r in messy)
+    assert all(r["completion"] == r["answer"] for r in ev)
+    clean, _ = make_arithmetic(cfg.model_copy(update={"chatter": 0.0}), seed=0)
+    assert [r["prompt"] for r in clean] == [r["prompt"] for r in train]
