@@ -38,6 +38,8 @@ class MetricsLogger:
         self.path = os.path.join(out_dir, "metrics.jsonl")
         self._file = open(self.path, "a" if append else "w")
         self.console = Console(stderr=False)
+        if not self.console.is_terminal:  # logs and CI: wide enough that the bar and the numbers both fit
+            self.console = Console(stderr=False, width=140)
         self.headline = headline
         self._tb = None
         if tensorboard:
@@ -49,7 +51,7 @@ class MetricsLogger:
         if progress:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
@@ -73,7 +75,7 @@ class MetricsLogger:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self._tb.add_scalar(f"{phase}/{k}", v, step)
         if self._progress is not None and self._task is not None and phase != "eval":
-            shown = [f"{k.split('/')[-2] if k.count('/') >= 2 else k}={metrics[k]:.3f}" for k in self.headline
+            shown = [f"{k.split('/')[-2] if k.count('/') >= 2 else k}={metrics[k]:.2f}" for k in self.headline
                      if isinstance(metrics.get(k), (int, float))]
             self._progress.update(self._task, completed=step, status=" ".join(shown))
 
