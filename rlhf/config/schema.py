@@ -7,7 +7,7 @@ before any actor starts.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -156,6 +156,38 @@ class GRPOConfig(Strict):
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
 
 
+class RLOOConfig(Strict):
+    """RLOO (Ahmadian et al. 2024): leave-one-out baseline within each prompt's group, PPO-clip loss."""
+
+    kind: Literal["rloo"] = "rloo"
+    clip_eps: float = Field(0.2, gt=0)
+    clip_eps_high: Optional[float] = Field(None, gt=0)
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference as a loss term")
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    per_component: bool = Field(False, description="leave-one-out per reward component, then weight and sum")
+    epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1)
+
+
+class ReinforcePPConfig(Strict):
+    """REINFORCE++ (Hu et al. 2025): KL-shaped token rewards, reward-to-go, global batch normalisation."""
+
+    kind: Literal["reinforce_pp"] = "reinforce_pp"
+    kl_coef: float = Field(0.01, ge=0, description="KL penalty inside the token rewards")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0, le=1)
+    baseline: Literal["none", "group"] = Field("none", description="group: REINFORCE++-baseline (group mean)")
+    clip_eps: float = Field(0.2, gt=0)
+    clip_eps_high: Optional[float] = Field(None, gt=0)
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    eps: float = Field(1e-6, gt=0)
+    epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1)
+
+
+OnPolicyObjective = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig]
+
+
 class SFTObjectiveConfig(Strict):
     """Supervised fine-tuning (used by the warm-up stage; not yet a main `objective:`)."""
 
@@ -211,7 +243,7 @@ class Recipe(Strict):
     rewards: list[RewardComponentConfig] = Field(default_factory=list)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    objective: GRPOConfig = Field(default_factory=GRPOConfig)
+    objective: Annotated[OnPolicyObjective, Field(discriminator="kind")] = Field(default_factory=GRPOConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -223,11 +255,13 @@ class Recipe(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"rewards: duplicate component names {dup}")
-        if self.objective.kind == "grpo":
+        kind = self.objective.kind
+        if kind in ("grpo", "rloo", "reinforce_pp"):
             if not self.rewards:
-                raise ValueError("objective grpo needs at least one entry in rewards")
-            if self.rollout.group_size < 2:
-                raise ValueError("objective grpo needs rollout.group_size >= 2 (advantages are group-relative)")
+                raise ValueError(f"objective {kind} needs at least one entry in rewards")
+            grouped = kind != "reinforce_pp" or self.objective.baseline == "group"
+            if grouped and self.rollout.group_size < 2:
+                raise ValueError(f"objective {kind} needs rollout.group_size >= 2 (its baseline is group-relative)")
             n_seq = self.rollout.prompts_per_step * self.rollout.group_size
             shards = self.train.num_ranks * self.objective.mini_batches
             if n_seq % shards:

@@ -19,6 +19,8 @@ from torch import Tensor
 
 from rlhf.objectives.common import completion_logprobs, masked_mean, masked_sum
 from rlhf.objectives.grpo import GRPO
+from rlhf.objectives.reinforce_pp import ReinforcePP
+from rlhf.objectives.rloo import RLOO
 from rlhf.objectives.sft import SFT, sft_loss
 from rlhf.types import LossOutput, RewardVector, SFTBatch
 
@@ -57,6 +59,8 @@ class SupervisedObjective(Objective, Protocol):
 
 OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
     "grpo": GRPO.from_config,
+    "rloo": RLOO.from_config,
+    "reinforce_pp": ReinforcePP.from_config,
     "sft": SFT.from_config,
 }
 

@@ -176,7 +176,7 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
     rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
     t_score = time.perf_counter() - t0
 
-    advantages, adv_metrics = objective.advantages(rv, rollout.group_ids, weighting)  # (B,)
+    advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
     exp = ExperienceBatch(
         input_ids=rollout.input_ids(),
         attention_mask=rollout.attention_mask(),
@@ -209,6 +209,14 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
         "time/sync": t_sync,
         "time/step": t_total,
     }
+
+
+def sequence_signal(objective, rv: RewardVector, group_ids, weighting) -> tuple[torch.Tensor, dict[str, float]]:
+    """(B,) per-sample signal the trainer needs: advantages, or for token-level objectives (REINFORCE++) the
+    sequence scores that the trainer turns into token advantages once logprobs are known."""
+    if getattr(objective, "token_level_advantages", False):
+        return objective.sequence_scores(rv, group_ids, weighting)
+    return objective.advantages(rv, group_ids, weighting)
 
 
 def lr_at(recipe: Recipe, step: int) -> float:

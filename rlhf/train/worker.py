@@ -105,11 +105,16 @@ class TrainWorker:
                 if self.reference is None:
                     raise RuntimeError("the objective needs a reference model but none was loaded")
                 exp.ref_logprobs = self._logprobs_chunked(self.reference, exp, temperature)
-            reuse_old = cfg.epochs * cfg.mini_batches == 1
+            token_level = getattr(objective, "token_level_advantages", False)
+            reuse_old = cfg.epochs * cfg.mini_batches == 1 and not token_level
             if not reuse_old:
                 self.hf_model.eval()
                 exp.old_logprobs = self._logprobs_chunked(self.backend.module, exp, temperature)
                 self.hf_model.train()
+            if token_level:  # REINFORCE++: KL-shaped token rewards -> returns -> whitening over every rank's tokens
+                exp.advantages = objective.token_advantages(
+                    exp.advantages, exp.old_logprobs, exp.ref_logprobs, exp.completion_mask, reduce=self._all_reduce
+                )  # (B, C)
         timings["time/ref_old_logprobs"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -141,12 +146,17 @@ class TrainWorker:
         timings["time/update"] = time.perf_counter() - t0
         return {**{k: sums[k] / counts[k] for k in sums}, **timings}
 
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """COLLECTIVE when world_size > 1: elementwise sum over ranks (returns a tensor on t's device)."""
+        if self.world_size == 1:
+            return t
+        out = t.detach().to(self.device).clone()
+        torch.distributed.all_reduce(out)
+        return out.to(t.device)
+
     def _global_sum(self, value: torch.Tensor) -> float:
         """COLLECTIVE when world_size > 1: the sum of `value` over ranks."""
-        t = value.detach().float().reshape(1).to(self.device)
-        if self.world_size > 1:
-            torch.distributed.all_reduce(t)
-        return float(t)
+        return float(self._all_reduce(value.detach().float().reshape(1)))
 
     def _logprobs_chunked(self, model: torch.nn.Module, exp: ExperienceBatch, temperature: float) -> torch.Tensor:
         from rlhf.objectives.common import completion_logprobs
