@@ -149,8 +149,15 @@ class GRPOConfig(Strict):
     clip_eps: float = Field(0.2, gt=0)
     clip_eps_high: Optional[float] = Field(None, gt=0, description="asymmetric upper clip; default = clip_eps")
     kl_coef: float = Field(0.0, ge=0)
-    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
-    scale_std: bool = Field(True, description="divide group-centred rewards by the group std")
+    loss_agg: Literal["token_mean", "seq_mean", "dr_grpo"] = Field(
+        "token_mean", description="token_mean (DAPO), seq_mean (GRPO paper), dr_grpo (sum / (rows * max_new_tokens))"
+    )
+    scale_std: bool = Field(True, description="divide group-centred rewards by the group std (false: Dr. GRPO)")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: drop groups whose reward has zero variance and generate more prompts to refill"
+    )
+    max_sampling_rounds: int = Field(4, ge=1, description="generate() rounds per step at most, with dynamic_sampling")
+    mask_truncated: bool = Field(False, description="DAPO overlong filtering: truncated completions get no loss")
     eps: float = Field(1e-6, gt=0)
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")

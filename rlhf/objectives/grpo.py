@@ -16,6 +16,10 @@ eps_high defaults to eps_low; a larger eps_high is DAPO's "Clip-Higher" (Yu et a
     seq_mean:    1/G sum_i 1/|o_i| sum_t l_it            exactly eq. 3 (TRL loss_type="grpo")
     token_mean:  1/sum_i |o_i| sum_i sum_t l_it          DAPO's token-level loss (TRL "bnpo"; "dapo" with a
                                                          global token count -> pass ``token_normalizer``)
+    dr_grpo:     1/(G * L_max) sum_i sum_t l_it          Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like
+                                                         Training"): a constant denominator, no length bias;
+                                                         ``token_normalizer`` = rows * max_new_tokens (TRL
+                                                         "dr_grpo"); defaults to the padded B * C
 
 Pure torch; the model forward lives in ``rlhf.objectives.common.completion_logprobs``.
 """
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from rlhf.config.schema import GRPOConfig
     from rlhf.weighting import Weighting
 
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean")
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "dr_grpo")
 
 
 @dataclass
@@ -152,6 +156,9 @@ class GRPO:
         """(B, C) per-token losses -> () scalar."""
         if self.loss_agg == "seq_mean":
             return masked_mean(per_token, mask, dim=1).mean()  # mean over each sequence, then over sequences
+        if self.loss_agg == "dr_grpo":
+            denom = per_token.numel() if token_normalizer is None else token_normalizer
+            return masked_sum(per_token, mask) / denom
         denom = mask.sum().clamp(min=1) if token_normalizer is None else token_normalizer
         return masked_sum(per_token, mask) / denom  # sum over all tokens / tokens in the batch
 

@@ -67,3 +67,23 @@ def cat_rollouts(parts: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
         extras=extras,
         weight_version=parts[0].weight_version,
     )
+
+
+def select_groups(batch: RolloutBatch, groups: list[int]) -> RolloutBatch:
+    """The rows of the given groups (in that order), with group ids renumbered 0..len(groups)-1."""
+    rows = [i for g in groups for i in (batch.group_ids == g).nonzero().flatten().tolist()]
+    idx = torch.tensor(rows, dtype=torch.long)
+    new_ids = {g: k for k, g in enumerate(groups)}
+    return RolloutBatch(
+        prompts=[batch.prompts[i] for i in rows],
+        completions=[batch.completions[i] for i in rows],
+        prompt_ids=batch.prompt_ids[idx],
+        prompt_mask=batch.prompt_mask[idx],
+        completion_ids=batch.completion_ids[idx],
+        completion_mask=batch.completion_mask[idx],
+        logprobs=batch.logprobs[idx],
+        group_ids=torch.tensor([new_ids[int(batch.group_ids[i])] for i in rows], dtype=torch.long),
+        finished=batch.finished[idx],
+        extras={k: [v[i] for i in rows] for k, v in batch.extras.items()},
+        weight_version=batch.weight_version,
+    )

@@ -44,6 +44,7 @@ class HFEngine:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
         # Sampling follows the recipe alone: a shipped generation_config (repetition_penalty, min_p, ...) would be
         # merged into every generate() call and make samples come from a distribution the loss does not model.
         from transformers import GenerationConfig

@@ -160,27 +160,18 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
 
 def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers) -> dict[str, float]:
     """generate -> score -> advantages -> update -> sync; returns this step's metrics."""
-    r = recipe.rollout
     t_step = time.perf_counter()
-    rows = sampler.next_batch()
-
-    t0 = time.perf_counter()
-    settings = SamplingSettings(
-        n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-        stop=tuple(r.stop), seed=recipe.run.seed * 1_000_003 + step,
+    rollout, rv, sample_metrics, t_generate, t_score = generate_and_score(
+        recipe, step, sampler, engines, rewards, weighting
     )
-    rollout = engines.generate([row["prompt"] for row in rows], settings)
-    t_generate = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
-    t_score = time.perf_counter() - t0
-
     advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
+    completion_mask = rollout.completion_mask.float()  # (B, C)
+    if getattr(recipe.objective, "mask_truncated", False):  # DAPO overlong filtering
+        completion_mask = completion_mask * rollout.finished.float().unsqueeze(1)
     exp = ExperienceBatch(
         input_ids=rollout.input_ids(),
         attention_mask=rollout.attention_mask(),
-        completion_mask=rollout.completion_mask.float(),
+        completion_mask=completion_mask,
         advantages=advantages,
         prompt_len=rollout.prompt_ids.shape[1],
     )
@@ -195,7 +186,7 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
     t_total = time.perf_counter() - t_step
     n_tokens = int(rollout.completion_mask.sum())
     return {
-        **reward_metrics,
+        **sample_metrics,
         **adv_metrics,
         **train_metrics,
         "rollout/completion_tokens_mean": n_tokens / rollout.batch_size,
@@ -209,6 +200,68 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
         "time/sync": t_sync,
         "time/step": t_total,
     }
+
+
+def generate_and_score(recipe, step, sampler, engines, rewards, weighting):
+    """One training batch of rollouts and their reward vector.
+
+    With `objective.dynamic_sampling` (DAPO), groups whose scalar reward has zero variance carry no signal: they
+    are dropped and more prompts are generated, up to `max_sampling_rounds` rounds; if still short, dropped
+    groups fill the batch (their advantages are 0) so the batch keeps its size.
+    """
+    from rlhf.rollout.base import cat_rollouts, select_groups
+
+    r, cfg = recipe.rollout, recipe.objective
+    dynamic = getattr(cfg, "dynamic_sampling", False)
+    rounds = cfg.max_sampling_rounds if dynamic else 1
+    kept: list[tuple[RolloutBatch, RewardVector]] = []
+    dropped: list[tuple[RolloutBatch, RewardVector]] = []
+    n_kept, metrics, t_generate, t_score = 0, {}, 0.0, 0.0
+    for round_ in range(rounds):
+        rows = sampler.next_batch()
+        t0 = time.perf_counter()
+        settings = SamplingSettings(
+            n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+            top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
+        )
+        rollout = engines.generate([row["prompt"] for row in rows], settings)
+        t_generate += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
+        t_score += time.perf_counter() - t0
+        if round_ == 0:
+            metrics.update(reward_metrics)
+        if not dynamic:
+            return rollout, rv, metrics, t_generate, t_score
+        informative = _informative_groups(weighting.weighted_sum(rv), rollout.group_ids)
+        rest = [g for g in range(len(rows)) if g not in informative]
+        kept.append((select_groups(rollout, informative), rv.select(_rows_of(rollout, informative))))
+        dropped.append((select_groups(rollout, rest), rv.select(_rows_of(rollout, rest))))
+        n_kept += len(informative)
+        if n_kept >= r.prompts_per_step:
+            break
+    metrics["dynamic_sampling/rounds"] = round_ + 1
+    metrics["dynamic_sampling/filled_groups"] = max(0, r.prompts_per_step - n_kept)
+    parts = [p for p in kept + dropped if p[0].batch_size]
+    rollout = cat_rollouts([p[0] for p in parts], engines.pad_token_id)
+    rv = RewardVector.cat([p[1] for p in parts])
+    groups = list(range(r.prompts_per_step))  # kept groups first, then the fill
+    return select_groups(rollout, groups), rv.select(_rows_of(rollout, groups)), metrics, t_generate, t_score
+
+
+def _informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
+    """Groups whose applicable scalar rewards are not all equal."""
+    out = []
+    for g in group_ids.unique().tolist():
+        vals = reward[group_ids == g]
+        vals = vals[~torch.isnan(vals)]
+        if vals.numel() > 1 and bool((vals != vals[0]).any()):
+            out.append(int(g))
+    return out
+
+
+def _rows_of(batch: RolloutBatch, groups: list[int]) -> list[int]:
+    return [i for g in groups for i in (batch.group_ids == g).nonzero().flatten().tolist()]
 
 
 def sequence_signal(objective, rv: RewardVector, group_ids, weighting) -> tuple[torch.Tensor, dict[str, float]]:

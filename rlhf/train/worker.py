@@ -127,8 +127,11 @@ class TrainWorker:
             for start in range(0, n, mini):
                 # token_mean over the whole mini-batch of every rank: the backend divides each micro-batch loss by
                 # the accumulation steps and averages over ranks, so normalise by global tokens / (gas * world)
-                tokens = self._global_sum(exp.completion_mask[start : start + mini].sum())
-                normalizer = max(tokens, 1.0) / ((mini // micro) * self.world_size)
+                if getattr(cfg, "loss_agg", "") == "dr_grpo":  # constant denominator per micro-batch
+                    normalizer = float(micro * self.recipe.rollout.max_new_tokens)
+                else:
+                    tokens = self._global_sum(exp.completion_mask[start : start + mini].sum())
+                    normalizer = max(tokens, 1.0) / ((mini // micro) * self.world_size)
                 for m0 in range(start, start + mini, micro):
                     part = exp.slice(m0, m0 + micro)
                     logprobs = completion_logprobs(

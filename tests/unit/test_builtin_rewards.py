@@ -157,3 +157,16 @@ def test_length_penalty_rejects_bad_args():
         run("length_penalty", ["x"], target=-1)
     with pytest.raises(RewardPluginError, match="missing required|needs the column 'target'"):
         run("length_penalty", ["x"])
+
+
+def test_overlong_penalty_dapo_soft_punishment():
+    from rewards.api import resolve_plugin
+
+    fn = resolve_plugin("overlong_penalty").obj
+    # L_max = 10, L_cache = 4: free up to 6 tokens, linear to -1 at 10, -1 beyond
+    got = fn(["p"] * 5, ["c"] * 5, max_tokens=10, cache_tokens=4, num_tokens=[3, 6, 8, 10, 11])
+    assert got == [0.0, 0.0, -0.5, -1.0, -1.0]
+    import pytest
+
+    with pytest.raises(ValueError, match="0 < cache_tokens <= max_tokens"):
+        fn(["p"], ["c"], max_tokens=4, cache_tokens=8, num_tokens=[1])

@@ -383,3 +383,22 @@ def test_trl_oracle_kl_ratio_correction(trl_trainer):
     assert out.metrics["kl"] == pytest.approx(trl_metrics["kl"][-1], abs=1e-6)
     plain = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04).loss(logprobs, old, ref, adv, mask)
     assert abs(float(plain.loss) - float(trl_loss)) > 1e-5  # the correction changes the number
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_trl_oracle_dr_grpo(trl_trainer, beta):
+    # Dr. GRPO: a constant denominator rows * max_completion_length (the trainer passes rows * max_new_tokens)
+    logprobs, old, ref, adv, mask = _loss_inputs(seed=2)
+    B, C = logprobs.shape
+    trl_trainer.max_completion_length = 8  # longer than the padded C=5: the constant, not the batch, decides
+    trl_loss, trl_grad, _ = _trl_loss(trl_trainer, "dr_grpo", beta, logprobs, old, ref, adv, mask)
+    lp = logprobs.clone().requires_grad_(True)
+    out = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta, loss_agg="dr_grpo").loss(
+        lp, old, ref if beta > 0 else None, adv, mask, float(B * 8)
+    )
+    out.loss.backward()
+    torch.testing.assert_close(out.loss.detach(), trl_loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(lp.grad, trl_grad, atol=1e-6, rtol=1e-5)
+    # and it is not token_mean: the denominators differ on this ragged batch
+    tm = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta).loss(logprobs, old, ref if beta > 0 else None, adv, mask)
+    assert not torch.isclose(tm.loss, out.loss.detach())
