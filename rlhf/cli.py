@@ -149,14 +149,15 @@ def _print_summary(summary: dict, summary_table) -> None:
         (name, f"{v['first']:.3f}", f"{v['last']:.3f}", f"{v['last'] - v['first']:+.3f}")
         for name, v in summary["components"].items()
     ]
+    what = "reward components" if summary["objective"] != "dpo" else "training metrics"
     console.print(summary_table(
-        f"reward components: mean over the first and last {summary['window']} steps",
-        rows, ("component", "first", "last", "change"),
+        f"{summary['objective']}: {what}, mean over the first and last {summary['window']} steps",
+        rows, ("component" if summary["objective"] != "dpo" else "metric", "first", "last", "change"),
     ))
     before, after = summary["eval_before"], summary["eval_after"]
     keys = [k for k in after if k in before]
     eval_rows = [(k, f"{before[k]:.3f}", f"{after[k]:.3f}", f"{after[k] - before[k]:+.3f}") for k in keys]
-    console.print(summary_table("held-out evaluation (greedy)", eval_rows, ("metric", "before RL", "after RL", "change")))
+    console.print(summary_table("held-out evaluation", eval_rows, ("metric", "before", "after", "change")))
     console.print(f"checkpoint: {summary['checkpoint']}")
     console.print(f"metrics:    {summary['metrics']}")
     console.print(f"summary:    {os.path.join(summary['output_dir'], 'summary.json')}")

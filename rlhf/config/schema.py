@@ -91,6 +91,8 @@ class DataConfig(Strict):
     split: str = "train"
     prompt_column: str = "prompt"
     completion_column: str = Field("completion", description="target text for SFT")
+    chosen_column: str = Field("chosen", description="preferred completion (preference objectives)")
+    rejected_column: str = Field("rejected", description="dispreferred completion (preference objectives)")
     synthetic: SyntheticArithmeticConfig = Field(default_factory=SyntheticArithmeticConfig)
     chat_template: Literal["auto", "none"] = Field(
         "auto", description="auto: apply the tokenizer's chat template when it has one"
@@ -192,7 +194,27 @@ class ReinforcePPConfig(Strict):
     mini_batches: int = Field(1, ge=1)
 
 
+class DPOConfig(Strict):
+    """Offline preference optimisation on (prompt, chosen, rejected) pairs: DPO, IPO, conservative DPO."""
+
+    kind: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: probability that a label is flipped")
+    reference_free: bool = False
+    ipo_average: bool = Field(True, description="ipo: per-token averaged log-ratios (as TRL)")
+    batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step")
+    max_length: int = Field(512, ge=4, description="tokens per prompt + completion; longer pairs lose their tail")
+
+    @model_validator(mode="after")
+    def _smoothing(self) -> "DPOConfig":
+        if self.label_smoothing and self.loss_type != "cdpo":
+            raise ValueError("label_smoothing is used by loss_type: cdpo only")
+        return self
+
+
 OnPolicyObjective = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig]
+ObjectiveConfig = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, DPOConfig]
 
 
 class SFTObjectiveConfig(Strict):
@@ -250,7 +272,7 @@ class Recipe(Strict):
     rewards: list[RewardComponentConfig] = Field(default_factory=list)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    objective: Annotated[OnPolicyObjective, Field(discriminator="kind")] = Field(default_factory=GRPOConfig)
+    objective: Annotated[ObjectiveConfig, Field(discriminator="kind")] = Field(default_factory=GRPOConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -276,6 +298,13 @@ class Recipe(Strict):
                     f"rollout.prompts_per_step * rollout.group_size = {n_seq} sequences per step must be divisible "
                     f"by train.num_ranks * objective.mini_batches = {shards}"
                 )
+        if kind == "dpo":
+            if self.data.source not in ("jsonl", "parquet"):
+                raise ValueError("objective dpo reads preference pairs from a local file: set data.source to "
+                                 "jsonl or parquet and data.train_path")
+            if self.objective.batch_size % self.train.num_ranks:
+                raise ValueError(f"objective.batch_size {self.objective.batch_size} must be divisible by "
+                                 f"train.num_ranks {self.train.num_ranks}")
         if self.warmup.steps and self.warmup.batch_size % self.train.num_ranks:
             raise ValueError(
                 f"warmup.batch_size {self.warmup.batch_size} must be divisible by train.num_ranks {self.train.num_ranks}"

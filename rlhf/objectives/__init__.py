@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 from torch import Tensor
 
 from rlhf.objectives.common import completion_logprobs, masked_mean, masked_sum
+from rlhf.objectives.dpo import DPO
 from rlhf.objectives.grpo import GRPO
 from rlhf.objectives.reinforce_pp import ReinforcePP
 from rlhf.objectives.rloo import RLOO
@@ -60,6 +61,7 @@ class SupervisedObjective(Objective, Protocol):
 OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
     "grpo": GRPO.from_config,
     "rloo": RLOO.from_config,
+    "dpo": DPO.from_config,
     "reinforce_pp": ReinforcePP.from_config,
     "sft": SFT.from_config,
 }

@@ -80,3 +80,18 @@ def completion_logprobs(
         logp = torch.log_softmax(logits[b].float() / temperature, dim=-1)  # (C, V)
         rows.append(logp.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))  # (C,)
     return torch.stack(rows, dim=0)  # (B, C)
+
+
+def token_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, T-1) log-probability of tokens 1..T-1 of right-padded sequences (token t predicted at t-1).
+
+    For full sequences such as preference pairs (no left padding); mask the result with ``loss_mask[:, 1:]``.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
+    targets = input_ids[:, 1:]  # (B, T-1)
+    rows = []
+    for b in range(input_ids.shape[0]):
+        logp = torch.log_softmax(logits[b, :-1].float(), dim=-1)  # (T-1, V)
+        rows.append(logp.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))  # (T-1,)
+    return torch.stack(rows, dim=0)  # (B, T-1)

@@ -2,11 +2,14 @@
 
     rlhf train recipes/grpo_tiny_cpu.yaml          ->  run(recipe)
 
-    build actors (train ranks, rollout engines, reward workers)
+    build the training ranks (DeepSpeed in Ray actors)
     [warm-up]  SFT steps on the data's completions, saved as OUT/sft
-    eval (before)
-    for each step:  prompts -> generate -> score (reward vector) -> advantages -> update -> sync -> log [-> save]
-    eval (after), summary
+    build the stage for the objective:
+        on-policy (rlhf/runtime/onpolicy.py): rollout engines + reward workers;
+            step = prompts -> generate -> score (reward vector) -> advantages -> update -> sync
+        preference (rlhf/runtime/preference.py): fixed (prompt, chosen, rejected) pairs, cached reference logps;
+            step = pairs -> DPO-family loss -> update
+    eval (before); for each step: stage.step -> log [-> eval] [-> checkpoint]; eval (after), summary
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from typing import Any
 import torch
 
 from rlhf.config.schema import Recipe
-from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -47,23 +49,17 @@ class RunState:
 
     step: int = 0
     warmup_done: bool = False
-    sampler: dict[str, Any] = field(default_factory=dict)
-    weighting: dict[str, Any] = field(default_factory=dict)
+    stage: dict[str, Any] = field(default_factory=dict)  # the stage's state_dict: data position, aggregators
     eval_before: dict[str, float] = field(default_factory=dict)
     recipe_digest: str = ""
 
 
 def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says; returns the summary (also written to OUT/summary.json)."""
-    from rlhf.data import PromptSampler, load_rows
     from rlhf.logging import MetricsLogger
     from rlhf.models.load import resolve_model_dir
     from rlhf.objectives import build_objective
-    from rlhf.rollout.group import RolloutGroup
-    from rlhf.runtime.reward_workers import RewardGroup
-    from rlhf.train import checkpoint as ckpt
     from rlhf.train.group import TrainGroup
-    from rlhf.weighting import build_weighting
 
     out = recipe.run.output_dir
     state, resume_from = _resume_point(recipe, resume)
@@ -73,8 +69,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(seed)
 
     # ---- data and model
-    train_rows, eval_rows = load_rows(recipe.data, seed)
-    corpus = lambda: [r["prompt"] + r.get("completion", "") for r in train_rows + eval_rows]  # noqa: E731
+    train_rows, eval_rows = load_data(recipe, seed)
+    corpus = lambda: [  # noqa: E731  (text for a tiny model's tokenizer)
+        " ".join(str(r.get(k, "")) for k in ("prompt", "completion", "chosen", "rejected")) for r in train_rows + eval_rows
+    ]
     model_dir, _tok_dir = resolve_model_dir(recipe.model, corpus, out, seed)
 
     started_ray = _init_ray(recipe)
@@ -98,7 +96,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             if not state.warmup_done:
                 _warmup(recipe, trainers, model_dir, policy_dir, train_rows, log)
                 state.warmup_done = True
-        # ---- stage 2: on-policy RL
+        # ---- stage 2: the recipe's objective (on-policy RL, or offline preference pairs)
         start_dir = str(resume_from / "model") if resume_from else policy_dir
         trainers.build(start_dir, recipe.train.lr)
         if resume_from:
@@ -106,44 +104,37 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         objective = build_objective(recipe.objective)
         if objective.needs_reference:
             trainers.load_reference(policy_dir)
-        engines = RolloutGroup(recipe, start_dir)
-        actors.append(engines)
-        rewards = RewardGroup(recipe.rewards)
-        actors.append(rewards)
-        weighting = build_weighting(recipe.weighting, recipe.rewards)
-        if state.weighting:
-            weighting.load_state_dict(state.weighting)
-        sampler = PromptSampler(train_rows, recipe.rollout.prompts_per_step, seed)
-        if state.sampler:
-            sampler.load_state_dict(state.sampler)
-        _sync(trainers, engines, version=state.step)  # engines start from the trainer's exact weights
+        stage = build_stage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
+        if state.stage:
+            stage.load_state_dict(state.stage)
+        stage.start(version=state.step)
 
         if not state.eval_before:
-            state.eval_before = evaluate(recipe, engines, rewards, eval_rows)
+            state.eval_before = stage.evaluate()
             log.log(state.step, {f"eval/{k}": v for k, v in state.eval_before.items()}, phase="eval")
-        log.start_phase("grpo", recipe.run.steps, state.step)
+        log.start_phase(objective.name, recipe.run.steps, state.step)
 
         for step in range(state.step + 1, recipe.run.steps + 1):
             lr = lr_at(recipe, step)
             trainers.set_lr(lr)
-            metrics = rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers)
+            metrics = stage.step(step)
             metrics["lr"] = lr
             state.step = step
             if step % recipe.run.log_every == 0 or step == recipe.run.steps:
-                log.log(step, metrics)
+                log.log(step, metrics, phase=stage.phase)
             if recipe.eval.every and step % recipe.eval.every == 0 and step != recipe.run.steps:
-                log.log(step, {f"eval/{k}": v for k, v in evaluate(recipe, engines, rewards, eval_rows).items()}, "eval")
+                log.log(step, {f"eval/{k}": v for k, v in stage.evaluate().items()}, phase="eval")
             if recipe.run.save_every and step % recipe.run.save_every == 0 and step != recipe.run.steps:
-                _save(recipe, trainers, state, sampler, weighting)
+                _save(recipe, trainers, state, stage)
 
         final_ckpt = (
             str(resume_from) if resume_from is not None and state.step == _ckpt_step(resume_from)
-            else _save(recipe, trainers, state, sampler, weighting)
+            else _save(recipe, trainers, state, stage)
         )
-        eval_after = evaluate(recipe, engines, rewards, eval_rows)
+        eval_after = stage.evaluate()
         log.log(state.step, {f"eval/{k}": v for k, v in eval_after.items()}, phase="eval")
         log.close()
-        summary = _summary(recipe, state, eval_after, final_ckpt, log.path)
+        summary = _summary(recipe, state, eval_after, final_ckpt, log.path, stage)
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         return summary
@@ -155,121 +146,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             _shutdown_ray()
 
 
-# --------------------------------------------------------------------------- one RL step
-
-
-def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers) -> dict[str, float]:
-    """generate -> score -> advantages -> update -> sync; returns this step's metrics."""
-    t_step = time.perf_counter()
-    rollout, rv, sample_metrics, t_generate, t_score = generate_and_score(
-        recipe, step, sampler, engines, rewards, weighting
-    )
-    advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
-    completion_mask = rollout.completion_mask.float()  # (B, C)
-    if getattr(recipe.objective, "mask_truncated", False):  # DAPO overlong filtering
-        completion_mask = completion_mask * rollout.finished.float().unsqueeze(1)
-    exp = ExperienceBatch(
-        input_ids=rollout.input_ids(),
-        attention_mask=rollout.attention_mask(),
-        completion_mask=completion_mask,
-        advantages=advantages,
-        prompt_len=rollout.prompt_ids.shape[1],
-    )
-    t0 = time.perf_counter()
-    train_metrics = trainers.train_rl(exp)
-    t_train = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    payload = _sync(trainers, engines, version=step)
-    t_sync = time.perf_counter() - t0
-
-    t_total = time.perf_counter() - t_step
-    n_tokens = int(rollout.completion_mask.sum())
-    return {
-        **sample_metrics,
-        **adv_metrics,
-        **train_metrics,
-        "rollout/completion_tokens_mean": n_tokens / rollout.batch_size,
-        "rollout/finished_rate": float(rollout.finished.float().mean()),
-        "throughput/gen_tokens_per_s": n_tokens / max(t_generate, 1e-9),
-        "throughput/samples_per_s": rollout.batch_size / max(t_total, 1e-9),
-        "sync/bytes": payload.num_bytes,
-        "time/generate": t_generate,
-        "time/score": t_score,
-        "time/train": t_train,
-        "time/sync": t_sync,
-        "time/step": t_total,
-    }
-
-
-def generate_and_score(recipe, step, sampler, engines, rewards, weighting):
-    """One training batch of rollouts and their reward vector.
-
-    With `objective.dynamic_sampling` (DAPO), groups whose scalar reward has zero variance carry no signal: they
-    are dropped and more prompts are generated, up to `max_sampling_rounds` rounds; if still short, dropped
-    groups fill the batch (their advantages are 0) so the batch keeps its size.
-    """
-    from rlhf.rollout.base import cat_rollouts, select_groups
-
-    r, cfg = recipe.rollout, recipe.objective
-    dynamic = getattr(cfg, "dynamic_sampling", False)
-    rounds = cfg.max_sampling_rounds if dynamic else 1
-    kept: list[tuple[RolloutBatch, RewardVector]] = []
-    dropped: list[tuple[RolloutBatch, RewardVector]] = []
-    n_kept, metrics, t_generate, t_score = 0, {}, 0.0, 0.0
-    for round_ in range(rounds):
-        rows = sampler.next_batch()
-        t0 = time.perf_counter()
-        settings = SamplingSettings(
-            n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-            top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
-        )
-        rollout = engines.generate([row["prompt"] for row in rows], settings)
-        t_generate += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
-        t_score += time.perf_counter() - t0
-        if round_ == 0:
-            metrics.update(reward_metrics)
-        if not dynamic:
-            return rollout, rv, metrics, t_generate, t_score
-        informative = _informative_groups(weighting.weighted_sum(rv), rollout.group_ids)
-        rest = [g for g in range(len(rows)) if g not in informative]
-        kept.append((select_groups(rollout, informative), rv.select(_rows_of(rollout, informative))))
-        dropped.append((select_groups(rollout, rest), rv.select(_rows_of(rollout, rest))))
-        n_kept += len(informative)
-        if n_kept >= r.prompts_per_step:
-            break
-    metrics["dynamic_sampling/rounds"] = round_ + 1
-    metrics["dynamic_sampling/filled_groups"] = max(0, r.prompts_per_step - n_kept)
-    parts = [p for p in kept + dropped if p[0].batch_size]
-    rollout = cat_rollouts([p[0] for p in parts], engines.pad_token_id)
-    rv = RewardVector.cat([p[1] for p in parts])
-    groups = list(range(r.prompts_per_step))  # kept groups first, then the fill
-    return select_groups(rollout, groups), rv.select(_rows_of(rollout, groups)), metrics, t_generate, t_score
-
-
-def _informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
-    """Groups whose applicable scalar rewards are not all equal."""
-    out = []
-    for g in group_ids.unique().tolist():
-        vals = reward[group_ids == g]
-        vals = vals[~torch.isnan(vals)]
-        if vals.numel() > 1 and bool((vals != vals[0]).any()):
-            out.append(int(g))
-    return out
-
-
-def _rows_of(batch: RolloutBatch, groups: list[int]) -> list[int]:
-    return [i for g in groups for i in (batch.group_ids == g).nonzero().flatten().tolist()]
-
-
-def sequence_signal(objective, rv: RewardVector, group_ids, weighting) -> tuple[torch.Tensor, dict[str, float]]:
-    """(B,) per-sample signal the trainer needs: advantages, or for token-level objectives (REINFORCE++) the
-    sequence scores that the trainer turns into token advantages once logprobs are known."""
-    if getattr(objective, "token_level_advantages", False):
-        return objective.sequence_scores(rv, group_ids, weighting)
-    return objective.advantages(rv, group_ids, weighting)
+# --------------------------------------------------------------------------- learning rate
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
@@ -285,25 +162,6 @@ def lr_at(recipe: Recipe, step: int) -> float:
     progress = min(1.0, (step - t.lr_warmup_steps) / span)
     decay = 1 - progress if t.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * decay)
-
-
-def _columns(rows: list[dict[str, Any]], rollout: RolloutBatch) -> dict[str, list[Any]]:
-    """Dataset columns repeated per sample (rows of a group are adjacent), plus `finished` and `num_tokens`."""
-    from rlhf.runtime.reward_workers import rollout_columns
-
-    n = rollout.batch_size // len(rows)
-    keys = [k for k in rows[0] if k not in ("prompt", "completion")]
-    rollout.extras = {k: [row.get(k) for row in rows for _ in range(n)] for k in keys}
-    return rollout_columns(rollout)
-
-
-def _sync(trainers, engines, version: int):
-    payload = trainers.export_weights(version)
-    engines.sync(payload)  # raises WeightSyncError on any fingerprint/version mismatch
-    return payload
-
-
-# --------------------------------------------------------------------------- warm-up, eval, save
 
 
 def _warmup(recipe: Recipe, trainers, model_dir: str, sft_dir: str, rows: list[dict], log) -> None:
@@ -332,21 +190,38 @@ def _warmup(recipe: Recipe, trainers, model_dir: str, sft_dir: str, rows: list[d
     trainers.save_hf(sft_dir)
 
 
-def evaluate(recipe: Recipe, engines, rewards, rows: list[dict]) -> dict[str, float]:
-    """Greedy completions on held-out rows, scored by every reward component."""
-    rows = rows[: recipe.eval.max_samples]
-    settings = SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
-                                stop=tuple(recipe.rollout.stop))
-    rollout = engines.generate([r["prompt"] for r in rows], settings)
-    rv, _ = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
-    out = {name: v for name, v in rv.means().items()}
-    if recipe.eval.accuracy_component:
-        out["accuracy"] = out[recipe.eval.accuracy_component]
-    out["completion_tokens_mean"] = float(rollout.completion_lengths.float().mean())
-    return out
+def load_data(recipe: Recipe, seed: int) -> tuple[list[dict], list[dict]]:
+    """Train and eval rows: prompts (+ answers and other columns) for RL, or preference pairs for DPO."""
+    from rlhf.data import holdout_split, load_rows
+
+    if recipe.objective.kind != "dpo":
+        return load_rows(recipe.data, seed)
+    from rlhf.data.preference import load_preference_rows
+
+    d = recipe.data
+    columns = (d.prompt_column, d.chosen_column, d.rejected_column)
+    train = load_preference_rows(d.train_path, *columns)
+    if d.eval_path:
+        evals = load_preference_rows(d.eval_path, *columns)
+    else:
+        train, evals = holdout_split(train, seed)
+    for row in train:
+        row.setdefault("completion", row["chosen"])  # the SFT warm-up target, if the recipe has a warm-up
+    return train, evals
 
 
-def _save(recipe, trainers, state: RunState, sampler, weighting) -> str:
+def build_stage(recipe: Recipe, trainers, objective, start_dir: str, train_rows, eval_rows, actors: list[Any]):
+    """The stage object that runs the recipe's objective, one `step()` at a time."""
+    if objective.on_policy:
+        from rlhf.runtime.onpolicy import OnPolicyStage
+
+        return OnPolicyStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
+    from rlhf.runtime.preference import PreferenceStage
+
+    return PreferenceStage(recipe, trainers, objective, train_rows, eval_rows)
+
+
+def _save(recipe, trainers, state: RunState, stage) -> str:
     from rlhf.train import checkpoint as ckpt
 
     from rlhf.config import recipe_to_yaml
@@ -354,23 +229,24 @@ def _save(recipe, trainers, state: RunState, sampler, weighting) -> str:
     staged = ckpt.staging_dir(recipe.run.output_dir, state.step)
     trainers.save_checkpoint(str(staged))
     (staged / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    state.sampler = sampler.state_dict()
-    state.weighting = weighting.state_dict()
+    state.stage = stage.state_dict()
     final = ckpt.commit(recipe.run.output_dir, state.step, staged, state.__dict__, recipe.run.keep_checkpoints)
     return str(final)
 
 
-def _summary(recipe: Recipe, state: RunState, eval_after: dict[str, float], final_ckpt: str, metrics_path: str):
+def _summary(recipe: Recipe, state: RunState, eval_after: dict[str, float], final_ckpt: str, metrics_path: str,
+             stage) -> dict[str, Any]:
+    """First-vs-last means of the stage's headline metrics, evals before/after, and where things are."""
     records = [json.loads(line) for line in open(metrics_path) if line.strip()]
-    rl = [r for r in records if r.get("phase") == "rl"]
-    k = max(1, min(10, len(rl) // 5))
+    steps = [r for r in records if r.get("phase") == stage.phase]
+    k = max(1, min(10, len(steps) // 5))
     components = {}
-    for c in recipe.rewards:
-        key = f"reward/{c.name}/mean"
-        vals = [r[key] for r in rl if r.get(key) is not None]
+    for name, key in stage.summary_keys().items():
+        vals = [r[key] for r in steps if r.get(key) is not None]
         if vals:
-            components[c.name] = {"first": sum(vals[:k]) / len(vals[:k]), "last": sum(vals[-k:]) / len(vals[-k:])}
+            components[name] = {"first": sum(vals[:k]) / len(vals[:k]), "last": sum(vals[-k:]) / len(vals[-k:])}
     return {
+        "objective": recipe.objective.kind,
         "steps": state.step,
         "window": k,
         "components": components,
@@ -499,4 +375,4 @@ def _shutdown_ray() -> None:
 
 USER_ERRORS = _user_errors()
 
-__all__ = ["run", "rl_step", "evaluate", "RunState", "RewardVector"]
+__all__ = ["run", "RunState", "lr_at", "build_stage"]

@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 from rlhf.config.schema import Recipe
 from rlhf.types import ExperienceBatch, SFTBatch
 
-T = TypeVar("T", ExperienceBatch, SFTBatch)
+T = TypeVar("T")
 
 
 class TrainWorkerDied(RuntimeError):
@@ -81,6 +81,7 @@ class TrainGroup:
     # ------------------------------------------------------------------ API
 
     def build(self, model_dir: str, lr: float) -> list[dict[str, Any]]:
+        self.model_dir = model_dir
         return self._all(lambda w: w.build.remote(model_dir, lr))
 
     def set_lr(self, lr: float) -> None:
@@ -102,6 +103,20 @@ class TrainGroup:
     def policy_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         """(B, C) logprobs under the trained policy (every rank computes; rank 0's answer is returned)."""
         return self._all(lambda w: w.policy_logprobs.remote(input_ids, attention_mask, prompt_len, temperature))[0]
+
+    def preference_logps(self, batch: Any, reference: bool):
+        """(B, 2) summed logps of [chosen, rejected], rows sharded over the ranks."""
+        import torch
+
+        shards = self._shards(batch)
+        return torch.cat(self._get([w.preference_logps.remote(s, reference) for w, s in zip(self.workers, shards)]))
+
+    def train_preference(self, pairs: Any) -> dict[str, float]:
+        shards = self._shards(pairs)
+        return _mean_metrics(self._get([w.train_preference.remote(s) for w, s in zip(self.workers, shards)]))
+
+    def drop_reference(self) -> None:
+        self._all(lambda w: w.drop_reference.remote())
 
     def export_weights(self, version: int) -> Any:
         return self._all(lambda w: w.export_weights.remote(version))[0]

@@ -205,6 +205,60 @@ class TrainWorker:
                 _accumulate(sums, counts, {"grad_norm": norm})
         return {k: sums[k] / counts[k] for k in sums}
 
+    # ------------------------------------------------------------------ preference pairs
+
+    def _pair_logps(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) summed completion logps of chosen and of rejected, from one forward over both."""
+        from rlhf.objectives.common import token_logprobs
+        from rlhf.objectives.dpo import sequence_logps
+
+        ids, mask, loss_mask = batch.stacked()  # (2B, T)
+        logps = sequence_logps(token_logprobs(model, ids, mask), loss_mask[:, 1:])  # (2B,)
+        return logps.chunk(2)
+
+    @torch.no_grad()
+    def preference_logps(self, batch: Any, reference: bool) -> torch.Tensor:
+        """COLLECTIVE for the policy under ZeRO-3. (B, 2) [chosen, rejected] summed logps, no gradient."""
+        if reference and self.reference is None:
+            raise RuntimeError("preference_logps(reference=True) needs load_reference() first")
+        model = self.reference if reference else self.backend.module
+        self.hf_model.eval()
+        try:
+            chosen, rejected = self._pair_logps(model, batch.to(self.device))
+        finally:
+            self.hf_model.train()
+        return torch.stack([chosen, rejected], dim=1).cpu()  # (B, 2)
+
+    def train_preference(self, pairs: Any) -> dict[str, float]:
+        """COLLECTIVE. One optimizer step of the DPO-family loss on this rank's shard of pairs."""
+        from rlhf.objectives import build_objective
+
+        objective = build_objective(self.recipe.objective)
+        pairs = pairs.to(self.device)
+        micro = self.backend.configure_batch(pairs.batch_size, self.recipe.train.micro_batch_size)
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for m0 in range(0, pairs.batch_size, micro):
+            part = pairs.slice(m0, m0 + micro)
+            chosen, rejected = self._pair_logps(self.backend.module, part.batch)  # (b,), (b,)
+            ref = part.ref_logps  # (b, 2) or None (reference-free)
+            lengths = {}
+            if objective.needs_lengths:
+                lengths = dict(chosen_lengths=part.batch.chosen_loss_mask[:, 1:].sum(1),
+                               rejected_lengths=part.batch.rejected_loss_mask[:, 1:].sum(1))
+            out = objective.loss(chosen, rejected, None if ref is None else ref[:, 0],
+                                 None if ref is None else ref[:, 1], **lengths)
+            self.backend.backward(out.loss)
+            norm = self.backend.step()
+            _accumulate(sums, counts, out.metrics)
+            if norm is not None:
+                _accumulate(sums, counts, {"grad_norm": norm})
+        return {k: sums[k] / counts[k] for k in sums}
+
+    def drop_reference(self) -> None:
+        """Free the reference model (preference objectives cache its logps once)."""
+        self.reference = None
+
     # ------------------------------------------------------------------ weights out
 
     def export_weights(self, version: int) -> Any:

@@ -8,7 +8,7 @@ from rewards.api import register_plugin
 from rlhf.config.load import validate_dict
 from rlhf.data import PromptSampler
 from rlhf.rollout.hf import HFEngine
-from rlhf.runtime.controller import generate_and_score
+from rlhf.runtime.onpolicy import generate_and_score
 from rlhf.runtime.reward_workers import RewardGroup
 from rlhf.weighting import build_weighting
 

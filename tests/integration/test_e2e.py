@@ -77,4 +77,4 @@ def test_train_then_resume(ray_session, tmp_path):
     assert sum(r["phase"] == "sft" for r in records) == 3
     assert summary["steps"] == 3 and Path(summary["checkpoint"]).name == "step_000003"
     state = json.loads((Path(summary["checkpoint"]) / "state.json").read_text())
-    assert state["sampler"]["position"] > 0 or state["sampler"]["epoch"] > 0
+    assert state["stage"]["sampler"]["position"] > 0 or state["stage"]["sampler"]["epoch"] > 0

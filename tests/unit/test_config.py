@@ -154,3 +154,15 @@ def test_hub_ids_are_not_checked_locally(tmp_path):
         p = _write(tmp_path, BASE.replace("tiny: {hidden_size: 32, intermediate_size: 64, num_heads: 4}",
                                           f"path: {hub_id}"))
         assert load_recipe(p).model.path == hub_id
+
+
+def test_dpo_needs_a_preference_file_and_cdpo_for_smoothing(tmp_path):
+    p = _write(tmp_path, BASE + "objective: {kind: dpo}\n")
+    with pytest.raises(RecipeError, match="objective dpo reads preference pairs from a local file"):
+        load_recipe(p)
+    p = _write(tmp_path, BASE + "objective: {kind: dpo, label_smoothing: 0.1}\n")
+    with pytest.raises(RecipeError, match="label_smoothing is used by loss_type: cdpo only"):
+        load_recipe(p)
+    p = _write(tmp_path, BASE + "objective: {kind: dpo, betta: 0.1}\n")
+    with pytest.raises(RecipeError, match=r"unknown key 'objective.betta'; did you mean 'beta'\?"):
+        load_recipe(p)

@@ -1,0 +1,211 @@
+"""The on-policy stage (GRPO, RLOO, REINFORCE++): generate -> score -> advantages -> update -> sync, per step.
+
+    stage = OnPolicyStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
+    stage.load_state_dict(saved)          # sampler position + aggregator state, on resume
+    metrics = stage.step(step)
+    scores = stage.evaluate()             # greedy completions on held-out prompts, every reward component
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from rlhf.config.schema import Recipe
+from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
+
+
+class OnPolicyStage:
+    phase = "rl"
+
+    def __init__(self, recipe: Recipe, trainers, objective, start_dir: str, train_rows: list[dict],
+                 eval_rows: list[dict], actors: list[Any]) -> None:
+        from rlhf.data import PromptSampler
+        from rlhf.rollout.group import RolloutGroup
+        from rlhf.runtime.reward_workers import RewardGroup
+        from rlhf.weighting import build_weighting
+
+        self.recipe, self.trainers, self.objective = recipe, trainers, objective
+        self.eval_rows = eval_rows
+        self.engines = RolloutGroup(recipe, start_dir)
+        actors.append(self.engines)
+        self.rewards = RewardGroup(recipe.rewards)
+        actors.append(self.rewards)
+        self.weighting = build_weighting(recipe.weighting, recipe.rewards)
+        self.sampler = PromptSampler(train_rows, recipe.rollout.prompts_per_step, recipe.run.seed)
+
+    def summary_keys(self) -> dict[str, str]:
+        return {c.name: f"reward/{c.name}/mean" for c in self.recipe.rewards}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict(), "weighting": self.weighting.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.weighting.load_state_dict(state["weighting"])
+
+    def start(self, version: int) -> None:
+        """Engines start from the trainer's exact weights (checked by fingerprint)."""
+        sync_weights(self.trainers, self.engines, version)
+
+    def step(self, step: int) -> dict[str, float]:
+        return rl_step(self.recipe, step, self.sampler, self.engines, self.rewards, self.weighting, self.objective,
+                       self.trainers)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.recipe, self.engines, self.rewards, self.eval_rows)
+
+
+def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers) -> dict[str, float]:
+    """generate -> score -> advantages -> update -> sync; returns this step's metrics."""
+    t_step = time.perf_counter()
+    rollout, rv, sample_metrics, t_generate, t_score = generate_and_score(
+        recipe, step, sampler, engines, rewards, weighting
+    )
+    advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
+    completion_mask = rollout.completion_mask.float()  # (B, C)
+    if getattr(recipe.objective, "mask_truncated", False):  # DAPO overlong filtering
+        completion_mask = completion_mask * rollout.finished.float().unsqueeze(1)
+    exp = ExperienceBatch(
+        input_ids=rollout.input_ids(),
+        attention_mask=rollout.attention_mask(),
+        completion_mask=completion_mask,
+        advantages=advantages,
+        prompt_len=rollout.prompt_ids.shape[1],
+    )
+    t0 = time.perf_counter()
+    train_metrics = trainers.train_rl(exp)
+    t_train = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    payload = sync_weights(trainers, engines, version=step)
+    t_sync = time.perf_counter() - t0
+
+    t_total = time.perf_counter() - t_step
+    n_tokens = int(rollout.completion_mask.sum())
+    return {
+        **sample_metrics,
+        **adv_metrics,
+        **train_metrics,
+        "rollout/completion_tokens_mean": n_tokens / rollout.batch_size,
+        "rollout/finished_rate": float(rollout.finished.float().mean()),
+        "throughput/gen_tokens_per_s": n_tokens / max(t_generate, 1e-9),
+        "throughput/samples_per_s": rollout.batch_size / max(t_total, 1e-9),
+        "sync/bytes": payload.num_bytes,
+        "time/generate": t_generate,
+        "time/score": t_score,
+        "time/train": t_train,
+        "time/sync": t_sync,
+        "time/step": t_total,
+    }
+
+
+def generate_and_score(recipe, step, sampler, engines, rewards, weighting):
+    """One training batch of rollouts and their reward vector.
+
+    With `objective.dynamic_sampling` (DAPO), groups whose scalar reward has zero variance carry no signal: they
+    are dropped and more prompts are generated, up to `max_sampling_rounds` rounds; if still short, dropped
+    groups fill the batch (their advantages are 0) so the batch keeps its size.
+    """
+    from rlhf.rollout.base import cat_rollouts, select_groups
+
+    r, cfg = recipe.rollout, recipe.objective
+    dynamic = getattr(cfg, "dynamic_sampling", False)
+    rounds = cfg.max_sampling_rounds if dynamic else 1
+    kept: list[tuple[RolloutBatch, RewardVector]] = []
+    dropped: list[tuple[RolloutBatch, RewardVector]] = []
+    n_kept, metrics, t_generate, t_score = 0, {}, 0.0, 0.0
+    for round_ in range(rounds):
+        rows = sampler.next_batch()
+        t0 = time.perf_counter()
+        settings = SamplingSettings(
+            n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+            top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
+        )
+        rollout = engines.generate([row["prompt"] for row in rows], settings)
+        t_generate += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
+        t_score += time.perf_counter() - t0
+        if round_ == 0:
+            metrics.update(reward_metrics)
+        if not dynamic:
+            return rollout, rv, metrics, t_generate, t_score
+        informative = _informative_groups(weighting.weighted_sum(rv), rollout.group_ids)
+        rest = [g for g in range(len(rows)) if g not in informative]
+        kept.append((select_groups(rollout, informative), rv.select(_rows_of(rollout, informative))))
+        dropped.append((select_groups(rollout, rest), rv.select(_rows_of(rollout, rest))))
+        n_kept += len(informative)
+        if n_kept >= r.prompts_per_step:
+            break
+    metrics["dynamic_sampling/rounds"] = round_ + 1
+    metrics["dynamic_sampling/filled_groups"] = max(0, r.prompts_per_step - n_kept)
+    parts = [p for p in kept + dropped if p[0].batch_size]
+    rollout = cat_rollouts([p[0] for p in parts], engines.pad_token_id)
+    rv = RewardVector.cat([p[1] for p in parts])
+    groups = list(range(r.prompts_per_step))  # kept groups first, then the fill
+    return select_groups(rollout, groups), rv.select(_rows_of(rollout, groups)), metrics, t_generate, t_score
+
+
+def _informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
+    """Groups whose applicable scalar rewards are not all equal."""
+    out = []
+    for g in group_ids.unique().tolist():
+        vals = reward[group_ids == g]
+        vals = vals[~torch.isnan(vals)]
+        if vals.numel() > 1 and bool((vals != vals[0]).any()):
+            out.append(int(g))
+    return out
+
+
+def _rows_of(batch: RolloutBatch, groups: list[int]) -> list[int]:
+    return [i for g in groups for i in (batch.group_ids == g).nonzero().flatten().tolist()]
+
+
+def sequence_signal(objective, rv: RewardVector, group_ids, weighting) -> tuple[torch.Tensor, dict[str, float]]:
+    """(B,) per-sample signal the trainer needs: advantages, or for token-level objectives (REINFORCE++) the
+    sequence scores that the trainer turns into token advantages once logprobs are known."""
+    if getattr(objective, "token_level_advantages", False):
+        return objective.sequence_scores(rv, group_ids, weighting)
+    return objective.advantages(rv, group_ids, weighting)
+
+
+def _columns(rows: list[dict[str, Any]], rollout: RolloutBatch) -> dict[str, list[Any]]:
+    """Dataset columns repeated per sample (rows of a group are adjacent), plus `finished` and `num_tokens`."""
+    from rlhf.runtime.reward_workers import rollout_columns
+
+    n = rollout.batch_size // len(rows)
+    keys = [k for k in rows[0] if k not in ("prompt", "completion")]
+    rollout.extras = {k: [row.get(k) for row in rows for _ in range(n)] for k in keys}
+    return rollout_columns(rollout)
+
+
+def _sync(trainers, engines, version: int):
+    payload = trainers.export_weights(version)
+    engines.sync(payload)  # raises WeightSyncError on any fingerprint/version mismatch
+    return payload
+
+
+# --------------------------------------------------------------------------- warm-up, eval, save
+
+
+def sync_weights(trainers, engines, version: int):
+    payload = trainers.export_weights(version)
+    engines.sync(payload)  # raises WeightSyncError on any fingerprint/version mismatch
+    return payload
+
+
+def evaluate(recipe: Recipe, engines, rewards, rows: list[dict]) -> dict[str, float]:
+    """Greedy completions on held-out rows, scored by every reward component."""
+    rows = rows[: recipe.eval.max_samples]
+    settings = SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
+                                stop=tuple(recipe.rollout.stop))
+    rollout = engines.generate([r["prompt"] for r in rows], settings)
+    rv, _ = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
+    out = {name: v for name, v in rv.means().items()}
+    if recipe.eval.accuracy_component:
+        out["accuracy"] = out[recipe.eval.accuracy_component]
+    out["completion_tokens_mean"] = float(rollout.completion_lengths.float().mean())
+    return out
