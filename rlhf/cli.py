@@ -149,10 +149,11 @@ def _print_summary(summary: dict, summary_table) -> None:
         (name, f"{v['first']:.3f}", f"{v['last']:.3f}", f"{v['last'] - v['first']:+.3f}")
         for name, v in summary["components"].items()
     ]
-    what = "reward components" if summary["objective"] != "dpo" else "training metrics"
+    offline = summary["objective"] in ("dpo", "modpo")
+    what = "training metrics" if offline else "reward components"
     console.print(summary_table(
         f"{summary['objective']}: {what}, mean over the first and last {summary['window']} steps",
-        rows, ("component" if summary["objective"] != "dpo" else "metric", "first", "last", "change"),
+        rows, ("metric" if offline else "component", "first", "last", "change"),
     ))
     before, after = summary["eval_before"], summary["eval_after"]
     keys = [k for k in after if k in before]

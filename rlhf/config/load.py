@@ -57,10 +57,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge `over` into a copy of `base` (mappings merge, everything else replaces)."""
+    """Recursively merge `over` into a copy of `base` (mappings merge, everything else replaces).
+
+    A section that names a different `kind` (e.g. objective: {kind: modpo} over {kind: dpo, loss_type: ...})
+    replaces the base section instead of merging into it: the old kind's keys mean nothing to the new one.
+    """
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        switches_kind = isinstance(v, dict) and isinstance(out.get(k), dict) and "kind" in v and \
+            v["kind"] != out[k].get("kind", v["kind"])
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not switches_kind:
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = v

@@ -213,8 +213,20 @@ class DPOConfig(Strict):
         return self
 
 
+class MODPOConfig(Strict):
+    """MODPO: DPO on one objective's preference pairs with a margin from the other objectives' reward components.
+
+    The weight vector is (preference_weight, rewards[*].weight); it must lie on the simplex (sum to 1)."""
+
+    kind: Literal["modpo"] = "modpo"
+    beta: float = Field(0.1, gt=0)
+    preference_weight: float = Field(0.5, gt=0, le=1, description="w_k: weight of the preference data's objective")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(512, ge=4)
+
+
 OnPolicyObjective = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig]
-ObjectiveConfig = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, DPOConfig]
+ObjectiveConfig = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, DPOConfig, MODPOConfig]
 
 
 class SFTObjectiveConfig(Strict):
@@ -298,13 +310,20 @@ class Recipe(Strict):
                     f"rollout.prompts_per_step * rollout.group_size = {n_seq} sequences per step must be divisible "
                     f"by train.num_ranks * objective.mini_batches = {shards}"
                 )
-        if kind == "dpo":
+        if kind in ("dpo", "modpo"):
             if self.data.source not in ("jsonl", "parquet"):
-                raise ValueError("objective dpo reads preference pairs from a local file: set data.source to "
+                raise ValueError(f"objective {kind} reads preference pairs from a local file: set data.source to "
                                  "jsonl or parquet and data.train_path")
             if self.objective.batch_size % self.train.num_ranks:
                 raise ValueError(f"objective.batch_size {self.objective.batch_size} must be divisible by "
                                  f"train.num_ranks {self.train.num_ranks}")
+        if kind == "modpo":
+            if not self.rewards:
+                raise ValueError("objective modpo needs reward components for the other objectives (rewards:)")
+            total = self.objective.preference_weight + sum(c.weight for c in self.rewards)
+            if abs(total - 1) > 1e-6:
+                raise ValueError(f"objective modpo: preference_weight + the rewards' weights must sum to 1 (a point "
+                                 f"on the simplex), got {total:.6g}")
         if self.warmup.steps and self.warmup.batch_size % self.train.num_ranks:
             raise ValueError(
                 f"warmup.batch_size {self.warmup.batch_size} must be divisible by train.num_ranks {self.train.num_ranks}"

@@ -194,7 +194,7 @@ def load_data(recipe: Recipe, seed: int) -> tuple[list[dict], list[dict]]:
     """Train and eval rows: prompts (+ answers and other columns) for RL, or preference pairs for DPO."""
     from rlhf.data import holdout_split, load_rows
 
-    if recipe.objective.kind != "dpo":
+    if recipe.objective.kind not in ("dpo", "modpo"):
         return load_rows(recipe.data, seed)
     from rlhf.data.preference import load_preference_rows
 
@@ -218,7 +218,7 @@ def build_stage(recipe: Recipe, trainers, objective, start_dir: str, train_rows,
         return OnPolicyStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
     from rlhf.runtime.preference import PreferenceStage
 
-    return PreferenceStage(recipe, trainers, objective, train_rows, eval_rows)
+    return PreferenceStage(recipe, trainers, objective, train_rows, eval_rows, actors)
 
 
 def _save(recipe, trainers, state: RunState, stage) -> str:

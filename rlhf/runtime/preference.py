@@ -1,11 +1,12 @@
-"""The offline preference stage (DPO, IPO, cDPO): fixed (prompt, chosen, rejected) pairs, no rollouts.
+"""The offline preference stage (DPO, IPO, cDPO, MODPO): fixed (prompt, chosen, rejected) pairs, no rollouts.
 
     stage = PreferenceStage(recipe, trainers, objective, train_rows, eval_rows)
     metrics = stage.step(step)      # one optimizer step on `objective.batch_size` pairs
     scores = stage.evaluate()       # held-out pairs: preference accuracy, implicit-reward margin, loss
 
 The reference model's log-probs of every pair are computed once, when the stage starts, and cached with the
-rows (as TRL's precompute_ref_log_probs); the reference model is then dropped from the training ranks.
+rows (as TRL's precompute_ref_log_probs); the reference model is then dropped from the training ranks. For
+MODPO the recipe's reward components score chosen and rejected once, and each pair's margin is cached the same way.
 """
 
 from __future__ import annotations
@@ -26,23 +27,30 @@ class PairBatch:
 
     batch: Any  # rlhf.data.preference.PreferenceBatch, (B, T) tensors
     ref_logps: Tensor | None  # (B, 2) [chosen, rejected] summed reference logps; None when reference-free
+    margin: Tensor | None = None  # (B,) MODPO margin from the other objectives' rewards
 
     @property
     def batch_size(self) -> int:
         return self.batch.batch_size
 
     def slice(self, start: int, stop: int) -> "PairBatch":
-        ref = None if self.ref_logps is None else self.ref_logps[start:stop]
-        return PairBatch(self.batch.slice(start, stop), ref)
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return PairBatch(self.batch.slice(start, stop), cut(self.ref_logps), cut(self.margin))
 
     def to(self, device: Any) -> "PairBatch":
-        return PairBatch(self.batch.to(device), None if self.ref_logps is None else self.ref_logps.to(device))
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return PairBatch(self.batch.to(device), move(self.ref_logps), move(self.margin))
 
 
 class PreferenceStage:
     phase = "dpo"
 
-    def __init__(self, recipe: Recipe, trainers, objective, train_rows: list[dict], eval_rows: list[dict]) -> None:
+    def __init__(self, recipe: Recipe, trainers, objective, train_rows: list[dict], eval_rows: list[dict],
+                 actors: list[Any]) -> None:
         from rlhf.data import PromptSampler
         from rlhf.models.load import load_tokenizer
 
@@ -51,6 +59,8 @@ class PreferenceStage:
         self.train_rows, self.eval_rows = train_rows, eval_rows[: recipe.eval.max_samples]
         self.tokenizer = load_tokenizer(trainers.model_dir, trust_remote_code=recipe.model.trust_remote_code)
         self.sampler = PromptSampler(train_rows, self.cfg.batch_size, recipe.run.seed)
+        self.actors = actors
+        self.margin_metrics: dict[str, float] = {}
 
     def summary_keys(self) -> dict[str, str]:
         return {"loss": "loss/dpo", "pair accuracy": "rewards/accuracy", "reward margin": "rewards/margin"}
@@ -62,11 +72,37 @@ class PreferenceStage:
         self.sampler.load_state_dict(state["sampler"])
 
     def start(self, version: int) -> None:
-        """Cache reference logps for every train and eval pair, then free the reference model."""
+        """Cache reference logps (and MODPO margins) for every train and eval pair; free the reference model."""
         if self.objective.needs_reference:
             for rows in (self.train_rows, self.eval_rows):
                 self._cache_reference(rows)
             self.trainers.drop_reference()
+        if getattr(self.objective, "needs_margin", False):
+            self._cache_margins()
+
+    def _cache_margins(self) -> None:
+        """Score chosen and rejected with the recipe's reward components (Ray reward workers), once."""
+        from rlhf.objectives.modpo import modpo_margin
+        from rlhf.runtime.reward_workers import RewardGroup
+
+        rewards = RewardGroup(self.recipe.rewards)
+        self.actors.append(rewards)
+        weights = {c.name: c.weight for c in self.recipe.rewards}
+        for rows in (self.train_rows, self.eval_rows):
+            prompts = [r["prompt"] for r in rows]
+            scored = [rewards.score(prompts, [r[side] for r in rows], self._columns(rows, side))[0]
+                      for side in ("chosen", "rejected")]
+            margin, self.margin_metrics = modpo_margin(*scored, weights, self.cfg.preference_weight)
+            for row, m in zip(rows, margin.tolist()):
+                row["_margin"] = m
+
+    def _columns(self, rows: list[dict], side: str) -> dict[str, list[Any]]:
+        """Dataset extras plus what the runtime would know of a generated completion."""
+        skip = {"prompt", "chosen", "rejected", "completion"}
+        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k not in skip and not k.startswith("_")}
+        columns["finished"] = [True] * len(rows)
+        columns["num_tokens"] = [len(self.tokenizer(r[side], add_special_tokens=False)["input_ids"]) + 1 for r in rows]
+        return columns
 
     def _cache_reference(self, rows: list[dict]) -> None:
         step = self.cfg.batch_size
@@ -85,14 +121,15 @@ class PreferenceStage:
 
     def _pairs(self, rows: list[dict]) -> PairBatch:
         ref = torch.tensor([r["_ref_logps"] for r in rows]) if self.objective.needs_reference else None
-        return PairBatch(self._collate(rows), ref)
+        margin = torch.tensor([r["_margin"] for r in rows]) if "_margin" in rows[0] else None
+        return PairBatch(self._collate(rows), ref, margin)
 
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         metrics = self.trainers.train_preference(self._pairs(self.sampler.next_batch()))
         metrics["time/step"] = time.perf_counter() - t0
         metrics["throughput/pairs_per_s"] = self.cfg.batch_size / max(metrics["time/step"], 1e-9)
-        return metrics
+        return {**metrics, **self.margin_metrics}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -109,7 +146,7 @@ class PreferenceStage:
             lengths = dict(chosen_lengths=pairs.batch.chosen_loss_mask[:, 1:].sum(1),
                            rejected_lengths=pairs.batch.rejected_loss_mask[:, 1:].sum(1))
         out = self.objective.loss(logps[:, 0], logps[:, 1], None if ref is None else ref[:, 0],
-                                  None if ref is None else ref[:, 1], **lengths)
+                                  None if ref is None else ref[:, 1], margin=pairs.margin, **lengths)
         return {
             "loss": float(out.loss),
             "pref_accuracy": out.metrics["rewards/accuracy"],

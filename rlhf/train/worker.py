@@ -247,7 +247,7 @@ class TrainWorker:
                 lengths = dict(chosen_lengths=part.batch.chosen_loss_mask[:, 1:].sum(1),
                                rejected_lengths=part.batch.rejected_loss_mask[:, 1:].sum(1))
             out = objective.loss(chosen, rejected, None if ref is None else ref[:, 0],
-                                 None if ref is None else ref[:, 1], **lengths)
+                                 None if ref is None else ref[:, 1], margin=part.margin, **lengths)
             self.backend.backward(out.loss)
             norm = self.backend.step()
             _accumulate(sums, counts, out.metrics)

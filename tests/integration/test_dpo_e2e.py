@@ -52,3 +52,19 @@ def test_dpo_trains(ray_session, tmp_path, objective, train):
     final = load_file(f"{summary['checkpoint']}/model/model.safetensors")
     assert any(not torch.equal(init[k], final[k]) for k in init)
     assert set(summary["components"]) == {"loss", "pair accuracy", "reward margin"}
+
+
+def test_modpo_margin_from_reward_components(ray_session, tmp_path):
+    from rlhf.runtime.controller import run
+
+    out = tmp_path / "modpo"
+    recipe = _recipe(out, {}, {"backend": "torch", "num_ranks": 1}).model_dump(mode="json")
+    recipe["objective"] = {"kind": "modpo", "beta": 0.1, "preference_weight": 0.6, "batch_size": 8, "max_length": 24}
+    recipe["rewards"] = [{"name": "brevity", "plugin": "length_penalty", "weight": 0.4,
+                          "args": {"target": 2, "coef": 0.5, "max_penalty": 2.0}}]
+    summary = run(validate_dict(recipe, "test"))
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r["phase"] == "dpo"]
+    # chosen answers are never longer than rejected ones (chatter or another number): margins are >= 0
+    assert steps[-1]["margin/brevity/delta_mean"] > 0 and steps[-1]["margin/mean"] > 0
+    assert summary["objective"] == "modpo" and len(steps) == 3

@@ -166,3 +166,12 @@ def test_dpo_needs_a_preference_file_and_cdpo_for_smoothing(tmp_path):
     p = _write(tmp_path, BASE + "objective: {kind: dpo, betta: 0.1}\n")
     with pytest.raises(RecipeError, match=r"unknown key 'objective.betta'; did you mean 'beta'\?"):
         load_recipe(p)
+
+
+def test_extends_with_another_objective_kind_replaces_the_section(tmp_path):
+    _write(tmp_path, BASE + "objective: {kind: grpo, clip_eps: 0.3, dynamic_sampling: true}\n", "base.yaml")
+    child = _write(tmp_path, "extends: base.yaml\nobjective: {kind: rloo, kl_coef: 0.1}\n", "child.yaml")
+    r = load_recipe(child)
+    assert r.objective.kind == "rloo" and r.objective.kl_coef == 0.1 and r.objective.clip_eps == 0.2
+    same = _write(tmp_path, "extends: base.yaml\nobjective: {kind: grpo, kl_coef: 0.1}\n", "same.yaml")
+    assert load_recipe(same).objective.clip_eps == 0.3  # same kind: merged
