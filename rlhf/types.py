@@ -156,6 +156,8 @@ class ExperienceBatch:
     old_logprobs: Tensor | None = None  # (B, C) logprobs under the policy that generated (set by trainer)
     ref_logprobs: Tensor | None = None  # (B, C) logprobs under the frozen reference
     prompt_len: int = 0  # P: completion token j sits at input position P + j
+    values: Tensor | None = None  # (B, C, S) critic values when the batch was generated (PPO)
+    returns: Tensor | None = None  # (B, C, S) GAE returns, the critic's targets (PPO)
 
     @property
     def batch_size(self) -> int:
@@ -173,6 +175,8 @@ class ExperienceBatch:
             old_logprobs=m(self.old_logprobs),
             ref_logprobs=m(self.ref_logprobs),
             prompt_len=self.prompt_len,
+            values=m(self.values),
+            returns=m(self.returns),
         )
 
     def slice(self, start: int, stop: int) -> "ExperienceBatch":
@@ -187,6 +191,8 @@ class ExperienceBatch:
             old_logprobs=s(self.old_logprobs),
             ref_logprobs=s(self.ref_logprobs),
             prompt_len=self.prompt_len,
+            values=s(self.values),
+            returns=s(self.returns),
         )
 
 

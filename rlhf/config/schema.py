@@ -194,6 +194,47 @@ class ReinforcePPConfig(Strict):
     mini_batches: int = Field(1, ge=1)
 
 
+class CriticConfig(Strict):
+    """The value model of PPO, trained by its own DeepSpeed worker group."""
+
+    lr: float = Field(1e-5, gt=0)
+    num_ranks: Optional[int] = Field(None, ge=1, description="defaults to train.num_ranks")
+    vector: bool = Field(
+        False, description="one value head per reward component (+1 for the KL stream): per-component GAE, "
+        "combined by the weights afterwards, so weights can change without retraining the critic"
+    )
+    value_clip: Optional[float] = Field(0.2, gt=0, description="clip values to old_value +- this; null: no clip")
+    init_from: Optional[str] = Field(None, description="causal LM dir for the critic backbone; default: the policy's")
+
+
+class PPOConfig(Strict):
+    """PPO (Schulman et al. 2017) with GAE and a learned critic, as in RLHF (Ouyang et al. 2022)."""
+
+    kind: Literal["ppo"] = "ppo"
+    clip_eps: float = Field(0.2, gt=0)
+    clip_eps_high: Optional[float] = Field(None, gt=0)
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0)
+    kl_mode: Literal["reward", "loss"] = Field(
+        "reward", description="reward: -kl_coef * (logp - ref) on every token's reward; loss: a k3 loss term"
+    )
+    adaptive_kl: bool = Field(False, description="Ziegler et al. 2019 controller towards kl_target")
+    kl_target: float = Field(0.1, gt=0)
+    kl_horizon: int = Field(10000, ge=1)
+    whiten_advantages: bool = True
+    epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+
+    @model_validator(mode="after")
+    def _adaptive(self) -> "PPOConfig":
+        if self.adaptive_kl and self.kl_mode != "reward":
+            raise ValueError("adaptive_kl controls the KL penalty in the reward: set kl_mode: reward")
+        return self
+
+
 class DPOConfig(Strict):
     """Offline preference optimisation on (prompt, chosen, rejected) pairs: DPO, IPO, conservative DPO."""
 
@@ -225,8 +266,8 @@ class MODPOConfig(Strict):
     max_length: int = Field(512, ge=4)
 
 
-OnPolicyObjective = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig]
-ObjectiveConfig = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, DPOConfig, MODPOConfig]
+OnPolicyObjective = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig]
+ObjectiveConfig = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, DPOConfig, MODPOConfig]
 
 
 class SFTObjectiveConfig(Strict):
@@ -297,10 +338,10 @@ class Recipe(Strict):
         if dup:
             raise ValueError(f"rewards: duplicate component names {dup}")
         kind = self.objective.kind
-        if kind in ("grpo", "rloo", "reinforce_pp"):
+        if kind in ("grpo", "rloo", "reinforce_pp", "ppo"):
             if not self.rewards:
                 raise ValueError(f"objective {kind} needs at least one entry in rewards")
-            grouped = kind != "reinforce_pp" or self.objective.baseline == "group"
+            grouped = kind in ("grpo", "rloo") or (kind == "reinforce_pp" and self.objective.baseline == "group")
             if grouped and self.rollout.group_size < 2:
                 raise ValueError(f"objective {kind} needs rollout.group_size >= 2 (its baseline is group-relative)")
             n_seq = self.rollout.prompts_per_step * self.rollout.group_size
@@ -310,6 +351,12 @@ class Recipe(Strict):
                     f"rollout.prompts_per_step * rollout.group_size = {n_seq} sequences per step must be divisible "
                     f"by train.num_ranks * objective.mini_batches = {shards}"
                 )
+        if kind == "ppo":
+            ranks = self.objective.critic.num_ranks or self.train.num_ranks
+            n_seq = self.rollout.prompts_per_step * self.rollout.group_size
+            if n_seq % (ranks * self.objective.mini_batches):
+                raise ValueError(f"{n_seq} sequences per step must be divisible by objective.critic.num_ranks * "
+                                 f"objective.mini_batches = {ranks * self.objective.mini_batches}")
         if kind in ("dpo", "modpo"):
             if self.data.source not in ("jsonl", "parquet"):
                 raise ValueError(f"objective {kind} reads preference pairs from a local file: set data.source to "

@@ -21,6 +21,7 @@ from rlhf.objectives.common import completion_logprobs, masked_mean, masked_sum
 from rlhf.objectives.dpo import DPO
 from rlhf.objectives.grpo import GRPO
 from rlhf.objectives.modpo import MODPO
+from rlhf.objectives.ppo import PPO
 from rlhf.objectives.reinforce_pp import ReinforcePP
 from rlhf.objectives.rloo import RLOO
 from rlhf.objectives.sft import SFT, sft_loss
@@ -64,6 +65,7 @@ OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
     "rloo": RLOO.from_config,
     "dpo": DPO.from_config,
     "modpo": MODPO.from_config,
+    "ppo": PPO.from_config,
     "reinforce_pp": ReinforcePP.from_config,
     "sft": SFT.from_config,
 }

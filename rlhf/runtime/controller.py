@@ -102,9 +102,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         if resume_from:
             trainers.load_optimizer(str(resume_from))
         objective = build_objective(recipe.objective)
-        if objective.needs_reference:
+        if needs_reference(recipe, objective):
             trainers.load_reference(policy_dir)
-        stage = build_stage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
+        stage = build_stage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
         if state.stage:
             stage.load_state_dict(state.stage)
         stage.start(version=state.step)
@@ -210,12 +210,22 @@ def load_data(recipe: Recipe, seed: int) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
-def build_stage(recipe: Recipe, trainers, objective, start_dir: str, train_rows, eval_rows, actors: list[Any]):
+def needs_reference(recipe: Recipe, objective) -> bool:
+    """The frozen reference is needed for a KL term in the loss, or (PPO) a KL penalty in the reward."""
+    return objective.needs_reference or (recipe.objective.kind == "ppo" and recipe.objective.kl_coef > 0)
+
+
+def build_stage(recipe: Recipe, trainers, objective, start_dir: str, train_rows, eval_rows, actors: list[Any],
+                resume_from: Any = None):
     """The stage object that runs the recipe's objective, one `step()` at a time."""
+    if recipe.objective.kind == "ppo":
+        from rlhf.runtime.ppo import PPOStage
+
+        return PPOStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
     if objective.on_policy:
         from rlhf.runtime.onpolicy import OnPolicyStage
 
-        return OnPolicyStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
+        return OnPolicyStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
     from rlhf.runtime.preference import PreferenceStage
 
     return PreferenceStage(recipe, trainers, objective, train_rows, eval_rows, actors)
@@ -228,6 +238,7 @@ def _save(recipe, trainers, state: RunState, stage) -> str:
 
     staged = ckpt.staging_dir(recipe.run.output_dir, state.step)
     trainers.save_checkpoint(str(staged))
+    stage.save_checkpoint(str(staged))
     (staged / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     state.stage = stage.state_dict()
     final = ckpt.commit(recipe.run.output_dir, state.step, staged, state.__dict__, recipe.run.keep_checkpoints)

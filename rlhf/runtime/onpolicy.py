@@ -21,7 +21,7 @@ class OnPolicyStage:
     phase = "rl"
 
     def __init__(self, recipe: Recipe, trainers, objective, start_dir: str, train_rows: list[dict],
-                 eval_rows: list[dict], actors: list[Any]) -> None:
+                 eval_rows: list[dict], actors: list[Any], resume_from: Any = None) -> None:
         from rlhf.data import PromptSampler
         from rlhf.rollout.group import RolloutGroup
         from rlhf.runtime.reward_workers import RewardGroup
@@ -52,19 +52,28 @@ class OnPolicyStage:
 
     def step(self, step: int) -> dict[str, float]:
         return rl_step(self.recipe, step, self.sampler, self.engines, self.rewards, self.weighting, self.objective,
-                       self.trainers)
+                       self.trainers, self.estimator)
+
+    estimator = None  # PPO's stage sets one (critic + GAE)
+
+    def save_checkpoint(self, staged_dir: str) -> None:
+        """Anything the stage owns besides the policy (PPO: the critic)."""
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.recipe, self.engines, self.rewards, self.eval_rows)
 
 
-def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers) -> dict[str, float]:
-    """generate -> score -> advantages -> update -> sync; returns this step's metrics."""
+def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, trainers, estimator=None) -> dict:
+    """generate -> score -> advantages -> update -> sync; returns this step's metrics.
+
+    `estimator` (PPO) computes token-level advantages from trainer-side passes (logprobs, critic values) in
+    `prepare`, and trains what it owns (the critic) in `after_update`; without it the objective's own
+    group-relative advantages are used.
+    """
     t_step = time.perf_counter()
     rollout, rv, sample_metrics, t_generate, t_score = generate_and_score(
         recipe, step, sampler, engines, rewards, weighting
     )
-    advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
     completion_mask = rollout.completion_mask.float()  # (B, C)
     if getattr(recipe.objective, "mask_truncated", False):  # DAPO overlong filtering
         completion_mask = completion_mask * rollout.finished.float().unsqueeze(1)
@@ -72,11 +81,20 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
         input_ids=rollout.input_ids(),
         attention_mask=rollout.attention_mask(),
         completion_mask=completion_mask,
-        advantages=advantages,
+        advantages=torch.zeros(rollout.batch_size),
         prompt_len=rollout.prompt_ids.shape[1],
     )
     t0 = time.perf_counter()
+    if estimator is None:
+        exp.advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
+    else:
+        adv_metrics = estimator.prepare(exp, rv, rollout.group_ids)  # sets (B, C) advantages, old/ref, values
+    t_prepare = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     train_metrics = trainers.train_rl(exp)
+    if estimator is not None:
+        train_metrics.update(estimator.after_update(exp))
     t_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -96,6 +114,7 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
         "sync/bytes": payload.num_bytes,
         "time/generate": t_generate,
         "time/score": t_score,
+        "time/advantages": t_prepare,
         "time/train": t_train,
         "time/sync": t_sync,
         "time/step": t_total,

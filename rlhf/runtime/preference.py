@@ -71,6 +71,9 @@ class PreferenceStage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
 
+    def save_checkpoint(self, staged_dir: str) -> None:
+        """Nothing besides the policy."""
+
     def start(self, version: int) -> None:
         """Cache reference logps (and MODPO margins) for every train and eval pair; free the reference model."""
         if self.objective.needs_reference:

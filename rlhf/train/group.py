@@ -21,19 +21,19 @@ class TrainWorkerDied(RuntimeError):
 
 
 class TrainGroup:
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, role: str = "policy", num_ranks: int | None = None) -> None:
         import ray
 
         from rlhf.runtime.placement import train_bundles
         from rlhf.train.worker import TrainWorker
 
-        self.recipe = recipe
-        self.world_size = recipe.train.num_ranks
+        self.recipe, self.role = recipe, role
+        self.world_size = num_ranks or recipe.train.num_ranks
         threads = max(1, (os.cpu_count() or 1) // self.world_size)
         options = train_bundles(self.world_size)
         actor_cls = ray.remote(TrainWorker)
         self.workers = [
-            actor_cls.options(**options[r]).remote(r, self.world_size, recipe.model_dump(mode="json"), threads)
+            actor_cls.options(**options[r]).remote(r, self.world_size, recipe.model_dump(mode="json"), threads, role)
             for r in range(self.world_size)
         ]
         addr, port = self._get(self.workers[0].address.remote())
@@ -80,9 +80,27 @@ class TrainGroup:
 
     # ------------------------------------------------------------------ API
 
-    def build(self, model_dir: str, lr: float) -> list[dict[str, Any]]:
+    def build(self, model_dir: str, lr: float, num_heads: int | None = None) -> list[dict[str, Any]]:
         self.model_dir = model_dir
-        return self._all(lambda w: w.build.remote(model_dir, lr))
+        return self._all(lambda w: w.build.remote(model_dir, lr, num_heads))
+
+    def logprobs(self, exp: ExperienceBatch, reference: bool = False):
+        """(B, C) logprobs of every row, sharded over the ranks (policy, or the frozen reference)."""
+        import torch
+
+        shards = self._shards(exp)
+        return torch.cat(self._get([w.logprobs.remote(s, reference) for w, s in zip(self.workers, shards)]))
+
+    def values(self, exp: ExperienceBatch):
+        """(B, C, S) critic values, sharded over the ranks."""
+        import torch
+
+        shards = self._shards(exp)
+        return torch.cat(self._get([w.values.remote(s) for w, s in zip(self.workers, shards)]))
+
+    def train_critic(self, exp: ExperienceBatch) -> dict[str, float]:
+        shards = self._shards(exp)
+        return _mean_metrics(self._get([w.train_critic.remote(s) for w, s in zip(self.workers, shards)]))
 
     def set_lr(self, lr: float) -> None:
         self._all(lambda w: w.set_lr.remote(lr))

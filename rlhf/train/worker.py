@@ -26,10 +26,11 @@ def _free_port() -> int:
 
 
 class TrainWorker:
-    def __init__(self, rank: int, world_size: int, recipe: dict[str, Any], num_threads: int) -> None:
+    def __init__(self, rank: int, world_size: int, recipe: dict[str, Any], num_threads: int,
+                 role: str = "policy") -> None:
         from rlhf.config.schema import Recipe
 
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.role = rank, world_size, role
         self.recipe = Recipe.model_validate(recipe)
         torch.set_num_threads(max(1, num_threads))
         if not torch.cuda.is_available():
@@ -57,14 +58,23 @@ class TrainWorker:
             LOCAL_RANK=str(self.rank) if not torch.cuda.is_available() else "0",
         )
 
-    def build(self, model_dir: str, lr: float) -> dict[str, Any]:
-        """(Re)build the policy from an HF model directory with a fresh optimizer at learning rate `lr`."""
+    def build(self, model_dir: str, lr: float, num_heads: int | None = None) -> dict[str, Any]:
+        """(Re)build the model from an HF directory with a fresh optimizer at learning rate `lr`: the policy, or
+        for the critic role a value model (backbone + `num_heads` value heads)."""
         from rlhf.models.load import load_causal_lm, load_tokenizer
 
         t = self.recipe.train
         torch.manual_seed(self.recipe.run.seed)
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=self.recipe.model.trust_remote_code)
-        self.hf_model = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
+        if self.role == "critic":
+            from rlhf.models.value import load_value_model
+
+            if num_heads is None:
+                raise ValueError("a critic needs num_heads")
+            self.hf_model = load_value_model(model_dir, num_heads, self.recipe.model.dtype,
+                                             self.recipe.model.trust_remote_code)
+        else:
+            self.hf_model = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
         _disable_dropout(self.hf_model)  # ratios and KL must not carry dropout noise (as TRL/OpenRLHF do)
         self.hf_model.train()
         self.hf_model.config.use_cache = False
@@ -101,13 +111,13 @@ class TrainWorker:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         with torch.no_grad():
-            if objective.needs_reference:
+            if objective.needs_reference and exp.ref_logprobs is None:
                 if self.reference is None:
                     raise RuntimeError("the objective needs a reference model but none was loaded")
                 exp.ref_logprobs = self._logprobs_chunked(self.reference, exp, temperature)
             token_level = getattr(objective, "token_level_advantages", False)
             reuse_old = cfg.epochs * cfg.mini_batches == 1 and not token_level
-            if not reuse_old:
+            if not reuse_old and exp.old_logprobs is None:
                 self.hf_model.eval()
                 exp.old_logprobs = self._logprobs_chunked(self.backend.module, exp, temperature)
                 self.hf_model.train()
@@ -186,6 +196,61 @@ class TrainWorker:
             ).cpu()
         finally:
             self.hf_model.train()
+
+    @torch.no_grad()
+    def logprobs(self, exp: ExperienceBatch, reference: bool) -> torch.Tensor:
+        """COLLECTIVE for the policy under ZeRO-3. (B, C) logprobs of this rank's shard (policy or reference)."""
+        if reference and self.reference is None:
+            raise RuntimeError("logprobs(reference=True) needs load_reference() first")
+        exp = exp.to(self.device)
+        self.hf_model.eval()
+        try:
+            model = self.reference if reference else self.backend.module
+            return self._logprobs_chunked(model, exp, self.recipe.rollout.temperature).cpu()
+        finally:
+            self.hf_model.train()
+
+    # ------------------------------------------------------------------ critic
+
+    @torch.no_grad()
+    def values(self, exp: ExperienceBatch) -> torch.Tensor:
+        """COLLECTIVE. (B, C, S) critic values of this rank's shard."""
+        from rlhf.models.value import completion_values
+
+        exp = exp.to(self.device)
+        self.hf_model.eval()
+        try:
+            step = self.recipe.train.micro_batch_size
+            parts = [completion_values(self.backend.module, exp.input_ids[i : i + step],
+                                       exp.attention_mask[i : i + step], exp.prompt_len)
+                     for i in range(0, exp.batch_size, step)]
+        finally:
+            self.hf_model.train()
+        return torch.cat(parts).float().cpu()
+
+    def train_critic(self, exp: ExperienceBatch) -> dict[str, float]:
+        """COLLECTIVE. Epochs x mini-batches of clipped value-loss steps towards exp.returns."""
+        from rlhf.models.value import completion_values
+        from rlhf.objectives.ppo import value_loss
+
+        cfg = self.recipe.objective
+        exp = exp.to(self.device)
+        n = exp.batch_size
+        mini = n // cfg.mini_batches
+        micro = self.backend.configure_batch(mini, self.recipe.train.micro_batch_size)
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for _epoch in range(cfg.epochs):
+            for m0 in range(0, n, micro):
+                part = exp.slice(m0, m0 + micro)
+                values = completion_values(self.backend.module, part.input_ids, part.attention_mask, part.prompt_len)
+                out = value_loss(values, part.values, part.returns, part.completion_mask, cfg.critic.value_clip)
+                self.backend.backward(out.loss)
+                norm = self.backend.step()
+                _accumulate(sums, counts, out.metrics)
+                if norm is not None:
+                    _accumulate(sums, counts, {"critic/grad_norm": norm})
+        return {k: sums[k] / counts[k] for k in sums}
 
     def train_sft(self, batch: SFTBatch) -> dict[str, float]:
         """COLLECTIVE. One optimizer step of supervised fine-tuning on this rank's shard."""
@@ -292,7 +357,12 @@ class TrainWorker:
             state.update((n, t.to(dtype)) for n, t in bucket)  # saved in the model's dtype
         if self.rank == 0:
             os.makedirs(out_dir, exist_ok=True)
-            self.hf_model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            if self.role == "critic":
+                from rlhf.models.value import save_value_model
+
+                save_value_model(self.hf_model, out_dir, state_dict=state)
+            else:
+                self.hf_model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(out_dir)
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
