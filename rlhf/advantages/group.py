@@ -63,3 +63,15 @@ def group_normalize(x: Tensor, group_ids: Tensor, scale_std: bool = True, eps: f
         denom = stats.std[stats.inverse] + eps  # (B,) or (B, K); 0 only for a constant group with eps=0
         adv = torch.where(denom > 0, adv / denom.clamp(min=torch.finfo(adv.dtype).tiny), adv)
     return torch.where(valid, adv, torch.zeros_like(adv))
+
+
+def advantage_metrics(reward: Tensor, advantages: Tensor, group_ids: Tensor) -> dict[str, float]:
+    """Logged with every group-based estimator: raw scalar reward mean, advantage stats, and the fraction of
+    groups whose reward has zero variance (no learning signal: DAPO's dynamic sampling drops them)."""
+    std = group_stats(reward, group_ids).std  # (G,)
+    return {
+        "reward/mean": float(torch.nanmean(reward)),
+        "adv/mean": float(advantages.mean()),
+        "adv/std": float(advantages.std(correction=0)),
+        "adv/zero_std_groups": float(torch.isclose(std, torch.zeros_like(std)).float().mean()),
+    }

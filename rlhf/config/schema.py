@@ -254,6 +254,18 @@ class DPOConfig(Strict):
         return self
 
 
+class OnlineDPOConfig(Strict):
+    """Online DPO: per prompt, the best and the worst of its fresh samples (ranked by the weighted reward vector)
+    form a (chosen, rejected) pair; ties are skipped. DPO/IPO/cDPO loss against the frozen reference."""
+
+    kind: Literal["online_dpo"] = "online_dpo"
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    reference_free: bool = False
+    ipo_average: bool = True
+
+
 class MODPOConfig(Strict):
     """MODPO: DPO on one objective's preference pairs with a margin from the other objectives' reward components.
 
@@ -266,8 +278,9 @@ class MODPOConfig(Strict):
     max_length: int = Field(512, ge=4)
 
 
-OnPolicyObjective = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig]
-ObjectiveConfig = Union[GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, DPOConfig, MODPOConfig]
+ObjectiveConfig = Union[
+    GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig
+]
 
 
 class SFTObjectiveConfig(Strict):
@@ -338,14 +351,15 @@ class Recipe(Strict):
         if dup:
             raise ValueError(f"rewards: duplicate component names {dup}")
         kind = self.objective.kind
-        if kind in ("grpo", "rloo", "reinforce_pp", "ppo"):
+        if kind in ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo"):
             if not self.rewards:
                 raise ValueError(f"objective {kind} needs at least one entry in rewards")
-            grouped = kind in ("grpo", "rloo") or (kind == "reinforce_pp" and self.objective.baseline == "group")
+            grouped = kind in ("grpo", "rloo", "online_dpo") or (
+                kind == "reinforce_pp" and self.objective.baseline == "group")
             if grouped and self.rollout.group_size < 2:
                 raise ValueError(f"objective {kind} needs rollout.group_size >= 2 (its baseline is group-relative)")
             n_seq = self.rollout.prompts_per_step * self.rollout.group_size
-            shards = self.train.num_ranks * self.objective.mini_batches
+            shards = self.train.num_ranks * getattr(self.objective, "mini_batches", 1)
             if n_seq % shards:
                 raise ValueError(
                     f"rollout.prompts_per_step * rollout.group_size = {n_seq} sequences per step must be divisible "

@@ -64,6 +64,7 @@ OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
     "grpo": GRPO.from_config,
     "rloo": RLOO.from_config,
     "dpo": DPO.from_config,
+    "online_dpo": DPO.from_config,
     "modpo": MODPO.from_config,
     "ppo": PPO.from_config,
     "reinforce_pp": ReinforcePP.from_config,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from rlhf.advantages.group import group_stats
+from rlhf.advantages.group import advantage_metrics
 from rlhf.objectives.common import masked_mean, masked_sum
 from rlhf.types import LossOutput, RewardVector
 
@@ -88,12 +88,7 @@ class GRPO:
         """(B,) group-relative advantages from the reward vector, and metrics (weighting's + adv/*)."""
         advantages, metrics = weighting.scalarize(rv, group_ids, self.scale_std, self.eps)  # (B,)
         reward = weighting.weighted_sum(rv)  # (B,) raw scalar reward, NaN where no component applies
-        std = group_stats(reward, group_ids).std  # (G,)
-        metrics = dict(metrics)
-        metrics["reward/mean"] = float(torch.nanmean(reward))
-        metrics["adv/mean"] = float(advantages.mean())
-        metrics["adv/std"] = float(advantages.std(correction=0))
-        metrics["adv/zero_std_groups"] = float(torch.isclose(std, torch.zeros_like(std)).float().mean())
+        metrics = {**metrics, **advantage_metrics(reward, advantages, group_ids)}
         return advantages, metrics
 
     # ------------------------------------------------------------------ loss

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from rlhf.advantages.baselines import rloo
-from rlhf.advantages.group import group_stats
+from rlhf.advantages.group import advantage_metrics
 from rlhf.objectives.grpo import GRPO
 from rlhf.types import LossOutput, RewardVector
 
@@ -85,12 +85,7 @@ class RLOO:
             advantages = weighting.weighted_sum(RewardVector(rv.names, rv.kinds, per_comp))  # (B,)
         else:
             advantages = rloo(reward, group_ids)  # (B,)
-        std = group_stats(reward, group_ids).std  # (G,)
-        metrics = dict(metrics)
-        metrics["reward/mean"] = float(torch.nanmean(reward))
-        metrics["adv/mean"] = float(advantages.mean())
-        metrics["adv/std"] = float(advantages.std(correction=0))
-        metrics["adv/zero_std_groups"] = float(torch.isclose(std, torch.zeros_like(std)).float().mean())
+        metrics = {**metrics, **advantage_metrics(reward, advantages, group_ids)}
         return advantages, metrics
 
     # ------------------------------------------------------------------ loss

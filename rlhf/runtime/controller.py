@@ -222,6 +222,10 @@ def build_stage(recipe: Recipe, trainers, objective, start_dir: str, train_rows,
         from rlhf.runtime.ppo import PPOStage
 
         return PPOStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
+    if recipe.objective.kind == "online_dpo":
+        from rlhf.runtime.online_dpo import OnlineDPOStage
+
+        return OnlineDPOStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
     if objective.on_policy:
         from rlhf.runtime.onpolicy import OnPolicyStage
 

@@ -101,23 +101,21 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
     payload = sync_weights(trainers, engines, version=step)
     t_sync = time.perf_counter() - t0
 
-    t_total = time.perf_counter() - t_step
+    timings = {"time/generate": t_generate, "time/score": t_score, "time/advantages": t_prepare,
+               "time/train": t_train, "time/sync": t_sync, "time/step": time.perf_counter() - t_step}
+    return {**sample_metrics, **adv_metrics, **train_metrics, **rollout_metrics(rollout, payload, timings)}
+
+
+def rollout_metrics(rollout: RolloutBatch, payload, timings: dict[str, float]) -> dict[str, float]:
+    """Generation and throughput numbers every on-policy step logs, plus the phase timings."""
     n_tokens = int(rollout.completion_mask.sum())
     return {
-        **sample_metrics,
-        **adv_metrics,
-        **train_metrics,
         "rollout/completion_tokens_mean": n_tokens / rollout.batch_size,
         "rollout/finished_rate": float(rollout.finished.float().mean()),
-        "throughput/gen_tokens_per_s": n_tokens / max(t_generate, 1e-9),
-        "throughput/samples_per_s": rollout.batch_size / max(t_total, 1e-9),
+        "throughput/gen_tokens_per_s": n_tokens / max(timings["time/generate"], 1e-9),
+        "throughput/samples_per_s": rollout.batch_size / max(timings["time/step"], 1e-9),
         "sync/bytes": payload.num_bytes,
-        "time/generate": t_generate,
-        "time/score": t_score,
-        "time/advantages": t_prepare,
-        "time/train": t_train,
-        "time/sync": t_sync,
-        "time/step": t_total,
+        **timings,
     }
 
 

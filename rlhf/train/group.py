@@ -133,6 +133,13 @@ class TrainGroup:
         shards = self._shards(pairs)
         return _mean_metrics(self._get([w.train_preference.remote(s) for w, s in zip(self.workers, shards)]))
 
+    def train_online_pairs(self, exp: ExperienceBatch) -> dict[str, float]:
+        """Rows (2i, 2i+1) are one pair; the pair count must split evenly over the ranks."""
+        shards = self._shards(exp)
+        if any(s.batch_size % 2 for s in shards):
+            raise ValueError("train_online_pairs: every rank needs whole (chosen, rejected) pairs")
+        return _mean_metrics(self._get([w.train_online_pairs.remote(s) for w, s in zip(self.workers, shards)]))
+
     def drop_reference(self) -> None:
         self._all(lambda w: w.drop_reference.remote())
 

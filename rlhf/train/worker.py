@@ -142,22 +142,31 @@ class TrainWorker:
                 else:
                     tokens = self._global_sum(exp.completion_mask[start : start + mini].sum())
                     normalizer = max(tokens, 1.0) / ((mini // micro) * self.world_size)
-                for m0 in range(start, start + mini, micro):
-                    part = exp.slice(m0, m0 + micro)
+                def loss_fn(part: ExperienceBatch, normalizer: float = normalizer):
                     logprobs = completion_logprobs(
                         self.backend.module, part.input_ids, part.attention_mask, part.prompt_len, temperature
-                    )
+                    )  # (b, C)
                     old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs
-                    out = objective.loss(
+                    return objective.loss(
                         logprobs, old, part.ref_logprobs, part.advantages, part.completion_mask, normalizer
                     )
-                    self.backend.backward(out.loss)
-                    norm = self.backend.step()
-                    _accumulate(sums, counts, out.metrics)
-                    if norm is not None:
-                        _accumulate(sums, counts, {"grad_norm": norm})
+
+                parts = (exp.slice(m0, m0 + micro) for m0 in range(start, start + mini, micro))
+                self._optimize(parts, loss_fn, sums, counts)
         timings["time/update"] = time.perf_counter() - t0
         return {**{k: sums[k] / counts[k] for k in sums}, **timings}
+
+    def _optimize(self, parts, loss_fn, sums: dict[str, float], counts: dict[str, int],
+                  norm_key: str = "grad_norm") -> None:
+        """COLLECTIVE. backward + step per micro-batch (the backend applies the optimizer at the accumulation
+        boundary); metrics are summed into `sums`/`counts`."""
+        for part in parts:
+            out = loss_fn(part)
+            self.backend.backward(out.loss)
+            norm = self.backend.step()
+            _accumulate(sums, counts, out.metrics)
+            if norm is not None:
+                _accumulate(sums, counts, {norm_key: norm})
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """COLLECTIVE when world_size > 1: elementwise sum over ranks (returns a tensor on t's device)."""
@@ -240,16 +249,13 @@ class TrainWorker:
         micro = self.backend.configure_batch(mini, self.recipe.train.micro_batch_size)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        def loss_fn(part: ExperienceBatch):
+            values = completion_values(self.backend.module, part.input_ids, part.attention_mask, part.prompt_len)
+            return value_loss(values, part.values, part.returns, part.completion_mask, cfg.critic.value_clip)
+
         for _epoch in range(cfg.epochs):
-            for m0 in range(0, n, micro):
-                part = exp.slice(m0, m0 + micro)
-                values = completion_values(self.backend.module, part.input_ids, part.attention_mask, part.prompt_len)
-                out = value_loss(values, part.values, part.returns, part.completion_mask, cfg.critic.value_clip)
-                self.backend.backward(out.loss)
-                norm = self.backend.step()
-                _accumulate(sums, counts, out.metrics)
-                if norm is not None:
-                    _accumulate(sums, counts, {"critic/grad_norm": norm})
+            parts = (exp.slice(m0, m0 + micro) for m0 in range(0, n, micro))
+            self._optimize(parts, loss_fn, sums, counts, norm_key="critic/grad_norm")
         return {k: sums[k] / counts[k] for k in sums}
 
     def train_sft(self, batch: SFTBatch) -> dict[str, float]:
@@ -261,13 +267,8 @@ class TrainWorker:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         sft = SFT()
-        for m0 in range(0, batch.batch_size, micro):
-            out = sft.loss_sft(self.backend.module, batch.slice(m0, m0 + micro))
-            self.backend.backward(out.loss)
-            norm = self.backend.step()
-            _accumulate(sums, counts, out.metrics)
-            if norm is not None:
-                _accumulate(sums, counts, {"grad_norm": norm})
+        parts = (batch.slice(m0, m0 + micro) for m0 in range(0, batch.batch_size, micro))
+        self._optimize(parts, lambda part: sft.loss_sft(self.backend.module, part), sums, counts)
         return {k: sums[k] / counts[k] for k in sums}
 
     # ------------------------------------------------------------------ preference pairs
@@ -303,21 +304,50 @@ class TrainWorker:
         micro = self.backend.configure_batch(pairs.batch_size, self.recipe.train.micro_batch_size)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        for m0 in range(0, pairs.batch_size, micro):
-            part = pairs.slice(m0, m0 + micro)
+        def loss_fn(part: Any):
             chosen, rejected = self._pair_logps(self.backend.module, part.batch)  # (b,), (b,)
             ref = part.ref_logps  # (b, 2) or None (reference-free)
             lengths = {}
             if objective.needs_lengths:
                 lengths = dict(chosen_lengths=part.batch.chosen_loss_mask[:, 1:].sum(1),
                                rejected_lengths=part.batch.rejected_loss_mask[:, 1:].sum(1))
-            out = objective.loss(chosen, rejected, None if ref is None else ref[:, 0],
-                                 None if ref is None else ref[:, 1], margin=part.margin, **lengths)
-            self.backend.backward(out.loss)
-            norm = self.backend.step()
-            _accumulate(sums, counts, out.metrics)
-            if norm is not None:
-                _accumulate(sums, counts, {"grad_norm": norm})
+            return objective.loss(chosen, rejected, None if ref is None else ref[:, 0],
+                                  None if ref is None else ref[:, 1], margin=part.margin, **lengths)
+
+        parts = (pairs.slice(m0, m0 + micro) for m0 in range(0, pairs.batch_size, micro))
+        self._optimize(parts, loss_fn, sums, counts)
+        return {k: sums[k] / counts[k] for k in sums}
+
+    def train_online_pairs(self, exp: ExperienceBatch) -> dict[str, float]:
+        """COLLECTIVE. One optimizer step of the DPO-family loss on rollout pairs: rows (2i, 2i+1) of the shard are
+        (chosen, rejected) completions of one prompt; reference logps are computed here, on the fly."""
+        from rlhf.objectives import build_objective
+        from rlhf.objectives.common import completion_logprobs
+        from rlhf.train.backend import micro_size
+
+        objective = build_objective(self.recipe.objective)
+        temperature = self.recipe.rollout.temperature
+        exp = exp.to(self.device)  # (2P, ...) rows: chosen, rejected, chosen, ...
+        if objective.needs_reference:
+            with torch.no_grad():
+                exp.ref_logprobs = self._logprobs_chunked(self.reference, exp, temperature)  # (2P, C)
+        n_pairs = exp.batch_size // 2
+        pairs_per_micro = micro_size(n_pairs, max(1, self.recipe.train.micro_batch_size // 2))
+        micro = self.backend.configure_batch(exp.batch_size, 2 * pairs_per_micro)
+
+        def loss_fn(part: ExperienceBatch):
+            seq = (completion_logprobs(self.backend.module, part.input_ids, part.attention_mask, part.prompt_len,
+                                       temperature) * part.completion_mask).sum(1)  # (b,)
+            ref = None if part.ref_logprobs is None else (part.ref_logprobs * part.completion_mask).sum(1)  # (b,)
+            lengths = part.completion_mask.sum(1)  # (b,)
+            extra = dict(chosen_lengths=lengths[0::2], rejected_lengths=lengths[1::2]) if objective.needs_lengths else {}
+            return objective.loss(seq[0::2], seq[1::2], None if ref is None else ref[0::2],
+                                  None if ref is None else ref[1::2], **extra)
+
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        parts = (exp.slice(m0, m0 + micro) for m0 in range(0, exp.batch_size, micro))
+        self._optimize(parts, loss_fn, sums, counts)
         return {k: sums[k] / counts[k] for k in sums}
 
     def drop_reference(self) -> None:
