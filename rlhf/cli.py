@@ -3,6 +3,7 @@
     rlhf train RECIPE [key.path=value ...] [--resume | --overwrite]
     rlhf validate RECIPE [key.path=value ...]
     rlhf rewards list
+    rlhf plot RUN_DIR
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*", metavar="key.path=value")
 
+    pl = sub.add_parser("plot", help="draw a run's curves (rewards per component, KL, step time) as a PNG",
+                        description="Read RUN_DIR/metrics.jsonl and write RUN_DIR/curves.png (needs matplotlib).")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
+
     r = sub.add_parser("rewards", help="reward plugins: `rlhf rewards list` shows every plugin a recipe can name")
     r.add_argument("action", choices=["list"])
     return p
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args)
     if args.command == "rewards":
         return _rewards_list()
+    if args.command == "plot":
+        return _plot(args)
     return _train(args)
 
 
@@ -99,6 +107,17 @@ def _check_plugins(recipe, source: str) -> list[str]:
         except RewardPluginError as e:
             problems.append(f"{source}: rewards.{i}: {e}")
     return problems
+
+
+def _plot(args) -> int:
+    from rlhf.plots import plot_run
+
+    try:
+        print(plot_run(args.run_dir, args.out))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _rewards_list() -> int:
@@ -162,6 +181,8 @@ def _print_summary(summary: dict, summary_table) -> None:
     console.print(f"checkpoint: {summary['checkpoint']}")
     console.print(f"metrics:    {summary['metrics']}")
     console.print(f"summary:    {os.path.join(summary['output_dir'], 'summary.json')}")
+    if summary.get("curves"):
+        console.print(f"curves:     {summary['curves']}")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         log.log(state.step, {f"eval/{k}": v for k, v in eval_after.items()}, phase="eval")
         log.close()
         summary = _summary(recipe, state, eval_after, final_ckpt, log.path, stage)
+        summary["curves"] = _plot(out)
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         return summary
@@ -208,6 +209,17 @@ def load_data(recipe: Recipe, seed: int) -> tuple[list[dict], list[dict]]:
     for row in train:
         row.setdefault("completion", row["chosen"])  # the SFT warm-up target, if the recipe has a warm-up
     return train, evals
+
+
+def _plot(out: str) -> str | None:
+    """OUT/curves.png when matplotlib is installed (the `plot`/`dev` extra); None otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    from rlhf.plots import plot_run
+
+    return plot_run(out)
 
 
 def needs_reference(recipe: Recipe, objective) -> bool:

@@ -1,0 +1,94 @@
+"""Training curves from a run's metrics.jsonl, as one PNG people can look at instead of reading numbers.
+
+    rlhf plot runs/grpo_tiny_cpu            # -> runs/grpo_tiny_cpu/curves.png
+
+Panels: every reward component's batch mean (a smoothed line over the raw points) with the held-out evals; KL and
+the policy loss; the step time split by phase. Needs matplotlib (the `plot` or `dev` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def _records(run_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no metrics here; is {run_dir} a run's output_dir?")
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, acc = [], []
+    for v in values:
+        acc.append(v)
+        acc = acc[-window:]
+        out.append(sum(acc) / len(acc))
+    return out
+
+
+def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def plot_run(run_dir: str, out_path: str | None = None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = _records(run_dir)
+    train = [r for r in records if r.get("phase") not in ("eval", "sft")]
+    evals = [r for r in records if r.get("phase") == "eval"]
+    if not train:
+        raise ValueError(f"{run_dir}: metrics.jsonl has no training steps yet")
+    components = sorted({k.split("/")[1] for r in train for k in r if k.startswith("reward/") and k.endswith("/mean")
+                         and k.count("/") == 2})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    window = max(1, len(train) // 20)
+
+    ax = axes[0]
+    for name in components:
+        steps, vals = _series(train, f"reward/{name}/mean")
+        line, = ax.plot(steps, _smooth(vals, window), label=name)
+        ax.scatter(steps, vals, s=4, alpha=0.25, color=line.get_color())
+    for key in sorted({k for r in evals for k in r if k.startswith("eval/") and k.split("/")[1] in components}):
+        steps, vals = _series(evals, key)
+        ax.plot(steps, vals, "o--", label=f"held-out {key.split('/')[1]}")
+    ax.set_title("reward components (batch mean; dashed: held-out eval)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    for key, label in (("kl", "KL to reference"), ("loss/policy", "policy loss"), ("loss/dpo", "DPO loss"),
+                       ("critic/loss/value", "value loss")):
+        steps, vals = _series(train, key)
+        if steps:
+            ax.plot(steps, _smooth(vals, window), label=label)
+    ax.set_title("KL and losses")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    phases = [p for p in ("generate", "score", "advantages", "train", "sync")
+              if any(f"time/{p}" in r for r in train)]
+    steps = [r["step"] for r in train]
+    bottom = [0.0] * len(train)
+    for p in phases:
+        vals = [float(r.get(f"time/{p}") or 0.0) for r in train]
+        ax.bar(steps, vals, bottom=bottom, width=1.0, label=p)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_title("step time by phase (s)")
+    ax.set_xlabel("step")
+    if phases:
+        ax.legend(fontsize=8)
+
+    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.tight_layout()
+    out_path = out_path or os.path.join(run_dir, "curves.png")
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return out_path

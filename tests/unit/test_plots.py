@@ -1,0 +1,30 @@
+"""`rlhf plot` draws a PNG from metrics.jsonl; missing or empty runs give a clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf.cli import main
+
+pytest.importorskip("matplotlib")
+
+
+def test_plot_writes_png(tmp_path, capsys):
+    lines = [{"step": 0, "phase": "eval", "eval/correct": 0.1}]
+    lines += [{"step": s, "phase": "rl", "reward/correct/mean": s / 10, "reward/length/mean": -0.1, "kl": 0.01 * s,
+               "loss/policy": 0.1, "time/generate": 0.5, "time/train": 0.3} for s in range(1, 11)]
+    lines += [{"step": 10, "phase": "eval", "eval/correct": 0.6}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    assert main(["plot", str(tmp_path)]) == 0
+    png = tmp_path / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_plot_errors(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 1
+    assert "no metrics here" in capsys.readouterr().err
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "phase": "sft", "loss/sft": 1.0}))
+    assert main(["plot", str(tmp_path)]) == 1
+    assert "no training steps yet" in capsys.readouterr().err
