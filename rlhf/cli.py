@@ -146,6 +146,7 @@ def _train(args) -> int:
         return 2
     if args.overwrite and os.path.isdir(recipe.run.output_dir):
         shutil.rmtree(recipe.run.output_dir)
+    _quiet_libraries()
     from rlhf.runtime.controller import USER_ERRORS, run
 
     try:
@@ -158,6 +159,17 @@ def _train(args) -> int:
         return 1
     _print_summary(summary, summary_table)
     return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for our progress bars: no per-file tqdm bars from transformers, and DeepSpeed told it is
+    on CPU when this (driver) machine has no GPU instead of warning about it. Workers decide for themselves."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def _print_summary(summary: dict, summary_table) -> None:

@@ -51,14 +51,18 @@ def plot_run(run_dir: str, out_path: str | None = None) -> str:
     window = max(1, len(train) // 20)
 
     ax = axes[0]
-    for name in components:
-        steps, vals = _series(train, f"reward/{name}/mean")
+    # on-policy runs: each reward component; preference runs (DPO, MODPO): pair accuracy and reward margin
+    series = {name: f"reward/{name}/mean" for name in components} or {
+        "pair accuracy": "rewards/accuracy", "reward margin": "rewards/margin"}
+    held_out = components or ["pref_accuracy", "reward_margin"]
+    for name, key in series.items():
+        steps, vals = _series(train, key)
         line, = ax.plot(steps, _smooth(vals, window), label=name)
         ax.scatter(steps, vals, s=4, alpha=0.25, color=line.get_color())
-    for key in sorted({k for r in evals for k in r if k.startswith("eval/") and k.split("/")[1] in components}):
+    for key in sorted({k for r in evals for k in r if k.startswith("eval/") and k.split("/")[1] in held_out}):
         steps, vals = _series(evals, key)
         ax.plot(steps, vals, "o--", label=f"held-out {key.split('/')[1]}")
-    ax.set_title("reward components (batch mean; dashed: held-out eval)")
+    ax.set_title(("reward components" if components else "preference pairs") + " (dashed: held-out eval)")
     ax.set_xlabel("step")
     ax.legend(fontsize=8)
 
@@ -70,11 +74,12 @@ def plot_run(run_dir: str, out_path: str | None = None) -> str:
             ax.plot(steps, _smooth(vals, window), label=label)
     ax.set_title("KL and losses")
     ax.set_xlabel("step")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
     ax = axes[2]
     phases = [p for p in ("generate", "score", "advantages", "train", "sync")
-              if any(f"time/{p}" in r for r in train)]
+              if any(f"time/{p}" in r for r in train)] or ["step"]  # preference stages: the whole step
     steps = [r["step"] for r in train]
     bottom = [0.0] * len(train)
     for p in phases:
