@@ -57,7 +57,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also follow the flags: `rlhf train R --resume run.steps=200`
+    late = [e for e in extra if "=" in e and not e.startswith("-")]
+    if extra != late or (late and args.command not in ("train", "validate")):
+        parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in late) or ' '.join(late)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
     if args.command is None:
         _parser().print_help()
         return 0
@@ -147,10 +154,13 @@ def _train(args) -> int:
     if args.overwrite and os.path.isdir(recipe.run.output_dir):
         shutil.rmtree(recipe.run.output_dir)
     _quiet_libraries()
-    from rlhf.runtime.controller import USER_ERRORS, run
+    from rlhf.runtime.controller import USER_ERRORS, Stopped, run
 
     try:
         summary = run(recipe, resume=args.resume)
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return 130 if "SIGINT" in str(e) else 143
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint (if any) is intact: continue with --resume", file=sys.stderr)
         return 130

@@ -43,6 +43,42 @@ class ResumeMismatch(ValueError):
     """--resume with a recipe that trains something else than the checkpoint did."""
 
 
+class Stopped(RuntimeError):
+    """The run was asked to stop (SIGTERM / SIGINT) and checkpointed before exiting."""
+
+
+class GracefulStop:
+    """SIGTERM or a first SIGINT only sets a flag, read between steps (a step is never cut in half, so the
+    training ranks are never left inside a collective); a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: finishing this step, then saving a checkpoint (Ctrl-C again to abort now)",
+              flush=True)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 @dataclass
 class RunState:
     """Everything besides weights and optimizer that a resumed run needs (saved as state.json)."""
@@ -86,6 +122,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         append=resume_from is not None,
     )
     actors: list[Any] = []
+    stop: GracefulStop | None = None
     try:
         trainers = TrainGroup(recipe)
         actors.append(trainers)
@@ -114,6 +151,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             log.log(state.step, {f"eval/{k}": v for k, v in state.eval_before.items()}, phase="eval")
         log.start_phase(objective.name, recipe.run.steps, state.step)
 
+        stop = GracefulStop()  # SIGTERM (preemption, time limit) or a first Ctrl-C: finish the step, save, exit
         for step in range(state.step + 1, recipe.run.steps + 1):
             lr = lr_at(recipe, step)
             trainers.set_lr(lr)
@@ -124,6 +162,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
                 log.log(step, metrics, phase=stage.phase)
             if recipe.eval.every and step % recipe.eval.every == 0 and step != recipe.run.steps:
                 log.log(step, {f"eval/{k}": v for k, v in stage.evaluate().items()}, phase="eval")
+            if stop.requested and step != recipe.run.steps:
+                path = _save(recipe, trainers, state, stage)
+                raise Stopped(f"stopped by {stop.requested} after step {step}; checkpoint {path} is complete: "
+                              "continue with `rlhf train RECIPE --resume`")
             if recipe.run.save_every and step % recipe.run.save_every == 0 and step != recipe.run.steps:
                 _save(recipe, trainers, state, stage)
 
@@ -140,6 +182,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             json.dump(summary, f, indent=1)
         return summary
     finally:
+        if stop is not None:
+            stop.restore()
         log.close()
         for group in reversed(actors):
             group.shutdown()

@@ -175,3 +175,11 @@ def test_extends_with_another_objective_kind_replaces_the_section(tmp_path):
     assert r.objective.kind == "rloo" and r.objective.kl_coef == 0.1 and r.objective.clip_eps == 0.2
     same = _write(tmp_path, "extends: base.yaml\nobjective: {kind: grpo, kl_coef: 0.1}\n", "same.yaml")
     assert load_recipe(same).objective.clip_eps == 0.3  # same kind: merged
+
+
+def test_overrides_after_flags(tmp_path, capsys):
+    p = _write(tmp_path, BASE)
+    assert main(["validate", str(p), "train.lr=0.5"]) == 0
+    assert "lr: 0.5" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["validate", str(p), "--bogus"])
