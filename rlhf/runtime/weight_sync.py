@@ -6,17 +6,19 @@ Protocol (CPU and any machine without a faster path):
   2. each engine loads every bucket in place (no restart) and reports the fingerprint of what it now holds;
   3. the controller compares the fingerprints and the version: a mismatch raises `WeightSyncError`.
 
-The fingerprint is a SHA-256 over parameter names, shapes and float32 bytes in name order, so the same weights
-give the same digest on both sides whatever the bucket layout.
+The fingerprint is a 128-bit XXH3 hash of every parameter's name, shape and float32 bytes, combined in name
+order, so the same weights give the same digest on both sides whatever the bucket layout. It guards against bugs
+and corruption in transit (not against an adversary): XXH3 runs at memory speed, ~30x faster than SHA-256 here,
+which made hashing half of the sync time (bench/weight_sync.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
+import xxhash
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -38,18 +40,19 @@ class WeightPayload:
 
 
 def tensor_digest(name: str, t: torch.Tensor) -> bytes:
-    """SHA-256 of one parameter: its name, shape and float32 bytes."""
+    """XXH3-128 of one parameter: its name, shape and float32 bytes."""
     t32 = t.detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(name.encode())
+    h = xxhash.xxh3_128(name.encode())
     h.update(str(tuple(t32.shape)).encode())
-    h.update(t32.numpy().tobytes())
+    h.update(memoryview(t32.numpy()).cast("B"))
     return h.digest()
 
 
 def combine_digests(digests: dict[str, bytes]) -> str:
     """One fingerprint from per-parameter digests, in name order (independent of bucket layout)."""
-    h = hashlib.sha256()
+    h = xxhash.xxh3_128()
     for name in sorted(digests):
+        h.update(name.encode())
         h.update(digests[name])
     return h.hexdigest()
 
