@@ -9,7 +9,7 @@ What is timed, in one run on one machine:
   2. the peers: ``Tensor.copy_`` of a float32 tensor of the same byte count into a preallocated one, and a
      ``bytes`` copy (``bytearray(blob)``) of one packed blob of the same size;
   3. the parts of the sync, by calling the functions of ``rlhf/runtime/weight_sync.py`` directly on the same
-     tensors in the driver: copy-out (what the ZeRO gather hands over) + pack (safetensors), SHA-256 fingerprint,
+     tensors in the driver: copy-out (what the ZeRO gather hands over) + pack (safetensors), the fingerprint,
      ``ray.put`` + ``ray.get`` in another process, unpack + in-place copy into the engine's model.
 
 Figures (ratios): real sync / tensor copy and real sync / bytes copy, per ZeRO stage; each part's share of the sync.
@@ -17,6 +17,7 @@ Figures (ratios): real sync / tensor copy and real sync / bytes copy, per ZeRO s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from typing import Any, Sequence
@@ -67,43 +68,57 @@ def make_recipe(out_dir: str, zero_stage: int):
 
 def bench_real_sync(model_dir: str, workdir: str, stages: Sequence[int], repeats: int) -> dict[str, Any]:
     """Export (2 ranks) + engine sync, per ZeRO stage; one engine serves both stages (versions keep rising)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from rlhf.rollout.group import RolloutGroup
     from rlhf.train.group import TrainGroup
 
     out: dict[str, Any] = {}
-    engines = RolloutGroup(make_recipe(workdir, stages[0]), model_dir)
     version = 0
-    try:
-        for stage in stages:
-            recipe = make_recipe(workdir, stage)
-            start_s, trainers = timed(lambda: TrainGroup(recipe))
-            try:
-                build_s, _ = timed(lambda: trainers.build(model_dir, recipe.train.lr))
-                export_s, sync_s, total_s = [], [], []
-                info: dict[str, Any] = {}
-                for i in range(repeats + 1):  # the first round warms up (allocations, first ray.put)
-                    version += 1
-                    t_export, payload = timed(lambda: trainers.export_weights(version))
-                    t_sync, _ = timed(lambda: engines.sync(payload))
-                    info = {"num_bytes": payload.num_bytes, "num_params": payload.num_params,
-                            "num_buckets": len(payload.buckets)}
-                    del payload
-                    if i:
-                        export_s.append(t_export)
-                        sync_s.append(t_sync)
-                        total_s.append(t_export + t_sync)
-            finally:
-                trainers.shutdown()
-            total = summary(total_s)
-            out[f"zero{stage}"] = {
-                **info, "group_start_s": start_s, "build_s": build_s,
-                "export_s": summary(export_s), "engine_sync_s": summary(sync_s), "total_s": total,
-                "s_per_gb": total["median"] / (info["num_bytes"] / GB),
-                "bucket_mb": recipe.train.sync_bucket_mb,
-            }
-    finally:
-        engines.shutdown()
+    with ThreadPoolExecutor(1) as pool:  # the engine loads while the first training group starts
+        engine_future = pool.submit(RolloutGroup, make_recipe(workdir, stages[0]), model_dir)
+        engines = None
+        try:
+            for stage in stages:
+                recipe = make_recipe(workdir, stage)
+                start_s, trainers = timed(lambda: TrainGroup(recipe))
+                try:
+                    build_s, _ = timed(lambda: trainers.build(model_dir, recipe.train.lr))
+                    engines = engine_future.result()
+                    export_s, sync_s, total_s = [], [], []
+                    info: dict[str, Any] = {}
+                    for i in range(repeats + 1):  # the first round warms up (allocations, first ray.put)
+                        version += 1
+                        t_export, payload = timed(lambda: trainers.export_weights(version))
+                        t_sync, _ = timed(lambda: engines.sync(payload))
+                        info = {"num_bytes": payload.num_bytes, "num_params": payload.num_params,
+                                "num_buckets": len(payload.buckets)}
+                        del payload
+                        if i:
+                            export_s.append(t_export)
+                            sync_s.append(t_sync)
+                            total_s.append(t_export + t_sync)
+                finally:
+                    trainers.shutdown()
+                total = summary(total_s)
+                out[f"zero{stage}"] = {
+                    **info, "group_start_s": start_s, "build_s": build_s,
+                    "export_s": summary(export_s), "engine_sync_s": summary(sync_s), "total_s": total,
+                    "s_per_gb": total["median"] / (info["num_bytes"] / GB),
+                    "bucket_mb": recipe.train.sync_bucket_mb,
+                }
+        finally:
+            engines = engines or _result_or_none(engine_future)
+            if engines is not None:
+                engines.shutdown()
     return out
+
+
+def _result_or_none(future: Any) -> Any:
+    try:
+        return future.result()
+    except Exception:  # the engine failed to start: the error that matters was raised already
+        return None
 
 
 def bench_peers(num_bytes: int, repeats: int) -> dict[str, Any]:
@@ -115,8 +130,19 @@ def bench_peers(num_bytes: int, repeats: int) -> dict[str, Any]:
     copy_s = repeat_times(lambda: dst.copy_(src), repeats, warmup=2)
     blob = src.numpy().tobytes()
     bytes_s = repeat_times(lambda: bytearray(blob), repeats, warmup=2)
-    return {"num_bytes": num_bytes, "tensor_copy_s": summary(copy_s), "bytes_copy_s": summary(bytes_s),
-            "torch_threads": torch.get_num_threads()}
+    # not peers but reference points for the fingerprint: one pass of common hashes over the same bytes
+    hashes = {"sha256": lambda: hashlib.sha256(blob).digest(), "blake2b": lambda: hashlib.blake2b(blob).digest()}
+    try:
+        import xxhash
+
+        hashes["xxh3_128"] = lambda: xxhash.xxh3_128(blob).digest()
+    except ImportError:  # only a reference point: skip it where xxhash is not installed
+        pass
+    out = {"num_bytes": num_bytes, "tensor_copy_s": summary(copy_s), "bytes_copy_s": summary(bytes_s),
+           "torch_threads": torch.get_num_threads()}
+    for name, fn in hashes.items():
+        out[f"{name}_s"] = summary(repeat_times(fn, max(2, repeats // 4), warmup=1))
+    return out
 
 
 def bench_parts(model_dir: str, bucket_mb: float, repeats: int) -> dict[str, Any]:
@@ -227,8 +253,9 @@ GROUPS = {
     "gather+pack (copy-out, safetensors pack)": ("copy_out", "pack"),
     "transport (ray.put, ray.get in another process)": ("ray_put", "ray_get_remote"),
     "engine load (unpack, in-place copy)": ("unpack", "copy_in"),
-    "fingerprint (SHA-256, trainer + engine)": ("fingerprint_trainer", "fingerprint_engine"),
+    "fingerprint (trainer + engine)": ("fingerprint_trainer", "fingerprint_engine"),
 }
+REST = "rest (Ray calls, ZeRO gather, scheduling; negative: the parts ran slower in the driver)"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -236,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     setup_env()
     quick = args.quick
     repeats = 2 if quick else 5
-    stages = [2, 3]
+    stages = [2] if quick else [2, 3]  # each DeepSpeed group takes ~10 s to start and build on 2 cores
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="bench_weight_sync_") as tmp:
         model_dir, size = build_model(tmp, quick)
@@ -252,9 +279,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         total = real[f"zero{stage}"]["total_s"]["median"]
         ratios[f"zero{stage}_sync_over_tensor_copy"] = ratio(total, copy_med)
         ratios[f"zero{stage}_sync_over_bytes_copy"] = ratio(total, bytes_med)
+    if len(stages) > 1:
+        ratios["zero3_over_zero2_sync"] = ratio(real["zero3"]["total_s"]["median"], real["zero2"]["total_s"]["median"])
     ref_total = real[f"zero{stages[0]}"]["total_s"]["median"]
     shares = {g: sum(parts[p]["median"] for p in ps) / ref_total for g, ps in GROUPS.items()}
-    shares["rest (Ray calls, ZeRO gather, scheduling)"] = 1 - sum(shares.values())
+    shares[REST] = 1 - sum(shares.values())
     result = {
         "bench": NAME, "quick": quick, "machine": info, "model": size, "real_sync": real, "peers": peers,
         "parts": parts, "part_shares_of_zero2_sync": shares, "ratios": ratios,
@@ -263,7 +292,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "required_ratios": [f"zero{s}_sync_over_{p}_copy" for s in stages for p in ("tensor", "bytes")],
     }
     result["paths"] = write_results(args.out, NAME, result, render(result, quick))
+    result["paths"]["plot"] = plot(result, args.out)
     return result
+
+
+def plot(result: dict[str, Any], out_dir: str) -> str | None:
+    """Seconds per GB: the real sync per ZeRO stage, each of its parts, and the plain copies (log scale)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gb = result["parts"]["num_bytes"] / GB
+    bars = [(f"sync ZeRO-{k[-1]}", v, "tab:red") for k, v in result["s_per_gb"].items() if k.startswith("zero")]
+    bars += [(f"part: {p}", result["parts"][p]["median"] / gb, "tab:orange") for p in
+             ("copy_out", "pack", "fingerprint_trainer", "ray_put", "ray_get_remote", "unpack", "copy_in",
+              "fingerprint_engine")]
+    bars += [("Tensor.copy_", result["s_per_gb"]["tensor_copy"], "tab:green"),
+             ("bytearray copy", result["s_per_gb"]["bytes_copy"], "tab:green")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color=[b[2] for b in bars][::-1])
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per GB (log)")
+    ax.set_title("Weight sync vs plain copies, same bytes, same run")
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{NAME}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def render(result: dict[str, Any], quick: bool) -> str:
@@ -285,6 +345,13 @@ def render(result: dict[str, Any], quick: bool) -> str:
                  ratio(peers["tensor_copy_s"]["median"], peers["bytes_copy_s"]["median"])])
     rows.append(["`bytearray(blob)` (same bytes)", "", "", peers["bytes_copy_s"]["median"], spg["bytes_copy"],
                  ratio(peers["bytes_copy_s"]["median"], peers["tensor_copy_s"]["median"]), 1.0])
+    for label, key in (("one `hashlib.sha256` pass", "sha256_s"), ("one `hashlib.blake2b` pass", "blake2b_s"),
+                       ("one `xxhash.xxh3_128` pass", "xxh3_128_s")):
+        if key not in peers:
+            continue
+        t = peers[key]["median"]
+        rows.append([f"{label} (same bytes)", "", "", t, t / (peers["num_bytes"] / GB),
+                     ratio(t, peers["tensor_copy_s"]["median"]), ratio(t, peers["bytes_copy_s"]["median"])])
     lines.append(md_table(["what", "export (trainer)", "sync (engine)", "total", "s/GB", "x tensor copy",
                            "x bytes copy"], rows))
     lines.append("\n## Where the sync time goes\n")
@@ -302,23 +369,41 @@ def render(result: dict[str, Any], quick: bool) -> str:
     return "\n".join(lines)
 
 
+ADVICE = {
+    "gather+pack": "packing could skip the safetensors copy (ship the tensors' own buffers through the object "
+                   "store)",
+    "transport": "the object store copies the blob in and out again; on one node the engine could map it "
+                 "zero-copy (numpy buffers) instead of unpickling bytes",
+    "engine load": "unpacking could copy straight from the blob into the engine's parameters",
+    "fingerprint": "a faster digest would cut it (compare the hash rows above)",
+}
+
+
 def verdict(result: dict[str, Any]) -> str:
     shares = dict(result["part_shares_of_zero2_sync"])
-    rest = shares.pop("rest (Ray calls, ZeRO gather, scheduling)")
+    rest = shares.pop(REST)
     top, top_share = max(shares.items(), key=lambda kv: kv[1])
-    ratios = result["ratios"]
-    z2, z3 = ratios["zero2_sync_over_tensor_copy"], ratios["zero3_sync_over_tensor_copy"]
-    s = result["s_per_gb"]
-    fp = result["parts"]["fingerprint_trainer"]["median"] + result["parts"]["fingerprint_engine"]["median"]
-    return (f"The sync moves weights at {s['zero2']:.2f} s/GB (ZeRO-2) and {s['zero3']:.2f} s/GB (ZeRO-3), "
-            f"{z2:.0f}x and {z3:.0f}x a plain `Tensor.copy_` of the same bytes ({s['tensor_copy']:.3f} s/GB). "
-            f"The biggest part is {top} at {top_share:.0%} of the ZeRO-2 sync; the two SHA-256 passes alone take "
-            f"{fp:.3f} s. The rest ({rest:.0%}) is not in any timed part: the Ray calls to the ranks and the "
-            "engine, the second rank's share of the collective, and two cores shared by three processes. "
-            "Every byte is touched about seven times (copy-out, pack, hash, put, get, unpack, copy-in, hash "
-            "again) where a copy touches it once, so a ratio in the tens is what this protocol costs on CPU; "
-            "the GPU path (NCCL / CUDA IPC, DESIGN.md) is where the hashing and packing would be dropped.")
-
+    ratios, s, peers = result["ratios"], result["s_per_gb"], result["peers"]
+    stages = " and ".join(f"{s[k]:.1f} s/GB with ZeRO-{k[-1]} ({ratios[k + '_sync_over_tensor_copy']:.0f}x)"
+                          for k in result["real_sync"])
+    parts = result["parts"]
+    fp = parts["fingerprint_trainer"]["median"] + parts["fingerprint_engine"]["median"]
+    fp_share = shares["fingerprint (trainer + engine)"]
+    sha = peers["sha256_s"]["median"]
+    if rest >= 0.1:
+        rest_text = (f"{rest:.0%} of the sync is in no timed part: the Ray calls to the ranks and the engine, the "
+                     "ZeRO gather collective, and three processes sharing the cores.")
+    else:
+        rest_text = (f"The timed parts account for the whole sync (remainder {rest:+.0%}; a negative remainder "
+                     "means the parts ran a little slower in the driver than inside the actors).")
+    advice = next((v for k, v in ADVICE.items() if top.startswith(k)), "")
+    return (f"The sync moves weights at {stages} the time of a plain `Tensor.copy_` of the same bytes "
+            f"({s['tensor_copy']:.2f} s/GB). The biggest part is {top} at {top_share:.0%} of the ZeRO-2 sync"
+            + (f"; {advice}" if advice else "") + ". "
+            f"The two fingerprint passes take {fp * 1e3:.0f} ms ({fp_share:.0%} of the sync); one SHA-256 pass "
+            f"over the same bytes takes {sha * 1e3:.0f} ms here. " + rest_text + " Every byte is touched about "
+            "eight times (copy-out, pack, hash, put, get, unpack, copy-in, hash again) where a copy touches it "
+            "once; on GPU the NCCL / CUDA-IPC path of DESIGN.md avoids packing altogether.")
 
 if __name__ == "__main__":
     r = main()

@@ -1,0 +1,54 @@
+"""The benchmarks run end to end (--quick) and write JSON whose ratio fields are finite positive numbers.
+
+Each bench reuses the session's Ray (and must leave it running). The figures of a --quick run mean nothing;
+this only checks that every bench still works against the current code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # bench/ is not an installed package: import it from the checkout
+
+pytestmark = pytest.mark.slow
+
+
+def _check(result: dict, tmp_path, name: str) -> dict:
+    path = tmp_path / f"{name}.json"
+    assert path.exists() and (tmp_path / f"{name}.md").exists()
+    data = json.loads(path.read_text())
+    assert data["bench"] == name and data["quick"] is True
+    ratios = data["ratios"]
+    assert data["required_ratios"], "a bench must name the ratios it always reports"
+    for key in data["required_ratios"]:
+        value = ratios.get(key)
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{name}: {key} = {value!r}"
+    for key in ("cores_usable", "memory_gib", "date"):
+        assert data["machine"].get(key), f"{name}: machine info lacks {key}"
+    assert result["ratios"].keys() == ratios.keys()
+    return data
+
+
+@pytest.mark.parametrize("name", ["reward_width", "weight_sync", "step_phases"])
+def test_bench_quick(name, ray_session, tmp_path):
+    import importlib
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    bench = importlib.import_module(f"bench.{name}")
+    result = bench.main(["--quick", "--out", str(tmp_path)])
+    assert ray_session.is_initialized(), "a bench must not shut down a Ray it did not start"
+    data = _check(result, tmp_path, name)
+    if name == "reward_width":
+        assert data["kmax"] == 4 and set(data["scoring"]["by_k"]) == {"1", "4"}
+    if name == "weight_sync":
+        assert data["real_sync"]["zero2"]["num_bytes"] > 0
+        assert data["s_per_gb"]["zero2"] > data["s_per_gb"]["tensor_copy"]  # a sync cannot beat a memcpy
+    if name == "step_phases":
+        assert 0 <= data["analysis"]["glue_share"] < 1
+        assert (tmp_path / "step_phases.png").exists()
