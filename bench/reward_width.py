@@ -355,14 +355,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def plot(result: dict[str, Any], out_dir: str) -> str | None:
     """Milliseconds per scoring call vs K: Ray actors, in-process threads, and the plugins' own time."""
-    import importlib.util
+    from rlhf.plots import pyplot
 
-    if importlib.util.find_spec("matplotlib") is None:
+    plt = pyplot()
+    if plt is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     ks, by = result["ks"], result["scoring"]["by_k"]
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -266,15 +266,13 @@ def verdict(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], out_dir: str) -> str | None:
     """A stacked bar per step: phases + glue (PNG next to the JSON)."""
-    import importlib.util
     import os
 
-    if importlib.util.find_spec("matplotlib") is None:
-        return None
-    import matplotlib
+    from rlhf.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return None
 
     per = result["per_step"]
     steps = [r["step"] for r in per]

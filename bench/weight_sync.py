@@ -298,14 +298,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def plot(result: dict[str, Any], out_dir: str) -> str | None:
     """Seconds per GB: the real sync per ZeRO stage, each of its parts, and the plain copies (log scale)."""
-    import importlib.util
+    from rlhf.plots import pyplot
 
-    if importlib.util.find_spec("matplotlib") is None:
+    plt = pyplot()
+    if plt is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     gb = result["parts"]["num_bytes"] / GB
     bars = [(f"sync ZeRO-{k[-1]}", v, "tab:red") for k, v in result["s_per_gb"].items() if k.startswith("zero")]

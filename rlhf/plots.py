@@ -34,11 +34,24 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
-def plot_run(run_dir: str, out_path: str | None = None) -> str:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(run_dir: str, out_path: str | None = None) -> str:
+    plt = pyplot()
+    if plt is None:
+        raise RuntimeError("rlhf plot needs matplotlib: pip install 'rlhf-platform[plot]'")
 
     records = _records(run_dir)
     train = [r for r in records if r.get("phase") not in ("eval", "sft")]

@@ -257,13 +257,9 @@ def load_data(recipe: Recipe, seed: int) -> tuple[list[dict], list[dict]]:
 
 def _plot(out: str) -> str | None:
     """OUT/curves.png when matplotlib is installed (the `plot`/`dev` extra); None otherwise."""
-    import importlib.util
+    from rlhf.plots import plot_run, pyplot
 
-    if importlib.util.find_spec("matplotlib") is None:
-        return None
-    from rlhf.plots import plot_run
-
-    return plot_run(out)
+    return None if pyplot() is None else plot_run(out)
 
 
 def needs_reference(recipe: Recipe, objective) -> bool:
