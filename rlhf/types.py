@@ -106,6 +106,7 @@ class SamplingSettings:
     greedy: bool = False
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks: equal work per engine)
 
 
 @dataclass
@@ -158,6 +159,7 @@ class ExperienceBatch:
     prompt_len: int = 0  # P: completion token j sits at input position P + j
     values: Tensor | None = None  # (B, C, S) critic values when the batch was generated (PPO)
     returns: Tensor | None = None  # (B, C, S) GAE returns, the critic's targets (PPO)
+    rollout_logprobs: Tensor | None = None  # (B, C) the rollout engine's logprobs (mismatch metrics, TIS)
 
     @property
     def batch_size(self) -> int:
@@ -177,6 +179,7 @@ class ExperienceBatch:
             prompt_len=self.prompt_len,
             values=m(self.values),
             returns=m(self.returns),
+            rollout_logprobs=m(self.rollout_logprobs),
         )
 
     def slice(self, start: int, stop: int) -> "ExperienceBatch":
@@ -193,6 +196,7 @@ class ExperienceBatch:
             prompt_len=self.prompt_len,
             values=s(self.values),
             returns=s(self.returns),
+            rollout_logprobs=s(self.rollout_logprobs),
         )
 
 

@@ -16,7 +16,7 @@ from rlhf.rollout.base import cat_rollouts
 from rlhf.runtime.weight_sync import WeightPayload, check_sync
 from rlhf.types import RolloutBatch, SamplingSettings
 
-ENGINES = {"hf": "rlhf.rollout.hf:HFEngine"}
+ENGINES = {"hf": "rlhf.rollout.hf:HFEngine", "vllm": "rlhf.rollout.vllm:VLLMEngine"}
 
 
 def engine_class(name: str) -> type:
@@ -46,6 +46,11 @@ class RolloutActor:
     def completion_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         return self.engine.completion_logprobs(input_ids, attention_mask, prompt_len, temperature)
 
+    def sleep(self) -> None:
+        """Free accelerator memory until the next generate/sync (engines that can: vllm with sleep mode)."""
+        if hasattr(self.engine, "sleep"):
+            self.engine.sleep()
+
     def fingerprint(self) -> str:
         return self.engine.fingerprint()
 
@@ -57,9 +62,15 @@ class RolloutGroup:
     def __init__(self, recipe: Recipe, model_dir: str) -> None:
         import ray
 
-        from rlhf.runtime.placement import rollout_options
+        from rlhf.runtime.placement import has_gpus, rollout_options
 
         r = recipe.rollout
+        if r.engine == "vllm":
+            from rlhf.rollout.vllm import require_vllm
+
+            require_vllm()  # a clear message here, before any actor starts
+            if r.vllm.sleep and not has_gpus():
+                raise ValueError("rollout.vllm.sleep: vLLM has no sleep mode on CPU; set it to false")
         kwargs = dict(
             dtype=recipe.model.dtype,
             trust_remote_code=recipe.model.trust_remote_code,
@@ -69,8 +80,10 @@ class RolloutGroup:
             num_threads=max(1, (os.cpu_count() or 1) // r.num_engines),
         )
         actor_cls = ray.remote(RolloutActor)
+        gpus = r.vllm.tensor_parallel_size if r.engine == "vllm" else 1
         self.actors = [
-            actor_cls.options(**rollout_options()).remote(r.engine, model_dir, kwargs) for _ in range(r.num_engines)
+            actor_cls.options(**rollout_options(gpus)).remote(r.engine, model_dir, {**kwargs, **_engine_kwargs(recipe, i)})
+            for i in range(r.num_engines)
         ]
         self.infos = self._get([a.info.remote() for a in self.actors])  # waits until every engine has loaded
         self.pad_token_id = _pad_id(model_dir, recipe)
@@ -103,6 +116,9 @@ class RolloutGroup:
     def completion_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         return self._get(self.actors[0].completion_logprobs.remote(input_ids, attention_mask, prompt_len, temperature))
 
+    def sleep(self) -> None:
+        self._get([a.sleep.remote() for a in self.actors])
+
     def fingerprints(self) -> list[str]:
         return self._get([a.fingerprint.remote() for a in self.actors])
 
@@ -111,6 +127,17 @@ class RolloutGroup:
 
         for a in self.actors:
             ray.kill(a)
+
+
+def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
+    """Engine-specific constructor arguments (vllm: its recipe block, per-engine CPU cores, seed)."""
+    r = recipe.rollout
+    if r.engine != "vllm":
+        return {}
+    from rlhf.rollout.vllm import cpu_binding
+
+    return {"vllm": r.vllm.model_dump(), "cpu_bind": cpu_binding(index, r.num_engines),
+            "seed": recipe.run.seed + 1000 * index}
 
 
 def _pad_id(model_dir: str, recipe: Recipe) -> int:

@@ -89,7 +89,7 @@ class HFEngine:
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # (B*n, P)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # (B*n, P)
         completion_ids = out[:, P:]  # (B*n, C)
-        completion_mask, finished = _completion_mask(completion_ids, self.eos_ids)
+        completion_mask, finished = _completion_mask(completion_ids, set() if s.ignore_eos else self.eos_ids)
         if s.stop:
             completion_mask, finished = _cut_at_stop(tok, completion_ids, completion_mask, finished, s.stop)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
@@ -125,6 +125,8 @@ class HFEngine:
             use_cache=True,
             do_sample=not s.greedy,
         )
+        if s.ignore_eos:  # EOS logits masked until max_new_tokens
+            cfg.min_new_tokens = s.max_new_tokens
         if not s.greedy:
             cfg.temperature, cfg.top_p, cfg.top_k = s.temperature, s.top_p, (s.top_k or None)
         return cfg

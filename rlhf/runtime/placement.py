@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def _has_gpus() -> bool:
+def has_gpus() -> bool:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0)) >= 1
@@ -22,7 +22,7 @@ def train_bundles(num_ranks: int) -> list[dict[str, Any]]:
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    if _has_gpus():
+    if has_gpus():
         bundles = [{"GPU": 1, "CPU": 1} for _ in range(num_ranks)]
         per_actor = {"num_gpus": 1, "num_cpus": 1}
     else:
@@ -36,5 +36,6 @@ def train_bundles(num_ranks: int) -> list[dict[str, Any]]:
     ]
 
 
-def rollout_options() -> dict[str, Any]:
-    return {"num_gpus": 1, "num_cpus": 1} if _has_gpus() else {"num_cpus": 0.01}
+def rollout_options(gpus_per_engine: int = 1) -> dict[str, Any]:
+    """Ray `.options(...)` per rollout engine (vllm with tensor parallelism takes several GPUs)."""
+    return {"num_gpus": gpus_per_engine, "num_cpus": 1} if has_gpus() else {"num_cpus": 0.01}

@@ -1,0 +1,65 @@
+"""Code that runs inside vLLM's worker processes: the in-place weight update and its fingerprint.
+
+vLLM imports this class by name (`worker_extension_cls="rlhf.rollout.vllm_worker.WeightUpdateExtension"`) and
+mixes it into every worker; the engine reaches it with `llm.collective_rpc("rlhf_reload_weights", ...)`.
+
+Why files and `reload_weights`: on CPU vLLM pre-packs linear weights for its kernels, so a model's own
+`load_weights` leaves `.weight` empty; the worker's `reload_weights(weights_iterator=...)` redoes the layer-wise
+processing and works on CPU and GPU alike. `collective_rpc` arguments travel as msgpack (tensors would arrive as
+nested lists), so the buckets come as safetensors files in shared memory, read one at a time (memory-mapped).
+
+Every tensor is fingerprinted as it streams into `reload_weights` (the same XXH3 digest the trainer computes), so
+the fingerprint covers everything the worker received and loaded, after transport. vLLM's own parameters cannot
+be read back on CPU (pre-packed), which is why the digest is taken on the way in.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+
+class WeightUpdateExtension:
+    """Mixed into vLLM's worker class; `self` is the worker (it has `reload_weights`)."""
+
+    def rlhf_reload_weights(self, paths: list[str]) -> tuple[str, int]:
+        """Load every tensor of the given safetensors files in place; return (fingerprint, tensors loaded)."""
+        from safetensors import safe_open
+
+        from rlhf.runtime.weight_sync import combine_digests, tensor_digest
+
+        digests: dict[str, bytes] = {}
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            for path in paths:
+                with safe_open(path, framework="pt", device="cpu") as f:
+                    for name in f.keys():
+                        tensor = f.get_tensor(name)
+                        if name in digests:
+                            raise ValueError(f"weight sync: tensor {name!r} was sent twice")
+                        digests[name] = tensor_digest(name, tensor)
+                        yield name, tensor
+
+        self.reload_weights(weights_iterator=stream())  # type: ignore[attr-defined]
+        _retie_lm_head(self.model_runner.get_model())  # type: ignore[attr-defined]
+        return combine_digests(digests), len(digests)
+
+
+def _retie_lm_head(model: torch.nn.Module) -> None:
+    """Tied input/output embeddings: the LM head never appears in the checkpoint, so the reload never re-processes
+    it and on CPU its pre-packed gemm (`cpu_linear`) keeps multiplying by the OLD embedding: logits silently stay
+    those of the previous weights. Make sure the head is tied, then redo its kernel processing."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_word_embeddings", False):
+        return
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None:
+        raise RuntimeError(
+            f"weight sync: {type(model).__name__} ties its word embeddings but has no lm_head/model.embed_tokens; "
+            "the engine cannot re-tie them after a weight update"
+        )
+    if head.weight is not embed.weight:
+        head.tie_weights(embed)
+    head.quant_method.process_weights_after_loading(head)  # CPU: re-pack the head's gemm from the new weight
