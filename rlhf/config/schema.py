@@ -121,20 +121,99 @@ class RewardComponentConfig(Strict):
     on_error: Literal["fail", "nan", "zero"] = "fail"
 
 
+class ScheduleConfig(Strict):
+    """A component's weight over the run: weight x value(step)."""
+
+    kind: Literal["constant", "linear", "cosine", "step"] = "linear"
+    start: float = 1.0
+    end: float = 1.0
+    steps: Optional[int] = Field(None, ge=1, description="steps from start to end (default: run.steps)")
+    step_every: Optional[int] = Field(None, ge=1, description="kind=step: multiply by step_factor every N steps")
+    step_factor: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _step_args(self) -> "ScheduleConfig":
+        if (self.kind == "step") != (self.step_every is not None and self.step_factor is not None):
+            raise ValueError("schedule: kind=step needs step_every and step_factor, and only kind=step takes them")
+        return self
+
+
+class ConstraintConfig(Strict):
+    """Keep a component's batch mean above `min` (or below `max`) with a Lagrange multiplier on its weight."""
+
+    component: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    lr: float = Field(0.5, gt=0, description="dual ascent step on the multiplier per unit of violation")
+    max_multiplier: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "ConstraintConfig":
+        if (self.min is None) == (self.max is None):
+            raise ValueError(f"constraint on {self.component!r}: give exactly one of min or max")
+        return self
+
+
+class HypervolumeWeightingConfig(Strict):
+    reference: Optional[list[float]] = Field(
+        None, description="reference point, one value per reward component (default: each component's first "
+        "batch mean minus 1)")
+    buffer_size: int = Field(32, ge=1, description="non-dominated points kept")
+    lr: float = Field(1.0, ge=0, description="mirror-descent step on the weights, per unit of normalised HV slope")
+    delta: float = Field(0.05, gt=0, description="probe step for each component's marginal hypervolume")
+    gain_scale: float = Field(1.0, ge=0, description="advantages x (1 + gain_scale * relative HV gain of last step)")
+    max_scale: float = Field(2.0, ge=1)
+    min_weight: float = Field(0.05, ge=0, lt=1, description="floor of each simplex weight")
+
+
+class GradientWeightingConfig(Strict):
+    lr: float = Field(1.0, ge=0, description="mirror-descent step on the weights per unit of influence")
+    min_weight: float = Field(0.05, ge=0, lt=1, description="floor of each simplex weight")
+    every: int = Field(1, ge=1, description="recompute per-component gradients every N steps")
+    max_samples: int = Field(64, ge=1, description="sequences per rank used for per-component gradients")
+
+
 class WeightingConfig(Strict):
-    kind: Literal["static"] = "static"
+    kind: Literal["static", "hypervolume", "gradient"] = Field(
+        "static", description="static weights; hypervolume-guided or gradient-based dynamic weights")
     normalize: Literal["component_then_sum", "sum_then_normalize"] = Field(
         "sum_then_normalize",
         description="component_then_sum: normalise each component within its group, then weight and sum; "
         "sum_then_normalize: weight and sum the raw components, then normalise the sum within the group",
     )
+    schedules: dict[str, ScheduleConfig] = Field(default_factory=dict, description="per-component weight schedules")
+    constraints: list[ConstraintConfig] = Field(default_factory=list)
+    hypervolume: HypervolumeWeightingConfig = Field(default_factory=HypervolumeWeightingConfig)
+    gradient: GradientWeightingConfig = Field(default_factory=GradientWeightingConfig)
 
 
 # --------------------------------------------------------------------------- rollout / objective / train
 
 
+class VLLMConfig(Strict):
+    """Settings of the `vllm` engine (rollout.engine: vllm). GPU keys are ignored on CPU and vice versa."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (GPU only)")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="fraction of each GPU vLLM may take")
+    kv_cache_gb: float = Field(1.0, gt=0, description="CPU: KV cache space per engine, GiB (VLLM_CPU_KVCACHE_SPACE)")
+    max_model_len: Optional[int] = Field(None, ge=8, description="default: the model's max_position_embeddings")
+    enforce_eager: bool = Field(True, description="no CUDA graphs (faster start-up; required on CPU)")
+    sleep: bool = Field(
+        False, description="colocated GPU placement: free KV cache and weights while training runs (not on CPU)"
+    )
+    in_process: bool = Field(
+        True, description="run vLLM's engine core inside the rollout actor (CPU: fastest; the actor is its own "
+        "process); false: vLLM's own EngineCore/worker processes"
+    )
+
+
 class RolloutConfig(Strict):
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = "hf"
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    tis_cap: Optional[float] = Field(
+        None, gt=0, description="truncated importance sampling: weight each token's policy-gradient term by "
+        "min(p_trainer / p_rollout, tis_cap), correcting the rollout engine's logprob mismatch (vllm)"
+    )
     num_engines: int = Field(1, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=1, description="samples per prompt (n)")
@@ -389,6 +468,20 @@ class Recipe(Strict):
             raise ValueError(
                 f"warmup.batch_size {self.warmup.batch_size} must be divisible by train.num_ranks {self.train.num_ranks}"
             )
+        w = self.weighting
+        for where, comp in [*((f"weighting.schedules.{n}", n) for n in w.schedules),
+                            *((f"weighting.constraints.{i}.component", c.component)
+                              for i, c in enumerate(w.constraints))]:
+            if comp not in names:
+                raise ValueError(f"{where}: {comp!r} is not a reward component; components are {names}")
+        if w.hypervolume.reference is not None and len(w.hypervolume.reference) != len(names):
+            raise ValueError(f"weighting.hypervolume.reference has {len(w.hypervolume.reference)} values; "
+                             f"one per reward component ({len(names)}: {names}) is needed")
+        if w.kind != "static" and kind not in ("grpo", "rloo", "reinforce_pp"):
+            raise ValueError(f"weighting.kind={w.kind} works with grpo, rloo and reinforce_pp, not {kind}")
+        if w.kind == "gradient" and self.train.zero_stage == 3 and self.train.backend == "deepspeed":
+            raise ValueError("weighting.kind=gradient: per-component gradients are computed on full parameters; "
+                             "ZeRO-3 partitions them. Use train.zero_stage 0-2")
         acc = self.eval.accuracy_component
         if acc is not None and acc not in names:
             raise ValueError(f"eval.accuracy_component {acc!r} is not a reward component; components are {names}")

@@ -350,7 +350,7 @@ def _resume_point(recipe: Recipe, resume: bool) -> tuple[RunState, Any]:
     if resume_from is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoints_dir(out)}")
     saved = RunState(**ckpt.verify(resume_from))
-    if saved.recipe_digest != state.recipe_digest:
+    if saved.recipe_digest != state.recipe_digest and not _same_under_current_schema(recipe, resume_from):
         changed = _changed_keys(recipe, resume_from / "recipe.yaml")
         raise ResumeMismatch(
             f"--resume: the recipe differs from the one {resume_from} was trained with, in: {', '.join(changed)}. "
@@ -358,6 +358,19 @@ def _resume_point(recipe: Recipe, resume: bool) -> tuple[RunState, Any]:
             "with different settings."
         )
     return saved, resume_from
+
+
+def _same_under_current_schema(recipe: Recipe, checkpoint: Any) -> bool:
+    """The checkpoint's recipe, read with today's schema (keys added since then take their defaults), hashes the
+    same as this one: a checkpoint written before a new option existed resumes when the option is left at its
+    default."""
+    import yaml
+
+    try:
+        saved = Recipe.model_validate(yaml.safe_load((checkpoint / "recipe.yaml").read_text()))
+    except (OSError, ValueError):  # unreadable or no longer valid: the caller reports the difference
+        return False
+    return _digest(saved) == _digest(recipe)
 
 
 def _changed_keys(recipe: Recipe, saved_path: Any) -> list[str]:
@@ -368,7 +381,12 @@ def _changed_keys(recipe: Recipe, saved_path: Any) -> list[str]:
             return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
         return {prefix[:-1]: d}
 
-    now, before = flat(recipe.model_dump(mode="json")), flat(yaml.safe_load(saved_path.read_text()))
+    saved = yaml.safe_load(saved_path.read_text())
+    try:  # with today's defaults filled in, only real differences are listed
+        saved = Recipe.model_validate(saved).model_dump(mode="json")
+    except ValueError:
+        pass
+    now, before = flat(recipe.model_dump(mode="json")), flat(saved)
     return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k)) or ["(unknown)"]
 
 

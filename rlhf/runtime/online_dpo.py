@@ -37,9 +37,11 @@ def best_worst_pairs(reward: torch.Tensor, group_ids: torch.Tensor) -> list[tupl
 class OnlineDPOStage(OnPolicyStage):
     def step(self, step: int) -> dict[str, float]:
         t_step = time.perf_counter()
+        self.weighting.begin_step(step)
         rollout, rv, metrics, t_generate, t_score = generate_and_score(
             self.recipe, step, self.sampler, self.engines, self.rewards, self.weighting
         )
+        metrics.update(self.weighting.observe(rv))
         reward = self.weighting.weighted_sum(rv)  # (B,)
         _, weighting_metrics = self.weighting.scalarize(rv, rollout.group_ids)
         pairs = best_worst_pairs(reward, rollout.group_ids)
@@ -47,6 +49,7 @@ class OnlineDPOStage(OnPolicyStage):
         metrics.update(weighting_metrics)
         metrics["pairs/count"] = usable
         metrics["pairs/skipped_groups"] = int(rollout.group_ids.unique().numel()) - len(pairs)
+        self.engines.sleep()  # colocated vllm with sleep mode frees its memory while training runs
         t0 = time.perf_counter()
         if usable:
             chosen, rejected = zip(*pairs[:usable])

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from rlhf.advantages.group import group_normalize
 from rlhf.config.schema import Recipe
 from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
 
@@ -33,7 +34,7 @@ class OnPolicyStage:
         actors.append(self.engines)
         self.rewards = RewardGroup(recipe.rewards)
         actors.append(self.rewards)
-        self.weighting = build_weighting(recipe.weighting, recipe.rewards)
+        self.weighting = build_weighting(recipe.weighting, recipe.rewards, total_steps=recipe.run.steps)
         self.sampler = PromptSampler(train_rows, recipe.rollout.prompts_per_step, recipe.run.seed)
 
     def summary_keys(self) -> dict[str, str]:
@@ -71,9 +72,11 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
     group-relative advantages are used.
     """
     t_step = time.perf_counter()
+    weighting.begin_step(step)  # schedules
     rollout, rv, sample_metrics, t_generate, t_score = generate_and_score(
         recipe, step, sampler, engines, rewards, weighting
     )
+    sample_metrics.update(weighting.observe(rv))  # constraints' multipliers, hypervolume-guided weights
     completion_mask = rollout.completion_mask.float()  # (B, C)
     if getattr(recipe.objective, "mask_truncated", False):  # DAPO overlong filtering
         completion_mask = completion_mask * rollout.finished.float().unsqueeze(1)
@@ -83,9 +86,16 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
         completion_mask=completion_mask,
         advantages=torch.zeros(rollout.batch_size),
         prompt_len=rollout.prompt_ids.shape[1],
+        # the engine's logprobs: the trainer logs the mismatch and, with rollout.tis_cap, corrects for it
+        rollout_logprobs=rollout.logprobs if _track_mismatch(recipe) else None,
     )
+    engines.sleep()  # colocated vllm with sleep mode frees its memory while training runs (no-op otherwise)
     t0 = time.perf_counter()
     if estimator is None:
+        if weighting.needs_gradients(step):  # gradient-based weighting: per-component gradients' Gram matrix
+            per_component = group_normalize(rv.values, rollout.group_ids)  # (B, K), NaN -> 0
+            gram = trainers.component_gram(exp, per_component, recipe.weighting.gradient.max_samples)  # (K, K)
+            sample_metrics.update(weighting.gradient_update(gram))
         exp.advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
     else:
         adv_metrics = estimator.prepare(exp, rv, rollout.group_ids)  # sets (B, C) advantages, old/ref, values
@@ -104,6 +114,12 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
     timings = {"time/generate": t_generate, "time/score": t_score, "time/advantages": t_prepare,
                "time/train": t_train, "time/sync": t_sync, "time/step": time.perf_counter() - t_step}
     return {**sample_metrics, **adv_metrics, **train_metrics, **rollout_metrics(rollout, payload, timings)}
+
+
+def _track_mismatch(recipe: Recipe) -> bool:
+    """Rollout logprobs go to the trainer when they can differ from its own (vllm) or TIS is on. The `hf` engine
+    recomputes them with the trainer's own code on the same weights, so there the mismatch is exactly zero."""
+    return recipe.rollout.engine != "hf" or recipe.rollout.tis_cap is not None
 
 
 def rollout_metrics(rollout: RolloutBatch, payload, timings: dict[str, float]) -> dict[str, float]:
@@ -197,12 +213,6 @@ def _columns(rows: list[dict[str, Any]], rollout: RolloutBatch) -> dict[str, lis
     keys = [k for k in rows[0] if k not in ("prompt", "completion")]
     rollout.extras = {k: [row.get(k) for row in rows for _ in range(n)] for k in keys}
     return rollout_columns(rollout)
-
-
-def _sync(trainers, engines, version: int):
-    payload = trainers.export_weights(version)
-    engines.sync(payload)  # raises WeightSyncError on any fingerprint/version mismatch
-    return payload
 
 
 # --------------------------------------------------------------------------- warm-up, eval, save

@@ -113,6 +113,15 @@ class TrainGroup:
         results = self._get([w.train_rl.remote(s) for w, s in zip(self.workers, shards)])
         return _mean_metrics(results)
 
+    def component_gram(self, exp: ExperienceBatch, component_advantages: Any, max_samples: int) -> Any:
+        """(K, K) Gram matrix of the per-component policy gradients (component_advantages: (B, K)); rows sharded
+        over the ranks as in train_rl, each rank using at most `max_samples` of its rows."""
+        shards = self._shards(exp)
+        k = exp.batch_size // self.world_size
+        refs = [w.component_gram.remote(s, component_advantages[r * k : (r + 1) * k], max_samples)
+                for r, (w, s) in enumerate(zip(self.workers, shards))]
+        return self._get(refs)[0]  # the same matrix on every rank
+
     def train_sft(self, batch: SFTBatch) -> dict[str, float]:
         shards = self._shards(batch)
         results = self._get([w.train_sft.remote(s) for w, s in zip(self.workers, shards)])

@@ -103,11 +103,13 @@ class TrainWorker:
         """COLLECTIVE. Reference/old logprobs, then epochs x mini-batches of optimizer steps on this rank's shard."""
         from rlhf.objectives import build_objective
         from rlhf.objectives.common import completion_logprobs
+        from rlhf.objectives.offpolicy import apply_tis, mismatch_metrics
 
         objective = build_objective(self.recipe.objective)
         cfg = self.recipe.objective
         exp = exp.to(self.device)
         temperature = self.recipe.rollout.temperature
+        tis_cap = self.recipe.rollout.tis_cap
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -146,15 +148,69 @@ class TrainWorker:
                     logprobs = completion_logprobs(
                         self.backend.module, part.input_ids, part.attention_mask, part.prompt_len, temperature
                     )  # (b, C)
-                    old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs
-                    return objective.loss(
-                        logprobs, old, part.ref_logprobs, part.advantages, part.completion_mask, normalizer
-                    )
+                    old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs  # pre-update
+                    advantages, extra = part.advantages, {}
+                    if part.rollout_logprobs is not None:  # rollout engine vs trainer: measure, optionally correct
+                        extra = mismatch_metrics(old, part.rollout_logprobs, part.completion_mask)
+                        if tis_cap is not None:
+                            advantages, tis = apply_tis(
+                                advantages, old, part.rollout_logprobs, part.completion_mask, tis_cap
+                            )  # (b, C)
+                            extra.update(tis)
+                    out = objective.loss(logprobs, old, part.ref_logprobs, advantages, part.completion_mask, normalizer)
+                    out.metrics.update(extra)
+                    return out
 
                 parts = (exp.slice(m0, m0 + micro) for m0 in range(start, start + mini, micro))
                 self._optimize(parts, loss_fn, sums, counts)
         timings["time/update"] = time.perf_counter() - t0
         return {**{k: sums[k] / counts[k] for k in sums}, **timings}
+
+    def component_gram(self, exp: ExperienceBatch, component_advantages: torch.Tensor,
+                       max_samples: int) -> torch.Tensor:
+        """COLLECTIVE. (K, K) Gram matrix of the per-component policy gradients over every rank's rows.
+
+        Component k's gradient is that of the on-policy surrogate -sum_t A_k * logprob_t / T (T: completion
+        tokens over all ranks), at the current parameters, from this rank's first `max_samples` rows;
+        component_advantages is (b, K). Nothing is accumulated into .grad and the optimizer is not touched.
+        The Gram matrix is of the gradients SUMMED over ranks, computed without gathering them: each rank
+        reduces one shard of every gradient, takes that shard's partial Gram and the partials are all-reduced.
+        """
+        from rlhf.objectives.common import completion_logprobs
+
+        n = min(max_samples, exp.batch_size)
+        exp = exp.slice(0, n).to(self.device)
+        adv = component_advantages[:n].to(self.device, torch.float32)  # (n, K)
+        model = _hookless_twin(self.hf_model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        logprobs = completion_logprobs(model, exp.input_ids, exp.attention_mask, exp.prompt_len,
+                                       self.recipe.rollout.temperature)  # (n, C)
+        mask = exp.completion_mask.to(logprobs.dtype)  # (n, C)
+        tokens = max(self._global_sum(mask.sum()), 1.0)
+        rows = []
+        K = adv.shape[1]
+        for k in range(K):
+            loss = -(adv[:, k : k + 1] * logprobs * mask).sum() / tokens
+            grads = torch.autograd.grad(loss, params, retain_graph=k < K - 1, allow_unused=True)
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+                                   for g, p in zip(grads, params)]))
+        return self._sharded_gram(torch.stack(rows)).cpu()  # (K, K)
+
+    def _sharded_gram(self, local: torch.Tensor) -> torch.Tensor:
+        """COLLECTIVE when world_size > 1. local: (K, P) this rank's gradients -> Gram of their sum over ranks."""
+        if self.world_size == 1:
+            return local @ local.T
+        W, P = self.world_size, local.shape[1]
+        bounds = [(P * r) // W for r in range(W + 1)]
+        mine = None
+        for r in range(W):  # rank r receives the sum of shard r
+            shard = local[:, bounds[r] : bounds[r + 1]].contiguous()  # (K, P_r)
+            torch.distributed.reduce(shard, dst=r)
+            if r == self.rank:
+                mine = shard
+        partial = mine @ mine.T  # (K, K)
+        torch.distributed.all_reduce(partial)
+        return partial
 
     def _optimize(self, parts, loss_fn, sums: dict[str, float], counts: dict[str, int],
                   norm_key: str = "grad_norm") -> None:
@@ -437,3 +493,32 @@ def _accumulate(sums: dict[str, float], counts: dict[str, int], metrics: dict[st
             continue
         sums[k] += float(v)
         counts[k] += 1
+
+
+def _hookless_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A second module object over the SAME parameter and buffer tensors, without the engine's hooks.
+
+    DeepSpeed hooks the model's forward to track backward passes and runs its gradient-reduction epilogue
+    after any backward through it, torch.autograd.grad included. Per-component gradients (a measurement, not
+    a training step) go through this twin instead: built on the meta device, then given the live tensors (no
+    copy), so it always sees the current weights."""
+    from transformers import AutoModelForCausalLM
+
+    if model.__class__.__name__.endswith("ForCausalLM"):
+        with torch.device("meta"):
+            twin = AutoModelForCausalLM.from_config(model.config, torch_dtype=next(model.parameters()).dtype)
+    else:
+        raise TypeError(f"per-component gradients need a causal LM, got {type(model).__name__}")
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        owner_name, _, attr = name.rpartition(".")
+        owner = twin.get_submodule(owner_name)
+        if isinstance(tensor, torch.nn.Parameter):
+            owner._parameters[attr] = tensor
+        else:
+            owner._buffers[attr] = tensor
+    left = [n for n, t in [*twin.named_parameters(), *twin.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"per-component gradients: the twin model lacks tensors {left[:3]}")
+    _disable_dropout(twin)
+    return twin.train(model.training)
+

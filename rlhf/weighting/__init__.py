@@ -1,7 +1,9 @@
 """Weighting: turns a RewardVector into what an objective needs (a per-sample advantage), built by name.
 
     from rlhf.weighting import build_weighting
-    weighting = build_weighting(recipe.weighting, recipe.rewards)
+    weighting = build_weighting(recipe.weighting, recipe.rewards, total_steps=recipe.run.steps)
+    weighting.begin_step(step)                  # schedules
+    weighting.observe(rv)                       # constraints' multipliers, hypervolume-guided weights
     advantages, metrics = weighting.scalarize(rv, group_ids, scale_std=True, eps=1e-6)
 
 Every weighting is stateful-by-contract (``state_dict`` / ``load_state_dict``) so dynamic weights, Lagrange
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_che
 from torch import Tensor
 
 from rlhf.types import RewardVector
+from rlhf.weighting.dynamic import DynamicWeighting
 from rlhf.weighting.static import StaticWeighting
 
 if TYPE_CHECKING:  # the schema pulls in pydantic; only needed for type hints
@@ -36,18 +39,23 @@ class Weighting(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-WEIGHTINGS: dict[str, Callable[..., Weighting]] = {
-    "static": StaticWeighting.from_config,
+# every kind is the same class: static weights plus optional schedules and constraints, or a dynamic rule
+WEIGHTINGS: dict[str, Callable[..., DynamicWeighting]] = {
+    "static": DynamicWeighting.from_config,
+    "hypervolume": DynamicWeighting.from_config,
+    "gradient": DynamicWeighting.from_config,
 }
 
 
-def build_weighting(cfg: "WeightingConfig", components: Sequence["RewardComponentConfig"]) -> Weighting:
-    """Build the weighting named by ``cfg.kind`` for the recipe's reward components."""
+def build_weighting(cfg: "WeightingConfig", components: Sequence["RewardComponentConfig"],
+                    total_steps: int | None = None) -> DynamicWeighting:
+    """Build the weighting named by ``cfg.kind`` for the recipe's reward components (schedules default to
+    running over ``total_steps``)."""
     try:
         factory = WEIGHTINGS[cfg.kind]
     except KeyError:
         raise ValueError(f"unknown weighting kind {cfg.kind!r}; known: {sorted(WEIGHTINGS)}") from None
-    return factory(cfg, components)
+    return factory(cfg, components, total_steps)
 
 
-__all__ = ["Weighting", "StaticWeighting", "WEIGHTINGS", "build_weighting"]
+__all__ = ["Weighting", "StaticWeighting", "DynamicWeighting", "WEIGHTINGS", "build_weighting"]
