@@ -1,1 +1,2 @@
-"""Built-in verifiable rewards: math_answer, exact_match, regex_format, length_penalty (registered in rewards.builtins)."""
+"""Built-in verifiable rewards: math_answer, exact_match, regex_format, length_penalty, overlong_penalty,
+code_tests (registered in rewards.builtins)."""
