@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not vllm_available():
         md = header("Rollout engines: vllm vs hf tokens/s", command, info, args.quick)
         md += "\nvllm is not installed: nothing to compare (`RLHF_WITH_VLLM=1 . scripts/setup.sh`).\n"
-        result = {"machine": info, "skipped": "vllm not installed"}
+        result = {"bench": NAME, "machine": info, "quick": args.quick, "skipped": "vllm not installed",
+                  "ratios": {}, "required_ratios": []}
         write_results(args.out, NAME, result, md)
         print(md)
         return result
@@ -104,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         params = sum(p.numel() for p in load_causal_lm(model_dir, "float32", False).parameters())
         res = run_bench(model_dir, prompts, n, max_new, repeats)
     r = res["ratio_vllm_over_hf"]["median"]
-    result = {"machine": info, "quick": args.quick, "model_params": params, "prompts": n_prompts, "n": n,
-              "max_new_tokens": max_new, "repeats": repeats, **res}
+    result = {"bench": NAME, "machine": info, "quick": args.quick, "model_params": params, "prompts": n_prompts,
+              "n": n, "max_new_tokens": max_new, "repeats": repeats, **res,
+              "ratios": {"vllm_over_hf_tokens_per_s": r}, "required_ratios": ["vllm_over_hf_tokens_per_s"]}
     md = header("Rollout engines: vllm vs hf tokens/s", command, info, args.quick)
     md += f"\nModel: tiny Llama, {params / 1e6:.1f}M parameters, float32. Batch: {n_prompts} prompts x {n} samples x " \
           f"{max_new} new tokens (EOS disabled: equal work), temperature 1; {repeats} alternating calls each.\n\n"

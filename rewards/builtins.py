@@ -4,6 +4,7 @@ Built-ins: math_answer, exact_match, regex_format, length_penalty, overlong_pena
 unit tests of model-written code) (see ``rlhf rewards list``).
 """
 
+from rewards import remote  # noqa: F401  (the client of `rlhf serve-rewards`)
 from rewards.verifiable import (  # noqa: F401
     code_tests,
     exact_match,

@@ -4,6 +4,12 @@
     rlhf validate RECIPE [key.path=value ...]
     rlhf rewards list
     rlhf plot RUN_DIR
+    rlhf sweep RECIPE --weights W1 W2 ... [key.path=value ...] [--reference R] [--resume]
+    rlhf serve-rewards --recipe RECIPE [key.path=value ...] [--host H] [--port P] [--token-file F]
+                       [--max-body-mb M] [--max-concurrency N] [--max-batch B] [--insecure-no-auth]
+
+`serve-rewards` serves the recipe's reward components over HTTP (rlhf/serve/reward_server.py) for trainers that use
+the `remote` reward plugin; it exits 0 after a graceful shutdown on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -53,6 +59,41 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rewards", help="reward plugins: `rlhf rewards list` shows every plugin a recipe can name")
     r.add_argument("action", choices=["list"])
+
+    w = sub.add_parser(
+        "sweep",
+        help="one training per reward-weight vector, then the Pareto front and its hypervolume",
+        description="Train RECIPE once per weight vector (rewards[i].weight, in the recipe's order) into "
+        "RUN.output_dir/sweep/wN, evaluate every model on every reward component (held-out, greedy), and write "
+        "sweep.json, sweep.md (table, front, hypervolume) and sweep.png. On-policy RL objectives.",
+    )
+    w.add_argument("recipe")
+    w.add_argument("overrides", nargs="*", metavar="key.path=value")
+    w.add_argument("--weights", nargs="+", required=True, metavar="W", help="weight vectors, e.g. 1,0 0.5,0.5 0,1")
+    w.add_argument("--reference", default=None, help="hypervolume reference point, e.g. 0,-1 (default: below "
+                   "the worst point)")
+    w.add_argument("--resume", action="store_true", help="continue runs that have checkpoints")
+
+    s = sub.add_parser(
+        "serve-rewards",
+        help="serve a recipe's reward components over HTTP for the `remote` reward plugin",
+        description="Build RECIPE's reward components once (setup() runs) and serve them: POST /v1/score, "
+        "GET /v1/components (both need 'Authorization: Bearer TOKEN'), GET /v1/health. The token comes from "
+        "--token-file or $RLHF_REWARD_TOKEN; without one the server refuses to start. SIGTERM or Ctrl-C finishes "
+        "the requests in flight and exits 0. The server speaks plain HTTP: off loopback, put it behind TLS.",
+    )
+    s.add_argument("--recipe", required=True, help="path to the recipe YAML whose `rewards` to serve")
+    s.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    a = s.add_mutually_exclusive_group()
+    a.add_argument("--token-file", default=None, help="file holding the bearer token (default: $RLHF_REWARD_TOKEN)")
+    a.add_argument("--insecure-no-auth", action="store_true",
+                   help="serve without a token (loopback hosts only; for local testing)")
+    s.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB (default 8; 413)")
+    s.add_argument("--max-concurrency", type=int, default=8,
+                   help="requests scored at once; more are refused with 503 + Retry-After (default 8)")
+    s.add_argument("--max-batch", type=int, default=1024, help="most samples in one request (default 1024; 413)")
     return p
 
 
@@ -61,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # overrides may also follow the flags: `rlhf train R --resume run.steps=200`
     late = [e for e in extra if "=" in e and not e.startswith("-")]
-    if extra != late or (late and args.command not in ("train", "validate")):
+    if extra != late or (late and args.command not in ("train", "validate", "serve-rewards", "sweep")):
         parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in late) or ' '.join(late)}")
     if late:
         args.overrides = [*args.overrides, *late]
@@ -74,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         return _rewards_list()
     if args.command == "plot":
         return _plot(args)
+    if args.command == "serve-rewards":
+        return _serve_rewards(args)
+    if args.command == "sweep":
+        return _sweep(args)
     return _train(args)
 
 
@@ -124,6 +169,46 @@ def _plot(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _serve_rewards(args) -> int:
+    from rewards.api import RewardPluginError
+    from rlhf.serve.reward_server import ServeError, serve
+
+    recipe = _load(args)
+    if recipe is None:
+        return 2
+    try:  # serve() checks the token before it builds any component
+        return serve(recipe, host=args.host, port=args.port, token_file=args.token_file,
+                     insecure_no_auth=args.insecure_no_auth, max_body_mb=args.max_body_mb,
+                     max_concurrency=args.max_concurrency, max_batch=args.max_batch)
+    except (ServeError, RewardPluginError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _sweep(args) -> int:
+    recipe = _load(args)
+    if recipe is None:
+        return 2
+    _quiet_libraries()
+    from rlhf.runtime.controller import USER_ERRORS, Stopped
+    from rlhf.sweep import sweep
+
+    try:
+        reference = None if args.reference is None else [float(x) for x in args.reference.split(",")]
+        result = sweep(recipe, args.weights, reference, resume=args.resume)
+    except Stopped as e:
+        print(f"{e}\n(continue the sweep with --resume)", file=sys.stderr)
+        return 130 if "SIGINT" in str(e) else 143
+    except (ValueError, *USER_ERRORS) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from rlhf.sweep import render
+
+    print(render(result))
+    print(f"sweep.json, sweep.md, sweep.png: {os.path.join(recipe.run.output_dir, 'sweep')}")
     return 0
 
 

