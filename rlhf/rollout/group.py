@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
 from rlhf.rollout.base import cat_rollouts
@@ -17,6 +17,7 @@ from rlhf.runtime.weight_sync import WeightPayload, check_sync
 from rlhf.types import RolloutBatch, SamplingSettings
 
 ENGINES = {"hf": "rlhf.rollout.hf:HFEngine", "vllm": "rlhf.rollout.vllm:VLLMEngine"}
+MAX_RESTARTS_PER_CALL = 2
 
 
 def engine_class(name: str) -> type:
@@ -81,12 +82,14 @@ class RolloutGroup:
         )
         actor_cls = ray.remote(RolloutActor)
         gpus = r.vllm.tensor_parallel_size if r.engine == "vllm" else 1
-        self.actors = [
-            actor_cls.options(**rollout_options(gpus)).remote(r.engine, model_dir, {**kwargs, **_engine_kwargs(recipe, i)})
-            for i in range(r.num_engines)
-        ]
+        self._start = lambda i: actor_cls.options(**rollout_options(gpus)).remote(  # noqa: E731
+            r.engine, model_dir, {**kwargs, **_engine_kwargs(recipe, i)})
+        self.actors = [self._start(i) for i in range(r.num_engines)]
         self.infos = self._get([a.info.remote() for a in self.actors])  # waits until every engine has loaded
         self.pad_token_id = _pad_id(model_dir, recipe)
+        self.max_restarts = MAX_RESTARTS_PER_CALL
+        self.restarts = 0  # engines restarted after dying (logged as events/rollout_restarts)
+        self._payload: WeightPayload | None = None  # the last weights synced: a restarted engine gets them
 
     def _get(self, refs: Any) -> Any:
         import ray
@@ -97,19 +100,60 @@ class RolloutGroup:
             raise e.as_instanceof_cause() from None
 
     def generate(self, prompts: list[str], settings: SamplingSettings) -> RolloutBatch:
+        """Prompts sharded over the engines. An engine that dies mid-call (killed, out of memory, segfault) is
+        restarted, given the last synced weights (fingerprint-checked) and its shard generated again, with the
+        same seed: up to `max_restarts` times per call."""
         k = len(self.actors)
         shards = [prompts[i * len(prompts) // k : (i + 1) * len(prompts) // k] for i in range(k)]
-        refs = []
-        for i, (actor, shard) in enumerate(zip(self.actors, shards)):
-            if not shard:
-                continue
-            seed = None if settings.seed is None else settings.seed + 1000 * i
-            refs.append(actor.generate.remote(shard, dataclasses.replace(settings, seed=seed)))
-        return cat_rollouts(self._get(refs), self.pad_token_id)
+        calls = {}
+        for i, shard in enumerate(shards):
+            if shard:
+                seed = None if settings.seed is None else settings.seed + 1000 * i
+                calls[i] = (shard, dataclasses.replace(settings, seed=seed))
+        parts = self._with_restarts(calls, lambda a, args: a.generate.remote(*args))
+        return cat_rollouts([parts[i] for i in sorted(parts)], self.pad_token_id)
+
+    def _with_restarts(self, calls: dict[int, tuple], submit: Callable[[Any, tuple], Any]) -> dict[int, Any]:
+        import ray
+
+        results: dict[int, Any] = {}
+        pending = dict(calls)
+        for attempt in range(self.max_restarts + 1):
+            refs = {i: submit(self.actors[i], args) for i, args in pending.items()}
+            died = []
+            for i, ref in refs.items():
+                try:
+                    results[i] = self._get(ref)
+                except ray.exceptions.RayActorError as e:
+                    died.append((i, e))
+            if not died:
+                return results
+            if attempt == self.max_restarts:
+                i, e = died[0]
+                raise RuntimeError(f"rollout engine {i} died {self.max_restarts + 1} times in one call; last: "
+                                   f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+            for i, _ in died:
+                self._restart(i)
+            pending = {i: calls[i] for i, _ in died}
+        return results
+
+    def _restart(self, i: int) -> None:
+        import ray
+
+        ray.kill(self.actors[i], no_restart=True)
+        self.actors[i] = self._start(i)
+        self.infos[i] = self._get(self.actors[i].info.remote())
+        self.restarts += 1
+        if self._payload is not None:
+            report = self._get(self.actors[i].load_weights.remote(self._payload.buckets, self._payload.version))
+            check_sync(self._payload, [report])
 
     def sync(self, payload: WeightPayload) -> list[tuple[int, str]]:
         """Push the trainer's weights into every engine and verify what each now holds."""
-        reports = self._get([a.load_weights.remote(payload.buckets, payload.version) for a in self.actors])
+        self._payload = payload
+        calls = {i: (payload.buckets, payload.version) for i in range(len(self.actors))}
+        results = self._with_restarts(calls, lambda a, args: a.load_weights.remote(*args))
+        reports = [results[i] for i in range(len(self.actors))]
         check_sync(payload, reports)
         return reports
 

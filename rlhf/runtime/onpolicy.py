@@ -113,7 +113,8 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
 
     timings = {"time/generate": t_generate, "time/score": t_score, "time/advantages": t_prepare,
                "time/train": t_train, "time/sync": t_sync, "time/step": time.perf_counter() - t_step}
-    return {**sample_metrics, **adv_metrics, **train_metrics, **rollout_metrics(rollout, payload, timings)}
+    return {**sample_metrics, **adv_metrics, **train_metrics, **rollout_metrics(rollout, payload, timings),
+            "events/rollout_restarts": float(getattr(engines, "restarts", 0))}  # cumulative
 
 
 def _track_mismatch(recipe: Recipe) -> bool:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are built: the actor proces
     from rlhf.types import RewardVector, RolloutBatch
 
 RUNTIME_COLUMNS = ("finished", "num_tokens")  # columns the runtime adds to every batch
+MAX_RESTARTS_PER_CALL = 2  # a worker that dies mid-call is restarted and asked again this many times at most
+_DIED = "its reward worker died"
 
 
 @dataclass
@@ -163,6 +165,7 @@ class _RayBackend:
         self._components = list(components)
         self._plugins = list(plugins)
         self._actors: list[Any] = [None] * len(self._components)
+        self.restarts = 0  # workers restarted after dying mid-call (events/reward_worker_restarts)
         try:
             for j in range(len(self._components)):
                 self._actors[j] = self._start(j)
@@ -204,13 +207,25 @@ class _RayBackend:
                     self._kill(j)
                     raise
         payload_ref = ray.put(payload)
-        refs = [actor.score.remote(payload_ref) for actor in self._actors]
-        start = time.monotonic()
-        outcomes: list[ScoreOutcome] = []
-        for j, ref in enumerate(refs):
-            done, _ = ray.wait([ref], timeout=max(0.0, start + timeouts[j] - time.monotonic()))
-            outcomes.append(self._collect(j, ref) if done else self._abandon(j, timeouts[j]))
-        return outcomes
+        pending = list(range(len(self._actors)))
+        outcomes: list[ScoreOutcome | None] = [None] * len(self._actors)
+        for attempt in range(MAX_RESTARTS_PER_CALL + 1):
+            refs = {j: self._actors[j].score.remote(payload_ref) for j in pending}
+            start = time.monotonic()
+            died = []
+            for j, ref in refs.items():
+                done, _ = ray.wait([ref], timeout=max(0.0, start + timeouts[j] - time.monotonic()))
+                outcomes[j] = self._collect(j, ref) if done else self._abandon(j, timeouts[j])
+                if self._actors[j] is None and outcomes[j].error and outcomes[j].error.startswith(_DIED):
+                    died.append(j)
+            if not died or attempt == MAX_RESTARTS_PER_CALL:
+                break
+            for j in died:  # a worker that died mid-call (killed, out of memory) is restarted and asked again
+                self._actors[j] = self._start(j)
+                self._wait_ready(j)
+                self.restarts += 1
+            pending = died
+        return outcomes  # type: ignore[return-value]
 
     def _collect(self, j: int, ref: Any) -> ScoreOutcome:
         import ray
@@ -219,7 +234,7 @@ class _RayBackend:
             return ray.get(ref)
         except ray.exceptions.RayActorError as exc:  # the actor process died (out of memory, segfault, ...)
             self._kill(j)
-            return ScoreOutcome(error=f"its reward worker died: {_last_line(exc)}")
+            return ScoreOutcome(error=f"{_DIED}: {_last_line(exc)}")
 
     def _abandon(self, j: int, timeout_s: float) -> ScoreOutcome:
         # ray.cancel cannot interrupt a task running in a regular actor: killing the actor is what stops it.
@@ -307,6 +322,7 @@ class RewardGroup:
                 errors.append(error)
         if errors:
             raise _combined(errors)
+        metrics["events/reward_worker_restarts"] = float(getattr(self._backend, "restarts", 0))  # cumulative
         return RewardVector(names=self.names, kinds=self.kinds, values=values), metrics
 
     def _resolve(

@@ -83,7 +83,9 @@ def test_scores_all_components_into_a_matrix(use_ray):
     assert vector.component("rm").tolist() == [1.5] * 4  # offset + number of setup() calls
     torch.testing.assert_close(again.values, vector.values, equal_nan=True)  # setup() did not run again
     assert metrics["reward/correct/failures"] == 0.0 and metrics["reward/correct/time_s"] > 0.0
-    assert set(metrics) == {f"reward/{n}/{m}" for n in vector.names for m in ("failures", "time_s")}
+    assert set(metrics) == {f"reward/{n}/{m}" for n in vector.names for m in ("failures", "time_s")} | {
+        "events/reward_worker_restarts"}
+    assert metrics["events/reward_worker_restarts"] == 0
 
 
 def test_parallel_timeout_with_on_error_nan_counts_failures_and_recovers(use_ray):
