@@ -31,6 +31,16 @@ class RolloutEngine(Protocol):
     def info(self) -> dict[str, Any]: ...
 
 
+def eos_ids(tokenizer: Any, generation_eos: int | list[int] | None) -> set[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the model's generation_config EOS id(s)."""
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    if generation_eos is not None:
+        ids |= {int(i) for i in (generation_eos if isinstance(generation_eos, (list, tuple)) else [generation_eos])}
+    if not ids:
+        raise ValueError("the tokenizer and the model define no EOS token; completions could never finish")
+    return ids
+
+
 def pad_to(t: torch.Tensor, length: int, value: int | float, left: bool) -> torch.Tensor:
     """Pad the last dim of (B, L) to `length`."""
     extra = length - t.shape[1]

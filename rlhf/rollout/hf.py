@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import torch
 
-from rlhf.rollout.base import cat_rollouts
+from rlhf.rollout.base import cat_rollouts, eos_ids
 from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_module, load_buckets_into
 from rlhf.types import RolloutBatch, SamplingSettings
 
@@ -165,13 +165,7 @@ class HFEngine:
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     """Every id that ends a completion: the tokenizer's EOS and the model's generation_config EOS list."""
-    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if gen_eos is not None:
-        ids |= {int(i) for i in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])}
-    if not ids:
-        raise ValueError("the tokenizer and the model define no EOS token; completions could never finish")
-    return ids
+    return eos_ids(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
 
 
 def _completion_mask(completion_ids: torch.Tensor, eos_ids: set[int]) -> tuple[torch.Tensor, torch.Tensor]:

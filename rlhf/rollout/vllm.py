@@ -33,6 +33,7 @@ from typing import Any, Iterable
 import torch
 
 from rlhf.config.schema import VLLMConfig
+from rlhf.rollout.base import eos_ids
 from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_named
 from rlhf.types import RolloutBatch, SamplingSettings
 
@@ -289,19 +290,14 @@ def _sampled_logprobs(sample: Any, ids: list[int]) -> list[float]:
 
 
 def _eos_ids(model_dir: str, tokenizer: Any) -> set[int]:
-    """Every id that ends a completion: the tokenizer's EOS and the model's generation_config EOS list."""
+    """The tokenizer's EOS and the EOS id(s) of the model's generation_config.json, when it has one."""
     from transformers import GenerationConfig
 
-    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
     try:
         gen_eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except OSError:  # no generation_config.json
         gen_eos = None
-    if gen_eos is not None:
-        ids |= {int(i) for i in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])}
-    if not ids:
-        raise ValueError(f"{model_dir}: the tokenizer and the model define no EOS token; completions could never end")
-    return ids
+    return eos_ids(tokenizer, gen_eos)
 
 
 def _files_fingerprint(model_dir: str) -> str:
