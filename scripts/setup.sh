@@ -33,7 +33,8 @@ stamp="$VENV/.rlhf-install-stamp"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints/cpu.txt" | sha256sum | cut -c1-16)"
 up_to_date() {  # the stamp holds "<hash of pyproject+constraints> <extras installed>"; more extras are fine
   local hash have
-  read -r hash have < "$stamp" 2>/dev/null || return 1
+  [ -f "$stamp" ] || return 1
+  read -r hash have < "$stamp" || return 1
   [ "$hash" = "$want" ] || return 1
   local e; for e in ${extras//,/ }; do [[ ",$have," == *",$e,"* ]] || return 1; done
 }
