@@ -12,9 +12,11 @@ For ``source: hf`` the ``train_path`` is a dataset id (or a local dataset dir) l
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
+import zlib
 from typing import Any
 
 from rlhf.config.schema import DataConfig
@@ -30,19 +32,44 @@ class DataLoadError(ValueError):
 # --------------------------------------------------------------------------- reading files
 
 
-def _find_bad_json_line(path: str) -> str | None:
-    """Scan a jsonl file and describe its first malformed line, or None when every line parses to an object."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                return f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}): {line.strip()[:120]!r}"
-            if not isinstance(obj, dict):
-                return f"{path}, line {lineno}: expected a JSON object per line, got {type(obj).__name__}"
-    return None
+def read_jsonl(path: str) -> tuple[list[dict], list[int]]:
+    """Objects of a jsonl file (``.gz`` too) and the 1-based line each came from; blank lines are skipped.
+
+    Read here rather than by pyarrow, which crashes the process on deeply nested JSON and silently turns integers
+    past 64 bits into floats. Every problem -- bytes that are not UTF-8, malformed JSON, a line that is not an
+    object, nesting too deep, a number too long -- is a :class:`DataLoadError` naming the file and the line.
+    """
+    rows, lines = [], []
+    try:
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataLoadError(
+                        f"{path}, line {lineno}: not UTF-8 text ({e.reason} at byte {e.start})"
+                    ) from None
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataLoadError(
+                        f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}): {line.strip()[:120]!r}"
+                    ) from None
+                except RecursionError:
+                    raise DataLoadError(f"{path}, line {lineno}: JSON nested too deeply") from None
+                except ValueError as e:  # e.g. an integer past Python's 4300-digit limit
+                    raise DataLoadError(f"{path}, line {lineno}: cannot read JSON: {e}") from None
+                if not isinstance(obj, dict):
+                    raise DataLoadError(
+                        f"{path}, line {lineno}: expected a JSON object per line, got {type(obj).__name__}"
+                    )
+                rows.append(obj)
+                lines.append(lineno)
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a broken .gz
+        raise DataLoadError(f"{path}: cannot read: {e}") from e
+    return rows, lines
 
 
 def _require_file(path: str, key: str) -> None:
@@ -50,15 +77,15 @@ def _require_file(path: str, key: str) -> None:
         raise DataLoadError(f"data.{key}: file {path!r} does not exist")
 
 
-def _read_jsonl(path: str, key: str) -> list[dict]:
+def _read_jsonl(path: str, key: str) -> tuple[list[dict], list[int]]:
+    """Rows with every column present (None where a line lacks it, as a dataset table has), and their lines."""
     _require_file(path, key)
-    from datasets import load_dataset
-
     try:
-        return load_dataset("json", data_files=path, split="train").to_list()
-    except Exception as e:  # noqa: BLE001 - re-raised with the file and line at fault
-        bad = _find_bad_json_line(path)
-        raise DataLoadError(f"data.{key}: {bad}" if bad else f"data.{key}: cannot load jsonl {path}: {e}") from e
+        rows, lines = read_jsonl(path)
+    except DataLoadError as e:
+        raise DataLoadError(f"data.{key}: {e}") from None
+    columns = _columns(rows)
+    return [{c: row.get(c) for c in columns} for row in rows], lines
 
 
 def _read_parquet(path: str, key: str) -> list[dict]:
@@ -87,10 +114,12 @@ def _columns(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(k for row in rows for k in row))
 
 
-def normalize_columns(rows: list[dict], cfg: DataConfig, source: str) -> list[dict]:
-    """Rename prompt/completion columns to ``prompt``/``completion``, keep the rest; validate prompts are text."""
+def normalize_columns(rows: list[dict], cfg: DataConfig, source: str, lines: list[int] | None = None) -> list[dict]:
+    """Rename prompt/completion columns to ``prompt``/``completion``, keep the rest; validate prompts are text.
+
+    ``lines``: the file line of each row (jsonl), for messages."""
     if not rows:
-        raise DataLoadError(f"{source}: no rows")
+        raise DataLoadError(f"{source}: no rows (the file or split is empty)")
     columns = _columns(rows)
     pc, cc = cfg.prompt_column, cfg.completion_column
     if pc not in columns:
@@ -103,21 +132,39 @@ def normalize_columns(rows: list[dict], cfg: DataConfig, source: str) -> list[di
             )
     out = []
     for i, row in enumerate(rows):
+        where = f"{source}: row {i}" + (f" (line {lines[i]})" if lines is not None else "")
         prompt = row.get(pc)
         if not isinstance(prompt, str):
-            raise DataLoadError(f"{source}: row {i} has prompt column {pc!r} = {prompt!r}, expected a string")
+            raise DataLoadError(f"{where} has prompt column {pc!r} = {prompt!r:.80}, expected a string")
+        for col in (pc, cc):
+            check_text(row.get(col), f"{where}, column {col!r}")
         new: dict[str, Any] = {("prompt" if k == pc else "completion" if k == cc else k): v for k, v in row.items()}
         out.append(new)
     return out
 
 
+def check_text(value: object, where: str) -> None:
+    """A string the tokenizer will get must be encodable (JSON escapes can make lone surrogates, which tokenizers
+    reject with a TypeError deep inside a rollout)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataLoadError(f"{where}: text is not valid Unicode ({e.reason} at character {e.start})") from None
+
+
 # --------------------------------------------------------------------------- splits
 
 
-def holdout_split(rows: list[dict], seed: int, fraction: float = HOLDOUT_FRACTION) -> tuple[list[dict], list[dict]]:
-    """Seeded split into (train, eval) with ``max(1, round(fraction * n))`` eval rows."""
+def holdout_split(
+    rows: list[dict], seed: int, fraction: float = HOLDOUT_FRACTION, source: str = ""
+) -> tuple[list[dict], list[dict]]:
+    """Seeded split into (train, eval) with ``max(1, round(fraction * n))`` eval rows; ``source`` for messages."""
     if len(rows) < 2:
-        raise DataLoadError(f"need at least 2 rows to hold out an eval split, got {len(rows)}; set data.eval_path")
+        where = f"{source}: " if source else ""
+        raise DataLoadError(
+            f"{where}need at least 2 rows to hold out an eval split, got {len(rows)}; set data.eval_path"
+        )
     n_eval = max(1, round(fraction * len(rows)))
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
@@ -127,11 +174,11 @@ def holdout_split(rows: list[dict], seed: int, fraction: float = HOLDOUT_FRACTIO
     return train, held
 
 
-def _read_source(cfg: DataConfig, path: str, key: str) -> list[dict]:
+def _read_source(cfg: DataConfig, path: str, key: str) -> tuple[list[dict], list[int] | None]:
     if cfg.source == "jsonl":
         return _read_jsonl(path, key)
     if cfg.source == "parquet":
-        return _read_parquet(path, key)
+        return _read_parquet(path, key), None
     raise AssertionError(cfg.source)
 
 
@@ -142,14 +189,18 @@ def load_rows(cfg: DataConfig, seed: int) -> tuple[list[dict], list[dict]]:
     if not cfg.train_path:
         raise DataLoadError(f"data.source={cfg.source} needs data.train_path")
     if cfg.source == "hf":
-        train = normalize_columns(_read_hub(cfg.train_path, cfg.split, "split"), cfg, f"{cfg.train_path}[{cfg.split}]")
+        source = f"data.train_path: {cfg.train_path}[{cfg.split}]"
+        train = normalize_columns(_read_hub(cfg.train_path, cfg.split, "split"), cfg, source)
         if cfg.eval_path is None:
-            return holdout_split(train, seed)
+            return holdout_split(train, seed, source=source)
         eval_raw = _read_hub(cfg.train_path, cfg.eval_path, "eval_path")
-        held = normalize_columns(eval_raw, cfg, f"{cfg.train_path}[{cfg.eval_path}]")
+        held = normalize_columns(eval_raw, cfg, f"data.eval_path: {cfg.train_path}[{cfg.eval_path}]")
         return train, held
-    train = normalize_columns(_read_source(cfg, cfg.train_path, "train_path"), cfg, cfg.train_path)
+    source = f"data.train_path: {cfg.train_path}"
+    rows, lines = _read_source(cfg, cfg.train_path, "train_path")
+    train = normalize_columns(rows, cfg, source, lines)
     if cfg.eval_path is None:
-        return holdout_split(train, seed)
-    held = normalize_columns(_read_source(cfg, cfg.eval_path, "eval_path"), cfg, cfg.eval_path)
+        return holdout_split(train, seed, source=source)
+    rows, lines = _read_source(cfg, cfg.eval_path, "eval_path")
+    held = normalize_columns(rows, cfg, f"data.eval_path: {cfg.eval_path}", lines)
     return train, held

@@ -15,7 +15,6 @@ tokens and the eos, as in ``SFTBatch.loss_mask`` (token t is a target predicted 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rlhf.data.collate import completion_token_ids, prompt_token_ids
-from rlhf.data.loaders import DataLoadError
+from rlhf.data.loaders import DataLoadError, check_text, read_jsonl
 
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
 
@@ -67,26 +66,6 @@ class PreferenceBatch:
 # --------------------------------------------------------------------------- loading
 
 
-def _read_jsonl(path: str) -> tuple[list[dict], list[int]]:
-    """Rows and the 1-based line each came from (blank lines skipped)."""
-    rows, lines = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataLoadError(
-                    f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno}): {line.strip()[:120]!r}"
-                ) from e
-            if not isinstance(obj, dict):
-                raise DataLoadError(f"{path}, line {lineno}: expected a JSON object per line, got {type(obj).__name__}")
-            rows.append(obj)
-            lines.append(lineno)
-    return rows, lines
-
-
 def _read_parquet(path: str) -> list[dict]:
     from datasets import load_dataset
 
@@ -106,6 +85,7 @@ def _validate_row(row: dict, where: str, columns: dict[str, str]) -> dict[str, A
             raise DataLoadError(
                 f"{where}: column {col!r} ({key}) is {type(row[col]).__name__} {row[col]!r:.80}, expected a string"
             )
+        check_text(row[col], f"{where}: column {col!r} ({key})")
     chosen, rejected = row[columns["chosen"]], row[columns["rejected"]]
     for key, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():
@@ -134,14 +114,14 @@ def load_preference_rows(
         raise DataLoadError(f"preference data: file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".jsonl", ".json"):
-        rows, lines = _read_jsonl(path)
+        rows, lines = read_jsonl(path)
     elif ext == ".parquet":
         rows = _read_parquet(path)
         lines = None
     else:
         raise DataLoadError(f"preference data: {path!r} is neither .jsonl nor .parquet")
     if not rows:
-        raise DataLoadError(f"{path}: no rows")
+        raise DataLoadError(f"{path}: no rows (the file is empty)")
     columns = {"prompt": prompt_column, "chosen": chosen_column, "rejected": rejected_column}
     if len(set(columns.values())) != 3:
         raise DataLoadError(f"{path}: prompt/chosen/rejected columns must differ, got {columns}")

@@ -40,8 +40,12 @@ def _check_path(path: str, what: str) -> str:
         raise ModelLoadError(f"{what}: empty path")
     if not _looks_local(path):
         return path  # hub id
-    expanded = os.path.expanduser(path)
-    if not os.path.isdir(expanded):
+    try:
+        expanded = os.path.expanduser(path)
+        is_dir = os.path.isdir(expanded)
+    except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a name too long
+        raise ModelLoadError(f"{what}: cannot use path {path!r}: {e}") from None
+    if not is_dir:
         raise ModelLoadError(
             f"{what}: {path!r} looks like a local directory (not a hub id) but "
             f"{'is not a directory' if os.path.exists(expanded) else 'does not exist'}"
@@ -103,4 +107,8 @@ def resolve_model_dir(
         model_dir = materialize_tiny(model_cfg.tiny, corpus_fn(), os.path.join(work_dir, "tiny_model"), seed)
         return model_dir, model_dir
     assert model_cfg.path is not None  # schema: exactly one of path / tiny
+    # fail here, before any actor starts, with the recipe key that names the missing directory
+    _check_path(model_cfg.path, "model.path")
+    if model_cfg.tokenizer is not None:
+        _check_path(model_cfg.tokenizer, "model.tokenizer")
     return model_cfg.path, model_cfg.tokenizer or model_cfg.path
