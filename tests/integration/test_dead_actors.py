@@ -69,3 +69,22 @@ def test_killed_reward_worker_is_restarted_and_the_batch_scored(ray_session):
         assert metrics["events/reward_worker_restarts"] == 0 and metrics2["events/reward_worker_restarts"] == 1
     finally:
         group.shutdown()
+
+
+def test_dead_training_worker_stops_the_run_with_a_resume_message(ray_session, arithmetic_model_dir, tmp_path):
+    import ray
+
+    from rlhf.train.group import TrainGroup, TrainWorkerDied
+    from rlhf.types import ExperienceBatch
+
+    recipe = _recipe(tmp_path).model_copy(update={"train": _recipe(tmp_path).train.model_copy(
+        update={"backend": "deepspeed", "zero_stage": 2, "num_ranks": 2})})
+    trainers = TrainGroup(recipe)
+    trainers.build(arithmetic_model_dir, 1e-3)
+    ray.kill(trainers.workers[1], no_restart=True)
+    ids = torch.randint(4, 20, (8, 10))
+    exp = ExperienceBatch(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=torch.ones(8, 4),
+                          advantages=torch.randn(8), prompt_len=6)
+    with pytest.raises(TrainWorkerDied, match="--resume") as e:
+        trainers.train_rl(exp)
+    assert "are intact" in str(e.value) and "a training worker died" in str(e.value)
