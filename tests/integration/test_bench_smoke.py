@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,12 @@ def _check(result: dict, tmp_path, name: str) -> dict:
     return data
 
 
-@pytest.mark.parametrize("name", ["reward_width", "weight_sync", "step_phases", "rollout_engines"])
+SLOW = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
+                          reason="--quick still starts 5 trainings (~6 min); RLHF_SLOW_TESTS=1 runs it")
+
+
+@pytest.mark.parametrize("name", ["reward_width", "weight_sync", "step_phases", "rollout_engines", "grpo_vs_trl",
+                                  pytest.param("scaling", marks=SLOW)])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
 
