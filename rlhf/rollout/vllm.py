@@ -45,6 +45,10 @@ INSTALL_HINT = (
 )
 
 
+class VLLMMissing(ImportError):
+    """A recipe asks for the vllm engine and the package is not installed."""
+
+
 def vllm_available() -> bool:
     import importlib.util
 
@@ -53,7 +57,7 @@ def vllm_available() -> bool:
 
 def require_vllm() -> None:
     if not vllm_available():
-        raise ImportError(INSTALL_HINT)
+        raise VLLMMissing(INSTALL_HINT)
 
 
 def cpu_binding(engine_index: int, num_engines: int, cpus: int | None = None) -> str:

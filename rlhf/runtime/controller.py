@@ -35,8 +35,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlhf.train.checkpoint import CheckpointError
     from rlhf.train.group import TrainWorkerDied
 
+    from rlhf.rollout.vllm import VLLMMissing
+
     return (FileNotFoundError, FileExistsError, RecipeError, DataLoadError, ModelLoadError, RewardPluginError,
-            WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch)
+            WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch, VLLMMissing)
 
 
 class ResumeMismatch(ValueError):
@@ -98,6 +100,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     from rlhf.train.group import TrainGroup
 
     out = recipe.run.output_dir
+    if recipe.rollout.engine == "vllm" and recipe.objective.kind not in ("dpo", "modpo"):
+        from rlhf.rollout.vllm import require_vllm
+
+        require_vllm()  # before any warm-up is spent: the engine is only built after it
     state, resume_from = _resume_point(recipe, resume)
     os.makedirs(out, exist_ok=True)
     _save_recipe(recipe, out)

