@@ -64,6 +64,9 @@ class ModelConfig(Strict):
     def _one_source(self) -> "ModelConfig":
         if (self.path is None) == (self.tiny is None):
             raise ValueError("set exactly one of model.path (a local dir or hub id) or model.tiny (build from config)")
+        if self.tiny is not None and self.tokenizer is not None:
+            raise ValueError("model.tokenizer cannot be combined with model.tiny: the tiny model trains its own "
+                             "tokenizer (remove model.tokenizer, or use model.path)")
         return self
 
 
