@@ -233,3 +233,19 @@ def tiny_recipe(overrides: Sequence[str], output_dir: str, edit: Callable[[dict]
     data = recipe.model_dump(mode="json")
     edit(data)
     return Recipe.model_validate(data)
+
+
+def save_figure(plt, fig, out_dir: str, name: str) -> str:
+    """Lay out, write OUT/NAME.png and close the figure; returns the path."""
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"{name}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def print_result(result: dict[str, Any]) -> None:
+    """What `python -m bench.NAME` prints at the end: the ratios, then where the markdown went."""
+    print({k: round(v, 4) if is_finite_positive(v) else v for k, v in result["ratios"].items()})
+    print(result["paths"]["markdown"])
+

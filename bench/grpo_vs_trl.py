@@ -38,9 +38,11 @@ from bench.common import (
     machine_info,
     md_table,
     parse_args,
+    print_result,
     ratio,
     ray_running,
     read_metrics,
+    save_figure,
     setup_env,
     summary,
     tiny_recipe,
@@ -415,14 +417,8 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
     ax.set_ylabel("mean `correct` reward")
     ax.set_title("GRPO, same model and settings: ours vs TRL")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out_dir, NAME)
 
 
 if __name__ == "__main__":
-    r = main()
-    print(r["ratios"])
-    print(r["paths"]["markdown"])
+    print_result(main())

@@ -28,14 +28,15 @@ from typing import Any, Sequence
 
 from bench.common import (
     header,
-    is_finite_positive,
     machine_info,
     md_table,
     median,
     parse_args,
-    ray_running,
+    print_result,
     ratio,
+    ray_running,
     repeat_times,
+    save_figure,
     setup_env,
     summary,
     timed,
@@ -376,11 +377,7 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
     ax.set_xticks(ks)
     ax.set_title(f"Scoring {result['scoring']['batch_size']} completions")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out_dir, NAME)
 
 
 def render(result: dict[str, Any], quick: bool) -> str:
@@ -483,6 +480,4 @@ def verdict(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    r = main()
-    print({k: round(v, 4) if is_finite_positive(v) else v for k, v in r["ratios"].items()})
-    print(r["paths"]["markdown"])
+    print_result(main())

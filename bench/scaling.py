@@ -39,14 +39,15 @@ from typing import Any, Sequence
 
 from bench.common import (
     header,
-    is_finite_positive,
     machine_info,
-    median,
     md_table,
+    median,
     parse_args,
-    ray_running,
+    print_result,
     ratio,
+    ray_running,
     read_metrics,
+    save_figure,
     setup_env,
     summary,
     timed,
@@ -388,8 +389,6 @@ def verdict(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], out_dir: str) -> str | None:
     """Train time per sequence vs batch size, one line per configuration (PNG next to the JSON)."""
-    import os
-
     from rlhf.plots import pyplot
 
     plt = pyplot()
@@ -410,14 +409,8 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
         a.set_ylabel(f"{what} ms per sequence (median)")
         a.set_title(f"{what} time per sequence")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out_dir, NAME)
 
 
 if __name__ == "__main__":
-    res = main()
-    print({k: round(v, 4) if is_finite_positive(v) else v for k, v in res["ratios"].items()})
-    print(res["paths"]["markdown"])
+    print_result(main())

@@ -24,15 +24,16 @@ from typing import Any, Iterator, Sequence
 
 from bench.common import (
     header,
-    is_finite_positive,
     machine_info,
     md_table,
     median,
     parse_args,
-    ray_running,
+    print_result,
     ratio,
+    ray_running,
     read_metrics,
     repeat_times,
+    save_figure,
     setup_env,
     summary,
     timed,
@@ -266,8 +267,6 @@ def verdict(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], out_dir: str) -> str | None:
     """A stacked bar per step: phases + glue (PNG next to the JSON)."""
-    import os
-
     from rlhf.plots import pyplot
 
     plt = pyplot()
@@ -288,14 +287,8 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
     ax.set_ylabel("seconds")
     ax.set_title("GRPO step time by phase (tiny recipe)")
     ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out_dir, NAME)
 
 
 if __name__ == "__main__":
-    r = main()
-    print({k: round(v, 4) if is_finite_positive(v) else v for k, v in r["ratios"].items()})
-    print(r["paths"]["markdown"])
+    print_result(main())

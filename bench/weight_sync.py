@@ -24,13 +24,14 @@ from typing import Any, Sequence
 
 from bench.common import (
     header,
-    is_finite_positive,
     machine_info,
     md_table,
     parse_args,
-    ray_running,
+    print_result,
     ratio,
+    ray_running,
     repeat_times,
+    save_figure,
     setup_env,
     summary,
     timed,
@@ -316,11 +317,7 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
     ax.set_xscale("log")
     ax.set_xlabel("seconds per GB (log)")
     ax.set_title("Weight sync vs plain copies, same bytes, same run")
-    fig.tight_layout()
-    path = os.path.join(out_dir, f"{NAME}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, out_dir, NAME)
 
 
 def render(result: dict[str, Any], quick: bool) -> str:
@@ -403,6 +400,4 @@ def verdict(result: dict[str, Any]) -> str:
             "once; on GPU the NCCL / CUDA-IPC path of DESIGN.md avoids packing altogether.")
 
 if __name__ == "__main__":
-    r = main()
-    print({k: round(v, 2) if is_finite_positive(v) else v for k, v in r["ratios"].items()})
-    print(r["paths"]["markdown"])
+    print_result(main())
