@@ -98,12 +98,7 @@ def resolve_model_dir(
     when unchanged); the tokenizer sits in the same dir. ``model.path``: the path as is (hub ids allowed), with
     the tokenizer from ``model.tokenizer`` or the model path.
     """
-    if model_cfg.tiny is not None:
-        if model_cfg.tokenizer is not None:
-            raise ValueError(
-                "model.tokenizer cannot be combined with model.tiny: the tiny model trains its own tokenizer "
-                "(remove model.tokenizer, or use model.path)"
-            )
+    if model_cfg.tiny is not None:  # the schema refuses model.tokenizer next to model.tiny
         model_dir = materialize_tiny(model_cfg.tiny, corpus_fn(), os.path.join(work_dir, "tiny_model"), seed)
         return model_dir, model_dir
     assert model_cfg.path is not None  # schema: exactly one of path / tiny
