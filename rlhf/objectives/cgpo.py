@@ -1,0 +1,285 @@
+"""CGPO's constrained optimisers (Xu et al. 2024, "The Perfect Blend: Redefining RLHF with Mixture of Judges").
+
+Every prompt belongs to a task; a task has its own reward components, judges (constraint components) and
+optimiser. Per sample i of prompt s, with the task's reward r = sum_k w_k r_k (NaN components count 0):
+
+    calibrated reward      R_i = sigmoid(r(s, a_i) - r(s, a_bar))                        (sec. 4.2, CRPG)
+    satisfied              ok_i = every task judge returns 1 (NaN: not applicable -> satisfied)
+
+a_bar is a baseline response: the dataset's reference answer (scored by the same reward components), or when
+the task has no baseline column, the mean reward of the prompt's samples (r(s, a_bar) := mean_j r(s, a_j)).
+R lies in (0, 1), so rewards of different tasks and reward models share one scale.
+
+The three optimisers read (R, ok):
+
+- CRPG (calibrated-regularised policy gradient): violating samples are negatives: R_i := 0 (the minimum of the
+  calibrated reward) when not ok_i; then group-relative advantages A_i = (R_i - mean_g R) / (std_g R + eps)
+  (``crpg_advantages``), trained with the clipped GRPO surrogate (``rlhf.objectives.grpo``).
+- CODPO (constrained online DPO): per prompt, chosen = the satisfying sample of highest R; rejected = the
+  violating sample of lowest R if any violates, else the lowest-R sample when it is strictly below chosen
+  (``codpo_pairs``). Loss (``codpo_loss``): the DPO loss of ``rlhf.objectives.dpo`` plus a length-normalised NLL
+  term on the chosen response,
+
+      l = -log sigmoid(beta h) - lambda / |y_w| * log pi(y_w | x)
+
+- CRRAFT (calibrated-regularised reward-ranking fine-tuning): per prompt, the best satisfying sample (top_k of
+  them, optionally only when R > threshold) is selected (``crraft_select``) and the policy is fine-tuned on the
+  selected rows: token-mean NLL (``crraft_loss``).
+
+CRPG and CRRAFT share one policy-gradient call of the trainer: CRRAFT as advantage c on selected rows and 0
+elsewhere (``crraft_advantages``). Why that is the NLL gradient: the trainer's loss is
+-1/N sum_i sum_t min(rho_it A_i, clip(rho_it) A_i) with rho = pi / pi_old. On the (only) epoch pi_old = pi, so
+rho = 1 lies inside the clip range and both branches have gradient A_i grad(rho) = A_i grad(log pi) (rho = 1).
+The gradient is therefore -1/N sum_{i selected} c sum_t grad log pi(o_it), and with c = N / N_sel (N tokens of
+the batch, N_sel of the selected rows; token_mean) it equals grad of -1/N_sel sum_{selected} sum_t log pi, the
+token-mean NLL. Under seq_mean, c = B / B_sel gives the sequence-mean NLL. ``task_scale`` gives c; the same factor
+makes a CRPG task's term its own token mean rather than its share of the batch, so the combined loss of one call
+is sum_t weight_t * L_t over CRPG/CRRAFT tasks t.
+
+``CGPO`` is the objective object the trainer builds: ``loss`` on per-token tensors (B, C) is the clipped policy
+gradient (CRPG + CRRAFT rows), on per-pair tensors (B,) it is the CODPO pair loss (the trainer's
+``train_online_pairs``). Imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from rlhf.advantages.group import group_normalize
+from rlhf.objectives.common import masked_mean
+from rlhf.objectives.dpo import DPO
+from rlhf.objectives.grpo import GRPO
+from rlhf.types import LossOutput
+
+if TYPE_CHECKING:
+    from rlhf.config.schema import CGPOConfig
+
+OPTIMIZERS = ("crpg", "codpo", "crraft")
+
+
+# --------------------------------------------------------------------------- reward, judges, calibration
+
+
+def task_reward(values: Tensor, weights: Tensor) -> Tensor:
+    """(B,) weighted sum of a task's reward components. values (B, K_t), weights (K_t,).
+
+    NaN (not applicable) components count 0; a row whose components are all NaN stays NaN.
+    """
+    total = torch.nansum(values * weights, dim=1)  # (B,)
+    all_nan = torch.isnan(values).all(dim=1) if values.shape[1] else torch.ones_like(total, dtype=torch.bool)
+    return torch.where(all_nan, torch.full_like(total, math.nan), total)
+
+
+def satisfied_mask(judge_values: Tensor) -> Tensor:
+    """(B,) bool: every judge is satisfied. judge_values (B, J) of 1.0 / 0.0 / NaN (not applicable: satisfied)."""
+    return ~(judge_values == 0.0).any(dim=1)  # NaN == 0 is False
+
+
+def group_mean_baseline(reward: Tensor, group_ids: Tensor) -> Tensor:
+    """(B,) per row, the mean reward of its prompt's samples (NaN ignored; NaN if none applies)."""
+    out = torch.full_like(reward, math.nan)  # (B,)
+    for g in group_ids.unique():
+        rows = group_ids == g  # (B,)
+        vals = reward[rows]
+        vals = vals[~torch.isnan(vals)]
+        if vals.numel():
+            out[rows] = vals.mean()
+    return out
+
+
+def calibrated_reward(reward: Tensor, baseline: Tensor) -> Tensor:
+    """(B,) sigmoid(r(s, a) - r(s, a_bar)) in (0, 1); NaN where either is NaN. reward, baseline (B,)."""
+    return torch.sigmoid(reward - baseline)
+
+
+# --------------------------------------------------------------------------- CRPG
+
+
+def crpg_scores(calibrated: Tensor, satisfied: Tensor) -> Tensor:
+    """(B,) the calibrated reward with violating samples set to 0, the minimum (CRPG's negatives)."""
+    return torch.where(satisfied, calibrated, torch.zeros_like(calibrated))
+
+
+def crpg_advantages(calibrated: Tensor, satisfied: Tensor, group_ids: Tensor, scale_std: bool = True,
+                    eps: float = 1e-6) -> Tensor:
+    """(B,) group-relative advantages of the CRPG scores; NaN scores (no applicable reward) get 0."""
+    return group_normalize(crpg_scores(calibrated, satisfied), group_ids, scale_std, eps)
+
+
+# --------------------------------------------------------------------------- CODPO
+
+
+def codpo_pairs(calibrated: Tensor, satisfied: Tensor, group_ids: Tensor) -> list[tuple[int, int]]:
+    """(chosen row, rejected row) per prompt group; groups without a satisfying sample or a usable rejected one
+    are skipped. NaN-reward rows are ignored. Ties go to the lowest row index (deterministic)."""
+    pairs: list[tuple[int, int]] = []
+    for g in group_ids.unique().tolist():
+        rows = [i for i in (group_ids == g).nonzero().flatten().tolist() if not math.isnan(float(calibrated[i]))]
+        good = [i for i in rows if bool(satisfied[i])]
+        bad = [i for i in rows if not bool(satisfied[i])]
+        if not good:
+            continue
+        chosen = max(good, key=lambda i: (float(calibrated[i]), -i))
+        if bad:
+            rejected = min(bad, key=lambda i: (float(calibrated[i]), i))
+        else:
+            rejected = min(good, key=lambda i: (float(calibrated[i]), i))
+            if not float(calibrated[rejected]) < float(calibrated[chosen]):
+                continue  # every sample satisfies and they tie: no preference
+        pairs.append((chosen, rejected))
+    return pairs
+
+
+def codpo_loss(dpo: DPO, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+               ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, chosen_lengths: Tensor,
+               nll_coef: float, rejected_lengths: Tensor | None = None,
+               normalizer: float | None = None) -> LossOutput:
+    """DPO loss (``dpo``) + nll_coef * mean over pairs of -log pi(y_w) / |y_w|.
+
+    policy_*_logps (B,) summed completion log-probs with grad; ref_*_logps (B,) or None (reference-free);
+    chosen_lengths (B,) token counts of the chosen completions. normalizer: divide summed per-pair terms by this
+    instead of B (as ``DPO.loss``).
+    """
+    lengths = {}
+    if dpo.needs_lengths:
+        lengths = dict(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    out = dpo.loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                   normalizer=normalizer, **lengths)
+    nll = -policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype).clamp(min=1)  # (B,)
+    denom = nll.shape[0] if normalizer is None else normalizer
+    nll_term = nll.sum() / denom
+    loss = out.loss + nll_coef * nll_term
+    metrics = {**out.metrics, "loss/codpo_nll": float(nll.detach().mean()), "loss/total": float(loss.detach())}
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+# --------------------------------------------------------------------------- CRRAFT
+
+
+def crraft_select(calibrated: Tensor, satisfied: Tensor, group_ids: Tensor, top_k: int = 1,
+                  threshold: float | None = None) -> Tensor:
+    """(B,) bool: per prompt group, its top_k satisfying samples by calibrated reward (ties: lowest row first),
+    only those with calibrated reward > threshold when a threshold is given. NaN rewards are never selected."""
+    if top_k < 1:
+        raise ValueError(f"crraft_select: top_k must be >= 1, got {top_k}")
+    selected = torch.zeros_like(satisfied, dtype=torch.bool)  # (B,)
+    for g in group_ids.unique().tolist():
+        rows = [i for i in (group_ids == g).nonzero().flatten().tolist()
+                if bool(satisfied[i]) and not math.isnan(float(calibrated[i]))
+                and (threshold is None or float(calibrated[i]) > threshold)]
+        for i in sorted(rows, key=lambda i: (-float(calibrated[i]), i))[:top_k]:
+            selected[i] = True
+    return selected
+
+
+def crraft_loss(logprobs: Tensor, mask: Tensor, selected: Tensor) -> Tensor:
+    """() token-mean NLL over the selected rows. logprobs (B, C), mask (B, C), selected (B,) bool; 0 if none."""
+    rows = selected.to(logprobs.dtype).unsqueeze(1) * mask.to(logprobs.dtype)  # (B, C)
+    return -masked_mean(logprobs, rows)
+
+
+def task_scale(completion_mask: Tensor, rows: Tensor, loss_agg: str) -> float:
+    """c such that c * (the rows' summed per-token terms, normalised over the whole batch) is the rows' own mean.
+
+    completion_mask (B, C) counted tokens of the whole batch, rows (B,) bool. token_mean: N / N_rows tokens;
+    seq_mean: B / B_rows sequences. 0 when no row is given.
+    """
+    rows = rows.to(torch.bool)
+    if loss_agg == "token_mean":
+        total = float(completion_mask.sum())
+        part = float(completion_mask[rows].sum())
+    elif loss_agg == "seq_mean":
+        total, part = float(rows.numel()), float(rows.sum())
+    else:
+        raise ValueError(f"task_scale: loss_agg {loss_agg!r}; CGPO supports token_mean and seq_mean")
+    return total / part if part > 0 else 0.0
+
+
+def crraft_advantages(selected: Tensor, completion_mask: Tensor, loss_agg: str, weight: float = 1.0) -> Tensor:
+    """(B,) advantages that make the trainer's clipped surrogate (one epoch) a weight x NLL step on the selected
+    rows: weight * task_scale on selected rows, 0 elsewhere (see the module docstring)."""
+    c = task_scale(completion_mask, selected, loss_agg)
+    return selected.to(torch.float32) * (weight * c)  # (B,)
+
+
+# --------------------------------------------------------------------------- the objective object
+
+
+@dataclass
+class CGPO:
+    """The trainer-facing objective: clipped policy gradient for CRPG/CRRAFT rows, CODPO loss for pairs."""
+
+    policy: GRPO = field(default_factory=GRPO)
+    pair: DPO = field(default_factory=DPO)
+    nll_coef: float = 1.0  # CODPO's lambda on the chosen response's length-normalised NLL
+    uses_pairs: bool = False  # some task optimises with CODPO (its pairs need the reference)
+
+    name: ClassVar[str] = "cgpo"
+    on_policy: ClassVar[bool] = True
+    needs_lengths: ClassVar[bool] = True  # the NLL term needs the chosen completions' lengths
+
+    def __post_init__(self) -> None:
+        if self.policy.loss_agg not in ("token_mean", "seq_mean"):
+            raise ValueError(f"CGPO: loss_agg {self.policy.loss_agg!r}; expected token_mean or seq_mean")
+        if self.nll_coef < 0:
+            raise ValueError(f"CGPO: nll_coef must be >= 0, got {self.nll_coef}")
+
+    @classmethod
+    def from_config(cls, cfg: "CGPOConfig") -> "CGPO":
+        policy = GRPO(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
+                      loss_agg=cfg.loss_agg, scale_std=cfg.scale_std, eps=cfg.eps)
+        pair = DPO(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                   reference_free=cfg.reference_free)
+        uses_pairs = any(t.optimizer == "codpo" for t in cfg.tasks.values())
+        return cls(policy=policy, pair=pair, nll_coef=cfg.nll_coef, uses_pairs=uses_pairs)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.policy.needs_reference or (self.uses_pairs and self.pair.needs_reference)
+
+    def loss(self, *args: Any, **kwargs: Any) -> LossOutput:
+        """Per-token tensors (logprobs (B, C), ...) -> ``policy_loss``; per-pair (B,) -> ``pair_loss``.
+
+        The trainer calls ``objective.loss`` from its policy-gradient update and from its online-pairs update;
+        the first argument's shape tells which one this is.
+        """
+        first = args[0] if args else next(iter(kwargs.values()))
+        if first.dim() == 2:
+            return self.policy_loss(*args, **kwargs)
+        return self.pair_loss(*args, **kwargs)
+
+    def policy_loss(self, logprobs: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None,
+                    advantages: Tensor, mask: Tensor, token_normalizer: float | None = None) -> LossOutput:
+        """GRPO's clipped surrogate (+ k3 KL) with the CRPG / CRRAFT advantages. Shapes as ``GRPO.loss``."""
+        return self.policy.loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
+
+    def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+                  ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *,
+                  chosen_lengths: Tensor, rejected_lengths: Tensor | None = None,
+                  normalizer: float | None = None) -> LossOutput:
+        """CODPO on (B,) pairs: see ``codpo_loss``."""
+        return codpo_loss(self.pair, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                          ref_rejected_logps, chosen_lengths, self.nll_coef, rejected_lengths, normalizer)
+
+
+__all__ = [
+    "CGPO",
+    "OPTIMIZERS",
+    "calibrated_reward",
+    "codpo_loss",
+    "codpo_pairs",
+    "crpg_advantages",
+    "crpg_scores",
+    "crraft_advantages",
+    "crraft_loss",
+    "crraft_select",
+    "group_mean_baseline",
+    "satisfied_mask",
+    "task_reward",
+    "task_scale",
+]

@@ -1,0 +1,280 @@
+"""The CGPO stage (Xu et al. 2024): task-stratified prompts -> generate -> score (with baselines) -> per-task
+constrained signals -> update -> sync, per step.
+
+    stage = CGPOStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
+    metrics = stage.step(step)
+
+One step:
+
+1. ``TaskSampler`` draws each task's share of ``rollout.prompts_per_step`` prompts (``objective.tasks.T.share``).
+2. The rollout engines generate ``group_size`` samples per prompt.
+3. The reward group scores every component for every sample, and in the same call the baseline response of each
+   prompt whose task sets ``baseline_column`` (the dataset's reference answer), as extra (prompt, baseline) rows.
+4. Per task (``rlhf.objectives.cgpo``): the task reward r = sum of its components' weight x value; the baseline
+   reward r(s, a_bar) is the baseline row's r, or when the task has no baseline column, the mean r of the prompt's
+   samples; calibrated reward R = sigmoid(r - r(s, a_bar)); a sample satisfies when all the task's judges do.
+   - crpg: violators get R = 0, then group-relative advantages;
+   - crraft: the best satisfying sample(s) per prompt get advantage c (an NLL step), the rest 0;
+   - codpo: per prompt, (best satisfying, violating or worst) pair.
+5. Combining the tasks' updates: crpg and crraft tasks share ONE policy-gradient optimizer step over the whole
+   batch (rows of codpo tasks ride along with advantage 0). Each task's advantages are multiplied by
+   weight_t x task_scale (batch tokens / the task's counted tokens), so the step minimises sum_t weight_t x L_t,
+   with L_t the task's own token-mean loss (CRPG surrogate, or CRRAFT NLL on its selected rows), independent of how
+   many prompts it got. The k3 KL term (``kl_coef``) applies to every row. Then codpo tasks' pairs take a SECOND
+   optimizer step (``trainers.train_online_pairs``): the mean CODPO loss over all their pairs (each pair counts
+   once). Both steps use the same rollouts; then the engines are synced once.
+6. Metrics: ``cgpo/{task}/violation_rate/{judge}``, ``cgpo/{task}/violation_rate`` (any judge),
+   ``cgpo/{task}/reward/{component}``, ``cgpo/{task}/calibrated_reward``, ``cgpo/{task}/samples``, optimiser counts,
+   ``reward/{component}/mean`` over the batch, the rollout metrics, and the codpo step's as ``codpo/...``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from rlhf.objectives.cgpo import (
+    calibrated_reward,
+    codpo_pairs,
+    crpg_advantages,
+    crraft_advantages,
+    crraft_select,
+    group_mean_baseline,
+    satisfied_mask,
+    task_reward,
+    task_scale,
+)
+from rlhf.runtime.online_dpo import _interleaved
+from rlhf.runtime.onpolicy import OnPolicyStage, _columns, _track_mismatch, rollout_metrics, sync_weights
+from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
+
+
+class CGPOStage(OnPolicyStage):
+    def __init__(self, recipe, trainers, objective, start_dir: str, train_rows: list[dict], eval_rows: list[dict],
+                 actors: list[Any], resume_from: Any = None) -> None:
+        from rlhf.data.sampler import TaskSampler
+
+        super().__init__(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
+        self.cfg = cfg = recipe.objective
+        self.sampler = TaskSampler(train_rows, recipe.rollout.prompts_per_step, recipe.run.seed, list(cfg.tasks),
+                                   cfg.task_column, {t: c.share for t, c in cfg.tasks.items()}, cfg.default_task)
+        self.weights = {c.name: float(c.weight) for c in recipe.rewards}
+        _check_baselines(train_rows, self.sampler, cfg)
+        self.tokenizer = None
+        if any(t.baseline_column for t in cfg.tasks.values()):  # baseline rows need a token count (num_tokens)
+            from rlhf.models.load import load_tokenizer
+
+            self.tokenizer = load_tokenizer(start_dir, trust_remote_code=recipe.model.trust_remote_code)
+
+    def summary_keys(self) -> dict[str, str]:
+        keys = super().summary_keys()
+        for task, t in self.cfg.tasks.items():
+            keys.update({f"{task}/violation/{j}": f"cgpo/{task}/violation_rate/{j}" for j in t.judges})
+        return keys
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, step: int) -> dict[str, float]:
+        t_step = time.perf_counter()
+        r = self.recipe.rollout
+        rows, tasks = self.sampler.next_batch_with_tasks()
+        settings = SamplingSettings(
+            n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+            top_k=r.top_k, stop=tuple(r.stop), seed=(self.recipe.run.seed * 1_000_003 + step) * 16,
+        )
+        t0 = time.perf_counter()
+        rollout = self.engines.generate([row["prompt"] for row in rows], settings)
+        t_generate = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rv, baseline_rv, metrics = self._score(rows, tasks, rollout)
+        t_score = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        completion_mask = rollout.completion_mask.float()  # (B, C)
+        advantages, pairs, signal_metrics = task_signals(self.cfg, self.weights, rv, baseline_rv, tasks,
+                                                         rollout.group_ids, completion_mask)
+        metrics.update(signal_metrics)
+        metrics.update(_component_metrics(rv))
+        t_prepare = time.perf_counter() - t0
+
+        self.engines.sleep()
+        t0 = time.perf_counter()
+        if any(t.optimizer in ("crpg", "crraft") for t in self.cfg.tasks.values()):
+            exp = ExperienceBatch(
+                input_ids=rollout.input_ids(), attention_mask=rollout.attention_mask(),
+                completion_mask=completion_mask, advantages=advantages, prompt_len=rollout.prompt_ids.shape[1],
+                rollout_logprobs=rollout.logprobs if _track_mismatch(self.recipe) else None,
+            )
+            metrics.update(self.trainers.train_rl(exp))
+        usable = len(pairs) - len(pairs) % self.trainers.world_size  # whole pairs on every rank
+        if any(t.optimizer == "codpo" for t in self.cfg.tasks.values()):
+            metrics["codpo/pairs"] = float(usable)
+        if usable:
+            pair_metrics = self.trainers.train_online_pairs(_interleaved(rollout, pairs[:usable]))
+            metrics.update({f"codpo/{k}": v for k, v in pair_metrics.items()})
+        t_train = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        payload = sync_weights(self.trainers, self.engines, version=step)
+        timings = {"time/generate": t_generate, "time/score": t_score, "time/advantages": t_prepare,
+                   "time/train": t_train, "time/sync": time.perf_counter() - t0,
+                   "time/step": time.perf_counter() - t_step}
+        return {**metrics, **rollout_metrics(rollout, payload, timings)}
+
+    def _score(self, rows: list[dict], tasks: list[str], rollout: RolloutBatch
+               ) -> tuple[RewardVector, RewardVector | None, dict[str, float]]:
+        """Score the samples and, in the same call, one baseline row per prompt whose task has a baseline column.
+
+        Returns (samples' vector (B, K), baselines' vector (G, K) with NaN rows for prompts without a baseline,
+        or None when no task has one, metrics)."""
+        columns = _columns(rows, rollout)  # (B,) per column
+        prompts, completions = list(rollout.prompts), list(rollout.completions)
+        base_groups: list[int] = []
+        for g, (row, task) in enumerate(zip(rows, tasks)):
+            col = self.cfg.tasks[task].baseline_column
+            if col is None:
+                continue
+            text = row.get(col)
+            if not isinstance(text, str):
+                raise ValueError(f"objective.tasks.{task}.baseline_column: prompt {row['prompt'][:60]!r} has "
+                                 f"{col}={text!r}; a baseline response must be a string")
+            base_groups.append(g)
+            prompts.append(row["prompt"])
+            completions.append(text)
+            for key, values in columns.items():
+                if key == "finished":
+                    values.append(True)
+                elif key == "num_tokens":
+                    values.append(len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1)  # + EOS
+                else:
+                    values.append(row.get(key))
+        rv_all, metrics = self.rewards.score(prompts, completions, columns)
+        B = rollout.batch_size
+        rv = RewardVector(rv_all.names, rv_all.kinds, rv_all.values[:B])
+        if not any(t.baseline_column for t in self.cfg.tasks.values()):
+            return rv, None, metrics
+        base = torch.full((len(rows), len(rv_all.names)), math.nan)  # (G, K); NaN: the prompt has no baseline
+        if base_groups:
+            base[torch.tensor(base_groups)] = rv_all.values[B:]
+        return rv, RewardVector(rv_all.names, rv_all.kinds, base), metrics
+
+    # ------------------------------------------------------------------ eval
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy completions on held-out rows: every component's mean, overall and per task (`TASK/NAME`)."""
+        rows = self.eval_rows[: self.recipe.eval.max_samples]
+        settings = SamplingSettings(n=1, max_new_tokens=self.recipe.rollout.max_new_tokens, greedy=True,
+                                    stop=tuple(self.recipe.rollout.stop))
+        rollout = self.engines.generate([r["prompt"] for r in rows], settings)
+        rv, _ = self.rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
+        out = dict(rv.means())
+        if self.recipe.eval.accuracy_component:
+            out["accuracy"] = out[self.recipe.eval.accuracy_component]
+        out["completion_tokens_mean"] = float(rollout.completion_lengths.float().mean())
+        tasks = [self.sampler.task_of(r, i) for i, r in enumerate(rows)]
+        for task in self.cfg.tasks:
+            idx = [i for i, t in enumerate(tasks) if t == task]
+            if idx:
+                out.update({f"{task}/{k}": v for k, v in rv.select(idx).means().items()})
+        return out
+
+
+def task_signals(cfg: Any, weights: dict[str, float], rv: RewardVector, baseline_rv: RewardVector | None,
+                 tasks: list[str], group_ids: torch.Tensor, completion_mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, list[tuple[int, int]], dict[str, float]]:
+    """Per task: reward -> calibrated reward -> its optimiser's signal (see the module docstring).
+
+    cfg: the CGPOConfig; weights: component name -> weight; rv (B, K) the samples' vector; baseline_rv (G, K) the
+    prompts' baseline rows (NaN rows where none) or None; tasks (G,) task of each prompt; group_ids (B,) prompt of
+    each sample; completion_mask (B, C) the tokens the trainer counts. Returns (B,) advantages for the
+    policy-gradient step, CODPO pairs as (chosen, rejected) global row indices, and per-task metrics.
+    """
+    B = rv.batch_size
+    row_task = [tasks[int(g)] for g in group_ids]  # (B,) task of each sample
+    advantages = torch.zeros(B)  # (B,)
+    pairs: list[tuple[int, int]] = []
+    metrics: dict[str, float] = {}
+    for task, tcfg in cfg.tasks.items():
+        idx = torch.tensor([i for i in range(B) if row_task[i] == task], dtype=torch.long)  # (B_t,)
+        in_task = torch.zeros(B, dtype=torch.bool)
+        in_task[idx] = True
+        values = rv.values[idx]  # (B_t, K)
+        reward = task_reward(values[:, [rv.index(n) for n in tcfg.rewards]],
+                             torch.tensor([weights[n] for n in tcfg.rewards]))  # (B_t,)
+        groups = group_ids[idx]  # (B_t,)
+        if tcfg.baseline_column is not None:
+            base_values = baseline_rv.values[groups][:, [rv.index(n) for n in tcfg.rewards]]  # (B_t, K_t)
+            baseline = task_reward(base_values, torch.tensor([weights[n] for n in tcfg.rewards]))  # (B_t,)
+        else:
+            baseline = group_mean_baseline(reward, groups)  # (B_t,)
+        calibrated = calibrated_reward(reward, baseline)  # (B_t,)
+        judges = values[:, [rv.index(n) for n in tcfg.judges]]  # (B_t, J_t)
+        ok = satisfied_mask(judges)  # (B_t,)
+
+        p = f"cgpo/{task}"
+        metrics[f"{p}/samples"] = float(len(idx))
+        metrics[f"{p}/violation_rate"] = float((~ok).float().mean())
+        metrics[f"{p}/calibrated_reward"] = _nanmean(calibrated)
+        metrics[f"{p}/baseline_reward"] = _nanmean(baseline)
+        for j, name in enumerate(tcfg.judges):
+            col = judges[:, j]
+            applicable = col[~torch.isnan(col)]
+            metrics[f"{p}/violation_rate/{name}"] = (
+                float((applicable == 0).float().mean()) if applicable.numel() else math.nan)
+        for name in rv.names:
+            metrics[f"{p}/reward/{name}"] = _nanmean(values[:, rv.index(name)])
+
+        if tcfg.optimizer == "crpg":
+            adv = crpg_advantages(calibrated, ok, groups, cfg.scale_std, cfg.eps)  # (B_t,)
+            advantages[idx] = adv * tcfg.weight * task_scale(completion_mask, in_task, cfg.loss_agg)
+            metrics[f"{p}/adv_abs_mean"] = float(adv.abs().mean())
+        elif tcfg.optimizer == "crraft":
+            chosen = crraft_select(calibrated, ok, groups, tcfg.top_k, tcfg.threshold)  # (B_t,)
+            selected = torch.zeros(B, dtype=torch.bool)
+            selected[idx[chosen]] = True
+            advantages += crraft_advantages(selected, completion_mask, cfg.loss_agg, tcfg.weight)
+            metrics[f"{p}/selected"] = float(chosen.sum())
+        else:
+            local = codpo_pairs(calibrated, ok, groups)  # (chosen, rejected) rows of this task
+            pairs.extend((int(idx[c]), int(idx[r])) for c, r in local)
+            metrics[f"{p}/pairs"] = float(len(local))
+            if local:
+                chosen_rows, rejected_rows = (list(x) for x in zip(*local))
+                metrics[f"{p}/pair_calibrated_gap"] = float(
+                    (calibrated[chosen_rows] - calibrated[rejected_rows]).mean())
+    return advantages, pairs, metrics
+
+
+def _component_metrics(rv: RewardVector) -> dict[str, float]:
+    """Batch means of every component (`reward/NAME/mean`) and judges' violation rates."""
+    out: dict[str, float] = {}
+    for j, (name, kind) in enumerate(zip(rv.names, rv.kinds)):
+        col = rv.values[:, j]
+        applicable = col[~torch.isnan(col)]
+        out[f"reward/{name}/mean"] = float(applicable.mean()) if applicable.numel() else math.nan
+        if kind == "constraint":
+            out[f"constraint/{name}/violation_rate"] = (
+                float((applicable == 0).float().mean()) if applicable.numel() else math.nan)
+    return out
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    ok = ~torch.isnan(x)
+    return float(x[ok].mean()) if bool(ok.any()) else math.nan
+
+
+def _check_baselines(rows: list[dict], sampler: Any, cfg: Any) -> None:
+    """Every training row of a task with a baseline column has that column as a string (checked before step 1)."""
+    for i, row in enumerate(rows):
+        task = sampler.task_of(row, i)
+        col = cfg.tasks[task].baseline_column
+        if col is not None and not isinstance(row.get(col), str):
+            raise ValueError(f"objective.tasks.{task}.baseline_column={col!r}: training row {i} (prompt "
+                             f"{str(row.get('prompt'))[:60]!r}) has {col}={row.get(col)!r}; every row of the task "
+                             "needs a baseline response string")
+
+
+__all__ = ["CGPOStage", "task_signals"]

@@ -1,0 +1,111 @@
+"""The `llm_judge` plugin on a real (tiny) judge model: a Llama built from config is trained here, with plain
+torch, to answer " yes" when a completion is clean and " no" when it contains the marker '#'; saved with
+save_pretrained, then judged through the `hf` rollout engine in logprob and in generate mode."""
+
+from __future__ import annotations
+
+import math
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rewards.api import RewardPluginError, build_scorer
+from rewards.models.llm_judge import LLMJudge
+
+TEMPLATE = "{prompt}|{completion}?"
+
+
+def _examples(n: int, seed: int) -> list[tuple[str, str, bool]]:
+    """(prompt, completion, satisfied): completions are digit strings, half of them with a '#' somewhere."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 4)))
+        bad = i % 2 == 1
+        if bad:
+            k = rng.randint(0, len(digits))
+            digits = digits[:k] + "#" + digits[k:]
+        out.append((f"{rng.randint(0, 9)}+{rng.randint(0, 9)}=", digits, not bad))
+    return out
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory) -> str:
+    from rlhf.config.schema import TinyModelConfig
+    from rlhf.data.collate import prompt_token_ids
+    from rlhf.models.tiny import build_tiny_model, train_tokenizer
+
+    train = _examples(64, seed=0)
+    texts = [TEMPLATE.format(prompt=p, completion=c) + (" yes" if ok else " no") for p, c, ok in train]
+    tok = train_tokenizer(texts + ["#"], vocab_size=48)
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                                             max_position_embeddings=32), tok, seed=0)
+    rows, targets = [], []
+    for p, c, ok in train:
+        prompt = prompt_token_ids(tok, TEMPLATE.format(prompt=p, completion=c))
+        answer = tok(" yes" if ok else " no", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append(prompt + answer)
+        targets.append([0] * len(prompt) + [1] * len(answer))
+    T = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tok.pad_token_id] * (T - len(r)) for r in rows])  # (N, T) right-padded
+    attn = torch.tensor([[1] * len(r) + [0] * (T - len(r)) for r in rows])  # (N, T)
+    loss_mask = torch.tensor([t + [0] * (T - len(t)) for t in targets], dtype=torch.float32)  # (N, T)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(80):  # plain-torch SFT on the answer tokens
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (N, T-1, V)
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (N, T-1)
+        loss = (nll * loss_mask[:, 1:]).sum() / loss_mask[:, 1:].sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, f"the judge model did not learn its training set (loss {loss.item():.3f})"
+    out = tmp_path_factory.mktemp("judge") / "model"
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def test_logprob_verdicts(judge_dir):
+    held = _examples(24, seed=1)
+    judge = LLMJudge(model=judge_dir, template=TEMPLATE, verdict="logprob", batch_size=5)  # several batches
+    judge.setup()
+    prompts, completions, truth = zip(*held)
+    p = judge.satisfied_probability([TEMPLATE.format(prompt=a, completion=b) for a, b in zip(prompts, completions)])
+    assert all(0.0 < x < 1.0 for x in p)
+    verdicts = judge(list(prompts), list(completions))
+    accuracy = sum(v == t for v, t in zip(verdicts, truth)) / len(truth)
+    assert accuracy >= 0.9, (accuracy, verdicts, truth)
+
+
+def test_generate_verdicts_and_unparseable(judge_dir):
+    train = _examples(8, seed=0)  # answers the model has learned exactly
+    prompts, completions, truth = (list(x) for x in zip(*train))
+    judge = LLMJudge(model=judge_dir, template=TEMPLATE, verdict="generate", max_new_tokens=3, batch_size=3)
+    judge.setup()
+    assert judge(prompts, completions) == truth
+    # patterns that never match: every answer is unparseable -> on_unparseable, through the plugin API
+    for mode, expected in (("violated", 0.0), ("satisfied", 1.0)):
+        component = SimpleNamespace(name="j", plugin="llm_judge", kind=None, args={
+            "model": judge_dir, "template": TEMPLATE, "verdict": "generate", "max_new_tokens": 2,
+            "satisfied_pattern": "maybe", "violated_pattern": "never", "on_unparseable": mode})
+        assert build_scorer(component)(prompts[:2], completions[:2], {}) == [expected, expected]
+    component.args["on_unparseable"] = "nan"
+    values = build_scorer(component)(prompts[:2], completions[:2], {})
+    assert all(math.isnan(v) for v in values)  # not applicable
+    assert judge.parse("no, yes") is False and judge.parse("yes or no") is True
+
+
+def test_errors_name_the_judge_and_sample(judge_dir):
+    with pytest.raises(ValueError, match=r"llm_judge: template must be a string containing \{completion\}"):
+        LLMJudge(model=judge_dir, template="{prompt} only")
+    judge = LLMJudge(model=judge_dir, template="{prompt}{completion}{other}")
+    judge.setup()
+    with pytest.raises(ValueError, match="llm_judge: template could not be filled for sample 0"):
+        judge(["1+1="], ["2"])
+    bad = SimpleNamespace(name="judge_x", plugin="llm_judge", kind=None,
+                          args={"model": judge_dir, "template": TEMPLATE, "yes": " yes", "no": " yes"})
+    with pytest.raises(RewardPluginError, match="judge_x.*two different non-empty words"):
+        build_scorer(bad)

@@ -1,0 +1,164 @@
+"""CGPO's pieces against hand computations: calibrated reward, CRPG advantages, CODPO pairs and loss, CRRAFT
+selection and loss, and the CRRAFT-as-advantage identity (its policy-gradient step equals the NLL gradient)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlhf.objectives.cgpo import (
+    CGPO,
+    calibrated_reward,
+    codpo_loss,
+    codpo_pairs,
+    crpg_advantages,
+    crpg_scores,
+    crraft_advantages,
+    crraft_loss,
+    crraft_select,
+    group_mean_baseline,
+    satisfied_mask,
+    task_reward,
+    task_scale,
+)
+from rlhf.objectives.dpo import DPO
+from rlhf.objectives.grpo import GRPO
+
+NAN = float("nan")
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_task_reward_and_judges():
+    values = torch.tensor([[1.0, 2.0], [NAN, 3.0], [NAN, NAN]])
+    r = task_reward(values, torch.tensor([1.0, 0.5]))
+    assert r[0].item() == pytest.approx(2.0) and r[1].item() == pytest.approx(1.5) and math.isnan(r[2].item())
+    judges = torch.tensor([[1.0, 1.0], [1.0, 0.0], [NAN, 1.0], [0.0, NAN]])
+    assert satisfied_mask(judges).tolist() == [True, False, True, False]
+    assert satisfied_mask(torch.zeros(3, 0)).tolist() == [True, True, True]  # no judges: all satisfied
+
+
+def test_calibrated_reward_against_baseline_and_group_mean():
+    reward = torch.tensor([1.0, 3.0, 0.0, 2.0])
+    baseline = torch.tensor([2.0, 2.0, 0.0, 0.0])
+    cal = calibrated_reward(reward, baseline)
+    assert cal.tolist() == pytest.approx([sig(-1), sig(1), 0.5, sig(2)])
+    groups = torch.tensor([0, 0, 1, 1])
+    assert group_mean_baseline(reward, groups).tolist() == pytest.approx([2.0, 2.0, 1.0, 1.0])
+    mean_nan = group_mean_baseline(torch.tensor([NAN, 4.0, NAN, NAN]), groups)
+    assert mean_nan[0].item() == 4.0 and math.isnan(mean_nan[2].item())
+
+
+def test_crpg_violations_are_negatives_then_group_relative():
+    cal = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.8, 0.2])
+    ok = torch.tensor([False, True, True, True, True, True])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert crpg_scores(cal, ok).tolist() == pytest.approx([0.0, 0.6, 0.3, 0.8, 0.8, 0.2])
+    adv = crpg_advantages(cal, ok, groups, scale_std=False)
+    # group 0: scores 0, .6, .3 -> mean .3; group 1: .8, .8, .2 -> mean .6
+    assert adv.tolist() == pytest.approx([-0.3, 0.3, 0.0, 0.2, 0.2, -0.4], abs=1e-6)
+    adv_std = crpg_advantages(cal, ok, groups, scale_std=True, eps=0.0)
+    std0 = math.sqrt(((0.3) ** 2 + 0.3 ** 2 + 0.0) / 2)  # unbiased std of (0, .6, .3), as group_normalize
+    assert adv_std[:3].tolist() == pytest.approx([-0.3 / std0, 0.3 / std0, 0.0], abs=1e-5)
+    # the best-rewarded sample of group 0 violated a judge: its advantage is negative, below a satisfied one
+    assert adv[0] < adv[2] < adv[1]
+
+
+def test_codpo_pairs_by_hand():
+    cal = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.8, 0.2, 0.5, 0.5, 0.7, 0.1, NAN, 0.4])
+    ok = torch.tensor([False, True, True, True, True, True, True, True, False, False, True, True])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 4])
+    # g0: chosen best satisfying (row 1), rejected the violator (row 0) even though its reward is higher
+    # g1: no violator: chosen row 3 (tie with 4 -> lower index), rejected the worst (row 5)
+    # g2: all satisfy and tie -> skipped; g3: nothing satisfies -> skipped; g4: NaN row ignored, one row left
+    assert codpo_pairs(cal, ok, groups) == [(1, 0), (3, 5)]
+
+
+def test_codpo_loss_is_dpo_plus_length_normalised_nll():
+    dpo = DPO(beta=0.5)
+    pc, pr = torch.tensor([-4.0, -6.0], requires_grad=True), torch.tensor([-5.0, -3.0])
+    rc, rr = torch.tensor([-4.5, -6.0]), torch.tensor([-4.0, -4.0])
+    lengths = torch.tensor([2.0, 3.0])
+    out = codpo_loss(dpo, pc, pr, rc, rr, lengths, nll_coef=0.1)
+    h = [(-4.0 + 4.5) - (-5.0 + 4.0), (-6.0 + 6.0) - (-3.0 + 4.0)]  # [1.5, -1.0]
+    dpo_hand = sum(-math.log(sig(0.5 * x)) for x in h) / 2
+    nll_hand = (4.0 / 2 + 6.0 / 3) / 2
+    assert out.loss.item() == pytest.approx(dpo_hand + 0.1 * nll_hand, rel=1e-6)
+    assert out.metrics["loss/codpo_nll"] == pytest.approx(nll_hand)
+    out.loss.backward()
+    # d/d pc_j: -(1 - sig(beta h_j)) * beta / 2  -  0.1 / (len_j * 2)
+    hand_grad = [-(1 - sig(0.5 * x)) * 0.5 / 2 - 0.1 / (n * 2) for x, n in zip(h, [2, 3])]
+    assert pc.grad.tolist() == pytest.approx(hand_grad, rel=1e-5)
+
+
+def test_crraft_select_top_k_and_threshold():
+    cal = torch.tensor([0.9, 0.6, 0.3, 0.2, 0.1, 0.15, NAN, 0.7])
+    ok = torch.tensor([False, True, True, True, True, True, True, True])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    assert crraft_select(cal, ok, groups).tolist() == [False, True, False, True, False, False, False, True]
+    top2 = crraft_select(cal, ok, groups, top_k=2)
+    assert top2.tolist() == [False, True, True, True, False, True, False, True]
+    thr = crraft_select(cal, ok, groups, threshold=0.5)
+    assert thr.tolist() == [False, True, False, False, False, False, False, True]
+
+
+def test_crraft_loss_token_mean_on_selected_rows():
+    logprobs = torch.tensor([[-1.0, -2.0, -9.0], [-3.0, -9.0, -9.0], [-7.0, -7.0, -7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    selected = torch.tensor([True, True, False])
+    assert crraft_loss(logprobs, mask, selected).item() == pytest.approx((1 + 2 + 3) / 3)
+    assert crraft_loss(logprobs, mask, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+
+
+def test_task_scale():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    rows = torch.tensor([True, True, False, False])
+    assert task_scale(mask, rows, "token_mean") == pytest.approx(9 / 3)
+    assert task_scale(mask, rows, "seq_mean") == pytest.approx(4 / 2)
+    assert task_scale(mask, torch.zeros(4, dtype=torch.bool), "token_mean") == 0.0
+
+
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
+def test_crraft_as_advantage_equals_nll_gradient(loss_agg):
+    """The trainer's clipped surrogate at ratio 1 with crraft_advantages has the gradient of weight x NLL."""
+    torch.manual_seed(0)
+    theta = torch.randn(4, 3, 5, requires_grad=True)  # per-row, per-position logits over 5 tokens
+    targets = torch.randint(0, 5, (4, 3))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    selected = torch.tensor([True, False, True, False])
+
+    def logprobs() -> torch.Tensor:
+        return torch.log_softmax(theta, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (4, 3)
+
+    adv = crraft_advantages(selected, mask, loss_agg, weight=0.5)
+    GRPO(loss_agg=loss_agg).loss(logprobs(), None, None, adv, mask).loss.backward()
+    g_pg = theta.grad.clone()
+    theta.grad = None
+    if loss_agg == "token_mean":
+        nll = crraft_loss(logprobs(), mask, selected)
+    else:  # sequence-mean NLL of the selected rows
+        lp = logprobs()
+        per_seq = -(lp * mask).sum(1) / mask.sum(1)
+        nll = per_seq[selected].mean()
+    (0.5 * nll).backward()
+    assert torch.allclose(g_pg, theta.grad, atol=1e-6)
+
+
+def test_cgpo_objective_dispatches_both_losses():
+    obj = CGPO(policy=GRPO(kl_coef=0.0), pair=DPO(beta=0.1), nll_coef=0.5, uses_pairs=True)
+    assert obj.needs_reference and obj.on_policy and obj.needs_lengths
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    pg = obj.loss(lp, None, None, torch.tensor([2.0]), torch.ones(1, 2))
+    assert pg.loss.item() == pytest.approx(-2.0)  # -A * ratio(=1), token mean
+    pc, pr = torch.tensor([-2.0]), torch.tensor([-3.0])
+    pair = obj.loss(pc, pr, torch.tensor([-2.0]), torch.tensor([-3.0]), chosen_lengths=torch.tensor([4.0]),
+                    rejected_lengths=torch.tensor([2.0]))
+    assert pair.loss.item() == pytest.approx(-F.logsigmoid(torch.tensor(0.0)).item() + 0.5 * 2.0 / 4.0)
+    assert not CGPO(policy=GRPO(kl_coef=0.0), uses_pairs=False).needs_reference
+    with pytest.raises(ValueError, match="loss_agg"):
+        CGPO(policy=GRPO(loss_agg="dr_grpo"))
