@@ -62,7 +62,8 @@ def ray_running(num_cpus: int = 2) -> Iterator[bool]:
     if not ray.is_initialized():
         env = dict(WORKER_ENV)
         env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING,
                  runtime_env={"env_vars": env})
         started = True
     try:

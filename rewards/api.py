@@ -122,7 +122,11 @@ def judge(name: str | Callable | None = None) -> Callable:
 
 
 def process_reward(name: str | Callable | None = None) -> Callable:
-    """Register a process reward plugin (kind "process"); it returns one outcome score per completion."""
+    """Register a process reward plugin (kind "process").
+
+    It may take ``steps`` (per completion, the list of its step texts as the recipe's ``process`` block segments
+    it) and returns per completion a list with one score per step, a single outcome score, or None.
+    """
     return _decorator(name, "process")
 
 
@@ -351,9 +355,21 @@ def component_kind(component: Any, plugin: PluginInfo) -> str:
 def check_component(component: Any) -> PluginInfo:
     """Resolve a component's plugin and check its ``args`` without building it (cheap; no setup())."""
     plugin = resolve_plugin(component.plugin)
-    component_kind(component, plugin)
+    _check_step_options(component, component_kind(component, plugin))
     _check_args(component, plugin)
     return plugin
+
+
+def _check_step_options(component: Any, kind: str) -> None:
+    """Step transforms and outcome summaries only mean something for process (step-level) components."""
+    if kind == "process":
+        return
+    for key, default in (("transform", "none"), ("outcome", "min")):
+        if getattr(component, key, default) != default:
+            raise RewardPluginError(
+                f"reward component {component.name!r}: {key}={getattr(component, key)!r} applies to process "
+                f"(step-level) components only; this component's kind is {kind!r}",
+                component=component.name, plugin=getattr(component, "plugin", None))
 
 
 def _check_args(component: Any, plugin: PluginInfo) -> None:
@@ -479,16 +495,32 @@ class BoundScorer:
 
         Raises RewardPluginError when the plugin raises, or its output as a whole is unusable (wrong length).
         """
+        outputs = self._call(prompts, completions, columns)
+        return convert_outputs(self.component_name, self.plugin.name, outputs, len(prompts), self.kind, prompts)
+
+    def run_process(
+        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
+    ) -> tuple[list[float], list[list[float] | None], list[RewardPluginError]]:
+        """A process component's call: (outcome values (B,), step scores per sample or None, per-sample errors).
+
+        ``columns["steps"]`` (the runtime's segmentation, one list of step texts per sample) is passed to plugins
+        that take ``steps``; a sample's output is a list with one score per step, a single outcome value, or None.
+        """
+        outputs = self._call(prompts, completions, columns)
+        counts = [len(s) for s in columns["steps"]] if "steps" in columns else None
+        return convert_process_outputs(self.component_name, self.plugin.name, outputs, len(prompts), prompts, counts)
+
+    def _call(self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]) -> Any:
+        """The plugin's raw output; a plugin that raises becomes a RewardPluginError naming it."""
         kwargs = self._kwargs(columns, n=len(prompts))
         try:
-            outputs = self._fn(list(prompts), list(completions), **kwargs)
+            return self._fn(list(prompts), list(completions), **kwargs)
         except Exception as exc:
             raise RewardPluginError(
                 f"{self.who} raised {type(exc).__name__}: {exc}{_where(exc)}",
                 component=self.component_name,
                 plugin=self.plugin.name,
             ) from exc
-        return convert_outputs(self.component_name, self.plugin.name, outputs, len(prompts), self.kind, prompts)
 
     def _kwargs(self, columns: Mapping[str, Sequence], n: int) -> dict[str, Any]:
         kwargs = dict(self._bound_args)
@@ -555,6 +587,20 @@ def convert_outputs(
 
     A wrong container or length is not per-sample and raises at once.
     """
+    plugin_name, items = _output_items(component_name, plugin, outputs, n)
+    values: list[float] = []
+    errors: list[RewardPluginError] = []
+    for i, item in enumerate(items):
+        value, problem = _to_float(item, kind)
+        if problem is not None:
+            errors.append(_sample_error(component_name, plugin_name, i, problem, prompts))
+            value = math.nan
+        values.append(value)
+    return values, errors
+
+
+def _output_items(component_name: str, plugin: str | PluginInfo, outputs: Any, n: int) -> tuple[str, list[Any]]:
+    """(plugin name, the outputs as a list of n entries); a wrong container or length raises at once."""
     plugin_name = plugin.name if isinstance(plugin, PluginInfo) else str(plugin)
     who = f"reward component {component_name!r} (plugin {plugin_name!r})"
     items = _as_list(outputs, who, component_name, plugin_name)
@@ -564,23 +610,60 @@ def convert_outputs(
             component=component_name,
             plugin=plugin_name,
         )
+    return plugin_name, items
+
+
+def _sample_error(component_name: str, plugin_name: str, i: int, problem: str,
+                  prompts: Sequence[str]) -> RewardPluginError:
+    snippet = _snippet(prompts[i]) if i < len(prompts) else "?"
+    return RewardPluginError(
+        f"reward component {component_name!r} (plugin {plugin_name!r}), sample {i}: {problem}. Prompt: {snippet}",
+        component=component_name,
+        plugin=plugin_name,
+        sample_index=i,
+    )
+
+
+def convert_process_outputs(
+    component_name: str,
+    plugin: str | PluginInfo,
+    outputs: Any,
+    n: int,
+    prompts: Sequence[str],
+    step_counts: Sequence[int] | None,
+) -> tuple[list[float], list[list[float] | None], list[RewardPluginError]]:
+    """A process plugin's outputs -> (outcome values, step scores, per-sample errors).
+
+    Per sample: a list of finite floats, one per step (``step_counts[i]`` of them), is a step score list (its
+    outcome value is left NaN for the runtime to summarise); a number or bool is an outcome value without steps;
+    None is "not applicable". A bad sample gets NaN and no steps, and an error.
+    """
+    plugin_name, items = _output_items(component_name, plugin, outputs, n)
     values: list[float] = []
+    steps: list[list[float] | None] = []
     errors: list[RewardPluginError] = []
     for i, item in enumerate(items):
-        value, problem = _to_float(item, kind)
+        if hasattr(item, "tolist") and getattr(item, "ndim", 0) == 1:
+            item = item.tolist()
+        problem = None
+        if isinstance(item, (list, tuple)):
+            scores = [_to_float(x, "process") for x in item]
+            problem = next((f"step {j}: {p}" for j, (_, p) in enumerate(scores) if p is not None), None)
+            if problem is None and any(math.isnan(v) for v, _ in scores):
+                problem = "a step score is None; score every step (or return None for the whole sample)"
+            if problem is None and step_counts is not None and len(scores) != step_counts[i]:
+                problem = (f"returned {len(scores)} step scores for {step_counts[i]} steps; return one score per "
+                           f"entry of `steps`")
+            values.append(math.nan)
+            steps.append(None if problem else [v for v, _ in scores])
+        else:
+            value, problem = _to_float(item, "process")
+            values.append(value)
+            steps.append(None)
         if problem is not None:
-            snippet = _snippet(prompts[i]) if i < len(prompts) else "?"
-            errors.append(
-                RewardPluginError(
-                    f"{who}, sample {i}: {problem}. Prompt: {snippet}",
-                    component=component_name,
-                    plugin=plugin_name,
-                    sample_index=i,
-                )
-            )
-            value = math.nan
-        values.append(value)
-    return values, errors
+            values[-1] = math.nan
+            errors.append(_sample_error(component_name, plugin_name, i, problem, prompts))
+    return values, steps, errors
 
 
 def _as_list(outputs: Any, who: str, component_name: str, plugin_name: str) -> list[Any]:

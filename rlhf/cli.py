@@ -2,14 +2,19 @@
 
     rlhf train RECIPE [key.path=value ...] [--resume | --overwrite]
     rlhf validate RECIPE [key.path=value ...]
+    rlhf launch local|ray|slurm|k8s RECIPE [key.path=value ...] [--dry-run] [target flags]
     rlhf rewards list
     rlhf plot RUN_DIR
+    rlhf export CHECKPOINT --out DIR [--base MODEL] [--dtype D]
     rlhf sweep RECIPE --weights W1 W2 ... [key.path=value ...] [--reference R] [--resume]
     rlhf serve-rewards --recipe RECIPE [key.path=value ...] [--host H] [--port P] [--token-file F]
                        [--max-body-mb M] [--max-concurrency N] [--max-batch B] [--insecure-no-auth]
 
 `serve-rewards` serves the recipe's reward components over HTTP (rlhf/serve/reward_server.py) for trainers that use
 the `remote` reward plugin; it exits 0 after a graceful shutdown on SIGTERM or SIGINT.
+`launch` validates RECIPE like `validate`, then runs it here (`local`) or submits it to a Ray cluster (`ray`), Slurm
+(`slurm`: sbatch) or Kubernetes (`k8s`: a KubeRay RayJob); `--dry-run` prints what would be submitted (launch/).
+`export` writes a checkpoint as a standalone HF model directory, merging a LoRA adapter into its base (rlhf/export.py).
 """
 
 from __future__ import annotations
@@ -52,10 +57,35 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*", metavar="key.path=value")
 
+    la = sub.add_parser(
+        "launch",
+        help="validate a recipe, then run it here or submit it to Ray, Slurm or Kubernetes (KubeRay)",
+        description="Validate RECIPE (as `rlhf validate` does; nothing is submitted with errors), then run it: "
+        "`local` (= rlhf train), `ray` (ray job submit), `slurm` (sbatch: Ray head + workers, then rlhf train) or "
+        "`k8s` (a KubeRay RayJob + a ConfigMap with the recipe). --dry-run prints the command, sbatch script or "
+        "manifest instead. `rlhf launch TARGET --help` lists the target's flags.",
+    )
+    from launch import add_parsers as _add_launch_parsers
+
+    _add_launch_parsers(la)
+
     pl = sub.add_parser("plot", help="draw a run's curves (rewards per component, KL, step time) as a PNG",
                         description="Read RUN_DIR/metrics.jsonl and write RUN_DIR/curves.png (needs matplotlib).")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
+
+    ex = sub.add_parser(
+        "export",
+        help="a checkpoint as a standalone HF model directory (a LoRA adapter merged into its base)",
+        description="CHECKPOINT: a checkpoint step directory (runs/X/checkpoints/step_N) or a model directory. A LoRA "
+        "adapter is merged into its base model (adapter_config.json's base_model_name_or_path, or --base) and "
+        "written as safetensors + config + tokenizer; a full model is checked and copied.",
+    )
+    ex.add_argument("checkpoint", help="checkpoint step directory or model/adapter directory")
+    ex.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    ex.add_argument("--base", default=None, help="base model dir or hub id (default: the one the adapter names)")
+    ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="dtype of the written weights (default: the checkpoint recipe's model.dtype)")
 
     r = sub.add_parser("rewards", help="reward plugins: `rlhf rewards list` shows every plugin a recipe can name")
     r.add_argument("action", choices=["list"])
@@ -65,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         help="one training per reward-weight vector, then the Pareto front and its hypervolume",
         description="Train RECIPE once per weight vector (rewards[i].weight, in the recipe's order) into "
         "RUN.output_dir/sweep/wN, evaluate every model on every reward component (held-out, greedy), and write "
-        "sweep.json, sweep.md (table, front, hypervolume) and sweep.png. On-policy RL objectives.",
+        "sweep.json, sweep.md (table, front, hypervolume) and sweep.png. On-policy RL objectives, and MODPO (the "
+        "preference weight first; its models are evaluated by pair accuracy and their own greedy completions).",
     )
     w.add_argument("recipe")
     w.add_argument("overrides", nargs="*", metavar="key.path=value")
@@ -102,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # overrides may also follow the flags: `rlhf train R --resume run.steps=200`
     late = [e for e in extra if "=" in e and not e.startswith("-")]
-    if extra != late or (late and args.command not in ("train", "validate", "serve-rewards", "sweep")):
+    if extra != late or (late and args.command not in ("train", "validate", "serve-rewards", "sweep", "launch")):
         parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in late) or ' '.join(late)}")
     if late:
         args.overrides = [*args.overrides, *late]
@@ -115,10 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         return _rewards_list()
     if args.command == "plot":
         return _plot(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "serve-rewards":
         return _serve_rewards(args)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "launch":
+        return _launch(args)
     return _train(args)
 
 
@@ -161,6 +196,16 @@ def _check_plugins(recipe, source: str) -> list[str]:
     return problems
 
 
+def _launch(args) -> int:
+    """Validate like `rlhf validate` (exit 2 on errors, before anything is submitted), then hand over to launch/."""
+    recipe = _load(args)
+    if recipe is None:
+        return 2
+    from launch import launch
+
+    return launch(args, recipe)
+
+
 def _plot(args) -> int:
     from rlhf.plots import plot_run
 
@@ -169,6 +214,25 @@ def _plot(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _export(args) -> int:
+    from rlhf.export import ExportError, export
+    from rlhf.models.load import ModelLoadError
+    from rlhf.models.lora import LoraError
+    from rlhf.train.checkpoint import CheckpointError
+
+    try:
+        done = export(args.checkpoint, args.out, base=args.base, dtype=args.dtype)
+    except (ExportError, LoraError, ModelLoadError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if done["kind"] == "lora":
+        print(f"merged the LoRA adapter of {done['source']} ({done['merged_modules']} modules, scale "
+              f"{done['scale']:g}) into {done['base']}: {done['out']}")
+    else:
+        print(f"copied the full model {done['source']}: {done['out']}")
     return 0
 
 

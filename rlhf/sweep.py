@@ -6,8 +6,15 @@ Each weight vector sets `rewards[i].weight` (one number per reward component, in
 into OUT/sweep/w<i>/ (OUT = the recipe's run.output_dir). The held-out evaluation after training (greedy
 completions scored by every component, `eval_after` in the run's summary) is that model's point. Written to OUT/sweep/:
 `sweep.json` (every point, the non-dominated ones, the hypervolume), `sweep.md` (the table) and `sweep.png` (the
-points and the front, first two components; needs matplotlib). On-policy RL recipes only: offline preference
-objectives (dpo, modpo) do not generate, so their evaluation has no per-component rewards yet.
+points and the front, first two components; needs matplotlib). On-policy RL objectives, and MODPO:
+
+    rlhf sweep recipes/modpo_tiny_cpu.yaml --weights 1,0,0 0.5,0.3,0.2 0.2,0.4,0.4
+
+A MODPO weight vector is (preference_weight, then one weight per reward component), a point on the simplex. MODPO
+trains on fixed pairs and never generates, so each trained model is then evaluated here: the preference objective
+by its held-out pair accuracy (``pref_accuracy``, the share of pairs whose implicit reward ranks chosen first), every
+reward component by greedy completions of the held-out prompts (the hf engine, in this process), scored by the
+recipe's components.
 
 Hypervolume reference: `--reference` (one value per component), default each component's worst value over the
 points minus 10% of its range (or 0.1 when all points agree), so every point adds volume.
@@ -22,6 +29,7 @@ from typing import Any, Sequence
 from rlhf.config.schema import Recipe
 
 ON_POLICY = ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo")
+PREFERENCE = "preference"  # the MODPO preference objective's name in the front
 
 
 def parse_weights(specs: Sequence[str], n_components: int) -> list[list[float]]:
@@ -45,10 +53,13 @@ def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float
     from rlhf.runtime.controller import run
     from rlhf.weighting.pareto import hypervolume, non_dominated
 
-    if recipe.objective.kind not in ON_POLICY:
-        raise ValueError(f"rlhf sweep: objective {recipe.objective.kind} does not generate, so it has no "
-                         f"per-component evaluation; sweep works with {', '.join(ON_POLICY)}")
-    names = [c.name for c in recipe.rewards]
+    modpo = recipe.objective.kind == "modpo"
+    if recipe.objective.kind not in ON_POLICY and not modpo:
+        raise ValueError(f"rlhf sweep: objective {recipe.objective.kind} has no per-component evaluation; sweep "
+                         f"works with {', '.join(ON_POLICY)} and modpo")
+    names = ([PREFERENCE] if modpo else []) + [c.name for c in recipe.rewards]
+    if modpo and PREFERENCE in names[1:]:
+        raise ValueError(f"rlhf sweep: a reward component may not be named {PREFERENCE!r} in a MODPO sweep")
     vectors = parse_weights(weight_specs, len(names))
     if reference is not None and len(reference) != len(names):
         raise ValueError(f"--reference has {len(reference)} values; the recipe has {len(names)} components")
@@ -57,12 +68,17 @@ def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float
     runs = []
     for i, w in enumerate(vectors):
         data = recipe.model_dump(mode="json")
-        for comp, value in zip(data["rewards"], w):
+        if modpo:
+            data["objective"]["preference_weight"] = w[0]
+        for comp, value in zip(data["rewards"], w[1:] if modpo else w):
             comp["weight"] = value
         data["run"]["output_dir"] = os.path.join(root, f"w{i}")
         data["run"]["name"] = f"{recipe.run.name}-w{i}"
-        summary = run(Recipe.model_validate(data), resume=resume and _has_checkpoint(data["run"]["output_dir"]))
+        run_recipe = Recipe.model_validate(data)
+        summary = run(run_recipe, resume=resume and _has_checkpoint(data["run"]["output_dir"]))
         evals = summary["eval_after"]
+        if modpo:
+            evals = {PREFERENCE: evals["pref_accuracy"], **generated_scores(run_recipe, summary["checkpoint"])}
         missing = [n for n in names if n not in evals]
         if missing:
             raise RuntimeError(f"rlhf sweep: run {i} evaluated no {missing}; is eval disabled?")
@@ -79,6 +95,32 @@ def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float
         f.write(render(result))
     result["plot"] = plot(result, os.path.join(root, "sweep.png"))
     return result
+
+
+def generated_scores(recipe: Recipe, checkpoint: str) -> dict[str, float]:
+    """Every reward component's mean over greedy completions of the held-out prompts by the checkpoint's model
+    (hf engine and reward plugins in this process: the training actors are gone by now)."""
+    from rlhf.rollout.hf import HFEngine
+    from rlhf.runtime.controller import load_data
+    from rlhf.runtime.reward_workers import RewardGroup, rollout_columns
+    from rlhf.types import SamplingSettings
+
+    _, rows = load_data(recipe, recipe.run.seed)
+    rows = rows[: recipe.eval.max_samples]
+    engine = HFEngine(os.path.join(checkpoint, "model"), dtype=recipe.model.dtype,
+                      trust_remote_code=recipe.model.trust_remote_code, chat_template=recipe.data.chat_template,
+                      max_prompt_tokens=recipe.data.max_prompt_tokens)
+    batch = engine.generate([r["prompt"] for r in rows],
+                            SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
+                                             stop=tuple(recipe.rollout.stop)))
+    skip = {"prompt", "chosen", "rejected", "completion"}
+    batch.extras = {k: [r.get(k) for r in rows] for k in rows[0] if k not in skip and not k.startswith("_")}
+    group = RewardGroup(recipe.rewards, use_ray=False)
+    try:
+        rv, _ = group.score(batch.prompts, batch.completions, rollout_columns(batch))
+    finally:
+        group.shutdown()
+    return rv.means()
 
 
 def _has_checkpoint(out: str) -> bool:

@@ -33,8 +33,9 @@ class RewardVector:
     names: tuple[str, ...]  # K component names, from the recipe
     kinds: tuple[str, ...]  # K kinds: "reward" | "constraint" | "process"
     values: Tensor  # (B, K) float32; NaN = not applicable
-    steps: Tensor | None = None  # (B, S, Kp) per-step scores of process components; NaN-padded
-    step_ends: Tensor | None = None  # (B, S) token index of each step's last token; -1 padded
+    steps: Tensor | None = None  # (B, S, Kp) per-step rewards of the process components, in order; NaN-padded
+    step_ends: Tensor | None = None  # (B, S) completion token index of each step's last token; -1 padded
+    bonus: Tensor | None = None  # (B, S) dense per-step bonus, already weighted (MRT progress); 0 padded
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.kinds):
@@ -52,6 +53,19 @@ class RewardVector:
     @property
     def batch_size(self) -> int:
         return int(self.values.shape[0])
+
+    @property
+    def process_names(self) -> tuple[str, ...]:
+        """The Kp process components, in the order of the last axis of ``steps``."""
+        return tuple(n for n, k in zip(self.names, self.kinds) if k == "process")
+
+    @property
+    def has_steps(self) -> bool:
+        """True when step rewards (or a step bonus) and their token positions are present: step-level objectives
+        (GRPO, PPO) then use them."""
+        if self.step_ends is None or self.step_ends.shape[1] == 0:
+            return False
+        return (self.steps is not None and self.steps.shape[-1] > 0) or self.bonus is not None
 
     def index(self, name: str) -> int:
         try:
@@ -72,6 +86,7 @@ class RewardVector:
             values=self.values[idx],
             steps=None if self.steps is None else self.steps[idx],
             step_ends=None if self.step_ends is None else self.step_ends[idx],
+            bonus=None if self.bonus is None else self.bonus[idx],
         )
 
     def means(self) -> dict[str, float]:
@@ -89,9 +104,25 @@ class RewardVector:
         for v in vectors[1:]:
             if v.names != first.names or v.kinds != first.kinds:
                 raise ValueError("RewardVector.cat: component names/kinds differ")
-        if any(v.steps is not None for v in vectors):
-            raise NotImplementedError("RewardVector.cat with process steps is not supported yet")
-        return RewardVector(first.names, first.kinds, torch.cat([v.values for v in vectors], dim=0))
+        values = torch.cat([v.values for v in vectors], dim=0)
+        if all(v.steps is None for v in vectors):
+            return RewardVector(first.names, first.kinds, values)
+        if any(v.steps is None or v.step_ends is None for v in vectors):
+            raise ValueError("RewardVector.cat: some vectors have step rewards and step ends, others not")
+        width = max(int(v.steps.shape[1]) for v in vectors)  # S
+        steps = torch.cat([_pad_steps(v.steps, width, math.nan) for v in vectors], dim=0)  # (B, S, Kp)
+        ends = torch.cat([_pad_steps(v.step_ends, width, -1) for v in vectors], dim=0)  # (B, S)
+        bonus = None
+        if any(v.bonus is not None for v in vectors):
+            zero = [torch.zeros(v.step_ends.shape) if v.bonus is None else v.bonus for v in vectors]
+            bonus = torch.cat([_pad_steps(b, width, 0.0) for b in zero], dim=0)  # (B, S)
+        return RewardVector(first.names, first.kinds, values, steps, ends, bonus)
+
+
+def _pad_steps(t: Tensor, width: int, value: float) -> Tensor:
+    """Right-pad the step axis (dim 1) of (B, S[, Kp]) to ``width``."""
+    pad_shape = (t.shape[0], width - t.shape[1], *t.shape[2:])
+    return torch.cat([t, torch.full(pad_shape, value, dtype=t.dtype)], dim=1)
 
 
 @dataclass

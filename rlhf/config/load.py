@@ -367,7 +367,7 @@ def _model_context(recipe: Recipe) -> tuple[int, str] | None:
 def _check_context(recipe: Recipe, source: str) -> None:
     """The longest sequence a step builds must fit the model's positions: prompt + completion for on-policy
     objectives, objective.max_length for preference pairs; and rollout.vllm.max_model_len when it is set."""
-    if recipe.objective.kind in ("dpo", "modpo"):
+    if recipe.objective.kind in ("dpo", "modpo", "prm"):
         need, what = recipe.objective.max_length, f"objective.max_length = {recipe.objective.max_length}"
     else:
         d, r = recipe.data, recipe.rollout

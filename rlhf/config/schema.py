@@ -53,12 +53,48 @@ class TinyModelConfig(Strict):
         return self
 
 
+class LoraConfig(Strict):
+    """LoRA adapters on the policy (``model.lora``), trained with ``peft``; the base weights stay frozen.
+
+    Where it lives: under ``model`` because an adapter is part of what the policy *is* (verl puts it at
+    ``actor_rollout_ref.model.lora_rank / lora_alpha / target_modules``); the keys are peft's ``LoraConfig`` ones,
+    which TRL takes as ``peft_config`` and OpenRLHF exposes as ``--lora_rank / --lora_alpha / --target_modules /
+    --lora_dropout``: ``r``, ``alpha`` (peft's lora_alpha), ``dropout``, ``target_modules``. It applies to every
+    stage that trains the policy (warm-up SFT: its adapter is merged into OUT/sft, the base of the main stage's
+    adapter); a PPO critic stays fully fine-tuned. The KL reference is the base with the adapter disabled (no
+    second copy). Target module names are checked against the model's linear layers when it is loaded.
+    """
+
+    enabled: bool = Field(True, description="false: train the full model (lets an override switch LoRA off)")
+    r: int = Field(8, ge=1, description="adapter rank (OpenRLHF --lora_rank)")
+    alpha: float = Field(16.0, gt=0, description="scale = alpha / r (peft lora_alpha)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input in training passes; keep 0 "
+                           "for RL (ratios and KL are computed without dropout)")
+    target_modules: Union[list[str], Literal["all-linear"]] = Field(
+        "all-linear", description="linear module names (suffixes, e.g. [q_proj, v_proj]) or all-linear (every "
+        "linear layer but the output head)")
+    bias: Literal["none"] = Field("none", description="biases stay frozen (the only mode supported)")
+    modules_to_save: Optional[list[str]] = Field(
+        None, description="modules trained in full next to the adapter and saved / synced with it (e.g. lm_head)")
+
+    @model_validator(mode="after")
+    def _targets(self) -> "LoraConfig":
+        if isinstance(self.target_modules, list):
+            if not self.target_modules:
+                raise ValueError("model.lora.target_modules: empty list; name linear modules or use all-linear")
+            bad = [t for t in self.target_modules if not t or not t.strip()]
+            if bad:
+                raise ValueError("model.lora.target_modules: empty module name")
+        return self
+
+
 class ModelConfig(Strict):
     path: Optional[str] = Field(None, description="local directory or hub id of a causal LM")
     tokenizer: Optional[str] = Field(None, description="defaults to the model path")
     tiny: Optional[TinyModelConfig] = Field(None, description="build a tiny model from config instead of path")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    lora: Optional[LoraConfig] = Field(None, description="train LoRA adapters instead of the full policy")
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
@@ -79,6 +115,9 @@ class SyntheticArithmeticConfig(Strict):
     chatter: float = Field(
         0.0, ge=0, le=1, description="fraction of train completions with a trailing remark (messy SFT data)"
     )
+    terms: int = Field(2, ge=2, le=6, description="operands per problem: 3 gives chains like '3+4-5='")
+    show_steps: bool = Field(
+        False, description="completions show the work, one step per line ('3+4=7\\n7-5=2'): process rewards")
 
     @model_validator(mode="after")
     def _range(self) -> "SyntheticArithmeticConfig":
@@ -122,6 +161,12 @@ class RewardComponentConfig(Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the plugin")
     timeout_s: float = Field(60.0, gt=0)
     on_error: Literal["fail", "nan", "zero"] = "fail"
+    transform: Literal["none", "clip", "delta"] = Field(
+        "none", description="process components: step-reward transform against step hacking (clip: min(r - "
+        "clip_threshold, 0); delta: r_s - r_{s+1}, last step kept)")
+    clip_threshold: float = Field(0.0, description="process components: eta of the clip transform")
+    outcome: Literal["min", "mean", "last", "sum", "product"] = Field(
+        "min", description="process components: the outcome value (reward/NAME/mean, eval) from the step scores")
 
 
 class ScheduleConfig(Strict):
@@ -360,8 +405,84 @@ class MODPOConfig(Strict):
     max_length: int = Field(512, ge=4)
 
 
+class CGPOTaskConfig(Strict):
+    """One CGPO task: its reward components, its judges and its constrained optimiser (rlhf/objectives/cgpo.py)."""
+
+    rewards: list[str] = Field(..., min_length=1, description="names of reward components (in `rewards:`) summed "
+                               "with their weights into the task's reward")
+    judges: list[str] = Field(default_factory=list, description="names of constraint components (judges) a sample "
+                              "of this task must satisfy")
+    optimizer: Literal["crpg", "codpo", "crraft"] = "crpg"
+    weight: float = Field(1.0, gt=0, description="the task's weight in the combined update (crpg / crraft tasks)")
+    share: Optional[float] = Field(None, gt=0, description="relative share of each step's prompts (default: the "
+                                   "task's share of the training rows)")
+    baseline_column: Optional[str] = Field(
+        None, description="dataset column holding a baseline response (e.g. the reference answer) for the "
+        "calibrated reward sigmoid(r(a) - r(baseline)); default: the mean reward of the prompt's samples")
+    top_k: int = Field(1, ge=1, description="crraft: best satisfying samples kept per prompt")
+    threshold: Optional[float] = Field(None, gt=0, lt=1, description="crraft: keep a sample only if its "
+                                       "calibrated reward exceeds this")
+
+
+class CGPOConfig(Strict):
+    """CGPO (Xu et al. 2024): tasks with their own rewards, judges and constrained optimiser (CRPG, CODPO, CRRAFT);
+    prompts are stratified by task; calibrated rewards; violating samples are negatives."""
+
+    kind: Literal["cgpo"] = "cgpo"
+    tasks: dict[str, CGPOTaskConfig] = Field(..., min_length=1)
+    task_column: str = Field("task", description="dataset column naming each prompt's task")
+    default_task: Optional[str] = Field(None, description="task of rows that have no task column (default: such "
+                                        "rows are an error)")
+    # CRPG / CRRAFT: the clipped policy-gradient update (as GRPO)
+    clip_eps: float = Field(0.2, gt=0)
+    clip_eps_high: Optional[float] = Field(None, gt=0)
+    kl_coef: float = Field(0.0, ge=0)
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    scale_std: bool = True
+    eps: float = Field(1e-6, gt=0)
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch (crpg / crraft)")
+    mini_batches: Literal[1] = Field(1, description="one optimizer step per epoch: the per-task normalisers are "
+                                     "computed over the whole batch")
+    # CODPO: DPO loss on (best satisfying, violating) pairs + nll_coef x length-normalised NLL of the chosen one
+    beta: float = Field(0.1, gt=0, description="codpo: DPO beta (shared by every codpo task)")
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    reference_free: bool = False
+    nll_coef: float = Field(1.0, ge=0, description="codpo: lambda of the chosen response's NLL / length term")
+
+    @model_validator(mode="after")
+    def _tasks(self) -> "CGPOConfig":
+        if self.default_task is not None and self.default_task not in self.tasks:
+            raise ValueError(f"objective.default_task {self.default_task!r} is not a task; tasks are "
+                             f"{sorted(self.tasks)}")
+        if self.label_smoothing and self.loss_type != "cdpo":
+            raise ValueError("objective.label_smoothing is used by loss_type: cdpo only")
+        for name, task in self.tasks.items():
+            if task.optimizer == "codpo" and task.weight != 1.0:
+                raise ValueError(f"objective.tasks.{name}.weight: codpo tasks share one DPO step in which each "
+                                 "pair counts once; a task weight is not supported there (leave it at 1.0)")
+            if task.optimizer != "crraft" and (task.top_k != 1 or task.threshold is not None):
+                raise ValueError(f"objective.tasks.{name}: top_k / threshold apply to optimizer crraft only")
+        return self
+
+
+class PRMObjectiveConfig(Strict):
+    """Train a process reward model on step-labelled rows (prompt, steps, labels), step-tag style."""
+
+    kind: Literal["prm"] = "prm"
+    batch_size: int = Field(32, ge=1, description="rows per optimizer step")
+    step_tag: str = Field("\n", min_length=1, description="appended after every step; its last token is scored")
+    good: str = Field("+", min_length=1, description="the single token meaning 'this step is correct'")
+    bad: str = Field("-", min_length=1, description="the single token meaning 'this step is wrong'")
+    max_length: int = Field(256, ge=8)
+    steps_column: str = "steps"
+    labels_column: str = "labels"
+    error_rate: float = Field(0.5, ge=0, le=1, description="synthetic data: share of rows with one wrong step")
+
+
 ObjectiveConfig = Union[
-    GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig
+    GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig, CGPOConfig,
+    PRMObjectiveConfig,
 ]
 
 
@@ -408,6 +529,34 @@ class EvalConfig(Strict):
     accuracy_component: Optional[str] = Field(None, description="reward component reported as accuracy")
 
 
+class ProgressConfig(Strict):
+    """MRT's progress reward (Qu et al. 2025): the change in estimated success probability at each step end."""
+
+    enabled: bool = False
+    component: Optional[str] = Field(None, description="the 0/1 outcome component that defines success")
+    samples: int = Field(4, ge=1, description="completions sampled from each step prefix to estimate success")
+    weight: float = Field(1.0, description="weight of the progress bonus next to the outcome reward")
+    max_steps: int = Field(8, ge=1, description="steps per completion that get a bonus (cost: B x S x samples)")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="per prefix completion; default rollout's")
+
+
+class ProcessConfig(Strict):
+    """How completions are cut into steps for process (step-level) reward components."""
+
+    segment: Literal["newline", "delimiter", "regex", "function"] = "newline"
+    delimiter: Optional[str] = Field(None, description="segment: delimiter -- the literal separator")
+    pattern: Optional[str] = Field(None, description="segment: regex -- the separator pattern")
+    function: Optional[str] = Field(None, description="segment: function -- 'module:attr', text -> list of steps")
+    progress: ProgressConfig = Field(default_factory=ProgressConfig)
+
+    @model_validator(mode="after")
+    def _needs(self) -> "ProcessConfig":
+        from rlhf.advantages.process import Segmenter
+
+        Segmenter(self.segment, self.delimiter, self.pattern, self.function)  # raises naming the missing key
+        return self
+
+
 class RayConfig(Strict):
     address: Optional[str] = Field(None, description="None starts a local Ray")
     num_cpus: Optional[int] = Field(None, ge=1)
@@ -424,7 +573,23 @@ class Recipe(Strict):
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    process: ProcessConfig = Field(default_factory=ProcessConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _lora_checks(self) -> "Recipe":
+        """model.lora against the backend and options it cannot work with (rlhf/models/lora.py)."""
+        lora = self.model.lora
+        if lora is None or not lora.enabled:
+            return self
+        if self.train.backend == "deepspeed" and self.train.zero_stage == 3:
+            raise ValueError("model.lora: ZeRO-3 partitions the frozen base weights, which the adapter sync, the "
+                             "merge and the adapter-disabled reference read in full; use train.zero_stage 0-2 "
+                             "(an adapter's optimizer state is small, so ZeRO-2 saves nearly as much)")
+        if self.weighting.kind == "gradient":
+            raise ValueError("model.lora: weighting.kind=gradient computes per-component gradients of the full "
+                             "model; use weighting.kind static or hypervolume with LoRA")
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":
@@ -433,10 +598,10 @@ class Recipe(Strict):
         if dup:
             raise ValueError(f"rewards: duplicate component names {dup}")
         kind = self.objective.kind
-        if kind in ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo"):
+        if kind in ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo", "cgpo"):
             if not self.rewards:
                 raise ValueError(f"objective {kind} needs at least one entry in rewards")
-            grouped = kind in ("grpo", "rloo", "online_dpo") or (
+            grouped = kind in ("grpo", "rloo", "online_dpo", "cgpo") or (
                 kind == "reinforce_pp" and self.objective.baseline == "group")
             if grouped and self.rollout.group_size < 2:
                 raise ValueError(f"objective {kind} needs rollout.group_size >= 2 (its baseline is group-relative)")
@@ -447,12 +612,17 @@ class Recipe(Strict):
                     f"rollout.prompts_per_step * rollout.group_size = {n_seq} sequences per step must be divisible "
                     f"by train.num_ranks * objective.mini_batches = {shards}"
                 )
+        if kind == "cgpo":
+            _check_cgpo_tasks(self.objective, self.rewards)
         if kind == "ppo":
             ranks = self.objective.critic.num_ranks or self.train.num_ranks
             n_seq = self.rollout.prompts_per_step * self.rollout.group_size
             if n_seq % (ranks * self.objective.mini_batches):
                 raise ValueError(f"{n_seq} sequences per step must be divisible by objective.critic.num_ranks * "
                                  f"objective.mini_batches = {ranks * self.objective.mini_batches}")
+        if kind == "prm" and self.objective.batch_size % self.train.num_ranks:
+            raise ValueError(f"objective.batch_size {self.objective.batch_size} must be divisible by "
+                             f"train.num_ranks {self.train.num_ranks}")
         if kind in ("dpo", "modpo"):
             if self.data.source not in ("jsonl", "parquet"):
                 raise ValueError(f"objective {kind} reads preference pairs from a local file: set data.source to "
@@ -485,7 +655,49 @@ class Recipe(Strict):
         if w.kind == "gradient" and self.train.zero_stage == 3 and self.train.backend == "deepspeed":
             raise ValueError("weighting.kind=gradient: per-component gradients are computed on full parameters; "
                              "ZeRO-3 partitions them. Use train.zero_stage 0-2")
+        prog = self.process.progress
+        if prog.enabled:
+            if prog.component is None:
+                raise ValueError("process.progress.enabled needs process.progress.component: the 0/1 outcome "
+                                 f"component that defines success (one of {names})")
+            if prog.component not in names:
+                raise ValueError(f"process.progress.component {prog.component!r} is not a reward component; "
+                                 f"components are {names}")
+            if kind not in ("grpo", "ppo"):
+                raise ValueError(f"process.progress works with grpo and ppo (step-level advantages), not {kind}")
         acc = self.eval.accuracy_component
         if acc is not None and acc not in names:
             raise ValueError(f"eval.accuracy_component {acc!r} is not a reward component; components are {names}")
         return self
+
+
+def _check_cgpo_tasks(cfg: CGPOConfig, components: list[RewardComponentConfig]) -> None:
+    """Each task's rewards name reward components and its judges name constraint components (errors name the
+    key). A component without `kind:` takes its plugin's kind (the plugin is looked up, not built)."""
+    by_name = {c.name: c for c in components}
+    for task_name, task in cfg.tasks.items():
+        for key, names, want in (("rewards", task.rewards, ("reward", "process")), ("judges", task.judges,
+                                                                                     ("constraint",))):
+            for i, name in enumerate(names):
+                where = f"objective.tasks.{task_name}.{key}.{i}"
+                if name not in by_name:
+                    raise ValueError(f"{where}: {name!r} is not a reward component; components are {list(by_name)}")
+                kind = _component_kind(by_name[name], where)
+                if kind not in want:
+                    hint = ("a judge is a constraint component (plugin registered with @judge, or kind: "
+                            "constraint)") if key == "judges" else "list constraint components under judges"
+                    raise ValueError(f"{where}: component {name!r} has kind {kind!r}; {hint}")
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"objective.tasks.{task_name}.{key}: duplicate names {dup}")
+
+
+def _component_kind(component: RewardComponentConfig, where: str) -> str:
+    if component.kind is not None:
+        return component.kind
+    from rewards.api import RewardPluginError, resolve_plugin
+
+    try:
+        return resolve_plugin(component.plugin).kind
+    except RewardPluginError as exc:
+        raise ValueError(f"{where}: cannot tell the kind of component {component.name!r}: {exc}") from exc

@@ -112,11 +112,16 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_prompt_tokens: int) ->
                       f"max_prompt_tokens={max_prompt_tokens} (data.max_prompt_tokens) and lost their beginning",
                       stacklevel=2)
         encoded = [_truncate_left(ids, max_prompt_tokens, tokenizer.bos_token_id) for ids in encoded]
-    P = max(len(ids) for ids in encoded)
-    ids_t = torch.full((len(encoded), P), pad, dtype=torch.long)  # (B, P)
-    mask_t = torch.zeros((len(encoded), P), dtype=torch.long)  # (B, P)
-    for b, ids in enumerate(encoded):
-        if ids:
-            ids_t[b, P - len(ids):] = torch.tensor(ids, dtype=torch.long)
+    return left_pad(encoded, pad)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids ``(B, P)`` and attention mask ``(B, P)`` of token-id lists; ``P`` = the longest."""
+    P = max(len(ids) for ids in rows)
+    ids_t = torch.full((len(rows), P), pad, dtype=torch.long)  # (B, P)
+    mask_t = torch.zeros((len(rows), P), dtype=torch.long)  # (B, P)
+    for b, ids in enumerate(rows):
+        if len(ids):
+            ids_t[b, P - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
             mask_t[b, P - len(ids):] = 1
     return ids_t, mask_t

@@ -17,11 +17,13 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from rlhf.objectives.cgpo import CGPO
 from rlhf.objectives.common import completion_logprobs, masked_mean, masked_sum
 from rlhf.objectives.dpo import DPO
 from rlhf.objectives.grpo import GRPO
 from rlhf.objectives.modpo import MODPO
 from rlhf.objectives.ppo import PPO
+from rlhf.objectives.prm import PRM
 from rlhf.objectives.reinforce_pp import ReinforcePP
 from rlhf.objectives.rloo import RLOO
 from rlhf.objectives.sft import SFT, sft_loss
@@ -69,6 +71,8 @@ OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
     "ppo": PPO.from_config,
     "reinforce_pp": ReinforcePP.from_config,
     "sft": SFT.from_config,
+    "prm": PRM.from_config,
+    "cgpo": CGPO.from_config,
 }
 
 
@@ -82,8 +86,10 @@ def build_objective(cfg: Any) -> Objective:
 
 
 __all__ = [
+    "CGPO",
     "GRPO",
     "OBJECTIVES",
+    "PRM",
     "SFT",
     "Objective",
     "PolicyGradientObjective",

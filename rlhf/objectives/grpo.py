@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from rlhf.advantages.group import advantage_metrics
+from rlhf.advantages.process import process_advantages, sequence_part, step_token_advantages
 from rlhf.objectives.common import masked_mean, masked_sum
 from rlhf.types import LossOutput, RewardVector
 
@@ -83,12 +84,34 @@ class GRPO:
     # ------------------------------------------------------------------ advantages
 
     def advantages(
-        self, rv: RewardVector, group_ids: Tensor, weighting: "Weighting"
+        self, rv: RewardVector, group_ids: Tensor, weighting: "Weighting", width: int | None = None
     ) -> tuple[Tensor, dict[str, float]]:
-        """(B,) group-relative advantages from the reward vector, and metrics (weighting's + adv/*)."""
-        advantages, metrics = weighting.scalarize(rv, group_ids, self.scale_std, self.eps)  # (B,)
-        reward = weighting.weighted_sum(rv)  # (B,) raw scalar reward, NaN where no component applies
-        metrics = {**metrics, **advantage_metrics(reward, advantages, group_ids)}
+        """(B,) group-relative advantages from the reward vector, and metrics (weighting's + adv/*).
+
+        With step rewards (``rv.has_steps``) they are (B, C) token advantages, C = ``width``: the outcome
+        components' group-relative advantage on every token plus each process component's step-level advantage
+        (``rlhf.advantages.process``: steps normalised within the group, summed over the steps still to come),
+        weighted by the component's weight, plus the step bonus (MRT progress) summed the same way.
+        """
+        if not rv.has_steps:
+            advantages, metrics = weighting.scalarize(rv, group_ids, self.scale_std, self.eps)  # (B,)
+            reward = weighting.weighted_sum(rv)  # (B,) raw scalar reward, NaN where no component applies
+            return advantages, {**metrics, **advantage_metrics(reward, advantages, group_ids)}
+        if width is None:
+            raise ValueError("GRPO.advantages: step rewards need the completion width (width=C)")
+        outcome, metrics = weighting.scalarize(sequence_part(rv), group_ids, self.scale_std, self.eps)  # (B,)
+        for name, mean in rv.means().items():  # the process components' outcome values, as logged without steps
+            if name in rv.process_names:
+                metrics[f"reward/{name}/mean"] = mean
+                metrics[f"reward/{name}/weighted"] = weighting.weights[name] * mean
+        weights = [weighting.weights[n] for n in rv.process_names]
+        steps = process_advantages(rv.steps, rv.step_ends, group_ids, weights, width, self.scale_std, self.eps)
+        if rv.bonus is not None:  # a dense bonus (MRT progress) is credited to the tokens before it, unnormalised
+            steps = steps + step_token_advantages(rv.bonus, rv.step_ends, width)  # (B, C)
+        advantages = outcome.unsqueeze(1) + steps  # (B, C)
+        reward = weighting.weighted_sum(rv)  # (B,)
+        metrics.update(advantage_metrics(reward, outcome, group_ids))
+        metrics["adv/step_abs_mean"] = float(steps.abs().mean())
         return advantages, metrics
 
     # ------------------------------------------------------------------ loss

@@ -19,6 +19,9 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], settings: SamplingSettings) -> RolloutBatch:
         """Sample `settings.n` completions per prompt; rows grouped by prompt (group_ids 0..len(prompts)-1)."""
 
+    def generate_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
+        """Continue token-id prefixes (no templating, no truncation); completions hold only the new text."""
+
     def completion_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                             temperature: float = 1.0) -> torch.Tensor:
         """(B, C) logprobs of the given completions under the engine's current weights (for parity checks)."""

@@ -38,10 +38,16 @@ class RolloutActor:
     def generate(self, prompts: list[str], settings: SamplingSettings) -> RolloutBatch:
         return self.engine.generate(prompts, settings)
 
-    def load_weights(self, bucket_refs: list[Any], version: int) -> tuple[int, str]:
+    def generate_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
+        return self.engine.generate_ids(prefixes, settings)
+
+    def load_weights(self, bucket_refs: list[Any], version: int, adapter: dict[str, Any] | None = None
+                     ) -> tuple[int, str]:
         import ray
 
         blobs = (ray.get(ref) for ref in bucket_refs)  # one bucket in memory at a time
+        if adapter is not None:  # a LoRA adapter only (model.lora; engines that load adapters)
+            return self.engine.load_weights(blobs, version, adapter=adapter)
         return self.engine.load_weights(blobs, version)
 
     def completion_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
@@ -86,7 +92,11 @@ class RolloutGroup:
             r.engine, model_dir, {**kwargs, **_engine_kwargs(recipe, i)})
         self.actors = [self._start(i) for i in range(r.num_engines)]
         self.infos = self._get([a.info.remote() for a in self.actors])  # waits until every engine has loaded
-        self.pad_token_id = _pad_id(model_dir, recipe)
+        from rlhf.models.load import load_tokenizer
+
+        # the engines' tokenizer, driver-side: pad id, and mapping step ends to token positions (process rewards)
+        self.tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.max_restarts = MAX_RESTARTS_PER_CALL
         self.restarts = 0  # engines restarted after dying (logged as events/rollout_restarts)
         self._payload: WeightPayload | None = None  # the last weights synced: a restarted engine gets them
@@ -103,14 +113,22 @@ class RolloutGroup:
         """Prompts sharded over the engines. An engine that dies mid-call (killed, out of memory, segfault) is
         restarted, given the last synced weights (fingerprint-checked) and its shard generated again, with the
         same seed: up to `max_restarts` times per call."""
+        return self._sharded(prompts, settings, lambda a, args: a.generate.remote(*args))
+
+    def generate_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
+        """Continue token-id prefixes (a prompt plus part of a completion), sharded like `generate`; the
+        completions hold only the new text. Used to estimate success from a partial solution (MRT progress)."""
+        return self._sharded(prefixes, settings, lambda a, args: a.generate_ids.remote(*args))
+
+    def _sharded(self, items: list, settings: SamplingSettings, submit: Callable[[Any, tuple], Any]) -> RolloutBatch:
         k = len(self.actors)
-        shards = [prompts[i * len(prompts) // k : (i + 1) * len(prompts) // k] for i in range(k)]
+        shards = [items[i * len(items) // k : (i + 1) * len(items) // k] for i in range(k)]
         calls = {}
         for i, shard in enumerate(shards):
             if shard:
                 seed = None if settings.seed is None else settings.seed + 1000 * i
                 calls[i] = (shard, dataclasses.replace(settings, seed=seed))
-        parts = self._with_restarts(calls, lambda a, args: a.generate.remote(*args))
+        parts = self._with_restarts(calls, submit)
         return cat_rollouts([parts[i] for i in sorted(parts)], self.pad_token_id)
 
     def _with_restarts(self, calls: dict[int, tuple], submit: Callable[[Any, tuple], Any]) -> dict[int, Any]:
@@ -145,13 +163,14 @@ class RolloutGroup:
         self.infos[i] = self._get(self.actors[i].info.remote())
         self.restarts += 1
         if self._payload is not None:
-            report = self._get(self.actors[i].load_weights.remote(self._payload.buckets, self._payload.version))
+            report = self._get(self.actors[i].load_weights.remote(self._payload.buckets, self._payload.version,
+                                                                  self._payload.adapter))
             check_sync(self._payload, [report])
 
     def sync(self, payload: WeightPayload) -> list[tuple[int, str]]:
         """Push the trainer's weights into every engine and verify what each now holds."""
         self._payload = payload
-        calls = {i: (payload.buckets, payload.version) for i in range(len(self.actors))}
+        calls = {i: (payload.buckets, payload.version, payload.adapter) for i in range(len(self.actors))}
         results = self._with_restarts(calls, lambda a, args: a.load_weights.remote(*args))
         reports = [results[i] for i in range(len(self.actors))]
         check_sync(payload, reports)
@@ -183,8 +202,3 @@ def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
     return {"vllm": r.vllm.model_dump(), "cpu_bind": cpu_binding(index, r.num_engines),
             "seed": recipe.run.seed + 1000 * index}
 
-
-def _pad_id(model_dir: str, recipe: Recipe) -> int:
-    from rlhf.models.load import load_tokenizer
-
-    return int(load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code).pad_token_id)

@@ -61,15 +61,30 @@ class HFEngine:
         if not prompts:
             raise ValueError("generate: no prompts")
         texts = format_prompts(self.tokenizer, prompts, self.chat_template)
+        batch = self._in_chunks(len(texts), lambda a, b: encode_prompts(self.tokenizer, texts[a:b],
+                                                                         self.max_prompt_tokens), settings)
+        batch.prompts = [p for p in prompts for _ in range(1 if settings.greedy else settings.n)]
+        return batch
+
+    def generate_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
+        """Continue token-id prefixes (already formatted and tokenised, e.g. a prompt plus part of a completion):
+        ``settings.n`` samples each; ``prompts`` are left empty and completions hold only the new text."""
+        from rlhf.data.collate import left_pad
+
+        if not prefixes:
+            raise ValueError("generate_ids: no prefixes")
+        batch = self._in_chunks(len(prefixes), lambda a, b: left_pad(prefixes[a:b], self.tokenizer.pad_token_id),
+                                settings)
+        batch.prompts = [""] * batch.batch_size
+        return batch
+
+    def _in_chunks(self, count: int, encode: Any, settings: SamplingSettings) -> RolloutBatch:
+        """Generate for ``count`` inputs, ``encode(start, stop)`` -> left-padded (ids, mask), a chunk at a time."""
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         per_call = max(1, self.batch_size // max(1, settings.n))
-        parts = []
-        for start in range(0, len(texts), per_call):
-            ids, mask = encode_prompts(self.tokenizer, texts[start : start + per_call], self.max_prompt_tokens)
-            part = self._generate_chunk(ids, mask, settings)
-            part.prompts = [p for p in prompts[start : start + per_call] for _ in range(settings.n)]
-            parts.append(part)
+        parts = [self._generate_chunk(*encode(start, start + per_call), settings)
+                 for start in range(0, count, per_call)]
         batch = cat_rollouts(parts, self.tokenizer.pad_token_id)
         batch.weight_version = self.weight_version
         return batch
@@ -144,14 +159,36 @@ class HFEngine:
 
     # ------------------------------------------------------------------ weights
 
-    def load_weights(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
+    def load_weights(self, buckets: Iterable[bytes], version: int,
+                     adapter: dict[str, Any] | None = None) -> tuple[int, str]:
+        """Load a full model's buckets in place, or (adapter: the trainer's model.lora config) a LoRA adapter's:
+        the model is wrapped with that config once, then only adapter tensors move. Returns (version,
+        fingerprint of what the engine now holds: every parameter, or every adapter tensor)."""
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
-        fp, _ = load_buckets_into(self.model, buckets)
+        if adapter is not None:
+            from rlhf.models.lora import LoraError, adapter_fingerprint, ensure_engine_adapter, load_adapter_tensors
+            from rlhf.runtime.weight_sync import unpack_bucket
+
+            try:
+                self.model = ensure_engine_adapter(self.model, adapter)
+                load_adapter_tensors(self.model, (kv for blob in buckets for kv in unpack_bucket(blob).items()),
+                                     "weight sync (LoRA adapter)")
+            except LoraError as e:
+                raise WeightSyncError(str(e)) from e
+            fp = adapter_fingerprint(self.model)
+        elif getattr(self.model, "_rlhf_lora", None) is not None:
+            raise WeightSyncError("weight sync: this engine holds a LoRA adapter; the trainer sent full weights")
+        else:
+            fp, _ = load_buckets_into(self.model, buckets)
         self.weight_version = version
         return version, fp
 
     def fingerprint(self) -> str:
+        if getattr(self.model, "_rlhf_lora", None) is not None:
+            from rlhf.models.lora import adapter_fingerprint
+
+            return adapter_fingerprint(self.model)
         return fingerprint_module(self.model)
 
     def info(self) -> dict[str, Any]:

@@ -145,12 +145,29 @@ class VLLMEngine:
 
         if not prompts:
             raise ValueError("generate: no prompts")
-        self._wake()
         texts = format_prompts(self.tokenizer, prompts, self.chat_template)
         prompt_ids, prompt_mask = encode_prompts(self.tokenizer, texts, self.max_prompt_tokens)  # (N, P)
+        batch = self._generate_padded(prompt_ids, prompt_mask, settings)
+        batch.prompts = [p for p in prompts for _ in range(1 if settings.greedy else settings.n)]
+        return batch
+
+    def generate_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
+        """Continue token-id prefixes (see HFEngine.generate_ids); completions hold only the new text."""
+        from rlhf.data.collate import left_pad
+
+        if not prefixes:
+            raise ValueError("generate_ids: no prefixes")
+        batch = self._generate_padded(*left_pad(prefixes, self.pad_token_id), settings)
+        batch.prompts = [""] * batch.batch_size
+        return batch
+
+    def _generate_padded(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                         settings: SamplingSettings) -> RolloutBatch:
+        """Generate from left-padded ids (N, P); rows grouped by prompt."""
+        self._wake()
         n = 1 if settings.greedy else settings.n
         requests = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids, prompt_mask)]
-        params = [self._sampling_params(settings, n, i) for i in range(len(prompts))]
+        params = [self._sampling_params(settings, n, i) for i in range(len(requests))]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         rows: list[list[int]] = []
         row_logprobs: list[list[float]] = []
@@ -176,14 +193,14 @@ class VLLMEngine:
             logprobs.zero_()  # greedy rows are for evaluation; no objective uses their logprobs
         completions = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         return RolloutBatch(
-            prompts=[p for p in prompts for _ in range(n)],
+            prompts=[],
             completions=completions,
             prompt_ids=prompt_ids.repeat_interleave(n, dim=0),
             prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
             completion_ids=completion_ids,
             completion_mask=completion_mask,
             logprobs=logprobs,
-            group_ids=torch.arange(len(prompts)).repeat_interleave(n),
+            group_ids=torch.arange(len(requests)).repeat_interleave(n),
             finished=torch.tensor(finished, dtype=torch.bool),
             weight_version=self.weight_version,
         )

@@ -31,6 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlhf.config import RecipeError
     from rlhf.data import DataLoadError
     from rlhf.models.load import ModelLoadError
+    from rlhf.models.lora import LoraError
     from rlhf.runtime.weight_sync import WeightSyncError
     from rlhf.train.checkpoint import CheckpointError
     from rlhf.train.group import TrainWorkerDied
@@ -38,7 +39,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlhf.rollout.vllm import VLLMMissing
 
     return (FileNotFoundError, FileExistsError, RecipeError, DataLoadError, ModelLoadError, RewardPluginError,
-            WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch, VLLMMissing)
+            WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch, VLLMMissing, LoraError)
 
 
 class ResumeMismatch(ValueError):
@@ -100,7 +101,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     from rlhf.train.group import TrainGroup
 
     out = recipe.run.output_dir
-    if recipe.rollout.engine == "vllm" and recipe.objective.kind not in ("dpo", "modpo"):
+    if recipe.rollout.engine == "vllm" and recipe.objective.kind not in ("dpo", "modpo", "prm"):
         from rlhf.rollout.vllm import require_vllm
 
         require_vllm()  # before any warm-up is spent: the engine is only built after it
@@ -113,7 +114,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     # ---- data and model
     train_rows, eval_rows = load_data(recipe, seed)
     corpus = lambda: [  # noqa: E731  (text for a tiny model's tokenizer)
-        " ".join(str(r.get(k, "")) for k in ("prompt", "completion", "chosen", "rejected")) for r in train_rows + eval_rows
+        " ".join(str(r.get(k, "")) for k in ("prompt", "completion", "chosen", "rejected"))
+        + "\n".join(r["steps"] if isinstance(r.get("steps"), list) else [])  # PRM rows: the steps and their breaks
+        for r in train_rows + eval_rows
     ]
     model_dir, _tok_dir = resolve_model_dir(recipe.model, corpus, out, seed)
 
@@ -147,7 +150,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         objective = build_objective(recipe.objective)
         if needs_reference(recipe, objective):
             trainers.load_reference(policy_dir)
-        stage = build_stage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
+        # model.lora resumes from an adapter checkpoint: engines (and a PPO critic) start from its base model and
+        # get the adapter by the first sync
+        stage_dir = _lora_base(start_dir)
+        stage = build_stage(recipe, trainers, objective, stage_dir, train_rows, eval_rows, actors, resume_from)
         if state.stage:
             stage.load_state_dict(state.stage)
         stage.start(version=state.step)
@@ -245,6 +251,10 @@ def load_data(recipe: Recipe, seed: int) -> tuple[list[dict], list[dict]]:
     """Train and eval rows: prompts (+ answers and other columns) for RL, or preference pairs for DPO."""
     from rlhf.data import holdout_split, load_rows
 
+    if recipe.objective.kind == "prm":
+        from rlhf.runtime.prm import load_prm_rows
+
+        return load_prm_rows(recipe, *load_rows(recipe.data, seed), seed)
     if recipe.objective.kind not in ("dpo", "modpo"):
         return load_rows(recipe.data, seed)
     from rlhf.data.preference import load_preference_rows
@@ -276,10 +286,18 @@ def needs_reference(recipe: Recipe, objective) -> bool:
 def build_stage(recipe: Recipe, trainers, objective, start_dir: str, train_rows, eval_rows, actors: list[Any],
                 resume_from: Any = None):
     """The stage object that runs the recipe's objective, one `step()` at a time."""
+    if recipe.objective.kind == "prm":
+        from rlhf.runtime.prm import PRMStage
+
+        return PRMStage(recipe, trainers, objective, train_rows, eval_rows, actors)
     if recipe.objective.kind == "ppo":
         from rlhf.runtime.ppo import PPOStage
 
         return PPOStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
+    if recipe.objective.kind == "cgpo":
+        from rlhf.runtime.cgpo import CGPOStage
+
+        return CGPOStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
     if recipe.objective.kind == "online_dpo":
         from rlhf.runtime.online_dpo import OnlineDPOStage
 
@@ -291,6 +309,13 @@ def build_stage(recipe: Recipe, trainers, objective, start_dir: str, train_rows,
     from rlhf.runtime.preference import PreferenceStage
 
     return PreferenceStage(recipe, trainers, objective, train_rows, eval_rows, actors)
+
+
+def _lora_base(model_dir: str) -> str:
+    """The base model of a LoRA adapter directory (a checkpoint's model/ under model.lora); other dirs as they are."""
+    from rlhf.models.lora import adapter_base_dir, is_adapter_dir
+
+    return adapter_base_dir(model_dir) if is_adapter_dir(model_dir) else model_dir
 
 
 def _save(recipe, trainers, state: RunState, stage) -> str:
@@ -336,7 +361,9 @@ def _summary(recipe: Recipe, state: RunState, eval_after: dict[str, float], fina
 
 # keys a resumed run may change: how long it runs and how it reports, not what it trains
 RESUMABLE_CHANGES = ("run.steps", "run.save_every", "run.keep_checkpoints", "run.log_every", "run.progress",
-                     "run.tensorboard", "eval.every", "eval.max_samples")
+                     "run.tensorboard", "eval.every", "eval.max_samples",
+                     # where it runs: a job preempted on one Slurm allocation resumes on another (a new head address)
+                     "ray.address", "ray.num_cpus")
 
 
 def _resume_point(recipe: Recipe, resume: bool) -> tuple[RunState, Any]:
@@ -446,9 +473,12 @@ def _init_ray(recipe: Recipe) -> bool:
             env[key] = os.environ[key]
     if ray.is_initialized():
         return False
+    # ray.address unset: a Ray job's driver (RAY_ADDRESS set by `ray job submit`) joins its cluster; anywhere else
+    # a fresh local Ray starts, even when some other Ray head runs on this machine (ray.init() would join that)
+    address = recipe.ray.address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(
-        address=recipe.ray.address,
-        num_cpus=recipe.ray.num_cpus if recipe.ray.address is None else None,
+        address=address,
+        num_cpus=recipe.ray.num_cpus if address == "local" else None,
         include_dashboard=False,
         log_to_driver=os.environ.get("RLHF_WORKER_LOGS", "0") == "1",
         logging_level=logging.WARNING,

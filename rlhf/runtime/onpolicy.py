@@ -23,6 +23,7 @@ class OnPolicyStage:
 
     def __init__(self, recipe: Recipe, trainers, objective, start_dir: str, train_rows: list[dict],
                  eval_rows: list[dict], actors: list[Any], resume_from: Any = None) -> None:
+        from rlhf.advantages.process import Segmenter
         from rlhf.data import PromptSampler
         from rlhf.rollout.group import RolloutGroup
         from rlhf.runtime.reward_workers import RewardGroup
@@ -32,7 +33,7 @@ class OnPolicyStage:
         self.eval_rows = eval_rows
         self.engines = RolloutGroup(recipe, start_dir)
         actors.append(self.engines)
-        self.rewards = RewardGroup(recipe.rewards)
+        self.rewards = RewardGroup(recipe.rewards, segmenter=Segmenter.from_config(recipe.process))
         actors.append(self.rewards)
         self.weighting = build_weighting(recipe.weighting, recipe.rewards, total_steps=recipe.run.steps)
         self.sampler = PromptSampler(train_rows, recipe.rollout.prompts_per_step, recipe.run.seed)
@@ -77,6 +78,15 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
         recipe, step, sampler, engines, rewards, weighting
     )
     sample_metrics.update(weighting.observe(rv))  # constraints' multipliers, hypervolume-guided weights
+    if recipe.process.progress.enabled:  # MRT: dense bonus from success estimates at every step end
+        from rlhf.runtime.progress import estimate_progress
+        from rlhf.runtime.reward_workers import rollout_columns
+
+        t0 = time.perf_counter()
+        sample_metrics.update(estimate_progress(recipe, engines, rewards, rollout, rv, rollout_columns(rollout),
+                                                seed=(recipe.run.seed * 1_000_003 + step) * 16 + 15))
+        t_generate += time.perf_counter() - t0
+        sample_metrics["time/progress"] = time.perf_counter() - t0
     completion_mask = rollout.completion_mask.float()  # (B, C)
     if getattr(recipe.objective, "mask_truncated", False):  # DAPO overlong filtering
         completion_mask = completion_mask * rollout.finished.float().unsqueeze(1)
@@ -96,7 +106,8 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
             per_component = group_normalize(rv.values, rollout.group_ids)  # (B, K), NaN -> 0
             gram = trainers.component_gram(exp, per_component, recipe.weighting.gradient.max_samples)  # (K, K)
             sample_metrics.update(weighting.gradient_update(gram))
-        exp.advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting)  # (B,)
+        exp.advantages, adv_metrics = sequence_signal(objective, rv, rollout.group_ids, weighting,
+                                                      width=rollout.completion_ids.shape[1])  # (B,) or (B, C)
     else:
         adv_metrics = estimator.prepare(exp, rv, rollout.group_ids)  # sets (B, C) advantages, old/ref, values
     t_prepare = time.perf_counter() - t0
@@ -161,7 +172,8 @@ def generate_and_score(recipe, step, sampler, engines, rewards, weighting):
         rollout = engines.generate([row["prompt"] for row in rows], settings)
         t_generate += time.perf_counter() - t0
         t0 = time.perf_counter()
-        rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
+        rv, reward_metrics = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout),
+                                           locate=step_locator(engines, rollout))
         t_score += time.perf_counter() - t0
         if round_ == 0:
             metrics.update(reward_metrics)
@@ -198,12 +210,25 @@ def _rows_of(batch: RolloutBatch, groups: list[int]) -> list[int]:
     return [i for g in groups for i in (batch.group_ids == g).nonzero().flatten().tolist()]
 
 
-def sequence_signal(objective, rv: RewardVector, group_ids, weighting) -> tuple[torch.Tensor, dict[str, float]]:
+def sequence_signal(objective, rv: RewardVector, group_ids, weighting,
+                    width: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """(B,) per-sample signal the trainer needs: advantages, or for token-level objectives (REINFORCE++) the
-    sequence scores that the trainer turns into token advantages once logprobs are known."""
+    sequence scores that the trainer turns into token advantages once logprobs are known. With step rewards,
+    objectives that use them (GRPO) return (B, C) token advantages, C = ``width``; the others use the process
+    components' outcome values."""
     if getattr(objective, "token_level_advantages", False):
         return objective.sequence_scores(rv, group_ids, weighting)
+    if rv.has_steps and objective.name == "grpo":
+        return objective.advantages(rv, group_ids, weighting, width=width)
     return objective.advantages(rv, group_ids, weighting)
+
+
+def step_locator(engines, rollout: RolloutBatch):
+    """Maps step ends (characters of the decoded completions) to completion token indices, with the engines'
+    tokenizer (used only when the reward group has process components)."""
+    from rlhf.advantages.process import StepLocator
+
+    return StepLocator(engines.tokenizer, rollout.completion_ids, rollout.completion_mask)
 
 
 def _columns(rows: list[dict[str, Any]], rollout: RolloutBatch) -> dict[str, list[Any]]:

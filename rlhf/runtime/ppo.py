@@ -3,7 +3,8 @@
 Per step, after generation and scoring (rlhf/runtime/onpolicy.py):
 
     old, ref logprobs (policy ranks)  ->  values (critic ranks, S heads)
-    token rewards: each reward stream at the last token (+ -beta * (old - ref) on every token, kl_mode: reward)
+    token rewards: each reward stream at the last token (+ -beta * (old - ref) on every token, kl_mode: reward);
+                   process components' step rewards at each step's last token instead (dense)
     GAE per stream -> advantages (B, C, S), returns (B, C, S)
     advantage = sum_s w_s A_s (w = the weighting's weights; 1 for the KL stream), whitened
     policy update (PPO-clip) -> critic update (clipped value loss) -> KL controller update
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from rlhf.advantages.process import dense_step_rewards, sequence_part
 from rlhf.runtime.onpolicy import OnPolicyStage
 from rlhf.types import ExperienceBatch, RewardVector
 
@@ -74,15 +76,18 @@ class PPOStage(OnPolicyStage):
         exp.values = self.critic.values(exp)  # (B, C, S)
 
         _, metrics = self.weighting.scalarize(rv, group_ids)  # per-component reward metrics
+        outcome = sequence_part(rv) if rv.has_steps else rv  # step rewards go in densely, not as outcome too
         if cfg.critic.vector:
-            seq = torch.nan_to_num(rv.values, nan=0.0)  # (B, K)
+            seq = torch.nan_to_num(outcome.values, nan=0.0)  # (B, K)
             weights = self._weights(rv)
         else:
-            seq = torch.nan_to_num(self.weighting.weighted_sum(rv), nan=0.0).unsqueeze(1)  # (B, 1)
+            seq = torch.nan_to_num(self.weighting.weighted_sum(outcome), nan=0.0).unsqueeze(1)  # (B, 1)
             weights = [1.0]
         kl = None if ref is None else (exp.old_logprobs - ref) * mask  # (B, C) k1 per token
         penalty = -self.kl_ctl.value * kl if (self.kl_in_reward and kl is not None) else None
         rewards = token_rewards(seq, mask, penalty)  # (B, C, S')
+        if rv.has_steps:
+            rewards = rewards + self._step_rewards(rv, rewards.shape)  # (B, C, S') each step's reward at its end
         if not cfg.critic.vector:
             rewards = rewards.sum(dim=-1, keepdim=True)  # (B, C, 1): one stream, reward + KL penalty
         elif penalty is not None:
@@ -113,6 +118,22 @@ class PPOStage(OnPolicyStage):
             r = self.recipe.rollout
             self.kl_ctl.update(metrics["kl"], n_steps=r.prompts_per_step * r.group_size)
         return metrics
+
+    def _step_rewards(self, rv: RewardVector, shape: torch.Size) -> torch.Tensor:
+        """(B, C, S') dense process rewards: per component on its own stream (vector critic), or weighted into
+        stream 0 (scalar critic)."""
+        width = shape[1]
+        out = torch.zeros(shape)
+        if self.cfg.critic.vector:
+            for k, name in enumerate(rv.process_names):
+                out[..., rv.index(name)] = dense_step_rewards(rv.steps[..., k : k + 1], rv.step_ends, [1.0], width)
+        else:
+            weights = [self.weighting.weights[n] for n in rv.process_names]
+            out[..., 0] = dense_step_rewards(rv.steps, rv.step_ends, weights, width)
+        if rv.bonus is not None:  # MRT progress: on the success component's stream (vector critic) or stream 0
+            stream = rv.index(self.recipe.process.progress.component) if self.cfg.critic.vector else 0
+            out[..., stream] += dense_step_rewards(rv.bonus.unsqueeze(-1), rv.step_ends, [1.0], width)
+        return out
 
     def _weights(self, rv: RewardVector) -> list[float]:
         weights = self.weighting.state_dict().get("weights", {})

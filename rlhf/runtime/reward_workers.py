@@ -48,6 +48,7 @@ class ScoreOutcome:
     error: str | None = None  # the whole call failed (plugin raised, wrong length, timeout, worker died)
     error_sample: int | None = None  # sample index of a whole-call failure, when known
     elapsed_s: float = 0.0
+    steps: list[list[float] | None] | None = None  # process components: (B,) per-sample step scores or None
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,17 @@ class RewardWorker:
     def score(self, payload: tuple[list[str], list[str], dict[str, list]]) -> ScoreOutcome:
         prompts, completions, columns = payload
         start = time.perf_counter()
+        steps = None
         try:
-            values, errors = self._scorer.run(prompts, completions, columns)
+            if self._scorer.kind == "process":
+                values, steps, errors = self._scorer.run_process(prompts, completions, columns)
+            else:
+                values, errors = self._scorer.run(prompts, completions, columns)
         except RewardPluginError as exc:
             return ScoreOutcome(error=str(exc), error_sample=exc.sample_index, elapsed_s=time.perf_counter() - start)
         sample_errors = [(int(e.sample_index or 0), str(e)) for e in errors]  # convert_outputs sets the index
-        return ScoreOutcome(values=values, sample_errors=sample_errors, elapsed_s=time.perf_counter() - start)
+        return ScoreOutcome(values=values, sample_errors=sample_errors, elapsed_s=time.perf_counter() - start,
+                            steps=steps)
 
 
 _REMOTE_WORKER_CLS: Any = None
@@ -116,10 +122,12 @@ class _ThreadBackend:
             _raise_setup_error(component, worker.ready())
         self._stuck: dict[int, Future] = {}  # calls that timed out and may still be running
 
-    def run(self, payload: tuple, timeouts: Sequence[float]) -> list[ScoreOutcome]:
+    def run(self, payload: tuple, timeouts: Sequence[float], only: set[int] | None = None) -> list[ScoreOutcome]:
         outcomes: list[ScoreOutcome | None] = [None] * len(self._workers)
         futures: dict[int, Future] = {}
         for j, worker in enumerate(self._workers):
+            if only is not None and j not in only:
+                continue
             if j in self._stuck and not self._stuck[j].done():
                 outcomes[j] = ScoreOutcome(error="is still running a call that timed out earlier")
                 continue
@@ -195,10 +203,12 @@ class _RayBackend:
             ) from exc
         _raise_setup_error(component, problem)
 
-    def run(self, payload: tuple, timeouts: Sequence[float]) -> list[ScoreOutcome]:
+    def run(self, payload: tuple, timeouts: Sequence[float], only: set[int] | None = None) -> list[ScoreOutcome]:
         import ray
 
         for j, actor in enumerate(self._actors):
+            if only is not None and j not in only:
+                continue
             if actor is None:  # killed after a timeout or a crash: start it again (runs setup() again)
                 self._actors[j] = self._start(j)
                 try:
@@ -207,7 +217,7 @@ class _RayBackend:
                     self._kill(j)
                     raise
         payload_ref = ray.put(payload)
-        pending = list(range(len(self._actors)))
+        pending = [j for j in range(len(self._actors)) if only is None or j in only]
         outcomes: list[ScoreOutcome | None] = [None] * len(self._actors)
         for attempt in range(MAX_RESTARTS_PER_CALL + 1):
             refs = {j: self._actors[j].score.remote(payload_ref) for j in pending}
@@ -279,7 +289,7 @@ def _last_line(exc: BaseException) -> str:
 class RewardGroup:
     """Scores batches with K reward components in parallel; see the module docstring."""
 
-    def __init__(self, components: Sequence[Any], use_ray: bool = True) -> None:
+    def __init__(self, components: Sequence[Any], use_ray: bool = True, segmenter: Callable | None = None) -> None:
         if not components:
             raise ValueError("RewardGroup needs at least one reward component")
         names = [c.name for c in components]
@@ -290,6 +300,12 @@ class RewardGroup:
         self.plugins = [check_component(c) for c in self.components]  # unknown plugins / bad args fail here
         self.names: tuple[str, ...] = tuple(names)
         self.kinds: tuple[str, ...] = tuple(component_kind(c, p) for c, p in zip(self.components, self.plugins))
+        self.process = [j for j, k in enumerate(self.kinds) if k == "process"]  # columns with step rewards
+        if self.process and segmenter is None:
+            from rlhf.advantages.process import Segmenter
+
+            segmenter = Segmenter()  # one step per line
+        self.segmenter = segmenter
         backend = _RayBackend if use_ray else _ThreadBackend
         self._backend: _RayBackend | _ThreadBackend | None = backend(self.components, self.plugins)
 
@@ -298,8 +314,14 @@ class RewardGroup:
         prompts: Sequence[str],
         completions: Sequence[str],
         columns: Mapping[str, Sequence] | None = None,
+        locate: Callable[[list[list[int]]], Any] | None = None,
     ) -> tuple["RewardVector", dict[str, float]]:
-        """Score B samples with every component -> (RewardVector with values (B, K) float32, metrics)."""
+        """Score B samples with every component -> (RewardVector with values (B, K) float32, metrics).
+
+        With process components, completions are segmented into steps first (the ``steps`` column) and the
+        vector carries ``steps`` (B, S, Kp), transformed as each component says; ``locate`` (a StepLocator for
+        the batch's token ids) turns the steps' character ends into ``step_ends`` (B, S) token indices.
+        """
         import torch
 
         from rlhf.types import RewardVector
@@ -308,6 +330,13 @@ class RewardGroup:
             raise RuntimeError("RewardGroup.score() after shutdown()")
         columns = _check_batch(prompts, completions, columns or {})
         n = len(prompts)
+        spans: list[list[tuple[int, int]]] = []
+        if self.process:
+            if "steps" in columns:
+                raise ValueError("dataset column 'steps' clashes with the step texts the runtime gives process "
+                                 "reward plugins; rename it")
+            spans = [self.segmenter(c) for c in completions]
+            columns["steps"] = [[c[a:b] for a, b in sp] for c, sp in zip(completions, spans)]
         payload = (list(prompts), list(completions), columns)
         outcomes = self._backend.run(payload, [float(c.timeout_s) for c in self.components])
         values = torch.full((n, len(self.components)), math.nan, dtype=torch.float32)  # (B, K)
@@ -323,7 +352,53 @@ class RewardGroup:
         if errors:
             raise _combined(errors)
         metrics["events/reward_worker_restarts"] = float(getattr(self._backend, "restarts", 0))  # cumulative
-        return RewardVector(names=self.names, kinds=self.kinds, values=values), metrics
+        rv = RewardVector(names=self.names, kinds=self.kinds, values=values)
+        if self.process:
+            self._attach_steps(rv, outcomes, spans, locate, metrics)
+        return rv, metrics
+
+    def score_one(self, name: str, prompts: Sequence[str], completions: Sequence[str],
+                  columns: Mapping[str, Sequence] | None = None) -> list[float]:
+        """(B,) values of one component only (its on_error applies; failures raise as in ``score``)."""
+        if self._backend is None:
+            raise RuntimeError("RewardGroup.score_one() after shutdown()")
+        if name not in self.names:
+            raise KeyError(f"no reward component named {name!r}; components are {list(self.names)}")
+        j = self.names.index(name)
+        if j in self.process:
+            raise ValueError(f"score_one({name!r}): process components are scored with their steps, by score()")
+        columns = _check_batch(prompts, completions, columns or {})
+        payload = (list(prompts), list(completions), columns)
+        outcome = self._backend.run(payload, [float(c.timeout_s) for c in self.components], only={j})[j]
+        column, _, error = self._resolve(self.components[j], self.plugins[j], outcome, len(prompts))
+        if error is not None:
+            raise error
+        return column
+
+    def _attach_steps(self, rv: "RewardVector", outcomes: list[ScoreOutcome], spans: list[list[tuple[int, int]]],
+                      locate: Callable | None, metrics: dict[str, float]) -> None:
+        """Fill rv.steps (B, S, Kp) (transformed), rv.step_ends (B, S) with ``locate``, outcome values, metrics."""
+        import torch
+
+        from rlhf.advantages.process import step_metrics, summarize_steps, transform_steps
+
+        n, width = rv.batch_size, max((len(sp) for sp in spans), default=0)
+        steps = torch.full((n, width, len(self.process)), math.nan, dtype=torch.float32)  # (B, S, Kp)
+        raw_all = []
+        for k, j in enumerate(self.process):
+            component = self.components[j]
+            raw = outcomes[j].steps if outcomes[j].error is None and outcomes[j].steps else [None] * n
+            raw_all.append(raw)
+            for i, scores in enumerate(raw):
+                if scores:
+                    steps[i, : len(scores), k] = torch.tensor(scores, dtype=torch.float32)
+                    rv.values[i, j] = summarize_steps(scores, getattr(component, "outcome", "min"))
+            steps[..., k] = transform_steps(steps[..., k], getattr(component, "transform", "none"),
+                                            getattr(component, "clip_threshold", 0.0))
+        metrics.update(step_metrics([self.names[j] for j in self.process], raw_all))
+        rv.steps = steps
+        if locate is not None:
+            rv.step_ends = locate([[end for _, end in sp] for sp in spans])  # (B, S)
 
     def _resolve(
         self, component: Any, plugin: PluginInfo, outcome: ScoreOutcome, n: int

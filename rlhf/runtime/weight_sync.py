@@ -10,6 +10,12 @@ The fingerprint is a 128-bit XXH3 hash of every parameter's name, shape and floa
 order, so the same weights give the same digest on both sides whatever the bucket layout. It guards against bugs
 and corruption in transit (not against an adversary): XXH3 runs at memory speed, ~30x faster than SHA-256 here,
 which made hashing half of the sync time (bench/weight_sync.py).
+
+LoRA (``model.lora``): for engines that load adapters (``hf``) the payload holds only the adapter tensors under
+peft's adapter-file keys, and ``payload.adapter`` carries the LoRA config the engine wraps its model with; the
+engine then fingerprints the adapter tensors it holds (same keys), so a corrupted or dropped adapter bucket fails
+the check. Other engines (vLLM) get the merged full weights (W + scale * B @ A) under the base names, checked as
+a full model. See rlhf/models/lora.py.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class WeightPayload:
     buckets: list[Any] = field(default_factory=list)  # ray.ObjectRef of bytes (or raw bytes in-process)
     num_params: int = 0
     num_bytes: int = 0
+    adapter: dict[str, Any] | None = None  # model.lora config when the buckets hold only a LoRA adapter
 
 
 def tensor_digest(name: str, t: torch.Tensor) -> bytes:
@@ -104,8 +111,9 @@ def check_sync(expected: WeightPayload, reports: list[tuple[int, str]]) -> None:
         if version != expected.version:
             raise WeightSyncError(f"weight sync: engine {i} reports version {version}, trainer sent {expected.version}")
         if fp != expected.fingerprint:
+            what = "LoRA adapter" if expected.adapter is not None else "weights"
             raise WeightSyncError(
-                f"weight sync: engine {i} holds weights with fingerprint {fp[:12]}…, trainer sent "
-                f"{expected.fingerprint[:12]}… (version {expected.version}); the engine's weights are not the "
+                f"weight sync: engine {i} holds {what} with fingerprint {fp[:12]}…, trainer sent "
+                f"{expected.fingerprint[:12]}… (version {expected.version}); the engine's {what} are not the "
                 "trainer's"
             )

@@ -6,7 +6,7 @@ every rank of the group, in the same order, or the group deadlocks.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -28,14 +28,17 @@ class TrainBackend(Protocol):
 
     def set_lr(self, lr: float) -> None: ...
 
-    def full_parameter_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """COLLECTIVE. Yield buckets of (name, full float tensor) on rank 0 (empty lists on other ranks)."""
+    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None
+                               ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """COLLECTIVE. Yield buckets of (name, full float tensor) on rank 0 (empty lists on other ranks); `only`
+        keeps the parameters whose name it accepts (e.g. a LoRA adapter's)."""
 
-    def save_checkpoint(self, path: str) -> None:
-        """COLLECTIVE. Optimizer + module state of this rank under `path`."""
+    def save_checkpoint(self, path: str, exclude_frozen: bool = False) -> None:
+        """COLLECTIVE. Optimizer + module state of this rank under `path` (exclude_frozen: leave out parameters
+        without requires_grad, e.g. a LoRA base that is saved elsewhere)."""
 
-    def load_checkpoint(self, path: str) -> None:
-        """COLLECTIVE."""
+    def load_checkpoint(self, path: str, strict: bool = True) -> None:
+        """COLLECTIVE. strict=False: module state saved with exclude_frozen."""
 
 
 def bucket_params(

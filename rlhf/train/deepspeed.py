@@ -7,7 +7,7 @@ training actor group exports. The optimizer is AdamW with ``torch_adam`` so no C
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -97,10 +97,11 @@ class DeepSpeedBackend:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def full_parameter_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None
+                               ) -> Iterator[list[tuple[str, torch.Tensor]]]:
         import deepspeed
 
-        named = list(self.engine.module.named_parameters())
+        named = [(n, p) for n, p in self.engine.module.named_parameters() if only is None or only(n)]
         numel = (lambda p: p.ds_numel) if self.zero_stage == 3 else (lambda p: p.numel())
         for bucket in bucket_params(named, bucket_bytes, numel):
             params = [p for _, p in bucket]
@@ -115,12 +116,12 @@ class DeepSpeedBackend:
             return []
         return [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in bucket]
 
-    def save_checkpoint(self, path: str) -> None:
-        self.engine.save_checkpoint(path, tag="ds", save_latest=False)
+    def save_checkpoint(self, path: str, exclude_frozen: bool = False) -> None:
+        self.engine.save_checkpoint(path, tag="ds", save_latest=False, exclude_frozen_parameters=exclude_frozen)
 
-    def load_checkpoint(self, path: str) -> None:
+    def load_checkpoint(self, path: str, strict: bool = True) -> None:
         load_path, _ = self.engine.load_checkpoint(
-            path, tag="ds", load_optimizer_states=True, load_lr_scheduler_states=False
+            path, tag="ds", load_optimizer_states=True, load_lr_scheduler_states=False, load_module_strict=strict
         )
         if load_path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {os.path.join(path, 'ds')}")

@@ -122,10 +122,16 @@ class TrainGroup:
                 for r, (w, s) in enumerate(zip(self.workers, shards))]
         return self._get(refs)[0]  # the same matrix on every rank
 
-    def train_sft(self, batch: SFTBatch) -> dict[str, float]:
+    def train_sft(self, batch: Any) -> dict[str, float]:
+        """One optimizer step of a supervised objective (SFTBatch: SFT; PRMBatch: PRM step-tag loss)."""
         shards = self._shards(batch)
         results = self._get([w.train_sft.remote(s) for w, s in zip(self.workers, shards)])
         return _mean_metrics(results)
+
+    def eval_supervised(self, batch: Any) -> dict[str, float]:
+        """The supervised objective's metrics on a batch, no update (mean over the ranks' shards)."""
+        shards = self._shards(batch)
+        return _mean_metrics(self._get([w.eval_supervised.remote(s) for w, s in zip(self.workers, shards)]))
 
     def policy_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         """(B, C) logprobs under the trained policy (every rank computes; rank 0's answer is returned)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -53,14 +53,17 @@ class TorchBackend:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def full_parameter_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        for bucket in bucket_params(list(self.module.named_parameters()), bucket_bytes):
+    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None
+                               ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        named = [(n, p) for n, p in self.module.named_parameters() if only is None or only(n)]
+        for bucket in bucket_params(named, bucket_bytes):
             yield [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in bucket]
 
-    def save_checkpoint(self, path: str) -> None:
+    def save_checkpoint(self, path: str, exclude_frozen: bool = False) -> None:
+        """The optimizer state (the weights themselves are saved by the worker; exclude_frozen changes nothing)."""
         os.makedirs(path, exist_ok=True)
         torch.save({"optimizer": self.optimizer.state_dict()}, os.path.join(path, "torch_optimizer.pt"))
 
-    def load_checkpoint(self, path: str) -> None:
+    def load_checkpoint(self, path: str, strict: bool = True) -> None:
         state = torch.load(os.path.join(path, "torch_optimizer.pt"), weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -40,6 +40,7 @@ class TrainWorker:
         self.reference: torch.nn.Module | None = None
         self.hf_model: Any = None
         self.tokenizer: Any = None
+        self.lora_base_dir: str | None = None  # model.lora: the base the policy's adapter sits on
 
     # ------------------------------------------------------------------ setup
 
@@ -73,9 +74,21 @@ class TrainWorker:
                 raise ValueError("a critic needs num_heads")
             self.hf_model = load_value_model(model_dir, num_heads, self.recipe.model.dtype,
                                              self.recipe.model.trust_remote_code)
+        elif self._lora() is not None:  # base (frozen) + adapter: fresh, or the one saved in an adapter checkpoint
+            from rlhf.models import lora
+
+            self.lora_base_dir = lora.adapter_base_dir(model_dir) if lora.is_adapter_dir(model_dir) else model_dir
+            self.hf_model = load_causal_lm(self.lora_base_dir, self.recipe.model.dtype,
+                                           self.recipe.model.trust_remote_code)
         else:
             self.hf_model = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
         _disable_dropout(self.hf_model)  # ratios and KL must not carry dropout noise (as TRL/OpenRLHF do)
+        if self._lora() is not None:  # after _disable_dropout: model.lora.dropout is the adapter's own choice
+            from rlhf.models import lora
+
+            self.hf_model = lora.wrap(self.hf_model, self._lora())
+            if lora.is_adapter_dir(model_dir):
+                lora.load_adapter_dir(self.hf_model, model_dir)
         self.hf_model.train()
         self.hf_model.config.use_cache = False
         kwargs = dict(lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay, grad_clip=t.grad_clip)
@@ -88,12 +101,29 @@ class TrainWorker:
 
             self.backend = TorchBackend(self.hf_model, **kwargs)
         n = sum(p.numel() for p in self.hf_model.parameters())
-        return {"rank": self.rank, "params": n}
+        trainable = sum(p.numel() for p in self.hf_model.parameters() if p.requires_grad)
+        return {"rank": self.rank, "params": n, "trainable_params": trainable}
+
+    def _lora(self) -> Any:
+        """The LoRA config when the policy trains an adapter (model.lora enabled; never the critic), else None."""
+        cfg = self.recipe.model.lora
+        return cfg if self.role == "policy" and cfg is not None and cfg.enabled else None
 
     def load_reference(self, model_dir: str) -> None:
-        """A frozen copy of the policy at `model_dir`, used for the KL term."""
+        """A frozen copy of the policy at `model_dir`, used for the KL term. With model.lora: the policy's own base
+        with the adapter disabled (no second copy), which must be the model at `model_dir`."""
         from rlhf.models.load import load_causal_lm
 
+        if self._lora() is not None:
+            from rlhf.models import lora
+
+            if self.lora_base_dir is None:
+                raise RuntimeError("load_reference: build() the LoRA policy first")
+            if os.path.realpath(model_dir) != os.path.realpath(self.lora_base_dir):
+                raise ValueError(f"load_reference: with model.lora the reference is the adapter's base "
+                                 f"{self.lora_base_dir}, but {model_dir} was asked for")
+            self.reference = lora.AdapterDisabled(self.backend.module, self.hf_model)
+            return
         self.reference = load_causal_lm(model_dir, self.recipe.model.dtype, self.recipe.model.trust_remote_code)
         self.reference.eval().requires_grad_(False).to(self.device)
 
@@ -314,18 +344,26 @@ class TrainWorker:
             self._optimize(parts, loss_fn, sums, counts, norm_key="critic/grad_norm")
         return {k: sums[k] / counts[k] for k in sums}
 
-    def train_sft(self, batch: SFTBatch) -> dict[str, float]:
-        """COLLECTIVE. One optimizer step of supervised fine-tuning on this rank's shard."""
-        from rlhf.objectives.sft import SFT
-
+    def train_sft(self, batch: Any) -> dict[str, float]:
+        """COLLECTIVE. One optimizer step of a supervised objective on this rank's shard: SFT for an SFTBatch,
+        the PRM step-tag loss for a PRMBatch."""
         batch = batch.to(self.device)
         micro = self.backend.configure_batch(batch.batch_size, self.recipe.train.micro_batch_size)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        sft = SFT()
+        objective = _supervised_objective(batch)
         parts = (batch.slice(m0, m0 + micro) for m0 in range(0, batch.batch_size, micro))
-        self._optimize(parts, lambda part: sft.loss_sft(self.backend.module, part), sums, counts)
+        self._optimize(parts, lambda part: objective.loss_sft(self.backend.module, part), sums, counts)
         return {k: sums[k] / counts[k] for k in sums}
+
+    @torch.no_grad()
+    def eval_supervised(self, batch: Any) -> dict[str, float]:
+        """COLLECTIVE under ZeRO-3. The supervised objective's metrics on this rank's shard, no update."""
+        self.hf_model.eval()
+        try:
+            return _supervised_objective(batch).loss_sft(self.backend.module, batch.to(self.device)).metrics
+        finally:
+            self.hf_model.train()
 
     # ------------------------------------------------------------------ preference pairs
 
@@ -413,7 +451,8 @@ class TrainWorker:
     # ------------------------------------------------------------------ weights out
 
     def export_weights(self, version: int) -> Any:
-        """COLLECTIVE. Rank 0 returns a WeightPayload whose buckets are Ray object refs; others return None."""
+        """COLLECTIVE. Rank 0 returns a WeightPayload whose buckets are Ray object refs; others return None.
+        With model.lora: only the adapter for engines that load adapters (hf), merged full weights otherwise."""
         import ray
 
         from rlhf.runtime.weight_sync import WeightPayload, combine_digests, pack_bucket, tensor_digest
@@ -421,7 +460,11 @@ class TrainWorker:
         bucket_bytes = int(self.recipe.train.sync_bucket_mb * 2**20)
         payload = WeightPayload(version=version, fingerprint="")
         digests: dict[str, bytes] = {}
-        for bucket in self.backend.full_parameter_buckets(bucket_bytes):
+        if self._lora() is not None:
+            buckets = self._lora_buckets(payload, bucket_bytes)
+        else:
+            buckets = self.backend.full_parameter_buckets(bucket_bytes)
+        for bucket in buckets:
             if self.rank != 0:
                 continue
             blob = pack_bucket(bucket)
@@ -435,9 +478,50 @@ class TrainWorker:
         payload.fingerprint = combine_digests(digests)
         return payload
 
+    def _lora_buckets(self, payload: Any, bucket_bytes: int) -> Any:
+        """COLLECTIVE. Buckets of what a LoRA policy syncs: the adapter tensors under their adapter keys (engines
+        in lora.ENGINES_WITH_ADAPTERS; payload.adapter set), or every base weight with the adapter merged in."""
+        from rlhf.models import lora
+
+        cfg = self._lora()
+        if self.recipe.rollout.engine in lora.ENGINES_WITH_ADAPTERS:
+            payload.adapter = cfg.model_dump(mode="json")
+            for bucket in self.backend.full_parameter_buckets(bucket_bytes, only=lora.is_adapter_param):
+                yield [(lora.adapter_key(n), t) for n, t in bucket]
+            return
+        yield from self._merged_buckets(bucket_bytes)
+
+    def _merged_buckets(self, bucket_bytes: int) -> Any:
+        """COLLECTIVE. Buckets of (base name, W + scale * B @ A) float32 tensors on rank 0: the full model a LoRA
+        policy stands for (names and shapes of the base checkpoint)."""
+        from rlhf.models import lora
+
+        adapter = self._adapter_state()
+        scale = lora.scale(self._lora())
+        for bucket in self.backend.full_parameter_buckets(bucket_bytes, only=lambda n: not lora.is_adapter_param(n)):
+            yield list(lora.merge_adapter(((lora.base_name(n), t) for n, t in bucket), adapter, scale))
+
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        """COLLECTIVE. {adapter key: float32 tensor} on rank 0 (empty on the others)."""
+        from rlhf.models import lora
+
+        state: dict[str, torch.Tensor] = {}
+        for bucket in self.backend.full_parameter_buckets(2**30, only=lora.is_adapter_param):
+            state.update((lora.adapter_key(n), t) for n, t in bucket)
+        return state
+
     def save_hf(self, out_dir: str) -> None:
-        """COLLECTIVE. Rank 0 writes a loadable HF model directory (safetensors + config + tokenizer)."""
+        """COLLECTIVE. Rank 0 writes a loadable HF model directory (safetensors + config + tokenizer); a LoRA
+        policy is written merged (base + adapter), e.g. the warm-up's OUT/sft."""
         dtype = getattr(torch, self.recipe.model.dtype)
+        if self._lora() is not None:
+            from rlhf.models import lora
+
+            state = {n: t.to(dtype) for bucket in self._merged_buckets(2**30) for n, t in bucket}
+            if self.rank == 0:
+                lora.save_merged(self.hf_model.get_base_model(), state, out_dir)
+                self.tokenizer.save_pretrained(out_dir)
+            return
         state: dict[str, torch.Tensor] = {}
         for bucket in self.backend.full_parameter_buckets(2**30):
             state.update((n, t.to(dtype)) for n, t in bucket)  # saved in the model's dtype
@@ -452,13 +536,25 @@ class TrainWorker:
             self.tokenizer.save_pretrained(out_dir)
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
-        """COLLECTIVE. HF weights (rank 0) + optimizer/engine state of every rank."""
-        self.save_hf(os.path.join(ckpt_dir, "model"))
-        self.backend.save_checkpoint(os.path.join(ckpt_dir, "optim"))
+        """COLLECTIVE. HF weights (rank 0) + optimizer/engine state of every rank. With model.lora, `model/` is the
+        adapter (peft layout, adapter_config.json pointing at the base) and the engine state leaves out the frozen
+        base: `rlhf export` merges it into a full model."""
+        if self._lora() is None:
+            self.save_hf(os.path.join(ckpt_dir, "model"))
+            self.backend.save_checkpoint(os.path.join(ckpt_dir, "optim"))
+            return
+        from rlhf.models import lora
+
+        adapter = self._adapter_state()
+        if self.rank == 0:
+            out = os.path.join(ckpt_dir, "model")
+            lora.save_adapter(self.hf_model, out, self.lora_base_dir, adapter)
+            self.tokenizer.save_pretrained(out)
+        self.backend.save_checkpoint(os.path.join(ckpt_dir, "optim"), exclude_frozen=True)
 
     def load_optimizer(self, ckpt_dir: str) -> None:
         """COLLECTIVE. After `build(ckpt_dir/model)`: restore the optimizer state."""
-        self.backend.load_checkpoint(os.path.join(ckpt_dir, "optim"))
+        self.backend.load_checkpoint(os.path.join(ckpt_dir, "optim"), strict=self._lora() is None)
 
     def set_lr(self, lr: float) -> None:
         self.backend.set_lr(lr)
@@ -522,3 +618,11 @@ def _hookless_twin(model: torch.nn.Module) -> torch.nn.Module:
     _disable_dropout(twin)
     return twin.train(model.training)
 
+
+def _supervised_objective(batch: Any) -> Any:
+    """The loss a supervised batch type is trained with."""
+    from rlhf.data.prm import PRMBatch
+    from rlhf.objectives.prm import PRM
+    from rlhf.objectives.sft import SFT
+
+    return PRM() if isinstance(batch, PRMBatch) else SFT()

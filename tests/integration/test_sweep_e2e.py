@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+
+import pytest
 
 from rlhf.config.load import validate_dict
 
@@ -29,3 +32,52 @@ def test_sweep_two_weight_vectors(ray_session, tmp_path):
     assert saved["front"] and saved["hypervolume"] > 0
     assert (root / "sweep.md").exists() and (root / "w0" / "summary.json").exists()
     assert result["plot"] is None or (root / "sweep.png").exists()
+
+
+@pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1", reason="two MODPO runs (~1.5 min); RLHF_SLOW_TESTS=1")
+def test_modpo_sweep_evaluates_preference_and_generated_rewards(ray_session, tmp_path):
+    """MODPO never generates while training; the sweep scores each model's greedy completions itself."""
+    from rlhf.sweep import PREFERENCE, sweep
+
+    recipe = validate_dict({
+        "run": {"output_dir": str(tmp_path / "out"), "steps": 2, "progress": False},
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 4,
+                           "max_position_embeddings": 32}},
+        "data": {"source": "jsonl", "train_path": "data/arithmetic_prefs_train.jsonl",
+                 "eval_path": "data/arithmetic_prefs_eval.jsonl"},
+        "rewards": [{"name": "brevity", "plugin": "length_penalty", "weight": 0.25, "args": {"target": 3, "coef": 0.5}},
+                    {"name": "correct", "plugin": "exact_match", "weight": 0.25}],
+        "rollout": {"max_new_tokens": 6},
+        "objective": {"kind": "modpo", "beta": 0.1, "preference_weight": 0.5, "batch_size": 8, "max_length": 32},
+        "train": {"backend": "torch", "num_ranks": 1, "lr": 1e-2},
+        "eval": {"max_samples": 6},
+    }, "test")
+    sweep(recipe, ["1,0,0", "0.2,0.4,0.4"])
+    saved = json.loads((tmp_path / "out" / "sweep" / "sweep.json").read_text())
+    assert saved["components"] == [PREFERENCE, "brevity", "correct"]
+    assert saved["runs"][1]["weights"] == {PREFERENCE: 0.2, "brevity": 0.4, "correct": 0.4}
+    resolved = (tmp_path / "out" / "sweep" / "w1" / "recipe.resolved.yaml").read_text()
+    assert "preference_weight: 0.2" in resolved
+    for r in saved["runs"]:
+        assert 0 <= r["point"][0] <= 1 and r["point"][1] <= 0 and 0 <= r["point"][2] <= 1
+
+
+def test_generated_scores_of_a_checkpoint(arithmetic_model_dir, tmp_path):
+    """The per-component evaluation a MODPO sweep gives each trained model: greedy completions, every component."""
+    from rlhf.sweep import generated_scores
+
+    (tmp_path / "ckpt").mkdir()
+    os.symlink(arithmetic_model_dir, tmp_path / "ckpt" / "model")
+    recipe = validate_dict({
+        "model": {"path": str(arithmetic_model_dir)},
+        "data": {"source": "jsonl", "train_path": "data/arithmetic_prefs_train.jsonl",
+                 "eval_path": "data/arithmetic_prefs_eval.jsonl"},
+        "rewards": [{"name": "brevity", "plugin": "length_penalty", "weight": 0.5, "args": {"target": 3}},
+                    {"name": "correct", "plugin": "exact_match", "weight": 0.25}],
+        "rollout": {"max_new_tokens": 6},
+        "objective": {"kind": "modpo", "preference_weight": 0.25, "batch_size": 8, "max_length": 32},
+        "eval": {"max_samples": 5},
+    }, "test")
+    scores = generated_scores(recipe, str(tmp_path / "ckpt"))
+    assert set(scores) == {"brevity", "correct"}
+    assert scores["brevity"] <= 0 and 0 <= scores["correct"] <= 1
