@@ -37,9 +37,13 @@ def _check(result: dict, tmp_path, name: str) -> dict:
 
 SLOW = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
                           reason="--quick still starts 5 trainings (~6 min); RLHF_SLOW_TESTS=1 runs it")
+# ~1 min each: run by default only the benches whose code paths nothing else exercises end to end
+SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
+                             reason="~1 min (the default suite's time budget); RLHF_SLOW_TESTS=1 runs it")
 
 
-@pytest.mark.parametrize("name", ["reward_width", "weight_sync", "step_phases", "rollout_engines", "grpo_vs_trl",
+@pytest.mark.parametrize("name", [pytest.param("reward_width", marks=SLOWISH), "weight_sync", "step_phases",
+                                  "rollout_engines", pytest.param("grpo_vs_trl", marks=SLOWISH),
                                   pytest.param("scaling", marks=SLOW)])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib

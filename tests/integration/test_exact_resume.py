@@ -18,9 +18,9 @@ import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 3
+STEPS = 12  # many short steps: the kill must land mid-run even when a step takes a fraction of a second
 RECIPE = {
-    "run": {"steps": STEPS, "save_every": 1, "keep_checkpoints": 10, "progress": False, "seed": 3},
+    "run": {"steps": STEPS, "save_every": 1, "keep_checkpoints": 3, "progress": False, "seed": 3},
     "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 4,
                        "max_position_embeddings": 32}},
     "data": {"synthetic": {"n_train": 24, "n_eval": 4, "max_operand": 9}, "max_prompt_tokens": 8},
@@ -76,7 +76,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, train):
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
     while _latest(out_b) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its group, mid-run
     proc.wait(timeout=60)
     killed_at = _latest(out_b)
