@@ -1,12 +1,17 @@
 """The reward worker group: score a batch with every reward component in parallel -> RewardVector (B, K).
 
-With Ray (the default) each component lives in its own actor (``num_cpus=0``) that builds its scorer once
-(``setup()`` of class plugins runs there). Without Ray (``use_ray=False``) the components run in-process, each in
-its own thread: for unit tests and debugging.
+With Ray (the default) the components live in reward workers: Ray actors (``num_cpus=0``) that build their
+scorers once (``setup()`` of class plugins runs there). A component's ``worker`` (recipe key) names its worker;
+components naming the same one share it. By default every plugin with a ``setup()`` (reward models, LLM judges,
+remote services) gets a worker of its own, and the others (rule-based functions and classes) share the worker
+``functions``: one process and one Ray call per step instead of one per component. A worker hosting several
+components runs them in parallel threads, each bounded by its own ``timeout_s``. Without Ray (``use_ray=False``)
+every component runs in-process, in its own thread: for unit tests and debugging.
 
-Each component has its own ``timeout_s``. A timed-out Ray actor is killed (a running actor task cannot be
-interrupted otherwise) and restarted on the next ``score()``, which runs its ``setup()`` again. In-process, a timed-out
-call keeps its thread; the component fails fast until that call returns.
+Each component has its own ``timeout_s``. A timed-out Ray worker is killed (a running actor task cannot be
+interrupted otherwise) and restarted on the next ``score()``, which runs its components' ``setup()`` again; the
+other components of a shared worker keep the values that call returned. In-process, a timed-out call keeps its
+thread; the component fails fast until that call returns.
 
 ``on_error`` per component: ``fail`` raises RewardPluginError naming the component, the plugin and the sample when
 known; ``nan`` fills NaN (the failing samples when known, else the whole column); ``zero`` fills 0.0. Failures are
@@ -36,6 +41,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are built: the actor proces
 
 RUNTIME_COLUMNS = ("finished", "num_tokens")  # columns the runtime adds to every batch
 MAX_RESTARTS_PER_CALL = 2  # a worker that dies mid-call is restarted and asked again this many times at most
+SHARED_WORKER = "functions"  # the default worker of plain-function plugins
+POOL_GRACE_S = 10.0  # a shared worker answers within its members' longest timeout plus this, or is killed
 _DIED = "its reward worker died"
 
 
@@ -49,6 +56,7 @@ class ScoreOutcome:
     error_sample: int | None = None  # sample index of a whole-call failure, when known
     elapsed_s: float = 0.0
     steps: list[list[float] | None] | None = None  # process components: (B,) per-sample step scores or None
+    timed_out: bool = False  # the call outran the component's timeout_s (its worker is killed)
 
 
 @dataclass(frozen=True)
@@ -97,17 +105,64 @@ class RewardWorker:
                             steps=steps)
 
 
-_REMOTE_WORKER_CLS: Any = None
+class PooledRewardWorker:
+    """Hosts the scorers of the components that share one reward worker. Each call runs the asked components in
+    daemon threads, each bounded by its own timeout; a timed-out call keeps its thread and that component fails fast
+    until the call returns (the Ray group kills the whole worker instead). Wrapped by ``ray.remote`` for a shared
+    Ray worker; the in-process group is one of these over all components."""
+
+    def __init__(self, specs: Sequence[WorkerSpec], plugins: Sequence[PluginInfo]) -> None:
+        self._workers = [RewardWorker(spec, plugin) for spec, plugin in zip(specs, plugins)]
+        self._stuck: dict[int, Future] = {}  # calls that timed out and may still be running
+
+    def ready(self) -> list[str | None]:
+        """Per member: None when its scorer is built, else why building it failed."""
+        return [worker.ready() for worker in self._workers]
+
+    def score_many(self, payload: tuple, timeouts: Sequence[float], only: Sequence[int] | None = None
+                   ) -> list[ScoreOutcome | None]:
+        """Outcomes of the members in ``only`` (default all; None for the others). timeouts: one per member."""
+        asked = range(len(self._workers)) if only is None else only
+        outcomes: list[ScoreOutcome | None] = [None] * len(self._workers)
+        futures: dict[int, Future] = {}
+        for j in asked:
+            if j in self._stuck and not self._stuck[j].done():
+                outcomes[j] = ScoreOutcome(error="is still running a call that timed out earlier")
+                continue
+            self._stuck.pop(j, None)
+            worker = self._workers[j]
+            futures[j] = _in_daemon_thread(worker.score, payload, name=f"reward-{worker.component_name}")
+        start = time.monotonic()
+        for j, future in futures.items():
+            try:
+                outcomes[j] = future.result(timeout=max(0.0, start + timeouts[j] - time.monotonic()))
+            except FutureTimeout:
+                self._stuck[j] = future
+                outcomes[j] = _timeout_outcome(timeouts[j])
+        return outcomes
 
 
-def remote_reward_worker_cls() -> Any:
-    """``ray.remote(num_cpus=0)(RewardWorker)``, built on first use so that importing this module needs no Ray."""
-    global _REMOTE_WORKER_CLS
-    if _REMOTE_WORKER_CLS is None:
+_REMOTE_CLS: dict[str, Any] = {}
+
+
+def _remote_cls(cls: type) -> Any:
+    """``ray.remote(num_cpus=0)(cls)``, built on first use so that importing this module needs no Ray."""
+    if cls.__name__ not in _REMOTE_CLS:
         import ray
 
-        _REMOTE_WORKER_CLS = ray.remote(num_cpus=0)(RewardWorker)
-    return _REMOTE_WORKER_CLS
+        _REMOTE_CLS[cls.__name__] = ray.remote(num_cpus=0)(cls)
+    return _REMOTE_CLS[cls.__name__]
+
+
+def worker_names(components: Sequence[Any], plugins: Sequence[PluginInfo]) -> list[str]:
+    """The reward worker of each component: its ``worker`` key, else a worker of its own (named after the
+    component) for plugins with a ``setup()`` (they load a model or open a connection once), and the shared
+    ``functions`` worker for the rest (functions, and classes without setup such as compiled patterns)."""
+    names = []
+    for component, plugin in zip(components, plugins):
+        heavy = plugin.is_class and callable(getattr(plugin.obj, "setup", None))
+        names.append(getattr(component, "worker", None) or (f"component:{component.name}" if heavy else SHARED_WORKER))
+    return names
 
 
 # --------------------------------------------------------------------------- backends
@@ -117,33 +172,17 @@ class _ThreadBackend:
     """In-process: every component runs in its own daemon thread per call."""
 
     def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo]) -> None:
-        self._workers = [RewardWorker(WorkerSpec.of(c, p), p) for c, p in zip(components, plugins)]
-        for component, worker in zip(components, self._workers):
-            _raise_setup_error(component, worker.ready())
-        self._stuck: dict[int, Future] = {}  # calls that timed out and may still be running
+        specs = [WorkerSpec.of(c, p) for c, p in zip(components, plugins)]
+        self._pool: PooledRewardWorker | None = PooledRewardWorker(specs, plugins)
+        for component, problem in zip(components, self._pool.ready()):
+            _raise_setup_error(component, problem)
 
     def run(self, payload: tuple, timeouts: Sequence[float], only: set[int] | None = None) -> list[ScoreOutcome]:
-        outcomes: list[ScoreOutcome | None] = [None] * len(self._workers)
-        futures: dict[int, Future] = {}
-        for j, worker in enumerate(self._workers):
-            if only is not None and j not in only:
-                continue
-            if j in self._stuck and not self._stuck[j].done():
-                outcomes[j] = ScoreOutcome(error="is still running a call that timed out earlier")
-                continue
-            self._stuck.pop(j, None)
-            futures[j] = _in_daemon_thread(worker.score, payload, name=f"reward-{worker.component_name}")
-        start = time.monotonic()
-        for j, future in futures.items():
-            try:
-                outcomes[j] = future.result(timeout=max(0.0, start + timeouts[j] - time.monotonic()))
-            except FutureTimeout:
-                self._stuck[j] = future
-                outcomes[j] = _timeout_outcome(timeouts[j])
-        return outcomes  # type: ignore[return-value]
+        assert self._pool is not None
+        return self._pool.score_many(payload, timeouts, None if only is None else sorted(only))  # type: ignore
 
     def shutdown(self) -> None:
-        self._workers = []
+        self._pool = None
 
 
 def _in_daemon_thread(fn: Callable, *args: Any, name: str) -> Future:
@@ -161,7 +200,8 @@ def _in_daemon_thread(fn: Callable, *args: Any, name: str) -> Future:
 
 
 class _RayBackend:
-    """One Ray actor per component."""
+    """One Ray actor per reward worker (``worker_names``): a ``RewardWorker`` for a component alone in its worker, a
+    ``PooledRewardWorker`` for several."""
 
     def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo]) -> None:
         import ray
@@ -172,101 +212,134 @@ class _RayBackend:
             )
         self._components = list(components)
         self._plugins = list(plugins)
-        self._actors: list[Any] = [None] * len(self._components)
+        names = worker_names(self._components, self._plugins)
+        self.workers = list(dict.fromkeys(names))  # worker names, in order of first use
+        self._members = [[j for j, n in enumerate(names) if n == w] for w in self.workers]  # component indices
+        self._actors: list[Any] = [None] * len(self.workers)
         self.restarts = 0  # workers restarted after dying mid-call (events/reward_worker_restarts)
         try:
-            for j in range(len(self._components)):
-                self._actors[j] = self._start(j)
-            for j in range(len(self._components)):
-                self._wait_ready(j)
+            for w in range(len(self.workers)):
+                self._actors[w] = self._start(w)
+            for w in range(len(self.workers)):
+                self._wait_ready(w)
         except BaseException:
             self.shutdown()  # no orphan actors; the error propagates
             raise
 
-    def _start(self, j: int) -> Any:
-        spec = WorkerSpec.of(self._components[j], self._plugins[j])
-        return remote_reward_worker_cls().remote(spec, self._plugins[j])
+    def _start(self, w: int) -> Any:
+        members = self._members[w]
+        specs = [WorkerSpec.of(self._components[j], self._plugins[j]) for j in members]
+        plugins = [self._plugins[j] for j in members]
+        if len(members) == 1:
+            return _remote_cls(RewardWorker).remote(specs[0], plugins[0])
+        return _remote_cls(PooledRewardWorker).remote(specs, plugins)
 
-    def _wait_ready(self, j: int) -> None:
+    def _wait_ready(self, w: int) -> None:
         import ray
 
-        component = self._components[j]
+        members = self._members[w]
         try:
-            problem = ray.get(self._actors[j].ready.remote())
+            problems = ray.get(self._actors[w].ready.remote())
         except ray.exceptions.RayError as exc:
+            component = self._components[members[0]]
+            shared = (f" (worker {self.workers[w]!r}, shared with "
+                      f"{[self._components[j].name for j in members[1:]]})" if len(members) > 1 else "")
             raise RewardPluginError(
-                f"reward component {component.name!r} (plugin {component.plugin!r}): its reward worker failed to "
-                f"start: {_last_line(exc)}. A plugin's module must be importable on every Ray worker (install its "
-                f"package, or run from the directory that holds it)",
+                f"reward component {component.name!r} (plugin {component.plugin!r}): its reward worker{shared} "
+                f"failed to start: {_last_line(exc)}. A plugin's module must be importable on every Ray worker "
+                f"(install its package, or run from the directory that holds it)",
                 component=component.name,
                 plugin=component.plugin,
             ) from exc
-        _raise_setup_error(component, problem)
+        for j, problem in zip(members, problems if len(members) > 1 else [problems]):
+            _raise_setup_error(self._components[j], problem)
 
     def run(self, payload: tuple, timeouts: Sequence[float], only: set[int] | None = None) -> list[ScoreOutcome]:
         import ray
 
-        for j, actor in enumerate(self._actors):
-            if only is not None and j not in only:
-                continue
-            if actor is None:  # killed after a timeout or a crash: start it again (runs setup() again)
-                self._actors[j] = self._start(j)
+        wanted = {w: [j for j in members if only is None or j in only] for w, members in enumerate(self._members)}
+        wanted = {w: js for w, js in wanted.items() if js}
+        for w in wanted:
+            if self._actors[w] is None:  # killed after a timeout or a crash: start it again (runs setup() again)
+                self._actors[w] = self._start(w)
                 try:
-                    self._wait_ready(j)
+                    self._wait_ready(w)
                 except BaseException:
-                    self._kill(j)
+                    self._kill(w)
                     raise
         payload_ref = ray.put(payload)
-        pending = [j for j in range(len(self._actors)) if only is None or j in only]
-        outcomes: list[ScoreOutcome | None] = [None] * len(self._actors)
+        outcomes: list[ScoreOutcome | None] = [None] * len(self._components)
+        pending = list(wanted)
         for attempt in range(MAX_RESTARTS_PER_CALL + 1):
-            refs = {j: self._actors[j].score.remote(payload_ref) for j in pending}
+            refs = {w: self._call(w, payload_ref, wanted[w], timeouts) for w in pending}
             start = time.monotonic()
             died = []
-            for j, ref in refs.items():
-                done, _ = ray.wait([ref], timeout=max(0.0, start + timeouts[j] - time.monotonic()))
-                outcomes[j] = self._collect(j, ref) if done else self._abandon(j, timeouts[j])
-                if self._actors[j] is None and outcomes[j].error and outcomes[j].error.startswith(_DIED):
-                    died.append(j)
+            for w, ref in refs.items():
+                limit = self._limit(w, wanted[w], timeouts)
+                done, _ = ray.wait([ref], timeout=max(0.0, start + limit - time.monotonic()))
+                got = self._collect(w, ref, wanted[w]) if done else self._abandon(w, wanted[w], timeouts)
+                for j, outcome in got.items():
+                    outcomes[j] = outcome
+                if self._actors[w] is None and any((o.error or "").startswith(_DIED) for o in got.values()):
+                    died.append(w)
             if not died or attempt == MAX_RESTARTS_PER_CALL:
                 break
-            for j in died:  # a worker that died mid-call (killed, out of memory) is restarted and asked again
-                self._actors[j] = self._start(j)
-                self._wait_ready(j)
+            for w in died:  # a worker that died mid-call (killed, out of memory) is restarted and asked again
+                self._actors[w] = self._start(w)
+                self._wait_ready(w)
                 self.restarts += 1
             pending = died
         return outcomes  # type: ignore[return-value]
 
-    def _collect(self, j: int, ref: Any) -> ScoreOutcome:
+    def _call(self, w: int, payload_ref: Any, wanted: list[int], timeouts: Sequence[float]) -> Any:
+        members = self._members[w]
+        if len(members) == 1:
+            return self._actors[w].score.remote(payload_ref)
+        return self._actors[w].score_many.remote(payload_ref, [float(timeouts[j]) for j in members],
+                                                 [members.index(j) for j in wanted])
+
+    def _limit(self, w: int, wanted: list[int], timeouts: Sequence[float]) -> float:
+        """Seconds to wait for worker w: its component's timeout; a shared worker enforces its members' timeouts
+        itself, so it gets the longest of them plus a grace period (past that it is hung as a whole)."""
+        longest = max(float(timeouts[j]) for j in wanted)
+        return longest if len(self._members[w]) == 1 else longest + POOL_GRACE_S
+
+    def _collect(self, w: int, ref: Any, wanted: list[int]) -> dict[int, ScoreOutcome]:
         import ray
 
         try:
-            return ray.get(ref)
+            result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:  # the actor process died (out of memory, segfault, ...)
-            self._kill(j)
-            return ScoreOutcome(error=f"{_DIED}: {_last_line(exc)}")
+            self._kill(w)
+            return {j: ScoreOutcome(error=f"{_DIED}: {_last_line(exc)}") for j in wanted}
+        members = self._members[w]
+        got = {wanted[0]: result} if len(members) == 1 else {j: result[members.index(j)] for j in wanted}
+        if any(outcome.timed_out for outcome in got.values()):
+            self._kill(w)  # a hung plugin thread goes with its worker; restarted on the next call
+        return got
 
-    def _abandon(self, j: int, timeout_s: float) -> ScoreOutcome:
+    def _abandon(self, w: int, wanted: list[int], timeouts: Sequence[float]) -> dict[int, ScoreOutcome]:
         # ray.cancel cannot interrupt a task running in a regular actor: killing the actor is what stops it.
-        self._kill(j)
-        return _timeout_outcome(timeout_s)
+        self._kill(w)
+        return {j: _timeout_outcome(float(timeouts[j])) for j in wanted}
 
-    def _kill(self, j: int) -> None:
+    def _kill(self, w: int) -> None:
         import ray
 
-        if self._actors[j] is not None:
-            ray.kill(self._actors[j], no_restart=True)
-            self._actors[j] = None
+        if self._actors[w] is not None:
+            ray.kill(self._actors[w], no_restart=True)
+            self._actors[w] = None
 
     def shutdown(self) -> None:
-        for j in range(len(self._actors)):
-            self._kill(j)
+        for w in range(len(self._actors)):
+            self._kill(w)
 
 
 def _timeout_outcome(timeout_s: float) -> ScoreOutcome:
     return ScoreOutcome(
         error=f"timed out after {timeout_s:g}s; raise its timeout_s or set on_error: nan to skip it",
         elapsed_s=timeout_s,
+        timed_out=True,
     )
 
 

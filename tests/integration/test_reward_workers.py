@@ -88,6 +88,48 @@ def test_scores_all_components_into_a_matrix(use_ray):
     assert metrics["events/reward_worker_restarts"] == 0
 
 
+def test_function_plugins_share_one_worker_and_class_plugins_get_their_own(ray_workers):
+    import ray
+
+    components = standard_components() + [comp("rm", f"{MOD}:CountingScorer", args={"offset": 0.5})]
+    group = RewardGroup(components, use_ray=True)
+    try:
+        assert group._backend.workers == ["functions", "component:rm"]
+        vector, _ = group.score(PROMPTS, COMPLETIONS, COLUMNS)
+        torch.testing.assert_close(vector.values[:, :4], EXPECTED, equal_nan=True)
+        pooled, alone = group._backend._actors
+        assert ray.get(pooled.ready.remote()) == [None] * 4  # one process hosts the 4 rule-based components
+        assert ray.get(alone.ready.remote()) is None
+    finally:
+        group.shutdown()
+
+
+def test_named_workers_group_components_a_class_plugin_included(ray_workers):
+    components = [
+        comp("rm", f"{MOD}:CountingScorer", args={"offset": 0.5}, worker="models"),
+        comp("rm2", f"{MOD}:CountingScorer", args={"offset": 2.0}, worker="models"),
+        comp("len", "testplug_length", worker="alone"),
+        comp("short", "testplug_is_short"),
+    ]
+    group = RewardGroup(components, use_ray=True)
+    try:
+        assert group._backend.workers == ["models", "alone", "functions"]
+        vector, _ = group.score(PROMPTS, COMPLETIONS)
+        # setup() ran once per component, both in the one 'models' process
+        assert vector.component("rm").tolist() == [1.5] * 4 and vector.component("rm2").tolist() == [3.0] * 4
+        assert vector.component("len").tolist() == [2.0, 3.0, 11.0, 1.0]
+        assert group.score_one("rm2", PROMPTS[:1], COMPLETIONS[:1]) == [3.0]  # only that member is asked
+    finally:
+        group.shutdown()
+
+
+def test_worker_name_is_checked_in_the_recipe():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="worker"):
+        comp("len", "testplug_length", worker="has space")
+
+
 def test_parallel_timeout_with_on_error_nan_counts_failures_and_recovers(use_ray):
     components = [
         comp("len", "testplug_length"),
