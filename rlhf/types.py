@@ -191,6 +191,7 @@ class ExperienceBatch:
     values: Tensor | None = None  # (B, C, S) critic values when the batch was generated (PPO)
     returns: Tensor | None = None  # (B, C, S) GAE returns, the critic's targets (PPO)
     rollout_logprobs: Tensor | None = None  # (B, C) the rollout engine's logprobs (mismatch metrics, TIS)
+    pair_info: Tensor | None = None  # (B, 2) online pairs (rows 2i, 2i+1): the pair's [weight, beta] on both rows
 
     @property
     def batch_size(self) -> int:
@@ -211,6 +212,7 @@ class ExperienceBatch:
             values=m(self.values),
             returns=m(self.returns),
             rollout_logprobs=m(self.rollout_logprobs),
+            pair_info=m(self.pair_info),
         )
 
     def slice(self, start: int, stop: int) -> "ExperienceBatch":
@@ -228,6 +230,7 @@ class ExperienceBatch:
             values=s(self.values),
             returns=s(self.returns),
             rollout_logprobs=s(self.rollout_logprobs),
+            pair_info=s(self.pair_info),
         )
 
 

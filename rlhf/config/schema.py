@@ -161,6 +161,11 @@ class RewardComponentConfig(Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the plugin")
     timeout_s: float = Field(60.0, gt=0)
     on_error: Literal["fail", "nan", "zero"] = "fail"
+    worker: Optional[str] = Field(
+        None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the reward worker (one Ray actor) hosting this component; components naming the same worker "
+        "share it and run in its threads. Default: plugins with a setup() (reward models, LLM judges) get one "
+        "each, the rest share the worker 'functions'")
     transform: Literal["none", "clip", "delta"] = Field(
         "none", description="process components: step-reward transform against step hacking (clip: min(r - "
         "clip_threshold, 0); delta: r_s - r_{s+1}, last step kept)")
@@ -413,7 +418,10 @@ class CGPOTaskConfig(Strict):
     judges: list[str] = Field(default_factory=list, description="names of constraint components (judges) a sample "
                               "of this task must satisfy")
     optimizer: Literal["crpg", "codpo", "crraft"] = "crpg"
-    weight: float = Field(1.0, gt=0, description="the task's weight in the combined update (crpg / crraft tasks)")
+    weight: float = Field(1.0, gt=0, description="the task's weight in the combined update: sum over tasks of "
+                          "weight x the task's own mean loss (crpg / crraft tasks in one step, codpo tasks in "
+                          "another)")
+    beta: Optional[float] = Field(None, gt=0, description="codpo: this task's DPO beta (default: objective.beta)")
     share: Optional[float] = Field(None, gt=0, description="relative share of each step's prompts (default: the "
                                    "task's share of the training rows)")
     baseline_column: Optional[str] = Field(
@@ -444,7 +452,7 @@ class CGPOConfig(Strict):
     mini_batches: Literal[1] = Field(1, description="one optimizer step per epoch: the per-task normalisers are "
                                      "computed over the whole batch")
     # CODPO: DPO loss on (best satisfying, violating) pairs + nll_coef x length-normalised NLL of the chosen one
-    beta: float = Field(0.1, gt=0, description="codpo: DPO beta (shared by every codpo task)")
+    beta: float = Field(0.1, gt=0, description="codpo: DPO beta of the codpo tasks that set none")
     loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     reference_free: bool = False
@@ -458,9 +466,8 @@ class CGPOConfig(Strict):
         if self.label_smoothing and self.loss_type != "cdpo":
             raise ValueError("objective.label_smoothing is used by loss_type: cdpo only")
         for name, task in self.tasks.items():
-            if task.optimizer == "codpo" and task.weight != 1.0:
-                raise ValueError(f"objective.tasks.{name}.weight: codpo tasks share one DPO step in which each "
-                                 "pair counts once; a task weight is not supported there (leave it at 1.0)")
+            if task.optimizer != "codpo" and task.beta is not None:
+                raise ValueError(f"objective.tasks.{name}.beta: a DPO beta applies to optimizer codpo only")
             if task.optimizer != "crraft" and (task.top_k != 1 or task.threshold is not None):
                 raise ValueError(f"objective.tasks.{name}: top_k / threshold apply to optimizer crraft only")
         return self

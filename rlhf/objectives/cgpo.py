@@ -36,6 +36,10 @@ token-mean NLL. Under seq_mean, c = B / B_sel gives the sequence-mean NLL. ``tas
 makes a CRPG task's term its own token mean rather than its share of the batch, so the combined loss of one call
 is sum_t weight_t * L_t over CRPG/CRRAFT tasks t.
 
+CODPO tasks share one optimizer step: pair p of task t gets beta_t (the task's ``beta``, default the objective's)
+and weight w_p = weight_t * P / P_t (P pairs in the step, P_t of task t; ``codpo_pair_info``), so the mean over
+pairs of w_p l_p is sum_t weight_t * L_t, with L_t the task's own mean pair loss, as for CRPG / CRRAFT tasks.
+
 ``CGPO`` is the objective object the trainer builds: ``loss`` on per-token tensors (B, C) is the clipped policy
 gradient (CRPG + CRRAFT rows), on per-pair tensors (B,) it is the CODPO pair loss (the trainer's
 ``train_online_pairs``). Imports only torch and the standard library.
@@ -135,24 +139,40 @@ def codpo_pairs(calibrated: Tensor, satisfied: Tensor, group_ids: Tensor) -> lis
     return pairs
 
 
+def codpo_pair_info(pair_tasks: list[str], cfg: "CGPOConfig") -> Tensor:
+    """(P, 2) [weight, beta] of each CODPO pair of one step: weight_t * P / P_t and beta_t (default cfg.beta) of its
+    task t (see the module docstring). pair_tasks (P,) the task of each pair."""
+    counts = {t: pair_tasks.count(t) for t in set(pair_tasks)}
+    n = len(pair_tasks)
+    rows = []
+    for task in pair_tasks:
+        tcfg = cfg.tasks[task]
+        beta = cfg.beta if tcfg.beta is None else tcfg.beta
+        rows.append([tcfg.weight * n / counts[task], beta])
+    return torch.tensor(rows, dtype=torch.float32).reshape(n, 2)  # (P, 2)
+
+
 def codpo_loss(dpo: DPO, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, chosen_lengths: Tensor,
                nll_coef: float, rejected_lengths: Tensor | None = None,
-               normalizer: float | None = None) -> LossOutput:
+               normalizer: float | None = None, pair_info: Tensor | None = None) -> LossOutput:
     """DPO loss (``dpo``) + nll_coef * mean over pairs of -log pi(y_w) / |y_w|.
 
     policy_*_logps (B,) summed completion log-probs with grad; ref_*_logps (B,) or None (reference-free);
     chosen_lengths (B,) token counts of the chosen completions. normalizer: divide summed per-pair terms by this
-    instead of B (as ``DPO.loss``).
+    instead of B (as ``DPO.loss``). pair_info (B, 2) [weight, beta] per pair (``codpo_pair_info``): pair p's
+    DPO term uses beta_p and both its terms are multiplied by weight_p; None: dpo.beta and weight 1.
     """
     lengths = {}
     if dpo.needs_lengths:
         lengths = dict(chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    weights = None if pair_info is None else pair_info[:, 0].to(policy_chosen_logps.dtype)  # (B,)
+    beta = None if pair_info is None else pair_info[:, 1]  # (B,)
     out = dpo.loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                   normalizer=normalizer, **lengths)
+                   normalizer=normalizer, beta=beta, weights=weights, **lengths)
     nll = -policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype).clamp(min=1)  # (B,)
     denom = nll.shape[0] if normalizer is None else normalizer
-    nll_term = nll.sum() / denom
+    nll_term = (nll if weights is None else nll * weights).sum() / denom
     loss = out.loss + nll_coef * nll_term
     metrics = {**out.metrics, "loss/codpo_nll": float(nll.detach().mean()), "loss/total": float(loss.detach())}
     return LossOutput(loss=loss, metrics=metrics)
@@ -261,10 +281,11 @@ class CGPO:
     def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                   ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *,
                   chosen_lengths: Tensor, rejected_lengths: Tensor | None = None,
-                  normalizer: float | None = None) -> LossOutput:
-        """CODPO on (B,) pairs: see ``codpo_loss``."""
+                  normalizer: float | None = None, pair_info: Tensor | None = None) -> LossOutput:
+        """CODPO on (B,) pairs, pair_info (B, 2) per-pair [weight, beta] or None: see ``codpo_loss``."""
         return codpo_loss(self.pair, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                          ref_rejected_logps, chosen_lengths, self.nll_coef, rejected_lengths, normalizer)
+                          ref_rejected_logps, chosen_lengths, self.nll_coef, rejected_lengths, normalizer,
+                          pair_info)
 
 
 __all__ = [
@@ -272,6 +293,7 @@ __all__ = [
     "OPTIMIZERS",
     "calibrated_reward",
     "codpo_loss",
+    "codpo_pair_info",
     "codpo_pairs",
     "crpg_advantages",
     "crpg_scores",

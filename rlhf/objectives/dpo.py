@@ -127,6 +127,8 @@ class DPO:
         chosen_lengths: Tensor | None = None,
         rejected_lengths: Tensor | None = None,
         normalizer: float | None = None,
+        beta: Tensor | None = None,
+        weights: Tensor | None = None,
     ) -> LossOutput:
         """Mean pairwise loss over the B pairs.
 
@@ -134,7 +136,9 @@ class DPO:
         reference (None when ``reference_free``); margin (B,) or None, subtracted from the sigmoid's logit
         (sigmoid/cdpo only); chosen_lengths / rejected_lengths (B,) completion token counts (IPO with
         ``ipo_average``). normalizer: divide the summed per-pair losses by this instead of B (e.g. the global
-        number of pairs / micro-batches, so summed shards equal one mean).
+        number of pairs / micro-batches, so summed shards equal one mean). beta (B,): a per-pair beta in place of
+        ``self.beta`` (CGPO's per-task CODPO beta); weights (B,): per-pair loss weights (the logged
+        ``loss/dpo`` stays the unweighted mean).
         """
         if self.reference_free:
             if ref_chosen_logps is not None or ref_rejected_logps is not None:
@@ -150,8 +154,9 @@ class DPO:
         B = _check_pair_shapes(
             policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
             ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps, margin=margin,
-            chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+            chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, beta=beta, weights=weights,
         )
+        beta = self.beta if beta is None else beta.to(policy_chosen_logps.dtype)  # () or (B,)
 
         chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
         rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
@@ -162,9 +167,9 @@ class DPO:
                 chosen_avg = chosen_logratios / chosen_lengths.to(h.dtype).clamp(min=1)  # (B,)
                 rejected_avg = rejected_logratios / rejected_lengths.to(h.dtype).clamp(min=1)  # (B,)
                 h = chosen_avg - rejected_avg  # (B,)
-            per_pair = (h - 1 / (2 * self.beta)) ** 2  # (B,) eq. 17
+            per_pair = (h - 1 / (2 * beta)) ** 2  # (B,) eq. 17
         else:
-            logits = self.beta * h  # (B,)
+            logits = beta * h  # (B,)
             if margin is not None:
                 logits = logits - margin.to(logits.dtype)
             per_pair = -F.logsigmoid(logits)  # (B,) eq. 7
@@ -173,10 +178,11 @@ class DPO:
                 per_pair = (1 - eps) * per_pair - eps * F.logsigmoid(-logits)  # (B,)
 
         denom = B if normalizer is None else normalizer
-        loss = per_pair.sum() / denom
+        weighted = per_pair if weights is None else per_pair * weights.to(per_pair.dtype)  # (B,)
+        loss = weighted.sum() / denom
         with torch.no_grad():
-            chosen_rewards = self.beta * chosen_logratios.detach()  # (B,)
-            rejected_rewards = self.beta * rejected_logratios.detach()  # (B,)
+            chosen_rewards = beta * chosen_logratios.detach()  # (B,)
+            rejected_rewards = beta * rejected_logratios.detach()  # (B,)
             metrics = {
                 f"loss/{self.name}": float(per_pair.detach().mean()),
                 "rewards/chosen": float(chosen_rewards.mean()),

@@ -21,8 +21,8 @@ One step:
    weight_t x task_scale (batch tokens / the task's counted tokens), so the step minimises sum_t weight_t x L_t,
    with L_t the task's own token-mean loss (CRPG surrogate, or CRRAFT NLL on its selected rows), independent of how
    many prompts it got. The k3 KL term (``kl_coef``) applies to every row. Then codpo tasks' pairs take a SECOND
-   optimizer step (``trainers.train_online_pairs``): the mean CODPO loss over all their pairs (each pair counts
-   once). Both steps use the same rollouts; then the engines are synced once.
+   optimizer step (``trainers.train_online_pairs``): sum_t weight_t x the task's mean CODPO loss, with the task's
+   own beta (``codpo_pair_info``). Both steps use the same rollouts; then the engines are synced once.
 6. Metrics: ``cgpo/{task}/violation_rate/{judge}``, ``cgpo/{task}/violation_rate`` (any judge),
    ``cgpo/{task}/reward/{component}``, ``cgpo/{task}/calibrated_reward``, ``cgpo/{task}/samples``, optimiser counts,
    ``reward/{component}/mean`` over the batch, the rollout metrics, and the codpo step's as ``codpo/...``.
@@ -38,6 +38,7 @@ import torch
 
 from rlhf.objectives.cgpo import (
     calibrated_reward,
+    codpo_pair_info,
     codpo_pairs,
     crpg_advantages,
     crraft_advantages,
@@ -113,7 +114,10 @@ class CGPOStage(OnPolicyStage):
         if any(t.optimizer == "codpo" for t in self.cfg.tasks.values()):
             metrics["codpo/pairs"] = float(usable)
         if usable:
-            pair_metrics = self.trainers.train_online_pairs(_interleaved(rollout, pairs[:usable]))
+            pair_batch = _interleaved(rollout, pairs[:usable])
+            pair_tasks = [tasks[int(rollout.group_ids[chosen])] for chosen, _ in pairs[:usable]]
+            pair_batch.pair_info = codpo_pair_info(pair_tasks, self.cfg).repeat_interleave(2, dim=0)  # (2P, 2)
+            pair_metrics = self.trainers.train_online_pairs(pair_batch)
             metrics.update({f"codpo/{k}": v for k, v in pair_metrics.items()})
         t_train = time.perf_counter() - t0
 

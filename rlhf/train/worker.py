@@ -435,6 +435,8 @@ class TrainWorker:
             ref = None if part.ref_logprobs is None else (part.ref_logprobs * part.completion_mask).sum(1)  # (b,)
             lengths = part.completion_mask.sum(1)  # (b,)
             extra = dict(chosen_lengths=lengths[0::2], rejected_lengths=lengths[1::2]) if objective.needs_lengths else {}
+            if part.pair_info is not None:  # CGPO's CODPO: per-pair [weight, beta] of each pair's task
+                extra["pair_info"] = part.pair_info[0::2]  # (b/2, 2)
             return objective.loss(seq[0::2], seq[1::2], None if ref is None else ref[0::2],
                                   None if ref is None else ref[1::2], **extra)
 

@@ -31,7 +31,8 @@ def _recipe(out, steps: int = 2) -> dict:
         "objective": {"kind": "cgpo", "kl_coef": 0.05, "default_task": "add", "tasks": {
             "add": {"optimizer": "crpg", "rewards": ["correct", "length"], "judges": ["no_space", "short"],
                     "baseline_column": "answer", "share": 2},
-            "sub": {"optimizer": "codpo", "rewards": ["length"], "judges": ["short"], "share": 2},
+            "sub": {"optimizer": "codpo", "rewards": ["length"], "judges": ["short"], "share": 2,
+                    "beta": 0.2, "weight": 0.5},
             "mix": {"optimizer": "crraft", "rewards": ["length"], "judges": ["no_space"], "share": 2},
         }},
         "train": {"backend": "torch", "num_ranks": 1, "lr": 1e-2},

@@ -13,6 +13,7 @@ from rlhf.objectives.cgpo import (
     CGPO,
     calibrated_reward,
     codpo_loss,
+    codpo_pair_info,
     codpo_pairs,
     crpg_advantages,
     crpg_scores,
@@ -94,6 +95,49 @@ def test_codpo_loss_is_dpo_plus_length_normalised_nll():
     # d/d pc_j: -(1 - sig(beta h_j)) * beta / 2  -  0.1 / (len_j * 2)
     hand_grad = [-(1 - sig(0.5 * x)) * 0.5 / 2 - 0.1 / (n * 2) for x, n in zip(h, [2, 3])]
     assert pc.grad.tolist() == pytest.approx(hand_grad, rel=1e-5)
+
+
+def _cgpo_cfg(**tasks):
+    from rlhf.config.schema import CGPOConfig
+
+    return CGPOConfig(tasks=tasks, beta=0.5)
+
+
+def test_codpo_pair_info_weights_each_task_to_its_own_mean():
+    cfg = _cgpo_cfg(a={"rewards": ["r"], "optimizer": "codpo", "weight": 2.0, "beta": 0.2},
+                    b={"rewards": ["r"], "optimizer": "codpo"})
+    info = codpo_pair_info(["a", "b", "b", "b"], cfg)
+    # P = 4; task a: 1 pair, weight 2 -> 2 * 4 / 1 = 8, beta 0.2; task b: 3 pairs, weight 1 -> 4 / 3, beta 0.5
+    assert info.shape == (4, 2)
+    assert info[:, 0].tolist() == pytest.approx([8.0, 4 / 3, 4 / 3, 4 / 3])
+    assert info[:, 1].tolist() == pytest.approx([0.2, 0.5, 0.5, 0.5])
+
+
+def test_codpo_loss_with_per_task_beta_and_weight_is_the_weighted_sum_of_task_means():
+    cfg = _cgpo_cfg(a={"rewards": ["r"], "optimizer": "codpo", "weight": 2.0, "beta": 0.2},
+                    b={"rewards": ["r"], "optimizer": "codpo", "weight": 0.5})
+    tasks = ["a", "b", "b"]
+    pc, pr = torch.tensor([-4.0, -6.0, -2.0], requires_grad=True), torch.tensor([-5.0, -3.0, -2.5])
+    rc, rr = torch.tensor([-4.5, -6.0, -2.0]), torch.tensor([-4.0, -4.0, -3.0])
+    lengths = torch.tensor([2.0, 3.0, 1.0])
+    out = codpo_loss(DPO(beta=0.5), pc, pr, rc, rr, lengths, nll_coef=0.1, pair_info=codpo_pair_info(tasks, cfg))
+    h = [(-4.0 + 4.5) - (-5.0 + 4.0), (-6.0 + 6.0) - (-3.0 + 4.0), (-2.0 + 2.0) - (-2.5 + 3.0)]  # [1.5, -1, -0.5]
+    nll = [4.0 / 2, 6.0 / 3, 2.0 / 1]
+
+    def pair_loss(i, beta):
+        return -math.log(sig(beta * h[i])) + 0.1 * nll[i]
+
+    task_a = pair_loss(0, 0.2)  # beta_a = 0.2
+    task_b = (pair_loss(1, 0.5) + pair_loss(2, 0.5)) / 2  # beta_b = the objective's 0.5
+    assert out.loss.item() == pytest.approx(2.0 * task_a + 0.5 * task_b, rel=1e-6)
+    # the per-pair beta also sets the logged implicit rewards
+    chosen = [0.2 * 0.5, 0.5 * 0.0, 0.5 * 0.0]
+    assert out.metrics["rewards/chosen"] == pytest.approx(sum(chosen) / 3, rel=1e-6)
+
+
+def test_codpo_task_beta_is_refused_on_other_optimizers():
+    with pytest.raises(ValueError, match=r"objective.tasks.a.beta: a DPO beta applies to optimizer codpo only"):
+        _cgpo_cfg(a={"rewards": ["r"], "optimizer": "crpg", "beta": 0.2})
 
 
 def test_crraft_select_top_k_and_threshold():
