@@ -5,13 +5,14 @@
 
 What is timed, in one run on one machine:
   1. scoring a fixed rollout-sized batch (256 completions, 32 prompts x 8) through the real ``RewardGroup``
-     (Ray: one actor per component) with K components (copies of ``length_penalty`` / ``exact_match``), and the
-     same K through the in-process backend (one thread per component), the peer without per-actor Ray calls;
+     with K components (copies of ``length_penalty`` / ``exact_match``): as configured by default (Ray; the
+     rule-based components share one reward worker), with one Ray actor per component (each its own ``worker``;
+     the layout before shared workers), and in-process (one thread per component, no Ray calls);
   2. the weighting + advantage path on the resulting vector (``build_weighting`` + ``GRPO.advantages``);
   3. (not --quick) whole GRPO steps of the tiny demo recipe (``rlhf.runtime.onpolicy.rl_step``, the controller's
      step, on one training group and one engine), K=1 and K=16 steps interleaved in pairs so that drift of a
-     shared machine hits both alike; plus K=1 steps with and without the K=16 group alive (idle actors' cost)
-     and the idle actors' CPU use read from /proc.
+     shared machine hits both alike; plus K=1 steps with and without the K=16 group alive (the cost of its idle
+     actors, none extra by default) and the idle reward actors' CPU use read from /proc.
 
 Figures (ratios): score K16/K1, score+advantages K16/K1, Ray/in-process at K16, whole step K16/K1 (paired),
 the extra scoring time of K16 as a share of a K1 step, and the idle actors' cost. Goal: a K=16 step within 5%
@@ -48,8 +49,9 @@ NAME = "reward_width"
 GOAL = 1.05  # a K=16 step within 5% of a K=1 step
 
 
-def component_dicts(k: int) -> list[dict[str, Any]]:
-    """K cheap components: length_penalty and exact_match alternately, each with its own name."""
+def component_dicts(k: int, per_component: bool = False) -> list[dict[str, Any]]:
+    """K cheap components: length_penalty and exact_match alternately, each with its own name; per_component:
+    each in a reward worker of its own (one Ray actor per component) instead of the shared default."""
     out = []
     for j in range(k):
         if j % 2 == 0:
@@ -57,6 +59,8 @@ def component_dicts(k: int) -> list[dict[str, Any]]:
                         "args": {"target": 4, "coef": 0.1, "max_penalty": 1.0}, "weight": 1.0 / k})
         else:
             out.append({"name": f"exact{j}", "plugin": "exact_match", "weight": 1.0 / k})
+        if per_component:
+            out[-1]["worker"] = f"own{j}"
     return out
 
 
@@ -93,15 +97,18 @@ def bench_scoring(ks: Sequence[int], n_prompts: int, group_size: int, repeats: i
     out: dict[str, Any] = {"batch_size": len(prompts), "repeats": repeats, "by_k": {}}
     for k in ks:
         comps = [RewardComponentConfig(**d) for d in component_dicts(k)]
+        own = [RewardComponentConfig(**d) for d in component_dicts(k, per_component=True)]
         weighting = build_weighting(WeightingConfig(), comps)
         row: dict[str, Any] = {}
         # the floor: the same plugins called one after another in this process (no actors, no threads)
         scorers = [build_scorer(c, check_component(c)) for c in comps]
         serial_s = repeat_times(lambda: [sc.run(prompts, completions, columns) for sc in scorers], repeats, warmup=2)
         row["serial"] = {"score_s": summary(serial_s)}
-        for backend, use_ray in (("ray", True), ("thread", False)):
-            t_start, group = timed(lambda: RewardGroup(comps, use_ray=use_ray))
+        for backend, use_ray, layout in (("ray", True, comps), ("ray_per_component", True, own),
+                                         ("thread", False, comps)):
+            t_start, group = timed(lambda: RewardGroup(layout, use_ray=use_ray))
             try:
+                actors = len(group._backend.workers) if use_ray else 0  # Ray actors hosting the K components
                 plugin_time: list[float] = []
 
                 def score() -> Any:
@@ -116,6 +123,7 @@ def bench_scoring(ks: Sequence[int], n_prompts: int, group_size: int, repeats: i
             finally:
                 group.shutdown()
             row[backend] = {
+                "actors": actors,
                 "start_s": t_start,
                 "score_s": summary(score_s),
                 "advantages_s": summary(adv_s),
@@ -127,7 +135,7 @@ def bench_scoring(ks: Sequence[int], n_prompts: int, group_size: int, repeats: i
         out["by_k"][str(k)] = row
     # cost of one more component: least-squares slope of median score time over K (Ray backend)
     xs = [float(k) for k in ks]
-    for backend in ("ray", "thread", "serial"):
+    for backend in ("ray", "ray_per_component", "thread", "serial"):
         ys = [out["by_k"][str(k)][backend]["score_s"]["median"] for k in ks]
         out[f"{backend}_seconds_per_component"] = _slope(xs, ys)
     return out
@@ -249,6 +257,7 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
         weightings[k] = build_weighting(recipe.weighting, comps)
 
     idle: dict[str, float] = {}
+    actors: dict[str, int] = {}
     try:
         trainers.build(model_dir, recipe.train.lr)
         trainers.load_reference(model_dir)
@@ -259,6 +268,7 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
         for _ in range(solo):
             one_step(1, "1_solo")
         add_group(16)
+        actors = {str(k): len(g._backend.workers) for k, g in groups.items()}  # Ray actors of each group
         one_step(16, None)  # warm-up
         idle = idle_cores(b"RewardWorker")  # what do 1 + 16 reward actors cost while nobody calls them?
         for i in range(pairs):
@@ -284,7 +294,8 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
             "completion_tokens_mean": median([r["rollout/completion_tokens_mean"] for r in records]),
         }
 
-    out: dict[str, Any] = {"pairs": pairs, "solo_steps": 2 * solo, "idle": idle, "idle_bare": bare_actor_idle()}
+    out: dict[str, Any] = {"pairs": pairs, "solo_steps": 2 * solo, "idle": idle, "idle_bare": bare_actor_idle(),
+                           "actors": actors}
     out.update({label: stats(records) for label, records in steps.items()})
     # per pair: K=16 step / K=1 step of the same pair (the pairs are adjacent in time)
     out["pair_ratios"] = [a["time/step"] and b["time/step"] / a["time/step"] for a, b in zip(steps["1"], steps["16"])]
@@ -319,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ray_over_thread_score_kmax": ratio(med(kmax, "ray", "score_s"), med(kmax, "thread", "score_s")),
         "ray_over_thread_score_k1": ratio(med(kmin, "ray", "score_s"), med(kmin, "thread", "score_s")),
         "ray_over_serial_score_kmax": ratio(med(kmax, "ray", "score_s"), med(kmax, "serial", "score_s")),
+        # what sharing one worker saves: one actor per component against the default layout, same K
+        "per_component_over_shared_score_kmax": ratio(med(kmax, "ray_per_component", "score_s"),
+                                                      med(kmax, "ray", "score_s")),
+        "score_kmax_over_k1_per_component": ratio(med(kmax, "ray_per_component", "score_s"),
+                                                  med(kmin, "ray_per_component", "score_s")),
     }
     if full_step is not None:
         s1, s16, solo = full_step["1"], full_step["16"], full_step["1_solo"]
@@ -340,10 +356,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # cost, the blocks with and without the K=16 group the idle cost
         ratios["measured_step_k16_over_k1"] = (ratios["step_k16_over_k1_pair_median"]
                                                * ratios["k1_step_with_idle_k16_group_over_without"])
-        # (the K=16 configuration runs 15 actors more than K=1; cores_used was measured on 1 + 16 actors)
+        # the idle cost of the actors K=16 runs beyond K=1 (none when they share the default worker); cores_used
+        # was measured on the actors of both groups
         idle = full_step["idle"]
+        extra = full_step["actors"]["16"] - full_step["actors"]["1"]
         ratios["estimated_step_k16_over_k1"] = 1 + ratios["score_delta_share_of_k1_step"] + ratio(
-            idle["cores_used"] * 15 / idle["reward_actors"], info["cores_usable"])
+            idle["cores_used"] * extra / max(1, idle["reward_actors"]), info["cores_usable"])
     result = {
         "bench": NAME, "quick": quick, "machine": info, "goal": {"step_k16_over_k1_max": GOAL},
         "ks": ks, "kmax": max(ks), "scoring": scoring, "full_step": full_step, "ratios": ratios,
@@ -365,7 +383,8 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
     ks, by = result["ks"], result["scoring"]["by_k"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, get in (
-        ("score, Ray (one actor per component)", lambda r: r["ray"]["score_s"]["median"]),
+        ("score, Ray (default: shared worker)", lambda r: r["ray"]["score_s"]["median"]),
+        ("score, Ray, one actor per component", lambda r: r["ray_per_component"]["score_s"]["median"]),
         ("score + advantages, Ray", lambda r: r["ray"]["score_and_advantages_s"]["median"]),
         ("score, in-process threads", lambda r: r["thread"]["score_s"]["median"]),
         ("plugins called serially (the work)", lambda r: r["serial"]["score_s"]["median"]),
@@ -387,21 +406,25 @@ def render(result: dict[str, Any], quick: bool) -> str:
     ks = ", ".join(str(k) for k in result["ks"])
     lines = [header(f"Reward-vector width: K = {ks} components", cmd, result["machine"], quick)]
     lines.append(f"Scoring a batch of {sc['batch_size']} completions, median of {sc['repeats']} calls "
-                 "(seconds). `ray` = the real `RewardGroup` (one Ray actor per component); `thread` = the same "
+                 "(seconds). `ray` = the real `RewardGroup` as configured by default (the rule-based components "
+                 "share one Ray actor and run there one after another); `ray, per component` = one Ray actor per "
+                 "component (each its own `worker`); `thread` = the same "
                  "group in-process (one thread per component); `serial` = the same bound plugins called one after "
                  "another in the driver (the work itself); `worker timers, sum` = each component's own timer "
                  "summed over K (it includes waiting for one of the 2 cores, so it can exceed the call).\n")
     rows = []
     for k in result["ks"]:
-        r, t = by[str(k)]["ray"], by[str(k)]["thread"]
-        rows.append([k, r["score_s"]["median"], r["advantages_s"]["median"], r["score_and_advantages_s"]["median"],
-                     t["score_s"]["median"], by[str(k)]["serial"]["score_s"]["median"], r["plugin_time_sum_s"],
-                     r["start_s"]])
-    lines.append(md_table(["K", "score (ray)", "weighting+advantages", "score+advantages (ray)", "score (thread)",
-                           "score (serial)", "worker timers, sum", "group start (ray)"], rows))
+        r, t, o = by[str(k)]["ray"], by[str(k)]["thread"], by[str(k)]["ray_per_component"]
+        rows.append([k, r["score_s"]["median"], o["score_s"]["median"], r["advantages_s"]["median"],
+                     r["score_and_advantages_s"]["median"], t["score_s"]["median"],
+                     by[str(k)]["serial"]["score_s"]["median"], r["plugin_time_sum_s"], r["start_s"], o["start_s"]])
+    lines.append(md_table(["K", "score (ray)", "score (ray, per component)", "weighting+advantages",
+                           "score+advantages (ray)", "score (thread)", "score (serial)", "worker timers, sum",
+                           "group start (ray)", "group start (per component)"], rows))
     lines.append("")
     lines.append(f"One more component costs {sc['ray_seconds_per_component'] * 1e3:.2f} ms per scoring call with "
-                 f"Ray, {sc['thread_seconds_per_component'] * 1e3:.2f} ms with threads and "
+                 f"Ray (shared worker), {sc['ray_per_component_seconds_per_component'] * 1e3:.2f} ms with one actor "
+                 f"per component, {sc['thread_seconds_per_component'] * 1e3:.2f} ms with threads and "
                  f"{sc['serial_seconds_per_component'] * 1e3:.2f} ms serially (least-squares slope over K).\n")
     if fs is not None:
         lines.append(f"Whole GRPO steps of the tiny recipe (warm-up off), in one process: {fs['pairs']} pairs of "
@@ -418,7 +441,8 @@ def render(result: dict[str, Any], quick: bool) -> str:
         lines.append("")
         idle = fs["idle"]
         bare = fs["idle_bare"]
-        lines.append(f"Idle cost: the {idle['reward_actors']} reward actors used {idle['cores_used']:.3f} cores "
+        lines.append(f"Reward actors: {fs['actors']['1']} for K=1, {fs['actors']['16']} for K=16. "
+                     f"Idle cost: the {idle['reward_actors']} reward actors used {idle['cores_used']:.3f} cores "
                      f"while nobody called them; {bare['actors']} actors of an empty class used "
                      f"{bare['cores_used']:.3f} (3 s samples, /proc CPU time).\n")
     lines.append("## Ratios\n")
@@ -433,20 +457,17 @@ def render(result: dict[str, Any], quick: bool) -> str:
 def verdict(result: dict[str, Any]) -> str:
     ratios, sc = result["ratios"], result["scoring"]
     by, kmax = sc["by_k"], result["kmax"]
-    top = by[str(kmax)]
+    top, low = by[str(kmax)], by[str(min(result["ks"]))]
     adv = [by[str(k)]["ray"]["advantages_s"]["median"] * 1e3 for k in result["ks"]]
     ms = lambda x: f"{x * 1e3:.1f} ms"  # noqa: E731
-    extra = top["ray"]["score_s"]["median"] - by[str(min(result["ks"]))]["ray"]["score_s"]["median"]
     where = (f"Where the time goes at K={kmax}: the plugins' own work, called serially in one process, is "
              f"{ms(top['serial']['score_s']['median'])}; the real group takes {ms(top['ray']['score_s']['median'])} "
-             f"({ratios['ray_over_serial_score_kmax']:.1f}x). One more component adds "
-             f"{ms(sc['ray_seconds_per_component'])} with Ray against {ms(sc['serial_seconds_per_component'])} of "
-             "work, so the cost of width is the per-actor Ray call (one task submission, one reply, one pickled "
-             f"`ScoreOutcome` per component, and {kmax} actor processes taking turns on the cores), as suspected; "
-             f"at K={kmax} Ray costs {ratios['ray_over_thread_score_kmax']:.2f}x the in-process thread group, which "
-             "pays for a thread start per component and the GIL instead. Hosting several cheap (function) components "
-             f"in one actor would remove most of the {ms(extra)} that K={kmax} adds to every scoring call, and "
-             "the idle cost of the actors it saves. "
+             f"with the default shared worker (K=1: {ms(low['ray']['score_s']['median'])}) and "
+             f"{ms(top['ray_per_component']['score_s']['median'])} with one Ray actor per component "
+             f"({ratios['per_component_over_shared_score_kmax']:.2f}x the shared worker). One more component adds "
+             f"{ms(sc['ray_seconds_per_component'])} per call in the shared worker, "
+             f"{ms(sc['ray_per_component_seconds_per_component'])} as an actor of its own, against "
+             f"{ms(sc['serial_seconds_per_component'])} of work. "
              f"Weighting + advantages take {min(adv):.1f}–{max(adv):.1f} ms over K = {result['ks']}.")
     if "step_k16_over_k1" not in ratios:
         return "--quick: no full-step runs, so the 5% goal is not judged here. " + where
@@ -454,28 +475,24 @@ def verdict(result: dict[str, Any]) -> str:
     micro = ratios["microbench_delta_share_of_k1_step"]
     paired = ratios["step_k16_over_k1_pair_median"]
     idle_ratio = ratios["k1_step_with_idle_k16_group_over_without"]
-    idle_share = ratios["idle_reward_actor_cores_share"]
     est = ratios["estimated_step_k16_over_k1"]
     meets = est <= GOAL
     q1, q3 = _quartiles(result["full_step"]["pair_ratios"])
     fs = result["full_step"]
+    extra = fs["actors"]["16"] - fs["actors"]["1"]
     per_actor = ratio(fs["idle"]["cores_used"], fs["idle"]["reward_actors"])
-    per_bare = ratio(fs["idle_bare"]["cores_used"], fs["idle_bare"]["actors"])
     measured = ratios["measured_step_k16_over_k1"]
     head = (f"**{'Meets' if meets else 'Misses'} the goal** (K=16 within 5% of K=1 for the whole step): a run "
-            f"with K=16 components takes an estimated {est:.3f}x the step time of a run with K=1, from two costs "
-            "measured with little noise. Per call, the extra scoring time of K=16 is "
-            f"{share:+.1%} of a K=1 step in the GRPO steps ({micro:+.1%} by the micro-bench). Between calls, the "
-            f"actors are not free: the reward actors used {idle_share:.1%} of the machine's cores while nobody "
-            f"called them ({per_actor * 100:.2f}% of a core each; an actor that does nothing idles at "
-            f"{per_bare * 100:.2f}%: it is Ray's per-process background work, not the plugins), and the estimate "
-            "charges the 15 extra actors' share of the cores to the step, since on 2 cores every phase is "
-            "CPU-bound and idle actors slow generation and training too. Measured directly the two parts are "
-            f"{paired:.3f}x (median over {fs['pairs']} interleaved step pairs with both groups alive, "
-            f"interquartile range {q1:.3f}–{q3:.3f}) and {idle_ratio:.3f}x (K=1 steps, score left out, while the "
-            "16-actor group existed against before it started and after it was killed), "
-            f"{measured:.3f}x together: on this shared 2-core machine single steps vary by more than 5%, so the "
-            "direct figure is the noisier one. On a node with many cores both costs shrink. ")
+            f"with K=16 components takes an estimated {est:.3f}x the step time of a run with K=1. Per call, the "
+            f"extra scoring time of K=16 is {share:+.1%} of a K=1 step in the GRPO steps ({micro:+.1%} by the "
+            f"micro-bench). K=16 runs {extra} reward actor(s) more than K=1 ({fs['actors']['16']} against "
+            f"{fs['actors']['1']}; an idle actor takes {per_actor * 100:.2f}% of a core in Ray's background "
+            "threads), so the estimate charges no idle cost when the components share the default worker. "
+            f"Measured directly: {paired:.3f}x (median over {fs['pairs']} interleaved step pairs with both groups "
+            f"alive, interquartile range {q1:.3f}–{q3:.3f}) and {idle_ratio:.3f}x (K=1 steps, score left out, "
+            f"while the K=16 group existed against before it started and after it was killed), {measured:.3f}x "
+            "together; on this shared 2-core machine single steps vary by more than 5%, so the direct figure is "
+            "the noisier one. ")
     return head + where
 
 

@@ -163,9 +163,9 @@ class RewardComponentConfig(Strict):
     on_error: Literal["fail", "nan", "zero"] = "fail"
     worker: Optional[str] = Field(
         None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
-        description="the reward worker (one Ray actor) hosting this component; components naming the same worker "
-        "share it and run in its threads. Default: plugins with a setup() (reward models, LLM judges) get one "
-        "each, the rest share the worker 'functions'")
+        description="the reward worker (one Ray actor) hosting this component; components naming the same "
+        "worker share it and run one after another in it. Default: plugins with a setup() (reward models, LLM "
+        "judges) get one each, the rest share the worker 'functions'")
     transform: Literal["none", "clip", "delta"] = Field(
         "none", description="process components: step-reward transform against step hacking (clip: min(r - "
         "clip_threshold, 0); delta: r_s - r_{s+1}, last step kept)")

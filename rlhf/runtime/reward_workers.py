@@ -5,7 +5,8 @@ scorers once (``setup()`` of class plugins runs there). A component's ``worker``
 components naming the same one share it. By default every plugin with a ``setup()`` (reward models, LLM judges,
 remote services) gets a worker of its own, and the others (rule-based functions and classes) share the worker
 ``functions``: one process and one Ray call per step instead of one per component. A worker hosting several
-components runs them in parallel threads, each bounded by its own ``timeout_s``. Without Ray (``use_ray=False``)
+components runs them one after another (cheap work: no thread hand-offs), each bounded by its own ``timeout_s``;
+give slow components a worker of their own to run them in parallel. Without Ray (``use_ray=False``)
 every component runs in-process, in its own thread: for unit tests and debugging.
 
 Each component has its own ``timeout_s``. A timed-out Ray worker is killed (a running actor task cannot be
@@ -29,8 +30,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -106,14 +105,17 @@ class RewardWorker:
 
 
 class PooledRewardWorker:
-    """Hosts the scorers of the components that share one reward worker. Each call runs the asked components in
-    daemon threads, each bounded by its own timeout; a timed-out call keeps its thread and that component fails fast
-    until the call returns (the Ray group kills the whole worker instead). Wrapped by ``ray.remote`` for a shared
-    Ray worker; the in-process group is one of these over all components."""
+    """Hosts the scorers of several components. ``parallel=False`` (a shared Ray worker: cheap rule-based plugins)
+    runs the asked components one after another in one daemon thread: one thread hand-off per call, whatever their
+    number. ``parallel=True`` (the in-process group) gives each component its own thread. Either way each component
+    is bounded by its own ``timeout_s`` from the moment it starts; the components after a timed-out one go on in a
+    new thread. A timed-out call keeps its thread and that component fails fast until the call returns (the Ray
+    group kills the whole worker instead)."""
 
-    def __init__(self, specs: Sequence[WorkerSpec], plugins: Sequence[PluginInfo]) -> None:
+    def __init__(self, specs: Sequence[WorkerSpec], plugins: Sequence[PluginInfo], parallel: bool = False) -> None:
         self._workers = [RewardWorker(spec, plugin) for spec, plugin in zip(specs, plugins)]
-        self._stuck: dict[int, Future] = {}  # calls that timed out and may still be running
+        self.parallel = parallel
+        self._stuck: dict[int, _Chain] = {}  # chains whose call timed out and may still be running
 
     def ready(self) -> list[str | None]:
         """Per member: None when its scorer is built, else why building it failed."""
@@ -122,24 +124,75 @@ class PooledRewardWorker:
     def score_many(self, payload: tuple, timeouts: Sequence[float], only: Sequence[int] | None = None
                    ) -> list[ScoreOutcome | None]:
         """Outcomes of the members in ``only`` (default all; None for the others). timeouts: one per member."""
-        asked = range(len(self._workers)) if only is None else only
         outcomes: list[ScoreOutcome | None] = [None] * len(self._workers)
-        futures: dict[int, Future] = {}
-        for j in asked:
-            if j in self._stuck and not self._stuck[j].done():
+        runnable = []
+        for j in range(len(self._workers)) if only is None else only:
+            if j in self._stuck and not self._stuck[j].finished.is_set():
                 outcomes[j] = ScoreOutcome(error="is still running a call that timed out earlier")
                 continue
             self._stuck.pop(j, None)
-            worker = self._workers[j]
-            futures[j] = _in_daemon_thread(worker.score, payload, name=f"reward-{worker.component_name}")
-        start = time.monotonic()
-        for j, future in futures.items():
-            try:
-                outcomes[j] = future.result(timeout=max(0.0, start + timeouts[j] - time.monotonic()))
-            except FutureTimeout:
-                self._stuck[j] = future
-                outcomes[j] = _timeout_outcome(timeouts[j])
+            runnable.append(j)
+        groups = [[j] for j in runnable] if self.parallel else [runnable] if runnable else []
+        active = [_Chain(self._workers, members, payload) for members in groups]
+        while active:
+            chain = active.pop(0)
+            late = chain.wait(timeouts)
+            for j, outcome in chain.results.items():
+                outcomes[j] = outcome
+            if late is not None:
+                outcomes[late] = _timeout_outcome(timeouts[late])
+                self._stuck[late] = chain
+                rest = [j for j in chain.members if j not in chain.results and j != late]
+                if rest:
+                    active.append(_Chain(self._workers, rest, payload))
         return outcomes
+
+
+class _Chain:
+    """Scores ``members`` one after another in a daemon thread (a hung plugin must not block interpreter exit);
+    ``wait`` returns when they are done or the running one outlives its timeout."""
+
+    def __init__(self, workers: Sequence[RewardWorker], members: list[int], payload: tuple) -> None:
+        self.members = members
+        self.results: dict[int, ScoreOutcome] = {}
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._current: int | None = None
+        self._started = 0.0
+        self._abandoned = False
+        name = "reward-" + "+".join(workers[j].component_name for j in members)
+        threading.Thread(target=self._run, args=(workers, payload), name=name[:60], daemon=True).start()
+
+    def _run(self, workers: Sequence[RewardWorker], payload: tuple) -> None:
+        try:
+            for j in self.members:
+                with self._lock:
+                    if self._abandoned:
+                        return
+                    self._current, self._started = j, time.monotonic()
+                try:
+                    outcome = workers[j].score(payload)
+                except BaseException as exc:  # not a plugin error (those come back as outcomes): report it
+                    outcome = ScoreOutcome(error=f"failed in the reward worker: {type(exc).__name__}: {exc}")
+                with self._lock:
+                    if self._abandoned:  # this call was reported as timed out; its late result is dropped
+                        return
+                    self.results[j] = outcome
+        finally:
+            self.finished.set()
+
+    def wait(self, timeouts: Sequence[float]) -> int | None:
+        """None when every member is done; else the member that outran its timeout (the chain stops after it)."""
+        while True:
+            with self._lock:
+                j, started = self._current, self._started
+            left = 0.05 if j is None else max(0.0, started + float(timeouts[j]) - time.monotonic())
+            if self.finished.wait(left):
+                return None
+            with self._lock:
+                if j is not None and self._current == j and time.monotonic() >= self._started + float(timeouts[j]):
+                    self._abandoned = True
+                    return j
 
 
 _REMOTE_CLS: dict[str, Any] = {}
@@ -173,7 +226,7 @@ class _ThreadBackend:
 
     def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo]) -> None:
         specs = [WorkerSpec.of(c, p) for c, p in zip(components, plugins)]
-        self._pool: PooledRewardWorker | None = PooledRewardWorker(specs, plugins)
+        self._pool: PooledRewardWorker | None = PooledRewardWorker(specs, plugins, parallel=True)
         for component, problem in zip(components, self._pool.ready()):
             _raise_setup_error(component, problem)
 
@@ -183,20 +236,6 @@ class _ThreadBackend:
 
     def shutdown(self) -> None:
         self._pool = None
-
-
-def _in_daemon_thread(fn: Callable, *args: Any, name: str) -> Future:
-    """Run fn(*args) in a daemon thread (a hung plugin must not block interpreter exit)."""
-    future: Future = Future()
-
-    def target() -> None:
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # handed to the caller through future.result()
-            future.set_exception(exc)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future
 
 
 class _RayBackend:

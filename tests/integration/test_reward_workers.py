@@ -123,6 +123,55 @@ def test_named_workers_group_components_a_class_plugin_included(ray_workers):
         group.shutdown()
 
 
+def test_shared_worker_runs_members_in_turn_and_a_hung_one_times_out_alone(ray_workers):
+    components = [
+        comp("len", "testplug_length"),
+        comp("hang", f"{MOD}:sleepy", args={"seconds": 30}, timeout_s=0.5, on_error="nan"),
+        comp("nap", f"{MOD}:sleepy", args={"seconds": 0.3}),
+        comp("short", "testplug_is_short"),
+    ]
+    group = RewardGroup(components, use_ray=True)
+    try:
+        assert group._backend.workers == ["functions"]
+        start = time.monotonic()
+        vector, metrics = group.score(PROMPTS, COMPLETIONS)
+        elapsed = time.monotonic() - start
+        # in turn: len, hang (0.5 s timeout), then nap and short go on in a new thread
+        assert 0.8 <= elapsed < 5.0, elapsed
+        assert torch.isnan(vector.component("hang")).all() and metrics["reward/hang/failures"] == 4.0
+        assert vector.component("nap").tolist() == [1.0] * 4
+        assert vector.component("len").tolist() == [2.0, 3.0, 11.0, 1.0]
+        assert vector.component("short").tolist() == [1.0, 1.0, 0.0, 1.0]
+        assert group._backend._actors[0] is None  # killed with its hung thread; restarted on the next call
+        vector, _ = group.score(PROMPTS[:2], COMPLETIONS[:2])
+        assert vector.component("len").tolist() == [2.0, 3.0] and torch.isnan(vector.component("hang")).all()
+    finally:
+        group.shutdown()
+
+
+def test_pooled_worker_in_turn_by_hand():
+    """The chain without Ray: each member's timeout counts from its own start; a late result is dropped."""
+    from rlhf.runtime.reward_workers import PooledRewardWorker, WorkerSpec
+
+    comps = [comp("a", f"{MOD}:sleepy", args={"seconds": 0.2}), comp("b", f"{MOD}:sleepy", args={"seconds": 0.6}),
+             comp("c", f"{MOD}:sleepy", args={"seconds": 0.2})]
+    from rewards.api import check_component
+
+    plugins = [check_component(c) for c in comps]
+    pool = PooledRewardWorker([WorkerSpec.of(c, p) for c, p in zip(comps, plugins)], plugins)
+    payload = (PROMPTS, COMPLETIONS, {})
+    start = time.monotonic()
+    out = pool.score_many(payload, [0.3, 0.3, 0.3])  # every member alone fits 0.3 s except b
+    elapsed = time.monotonic() - start
+    assert out[0].values == [1.0] * 4 and out[2].values == [1.0] * 4
+    assert out[1].timed_out and out[1].values is None
+    assert 0.65 <= elapsed < 2.0, elapsed  # 0.2 + 0.3 (b's timeout) + 0.2: in turn, not in parallel
+    again = pool.score_many(payload, [0.3, 0.3, 0.3], only=[1])
+    assert again[1].error == "is still running a call that timed out earlier" and again[0] is None
+    time.sleep(0.5)  # b's late call returns and is dropped; b runs again
+    assert pool.score_many(payload, [5.0, 5.0, 5.0], only=[1])[1].values == [1.0] * 4
+
+
 def test_worker_name_is_checked_in_the_recipe():
     from pydantic import ValidationError
 
@@ -131,10 +180,10 @@ def test_worker_name_is_checked_in_the_recipe():
 
 
 def test_parallel_timeout_with_on_error_nan_counts_failures_and_recovers(use_ray):
-    components = [
+    components = [  # slow components in workers of their own run in parallel (in-process: always)
         comp("len", "testplug_length"),
-        comp("slow", f"{MOD}:sleepy", args={"seconds": 3}, timeout_s=0.8, on_error="nan"),
-        comp("wait", f"{MOD}:sleepy", args={"seconds": 0.8}),
+        comp("slow", f"{MOD}:sleepy", args={"seconds": 3}, timeout_s=0.8, on_error="nan", worker="slow"),
+        comp("wait", f"{MOD}:sleepy", args={"seconds": 0.8}, worker="wait"),
     ]
     group = RewardGroup(components, use_ray=use_ray)
     try:
