@@ -15,12 +15,14 @@ import pytest  # noqa: E402
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    skip_extended = pytest.mark.skip(reason="extended suite (keeps the default run near 15 min): RLHF_SLOW_TESTS=1")
+    extended = os.environ.get("RLHF_SLOW_TESTS") == "1"
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "extended" in item.keywords and not extended:
+            item.add_marker(skip_extended)
 
 
 @pytest.fixture(scope="session")

@@ -42,8 +42,11 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
                              reason="~1 min (the default suite's time budget); RLHF_SLOW_TESTS=1 runs it")
 
 
-@pytest.mark.parametrize("name", [pytest.param("reward_width", marks=SLOWISH), "weight_sync", "step_phases",
-                                  "rollout_engines", pytest.param("grpo_vs_trl", marks=SLOWISH),
+# weight_sync: the sync itself is tested in test_train_sync / test_vllm_engine; rollout_engines: the engines in
+# test_hf_engine / test_vllm_engine
+@pytest.mark.parametrize("name", [pytest.param("reward_width", marks=SLOWISH), pytest.param("weight_sync",
+                                  marks=SLOWISH), "step_phases", pytest.param("rollout_engines", marks=SLOWISH),
+                                  pytest.param("grpo_vs_trl", marks=SLOWISH),
                                   pytest.param("scaling", marks=SLOW)])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib

@@ -30,7 +30,8 @@ def _recipe(out: Path, objective: dict, train: dict):
 @pytest.mark.parametrize(
     "objective, train",
     [({"loss_type": "sigmoid", "beta": 0.1}, {"backend": "deepspeed", "zero_stage": 2, "num_ranks": 2}),
-     ({"loss_type": "ipo", "beta": 0.5}, {"backend": "torch", "num_ranks": 1})],
+     pytest.param({"loss_type": "ipo", "beta": 0.5}, {"backend": "torch", "num_ranks": 1},
+                  marks=pytest.mark.extended)],  # the IPO loss itself: tests/unit/test_dpo_loss.py (vs TRL)
     ids=["dpo-zero2", "ipo-torch"],
 )
 def test_dpo_trains(ray_session, tmp_path, objective, train):

@@ -24,7 +24,9 @@ TINY = ["run.steps=2", "warmup.steps=0", "eval.max_samples=4", "train.backend=to
         "data.synthetic.n_train=32", "data.synthetic.n_eval=4", "model.tiny.hidden_size=32",
         "model.tiny.intermediate_size=64", "model.tiny.num_layers=1", "ray.num_cpus=2"]  # the smallest run end to end
 
-pytestmark = pytest.mark.slow
+# a Ray head of its own with the job server (~1 min); the launcher's script, env and address handling are unit
+# tested in tests/unit/test_launch_targets.py
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def free_ports(n: int) -> list[int]:

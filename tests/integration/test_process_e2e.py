@@ -88,6 +88,7 @@ def test_grpo_with_a_trained_prm_and_a_step_checker(prm_run, tmp_path):
     assert "prm" in summary["eval_after"]
 
 
+@pytest.mark.extended  # the bonus and the dense rewards are unit tested (test_process_rewards.py)
 def test_ppo_with_dense_step_rewards_and_mrt_progress(ray_session, tmp_path):
     from rlhf.runtime.controller import run
 
