@@ -19,6 +19,25 @@ def _recipe(tmp_path) -> Recipe:
     })
 
 
+def _kill(actor, probe: str = "info") -> None:
+    """Kill an actor and wait until it is gone (ray.kill is asynchronous: a call right after it may still run)."""
+    import time
+
+    import ray
+
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(getattr(actor, probe).remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    raise AssertionError("the killed actor still answers after 30 s")
+
+
 def test_killed_engine_is_restarted_with_the_synced_weights(ray_session, arithmetic_model_dir, tmp_path):
     import ray
 
@@ -40,13 +59,13 @@ def test_killed_engine_is_restarted_with_the_synced_weights(ray_session, arithme
         settings = SamplingSettings(n=2, max_new_tokens=5, seed=7)
         before = engines.generate(prompts, settings)
 
-        ray.kill(engines.actors[1], no_restart=True)  # as if its process died (OOM, segfault, node loss)
+        _kill(engines.actors[1])  # as if its process died (OOM, segfault, node loss)
         after = engines.generate(prompts, settings)
         assert engines.restarts == 1
         assert engines.fingerprints()[1] == payload.fingerprint, "the new engine holds the synced weights"
         assert torch.equal(before.completion_ids, after.completion_ids), "same weights, same seed, same samples"
 
-        ray.kill(engines.actors[0], no_restart=True)
+        _kill(engines.actors[0])
         assert engines.sync(payload) == [(3, payload.fingerprint)] * 2  # a sync also survives a dead engine
         assert engines.restarts == 2
     finally:
@@ -63,7 +82,7 @@ def test_killed_reward_worker_is_restarted_and_the_batch_scored(ray_session):
     try:
         args = (["1+1=", "2+2="], ["2", "5"], {"answer": ["2", "4"], "num_tokens": [1, 3], "finished": [True, True]})
         rv, metrics = group.score(*args)
-        ray.kill(group._backend._actors[0], no_restart=True)
+        _kill(group._backend._actors[0], probe="ready")
         rv2, metrics2 = group.score(*args)
         assert torch.equal(rv.values, rv2.values)
         assert metrics["events/reward_worker_restarts"] == 0 and metrics2["events/reward_worker_restarts"] == 1
