@@ -82,6 +82,22 @@ def raises(prompts, completions):
     raise ZeroDivisionError("boom from plugin")
 
 
+def on_main_thread(prompts, completions):
+    """1.0 when called on the process's main thread (where signal-based timeouts work), else 0.0."""
+    import threading
+
+    return [float(threading.current_thread() is threading.main_thread())] * len(completions)
+
+
+def swallows_everything(prompts, completions, *, seconds=30.0):
+    """A plugin whose broad `except Exception` must not swallow the reward worker's timeout."""
+    try:
+        time.sleep(seconds)
+    except Exception:
+        pass
+    return [1.0] * len(completions)
+
+
 def sleepy(prompts, completions, *, seconds=5.0):
     """Sleeps `seconds`, then returns 1.0 for every sample."""
     time.sleep(seconds)

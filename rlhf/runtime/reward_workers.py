@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import math
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are built: the actor proces
 RUNTIME_COLUMNS = ("finished", "num_tokens")  # columns the runtime adds to every batch
 MAX_RESTARTS_PER_CALL = 2  # a worker that dies mid-call is restarted and asked again this many times at most
 SHARED_WORKER = "functions"  # the default worker of plain-function plugins
-POOL_GRACE_S = 10.0  # a shared worker answers within its members' longest timeout plus this, or is killed
+POOL_GRACE_S = 10.0  # a shared worker answers within the sum of its members' timeouts plus this, or is killed
 _DIED = "its reward worker died"
 
 
@@ -105,12 +106,16 @@ class RewardWorker:
 
 
 class PooledRewardWorker:
-    """Hosts the scorers of several components. ``parallel=False`` (a shared Ray worker: cheap rule-based plugins)
-    runs the asked components one after another in one daemon thread: one thread hand-off per call, whatever their
-    number. ``parallel=True`` (the in-process group) gives each component its own thread. Either way each component
-    is bounded by its own ``timeout_s`` from the moment it starts; the components after a timed-out one go on in a
-    new thread. A timed-out call keeps its thread and that component fails fast until the call returns (the Ray
-    group kills the whole worker instead)."""
+    """Hosts the scorers of several components, each bounded by its own ``timeout_s`` from the moment it starts.
+
+    ``parallel=False`` (a shared Ray worker: cheap rule-based plugins) runs the asked components one after another.
+    In a Ray actor the call arrives on the process's main thread and the components run right there, so plugins
+    that bound their own work with ``signal.alarm`` (``math_answer``) keep doing so; a watchdog thread interrupts a
+    component that outlives its timeout (SIGUSR1 to the main thread, raised there as ``ComponentTimeout`` between
+    two Python bytecodes) and the next one starts. Elsewhere (a thread) they run in one daemon thread, and after a
+    timeout the rest go on in a new one. ``parallel=True`` (the in-process group) gives each component its own
+    thread. A timed-out call in a thread keeps running and that component fails fast until it returns; the Ray
+    group kills a worker after any timeout and starts it again on the next call."""
 
     def __init__(self, specs: Sequence[WorkerSpec], plugins: Sequence[PluginInfo], parallel: bool = False) -> None:
         self._workers = [RewardWorker(spec, plugin) for spec, plugin in zip(specs, plugins)]
@@ -132,6 +137,10 @@ class PooledRewardWorker:
                 continue
             self._stuck.pop(j, None)
             runnable.append(j)
+        if not self.parallel and threading.current_thread() is threading.main_thread():
+            for j in runnable:
+                outcomes[j] = _score_on_main_thread(self._workers[j], payload, float(timeouts[j]))
+            return outcomes
         groups = [[j] for j in runnable] if self.parallel else [runnable] if runnable else []
         active = [_Chain(self._workers, members, payload) for members in groups]
         while active:
@@ -146,6 +155,47 @@ class PooledRewardWorker:
                 if rest:
                     active.append(_Chain(self._workers, rest, payload))
         return outcomes
+
+
+class ComponentTimeout(BaseException):
+    """Raised on the main thread inside a component that outlived its timeout (a BaseException, so that a plugin's
+    ``except Exception`` does not swallow it)."""
+
+
+def _score_on_main_thread(worker: RewardWorker, payload: tuple, timeout_s: float) -> ScoreOutcome:
+    """worker.score(payload) on this (the main) thread, interrupted after timeout_s by a watchdog thread."""
+    main = threading.main_thread().ident
+    state = {"running": True}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if state["running"]:
+            raise ComponentTimeout
+
+    def fire() -> None:
+        if state["running"]:
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    watchdog = threading.Timer(timeout_s, fire)
+    watchdog.daemon = True
+    start = time.perf_counter()
+    try:
+        watchdog.start()
+        try:
+            outcome = worker.score(payload)
+        except ComponentTimeout:
+            return _timeout_outcome(timeout_s)
+        except Exception as exc:  # not a plugin error (those come back as outcomes): report it
+            outcome = ScoreOutcome(error=f"failed in the reward worker: {type(exc).__name__}: {exc}",
+                                   elapsed_s=time.perf_counter() - start)
+        state["running"] = False
+        return outcome
+    except ComponentTimeout:  # fired between the call's return and the line above: at the deadline, report it
+        return _timeout_outcome(timeout_s)
+    finally:
+        state["running"] = False
+        watchdog.cancel()
+        signal.signal(signal.SIGUSR1, previous)
 
 
 class _Chain:
@@ -339,9 +389,11 @@ class _RayBackend:
 
     def _limit(self, w: int, wanted: list[int], timeouts: Sequence[float]) -> float:
         """Seconds to wait for worker w: its component's timeout; a shared worker enforces its members' timeouts
-        itself, so it gets the longest of them plus a grace period (past that it is hung as a whole)."""
-        longest = max(float(timeouts[j]) for j in wanted)
-        return longest if len(self._members[w]) == 1 else longest + POOL_GRACE_S
+        itself and runs them in turn, so it gets their sum plus a grace period (past that it is hung as a whole,
+        e.g. in C code that holds the GIL)."""
+        if len(self._members[w]) == 1:
+            return float(timeouts[wanted[0]])
+        return sum(float(timeouts[j]) for j in wanted) + POOL_GRACE_S
 
     def _collect(self, w: int, ref: Any, wanted: list[int]) -> dict[int, ScoreOutcome]:
         import ray
@@ -360,7 +412,15 @@ class _RayBackend:
     def _abandon(self, w: int, wanted: list[int], timeouts: Sequence[float]) -> dict[int, ScoreOutcome]:
         # ray.cancel cannot interrupt a task running in a regular actor: killing the actor is what stops it.
         self._kill(w)
-        return {j: _timeout_outcome(float(timeouts[j])) for j in wanted}
+        if len(self._members[w]) == 1:
+            return {j: _timeout_outcome(float(timeouts[j])) for j in wanted}
+        limit = self._limit(w, wanted, timeouts)
+        others = [self._components[j].name for j in self._members[w]]
+        message = (f"timed out: its shared reward worker {self.workers[w]!r} (components {others}) did not answer "
+                   f"within {limit:g}s, the sum of their timeouts plus {POOL_GRACE_S:g}s: one of them hung where it "
+                   "cannot be interrupted (C code); give each slow component a worker of its own (worker: NAME) "
+                   "to find which")
+        return {j: ScoreOutcome(error=message, elapsed_s=limit, timed_out=True) for j in wanted}
 
     def _kill(self, w: int) -> None:
         import ray

@@ -149,27 +149,71 @@ def test_shared_worker_runs_members_in_turn_and_a_hung_one_times_out_alone(ray_w
         group.shutdown()
 
 
-def test_pooled_worker_in_turn_by_hand():
-    """The chain without Ray: each member's timeout counts from its own start; a late result is dropped."""
+def test_shared_worker_runs_plugins_on_the_main_thread_and_interrupts_them(ray_workers):
+    """Plugins that bound their work with signal.alarm (math_answer) need the main thread; a hung one is
+    interrupted there, even through a broad `except Exception`."""
+    components = [comp("main", f"{MOD}:on_main_thread"),
+                  comp("stuck", f"{MOD}:swallows_everything", timeout_s=0.5, on_error="nan"),
+                  comp("len", "testplug_length")]
+    group = RewardGroup(components, use_ray=True)
+    try:
+        assert group._backend.workers == ["functions"]
+        start = time.monotonic()
+        vector, _ = group.score(PROMPTS, COMPLETIONS)
+        assert time.monotonic() - start < 5.0
+        assert vector.component("main").tolist() == [1.0] * 4
+        assert torch.isnan(vector.component("stuck")).all()
+        assert vector.component("len").tolist() == [2.0, 3.0, 11.0, 1.0]
+    finally:
+        group.shutdown()
+
+
+def _pool(*comps):
+    from rewards.api import check_component
     from rlhf.runtime.reward_workers import PooledRewardWorker, WorkerSpec
 
-    comps = [comp("a", f"{MOD}:sleepy", args={"seconds": 0.2}), comp("b", f"{MOD}:sleepy", args={"seconds": 0.6}),
-             comp("c", f"{MOD}:sleepy", args={"seconds": 0.2})]
-    from rewards.api import check_component
-
     plugins = [check_component(c) for c in comps]
-    pool = PooledRewardWorker([WorkerSpec.of(c, p) for c, p in zip(comps, plugins)], plugins)
-    payload = (PROMPTS, COMPLETIONS, {})
+    return PooledRewardWorker([WorkerSpec.of(c, p) for c, p in zip(comps, plugins)], plugins)
+
+
+def _off_main_thread(fn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+SLEEPERS = (comp("a", f"{MOD}:sleepy", args={"seconds": 0.2}), comp("b", f"{MOD}:sleepy", args={"seconds": 0.6}),
+            comp("c", f"{MOD}:sleepy", args={"seconds": 0.2}))
+
+
+def test_pooled_worker_in_turn_on_the_main_thread():
+    """Each member's timeout counts from its own start; the late one is interrupted and the next one starts."""
+    pool = _pool(*SLEEPERS)
     start = time.monotonic()
-    out = pool.score_many(payload, [0.3, 0.3, 0.3])  # every member alone fits 0.3 s except b
+    out = pool.score_many((PROMPTS, COMPLETIONS, {}), [0.3, 0.3, 0.3])  # every member fits 0.3 s except b
     elapsed = time.monotonic() - start
     assert out[0].values == [1.0] * 4 and out[2].values == [1.0] * 4
     assert out[1].timed_out and out[1].values is None
     assert 0.65 <= elapsed < 2.0, elapsed  # 0.2 + 0.3 (b's timeout) + 0.2: in turn, not in parallel
-    again = pool.score_many(payload, [0.3, 0.3, 0.3], only=[1])
+    assert pool.score_many((PROMPTS, COMPLETIONS, {}), [5.0] * 3, only=[1])[1].values == [1.0] * 4  # b again
+
+
+def test_pooled_worker_in_turn_off_the_main_thread():
+    """In a thread: the same timing; the late call keeps its thread, is reported once more as still running,
+    and its late result is dropped."""
+    pool = _pool(*SLEEPERS)
+    payload = (PROMPTS, COMPLETIONS, {})
+    start = time.monotonic()
+    out = _off_main_thread(lambda: pool.score_many(payload, [0.3, 0.3, 0.3]))
+    elapsed = time.monotonic() - start
+    assert out[0].values == [1.0] * 4 and out[2].values == [1.0] * 4
+    assert out[1].timed_out and out[1].values is None
+    assert 0.65 <= elapsed < 2.0, elapsed
+    again = _off_main_thread(lambda: pool.score_many(payload, [0.3, 0.3, 0.3], only=[1]))
     assert again[1].error == "is still running a call that timed out earlier" and again[0] is None
     time.sleep(0.5)  # b's late call returns and is dropped; b runs again
-    assert pool.score_many(payload, [5.0, 5.0, 5.0], only=[1])[1].values == [1.0] * 4
+    assert _off_main_thread(lambda: pool.score_many(payload, [5.0] * 3, only=[1]))[1].values == [1.0] * 4
 
 
 def test_worker_name_is_checked_in_the_recipe():
