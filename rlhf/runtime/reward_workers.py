@@ -162,25 +162,64 @@ class ComponentTimeout(BaseException):
     ``except Exception`` does not swallow it)."""
 
 
+class _Watchdog:
+    """One daemon thread per process: when the armed deadline passes it sends SIGUSR1 to the main thread, whose
+    handler (installed by ``_score_on_main_thread``) raises ``ComponentTimeout`` if that deadline is still armed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._tokens = 0
+        self.armed = 0  # token of the component being timed; 0: none
+        self.fired = 0  # token whose deadline passed
+        threading.Thread(target=self._loop, name="reward-watchdog", daemon=True).start()
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            self._tokens += 1
+            self.armed, self._deadline = self._tokens, time.monotonic() + seconds
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self.armed, self._deadline = 0, None
+
+    def expired(self) -> bool:
+        return self.armed != 0 and self.fired == self.armed
+
+    def _loop(self) -> None:
+        main = threading.main_thread().ident
+        with self._cond:
+            while True:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self.fired, self._deadline = self.armed, None
+                signal.pthread_kill(main, signal.SIGUSR1)
+
+
+_WATCHDOG: _Watchdog | None = None
+
+
 def _score_on_main_thread(worker: RewardWorker, payload: tuple, timeout_s: float) -> ScoreOutcome:
-    """worker.score(payload) on this (the main) thread, interrupted after timeout_s by a watchdog thread."""
-    main = threading.main_thread().ident
-    state = {"running": True}
+    """worker.score(payload) on this (the main) thread, interrupted after timeout_s by the process's watchdog."""
+    global _WATCHDOG
+    if _WATCHDOG is None:
+        _WATCHDOG = _Watchdog()
+    dog = _WATCHDOG
 
     def on_signal(signum: int, frame: Any) -> None:
-        if state["running"]:
+        if dog.expired():
             raise ComponentTimeout
 
-    def fire() -> None:
-        if state["running"]:
-            signal.pthread_kill(main, signal.SIGUSR1)
-
     previous = signal.signal(signal.SIGUSR1, on_signal)
-    watchdog = threading.Timer(timeout_s, fire)
-    watchdog.daemon = True
     start = time.perf_counter()
     try:
-        watchdog.start()
+        dog.arm(timeout_s)
         try:
             outcome = worker.score(payload)
         except ComponentTimeout:
@@ -188,13 +227,12 @@ def _score_on_main_thread(worker: RewardWorker, payload: tuple, timeout_s: float
         except Exception as exc:  # not a plugin error (those come back as outcomes): report it
             outcome = ScoreOutcome(error=f"failed in the reward worker: {type(exc).__name__}: {exc}",
                                    elapsed_s=time.perf_counter() - start)
-        state["running"] = False
+        dog.disarm()
         return outcome
     except ComponentTimeout:  # fired between the call's return and the line above: at the deadline, report it
         return _timeout_outcome(timeout_s)
     finally:
-        state["running"] = False
-        watchdog.cancel()
+        dog.disarm()
         signal.signal(signal.SIGUSR1, previous)
 
 
