@@ -108,7 +108,7 @@ def bench_scoring(ks: Sequence[int], n_prompts: int, group_size: int, repeats: i
                                          ("thread", False, comps)):
             t_start, group = timed(lambda: RewardGroup(layout, use_ray=use_ray))
             try:
-                actors = len(group._backend.workers) if use_ray else 0  # Ray actors hosting the K components
+                actors = len(group.workers)  # Ray actors hosting the K components (0 in-process)
                 plugin_time: list[float] = []
 
                 def score() -> Any:
@@ -268,9 +268,9 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
         for _ in range(solo):
             one_step(1, "1_solo")
         add_group(16)
-        actors = {str(k): len(g._backend.workers) for k, g in groups.items()}  # Ray actors of each group
+        actors = {str(k): len(g.workers) for k, g in groups.items()}  # Ray actors of each group
         one_step(16, None)  # warm-up
-        idle = idle_cores(b"RewardWorker")  # what do 1 + 16 reward actors cost while nobody calls them?
+        idle = idle_cores(b"RewardWorker")  # what do both groups' reward actors cost while nobody calls them?
         for i in range(pairs):
             for k in ((1, 16) if i % 2 == 0 else (16, 1)):
                 one_step(k, str(k))

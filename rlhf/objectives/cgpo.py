@@ -48,6 +48,7 @@ gradient (CRPG + CRRAFT rows), on per-pair tensors (B,) it is the CODPO pair los
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -142,7 +143,7 @@ def codpo_pairs(calibrated: Tensor, satisfied: Tensor, group_ids: Tensor) -> lis
 def codpo_pair_info(pair_tasks: list[str], cfg: "CGPOConfig") -> Tensor:
     """(P, 2) [weight, beta] of each CODPO pair of one step: weight_t * P / P_t and beta_t (default cfg.beta) of its
     task t (see the module docstring). pair_tasks (P,) the task of each pair."""
-    counts = {t: pair_tasks.count(t) for t in set(pair_tasks)}
+    counts = Counter(pair_tasks)
     n = len(pair_tasks)
     rows = []
     for task in pair_tasks:

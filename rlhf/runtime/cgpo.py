@@ -110,12 +110,12 @@ class CGPOStage(OnPolicyStage):
                 rollout_logprobs=rollout.logprobs if _track_mismatch(self.recipe) else None,
             )
             metrics.update(self.trainers.train_rl(exp))
-        usable = len(pairs) - len(pairs) % self.trainers.world_size  # whole pairs on every rank
+        used = pairs[: len(pairs) - len(pairs) % self.trainers.world_size]  # whole pairs on every rank
         if any(t.optimizer == "codpo" for t in self.cfg.tasks.values()):
-            metrics["codpo/pairs"] = float(usable)
-        if usable:
-            pair_batch = _interleaved(rollout, pairs[:usable])
-            pair_tasks = [tasks[int(rollout.group_ids[chosen])] for chosen, _ in pairs[:usable]]
+            metrics["codpo/pairs"] = float(len(used))
+        if used:
+            pair_batch = _interleaved(rollout, used)
+            pair_tasks = [tasks[int(rollout.group_ids[chosen])] for chosen, _ in used]
             pair_batch.pair_info = codpo_pair_info(pair_tasks, self.cfg).repeat_interleave(2, dim=0)  # (2P, 2)
             pair_metrics = self.trainers.train_online_pairs(pair_batch)
             metrics.update({f"codpo/{k}": v for k, v in pair_metrics.items()})

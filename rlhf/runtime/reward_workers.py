@@ -225,8 +225,7 @@ def _score_on_main_thread(worker: RewardWorker, payload: tuple, timeout_s: float
         except ComponentTimeout:
             return _timeout_outcome(timeout_s)
         except Exception as exc:  # not a plugin error (those come back as outcomes): report it
-            outcome = ScoreOutcome(error=f"failed in the reward worker: {type(exc).__name__}: {exc}",
-                                   elapsed_s=time.perf_counter() - start)
+            outcome = _unexpected_failure(exc, time.perf_counter() - start)
         dog.disarm()
         return outcome
     except ComponentTimeout:  # fired between the call's return and the line above: at the deadline, report it
@@ -261,7 +260,7 @@ class _Chain:
                 try:
                     outcome = workers[j].score(payload)
                 except BaseException as exc:  # not a plugin error (those come back as outcomes): report it
-                    outcome = ScoreOutcome(error=f"failed in the reward worker: {type(exc).__name__}: {exc}")
+                    outcome = _unexpected_failure(exc)
                 with self._lock:
                     if self._abandoned:  # this call was reported as timed out; its late result is dropped
                         return
@@ -472,6 +471,11 @@ class _RayBackend:
             self._kill(w)
 
 
+def _unexpected_failure(exc: BaseException, elapsed_s: float = 0.0) -> ScoreOutcome:
+    """The outcome of a scoring call that raised something other than a plugin error."""
+    return ScoreOutcome(error=f"failed in the reward worker: {type(exc).__name__}: {exc}", elapsed_s=elapsed_s)
+
+
 def _timeout_outcome(timeout_s: float) -> ScoreOutcome:
     return ScoreOutcome(
         error=f"timed out after {timeout_s:g}s; raise its timeout_s or set on_error: nan to skip it",
@@ -518,6 +522,11 @@ class RewardGroup:
         self.segmenter = segmenter
         backend = _RayBackend if use_ray else _ThreadBackend
         self._backend: _RayBackend | _ThreadBackend | None = backend(self.components, self.plugins)
+
+    @property
+    def workers(self) -> list[str]:
+        """Names of the reward workers (one Ray actor each) hosting the components; [] in-process."""
+        return list(getattr(self._backend, "workers", []))
 
     def score(
         self,

