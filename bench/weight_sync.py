@@ -5,14 +5,16 @@
 
 What is timed, in one run on one machine:
   1. the real sync: ``TrainGroup.export_weights`` on 2 DeepSpeed ranks (gloo; ZeRO-2, then ZeRO-3) +
-     ``RolloutGroup.sync`` into one hf engine, with the recipe's default bucket size;
+     ``RolloutGroup.sync`` into one hf engine, with the recipe's default bucket size; then the same weights by
+     ``RolloutGroup.sync_broadcast`` (rollout.weight_sync=broadcast: a gloo group, rank 0 -> the engine);
   2. the peers: ``Tensor.copy_`` of a float32 tensor of the same byte count into a preallocated one, and a
      ``bytes`` copy (``bytearray(blob)``) of one packed blob of the same size;
   3. the parts of the sync, by calling the functions of ``rlhf/runtime/weight_sync.py`` directly on the same
      tensors in the driver: copy-out (what the ZeRO gather hands over) + pack (safetensors), the fingerprint,
      ``ray.put`` + ``ray.get`` in another process, unpack + in-place copy into the engine's model.
 
-Figures (ratios): real sync / tensor copy and real sync / bytes copy, per ZeRO stage; each part's share of the sync.
+Figures (ratios): real sync / tensor copy and real sync / bytes copy, per ZeRO stage; broadcast / object store;
+each part's share of the sync.
 """
 
 from __future__ import annotations
@@ -99,13 +101,24 @@ def bench_real_sync(model_dir: str, workdir: str, stages: Sequence[int], repeats
                             export_s.append(t_export)
                             sync_s.append(t_sync)
                             total_s.append(t_export + t_sync)
+                    # rollout.weight_sync=broadcast on the same trainers and engine: rank 0 -> engine over gloo
+                    bcast_s: list[float] = []
+                    for i in range(repeats + 1):  # the first round also opens the group
+                        version += 1
+                        t_b, payload = timed(lambda: engines.sync_broadcast(trainers, version))
+                        if payload.transport != "broadcast":
+                            raise RuntimeError(f"broadcast sync fell back: {engines.last_sync_failure}")
+                        if i:
+                            bcast_s.append(t_b)
+                    engines._close_sync_group(trainers)
                 finally:
                     trainers.shutdown()
-                total = summary(total_s)
+                total, bcast = summary(total_s), summary(bcast_s)
                 out[f"zero{stage}"] = {
                     **info, "group_start_s": start_s, "build_s": build_s,
                     "export_s": summary(export_s), "engine_sync_s": summary(sync_s), "total_s": total,
                     "s_per_gb": total["median"] / (info["num_bytes"] / GB),
+                    "broadcast_s": bcast, "broadcast_s_per_gb": bcast["median"] / (info["num_bytes"] / GB),
                     "bucket_mb": recipe.train.sync_bucket_mb,
                 }
         finally:
@@ -280,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         total = real[f"zero{stage}"]["total_s"]["median"]
         ratios[f"zero{stage}_sync_over_tensor_copy"] = ratio(total, copy_med)
         ratios[f"zero{stage}_sync_over_bytes_copy"] = ratio(total, bytes_med)
+        bcast = real[f"zero{stage}"]["broadcast_s"]["median"]
+        ratios[f"zero{stage}_broadcast_over_tensor_copy"] = ratio(bcast, copy_med)
+        ratios[f"zero{stage}_broadcast_over_object_store"] = ratio(bcast, total)
     if len(stages) > 1:
         ratios["zero3_over_zero2_sync"] = ratio(real["zero3"]["total_s"]["median"], real["zero2"]["total_s"]["median"])
     ref_total = real[f"zero{stages[0]}"]["total_s"]["median"]
@@ -289,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "bench": NAME, "quick": quick, "machine": info, "model": size, "real_sync": real, "peers": peers,
         "parts": parts, "part_shares_of_zero2_sync": shares, "ratios": ratios,
         "s_per_gb": {**{f"zero{s}": real[f"zero{s}"]["s_per_gb"] for s in stages},
+                     **{f"broadcast_zero{s}": real[f"zero{s}"]["broadcast_s_per_gb"] for s in stages},
                      "tensor_copy": copy_med / (num_bytes / GB), "bytes_copy": bytes_med / (num_bytes / GB)},
         "required_ratios": [f"zero{s}_sync_over_{p}_copy" for s in stages for p in ("tensor", "bytes")],
     }
@@ -307,6 +324,8 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
 
     gb = result["parts"]["num_bytes"] / GB
     bars = [(f"sync ZeRO-{k[-1]}", v, "tab:red") for k, v in result["s_per_gb"].items() if k.startswith("zero")]
+    bars += [(f"broadcast ZeRO-{k[-1]}", v, "tab:purple") for k, v in result["s_per_gb"].items()
+             if k.startswith("broadcast")]
     bars += [(f"part: {p}", result["parts"][p]["median"] / gb, "tab:orange") for p in
              ("copy_out", "pack", "fingerprint_trainer", "ray_put", "ray_get_remote", "unpack", "copy_in",
               "fingerprint_engine")]
@@ -335,6 +354,9 @@ def render(result: dict[str, Any], quick: bool) -> str:
     rows = [[f"sync, ZeRO-{k[-1]}", v["export_s"]["median"], v["engine_sync_s"]["median"], v["total_s"]["median"],
              spg[k], ratios[f"{k}_sync_over_tensor_copy"], ratios[f"{k}_sync_over_bytes_copy"]]
             for k, v in real.items()]
+    rows += [[f"broadcast (gloo), ZeRO-{k[-1]}", "", "", v["broadcast_s"]["median"], v["broadcast_s_per_gb"],
+              ratios[f"{k}_broadcast_over_tensor_copy"], ratio(v["broadcast_s"]["median"], peers["bytes_copy_s"]["median"])]
+             for k, v in real.items()]
     rows.append(["`Tensor.copy_` (same bytes)", "", "", peers["tensor_copy_s"]["median"], spg["tensor_copy"], 1.0,
                  ratio(peers["tensor_copy_s"]["median"], peers["bytes_copy_s"]["median"])])
     rows.append(["`bytearray(blob)` (same bytes)", "", "", peers["bytes_copy_s"]["median"], spg["bytes_copy"],
@@ -348,6 +370,10 @@ def render(result: dict[str, Any], quick: bool) -> str:
                      ratio(t, peers["tensor_copy_s"]["median"]), ratio(t, peers["bytes_copy_s"]["median"])])
     lines.append(md_table(["what", "export (trainer)", "sync (engine)", "total", "s/GB", "x tensor copy",
                            "x bytes copy"], rows))
+    lines.append("\nsync = `rollout.weight_sync: object_store` (export + engine load); broadcast = "
+                 "`rollout.weight_sync: broadcast` (rank 0 sends each bucket over a gloo group while the engine "
+                 "receives; the call also checks fingerprints). Broadcast / object store: "
+                 + ", ".join(f"ZeRO-{k[-1]} {ratios[k + '_broadcast_over_object_store']:.2f}" for k in real) + ".\n")
     lines.append("\n## Where the sync time goes\n")
     lines.append("Each part timed in the driver on the same tensors with the functions of "
                  "`rlhf/runtime/weight_sync.py`; shares are of the ZeRO-2 sync's total.\n")

@@ -267,6 +267,13 @@ class RolloutConfig(Strict):
         None, gt=0, description="truncated importance sampling: weight each token's policy-gradient term by "
         "min(p_trainer / p_rollout, tis_cap), correcting the rollout engine's logprob mismatch (vllm)"
     )
+    weight_sync: Literal["auto", "object_store", "broadcast"] = Field(
+        "auto", description="how trained weights reach the engines: object_store (safetensors buckets through "
+        "Ray's object store), broadcast (training rank 0 broadcasts each bucket to every engine worker over a "
+        "process group of their own: NCCL on GPUs, gloo on CPU), auto (broadcast on GPUs, object_store on CPU)"
+    )
+    sync_timeout_s: float = Field(600.0, gt=0, description="broadcast: how long a member of the weight-sync "
+                                  "group waits for the others before the sync fails (and falls back)")
     num_engines: int = Field(1, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     group_size: int = Field(8, ge=1, description="samples per prompt (n)")

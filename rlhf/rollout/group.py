@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
 from rlhf.rollout.base import cat_rollouts
+from rlhf.runtime.placement import has_gpus
 from rlhf.runtime.weight_sync import WeightPayload, check_sync
 from rlhf.types import RolloutBatch, SamplingSettings
 
@@ -53,6 +54,20 @@ class RolloutActor:
     def completion_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         return self.engine.completion_logprobs(input_ids, attention_mask, prompt_len, temperature)
 
+    # rollout.weight_sync=broadcast: the engine's workers are members of the trainer's weight-sync group
+    def sync_ranks(self) -> int:
+        return self.engine.sync_ranks()
+
+    def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                        timeout_s: float) -> int:
+        return self.engine.join_sync_group(host, port, rank, world_size, backend, timeout_s)
+
+    def receive_weights(self, version: int) -> tuple[int, str]:
+        return self.engine.receive_weights(version)
+
+    def leave_sync_group(self) -> None:
+        self.engine.leave_sync_group()
+
     def sleep(self) -> None:
         """Free accelerator memory until the next generate/sync (engines that can: vllm with sleep mode)."""
         if hasattr(self.engine, "sleep"):
@@ -69,7 +84,7 @@ class RolloutGroup:
     def __init__(self, recipe: Recipe, model_dir: str) -> None:
         import ray
 
-        from rlhf.runtime.placement import has_gpus, rollout_options
+        from rlhf.runtime.placement import rollout_options
 
         r = recipe.rollout
         if r.engine == "vllm":
@@ -100,6 +115,12 @@ class RolloutGroup:
         self.max_restarts = MAX_RESTARTS_PER_CALL
         self.restarts = 0  # engines restarted after dying (logged as events/rollout_restarts)
         self._payload: WeightPayload | None = None  # the last weights synced: a restarted engine gets them
+        self.weight_sync = resolve_weight_sync(recipe, has_gpus())
+        self.sync_timeout_s = r.sync_timeout_s
+        self.sync_fallbacks = 0  # broadcast syncs that failed and went through the object store instead
+        self.last_sync_failure: str | None = None
+        self._sync_world = 0  # members of the open weight-sync group (0: not open)
+        self._refetch: Callable[[], WeightPayload] | None = None  # broadcast: object-store export for restarts
 
     def _get(self, refs: Any) -> Any:
         import ray
@@ -162,6 +183,10 @@ class RolloutGroup:
         self.actors[i] = self._start(i)
         self.infos[i] = self._get(self.actors[i].info.remote())
         self.restarts += 1
+        if self._sync_world:  # the new process is not a member of the weight-sync group: reopen it at next sync
+            self._close_sync_group()
+        if self._payload is None and self._refetch is not None:  # broadcast: the weights are not in the store
+            self._payload = self._refetch()
         if self._payload is not None:
             report = self._get(self.actors[i].load_weights.remote(self._payload.buckets, self._payload.version,
                                                                   self._payload.adapter))
@@ -175,6 +200,72 @@ class RolloutGroup:
         reports = [results[i] for i in range(len(self.actors))]
         check_sync(payload, reports)
         return reports
+
+    def sync_broadcast(self, trainers: Any, version: int) -> WeightPayload:
+        """rollout.weight_sync=broadcast: training rank 0 broadcasts every bucket over the weight-sync group
+        while all engines receive, then the fingerprints are checked. If anything fails on the way (an engine
+        died, a member timed out), the group is closed, dead engines are restarted and this sync goes through the
+        object store instead (counted in `sync_fallbacks`); the next sync reopens the group."""
+        import ray
+
+        self._refetch = lambda: trainers.export_weights(version)
+        if not self._sync_world:
+            self._open_sync_group(trainers)
+        refs = {i: a.receive_weights.remote(version) for i, a in enumerate(self.actors)}
+        payload = trainers.export_weights(version, transport="broadcast")
+        reports: dict[int, tuple[int, str]] = {}
+        failures, died = [], []
+        if payload.error:
+            failures.append(f"training rank 0: {payload.error}")
+        for i, ref in refs.items():
+            try:
+                reports[i] = self._get(ref)
+            except ray.exceptions.RayActorError:
+                died.append(i)
+                failures.append(f"engine {i} died")
+            except Exception as e:  # noqa: BLE001 - collected, reported in last_sync_failure, then the fallback
+                failures.append(f"engine {i}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
+        if not failures:
+            check_sync(payload, [reports[i] for i in range(len(self.actors))])
+            self._payload = None  # not in the object store: a restarted engine gets them through `_refetch`
+            return payload
+        self.sync_fallbacks += 1
+        self.last_sync_failure = "; ".join(failures)
+        self._close_sync_group(trainers)
+        self._refetch = None
+        for i in died:
+            self._restart(i)
+        fallback = trainers.export_weights(version)
+        self.sync(fallback)
+        self._refetch = lambda: trainers.export_weights(version)
+        return fallback
+
+    def _open_sync_group(self, trainers: Any) -> None:
+        """Training rank 0 (rank 0) and every engine worker (ranks 1..) meet at rank 0's address."""
+        ranks = self._get([a.sync_ranks.remote() for a in self.actors])
+        host, port = trainers.sync_group_address()
+        world, backend = 1 + sum(ranks), ("nccl" if has_gpus() else "gloo")
+        refs, offset = [trainers.open_sync_group(host, port, world, backend, self.sync_timeout_s)], 1
+        for actor, n in zip(self.actors, ranks):
+            refs.append(actor.join_sync_group.remote(host, port, offset, world, backend, self.sync_timeout_s))
+            offset += n
+        self._get(refs)
+        self._trainers_in_group = trainers
+        self._sync_world = world
+
+    def _close_sync_group(self, trainers: Any = None) -> None:
+        """Every member leaves (engines that died are skipped)."""
+        import ray
+
+        trainers = trainers or getattr(self, "_trainers_in_group", None)
+        self._sync_world = 0
+        if trainers is not None:
+            trainers.close_sync_group()
+        for a in self.actors:
+            try:
+                self._get(a.leave_sync_group.remote())
+            except ray.exceptions.RayActorError:
+                pass  # a dead engine has left the group with its process
 
     def completion_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         return self._get(self.actors[0].completion_logprobs.remote(input_ids, attention_mask, prompt_len, temperature))
@@ -190,6 +281,22 @@ class RolloutGroup:
 
         for a in self.actors:
             ray.kill(a)
+
+
+def resolve_weight_sync(recipe: Recipe, gpus: bool) -> str:
+    """The weight-sync route a run uses: rollout.weight_sync, or for "auto" broadcast (NCCL) on GPUs and the
+    object store on CPU. LoRA with an engine that loads adapters always uses the object store (the adapter is
+    small and the engine wraps its model with it)."""
+    from rlhf.models import lora
+
+    r = recipe.rollout
+    adapters = recipe.model.lora is not None and r.engine in lora.ENGINES_WITH_ADAPTERS
+    if r.weight_sync == "auto":
+        return "broadcast" if gpus and not adapters else "object_store"
+    if r.weight_sync == "broadcast" and adapters:
+        raise ValueError(f"rollout.weight_sync: broadcast sends full weights, but model.lora with engine "
+                         f"{r.engine!r} syncs only the adapter; use weight_sync: object_store (or auto)")
+    return r.weight_sync
 
 
 def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:

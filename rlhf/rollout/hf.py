@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 
 from rlhf.rollout.base import cat_rollouts, eos_ids
-from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_module, load_buckets_into
+from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_module, load_buckets_into, load_named_into
 from rlhf.types import RolloutBatch, SamplingSettings
 
 
@@ -183,6 +183,40 @@ class HFEngine:
             fp, _ = load_buckets_into(self.model, buckets)
         self.weight_version = version
         return version, fp
+
+    def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                        timeout_s: float) -> int:
+        """Join the weight-sync group as receiver `rank` (rollout.weight_sync=broadcast); returns the ranks used."""
+        from rlhf.runtime.weight_broadcast import SyncGroup
+
+        self.leave_sync_group()
+        self._sync_group = SyncGroup(host, port, rank, world_size, backend, timeout_s)
+        return 1
+
+    def sync_ranks(self) -> int:
+        return 1
+
+    def receive_weights(self, version: int) -> tuple[int, str]:
+        """Receive the full model over the weight-sync group, in place; return (version, fingerprint)."""
+        if version < self.weight_version:
+            raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
+        group = getattr(self, "_sync_group", None)
+        if group is None:
+            raise WeightSyncError("weight sync: this engine has not joined the weight-sync group")
+        if getattr(self.model, "_rlhf_lora", None) is not None:
+            raise WeightSyncError("weight sync: this engine holds a LoRA adapter; broadcast sends full weights")
+        try:
+            fp, _ = load_named_into(self.model, group.receive())
+        except BaseException:
+            self.leave_sync_group()  # the sender then fails at once instead of waiting for this reader
+            raise
+        self.weight_version = version
+        return version, fp
+
+    def leave_sync_group(self) -> None:
+        group, self._sync_group = getattr(self, "_sync_group", None), None
+        if group is not None:
+            group.close()
 
     def fingerprint(self) -> str:
         if getattr(self.model, "_rlhf_lora", None) is not None:

@@ -263,6 +263,10 @@ class VLLMEngine:
             reports = self.llm.collective_rpc("rlhf_reload_weights", args=(paths,))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        return self._loaded(reports, version)
+
+    def _loaded(self, reports: list[tuple[str, int]], version: int) -> tuple[int, str]:
+        """Every worker's (fingerprint, count) of a weight update: they must agree."""
         fps = {fp for fp, _count in reports}
         if len(fps) != 1:
             raise WeightSyncError(f"weight sync: vLLM workers disagree on the weights they loaded: {sorted(fps)}")
@@ -270,6 +274,29 @@ class VLLMEngine:
         self._fingerprint = fps.pop()
         self.weight_version = version
         return version, self._fingerprint
+
+    def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                        timeout_s: float) -> int:
+        """Every vLLM worker of this engine joins the weight-sync group, as ranks rank, rank + 1, ...
+        (rollout.weight_sync=broadcast); returns how many ranks it took (the tensor-parallel size)."""
+        ranks = self.llm.collective_rpc("rlhf_join_sync_group", args=(host, port, rank, world_size, backend,
+                                                                      timeout_s))
+        return len(ranks)
+
+    def sync_ranks(self) -> int:
+        """Members this engine adds to the weight-sync group: one per vLLM worker."""
+        return self.cfg.tensor_parallel_size if self.on_gpu else 1
+
+    def receive_weights(self, version: int) -> tuple[int, str]:
+        """Every worker streams the trainer's broadcast into `reload_weights`; return (version, fingerprint)."""
+        if version < self.weight_version:
+            raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
+        self._wake()
+        reports = self.llm.collective_rpc("rlhf_receive_weights")
+        return self._loaded(reports, version)
+
+    def leave_sync_group(self) -> None:
+        self.llm.collective_rpc("rlhf_leave_sync_group")
 
     def fingerprint(self) -> str:
         """Fingerprint of the last weights loaded (from disk at start, then each sync), as the workers saw them."""

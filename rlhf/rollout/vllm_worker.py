@@ -1,7 +1,9 @@
 """Code that runs inside vLLM's worker processes: the in-place weight update and its fingerprint.
 
 vLLM imports this class by name (`worker_extension_cls="rlhf.rollout.vllm_worker.WeightUpdateExtension"`) and
-mixes it into every worker; the engine reaches it with `llm.collective_rpc("rlhf_reload_weights", ...)`.
+mixes it into every worker; the engine reaches it with `llm.collective_rpc("rlhf_reload_weights", ...)` (buckets as
+files) or `rlhf_join_sync_group` / `rlhf_receive_weights` (rollout.weight_sync=broadcast: each worker is a member of
+the trainer's weight-sync group, `rlhf.runtime.weight_broadcast`, and streams the broadcast into the reload).
 
 Why files and `reload_weights`: on CPU vLLM pre-packs linear weights for its kernels, so a model's own
 `load_weights` leaves `.weight` empty; the worker's `reload_weights(weights_iterator=...)` redoes the layer-wise
@@ -27,19 +29,54 @@ class WeightUpdateExtension:
         """Load every tensor of the given safetensors files in place; return (fingerprint, tensors loaded)."""
         from safetensors import safe_open
 
+        def from_files() -> Iterator[tuple[str, torch.Tensor]]:
+            for path in paths:
+                with safe_open(path, framework="pt", device="cpu") as f:
+                    for name in f.keys():
+                        yield name, f.get_tensor(name)
+
+        return self._rlhf_reload(from_files())
+
+    def rlhf_join_sync_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                             timeout_s: float) -> int:
+        """Join the weight-sync group (rollout.weight_sync=broadcast) as receiver rank_offset + this worker's rank
+        within its engine; returns that rank."""
+        from rlhf.runtime.weight_broadcast import SyncGroup
+
+        self.rlhf_leave_sync_group()
+        rank = rank_offset + int(getattr(self, "rank", 0))
+        self._rlhf_sync_group = SyncGroup(host, port, rank, world_size, backend, timeout_s)
+        return rank
+
+    def rlhf_receive_weights(self) -> tuple[str, int]:
+        """Stream the trainer's broadcast straight into `reload_weights`; return (fingerprint, tensors loaded)."""
+        group = getattr(self, "_rlhf_sync_group", None)
+        if group is None:
+            raise RuntimeError("weight sync: this vLLM worker has not joined the weight-sync group")
+        try:
+            return self._rlhf_reload(group.receive())
+        except BaseException:
+            self.rlhf_leave_sync_group()  # the sender then fails at once instead of waiting for this reader
+            raise
+
+    def rlhf_leave_sync_group(self) -> None:
+        group, self._rlhf_sync_group = getattr(self, "_rlhf_sync_group", None), None
+        if group is not None:
+            group.close()
+
+    def _rlhf_reload(self, named: Iterator[tuple[str, torch.Tensor]]) -> tuple[str, int]:
+        """Every tensor is fingerprinted on its way into `reload_weights` (one call: fused layers need all their
+        shards in one reload)."""
         from rlhf.runtime.weight_sync import combine_digests, tensor_digest
 
         digests: dict[str, bytes] = {}
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
-            for path in paths:
-                with safe_open(path, framework="pt", device="cpu") as f:
-                    for name in f.keys():
-                        tensor = f.get_tensor(name)
-                        if name in digests:
-                            raise ValueError(f"weight sync: tensor {name!r} was sent twice")
-                        digests[name] = tensor_digest(name, tensor)
-                        yield name, tensor
+            for name, tensor in named:
+                if name in digests:
+                    raise ValueError(f"weight sync: tensor {name!r} was sent twice")
+                digests[name] = tensor_digest(name, tensor)
+                yield name, tensor
 
         self.reload_weights(weights_iterator=stream())  # type: ignore[attr-defined]
         _retie_lm_head(self.model_runner.get_model())  # type: ignore[attr-defined]

@@ -44,6 +44,8 @@ class WeightPayload:
     num_params: int = 0
     num_bytes: int = 0
     adapter: dict[str, Any] | None = None  # model.lora config when the buckets hold only a LoRA adapter
+    transport: str = "object_store"  # or "broadcast" (no buckets: sent over the sync group) / "cuda_ipc"
+    error: str | None = None  # broadcast: why sending failed on rank 0 (the controller falls back)
 
 
 def tensor_digest(name: str, t: torch.Tensor) -> bytes:
@@ -81,24 +83,30 @@ def unpack_bucket(blob: bytes) -> dict[str, torch.Tensor]:
 
 
 def load_buckets_into(module: nn.Module, blobs: Iterable[bytes]) -> tuple[str, int]:
-    """Copy every tensor of every bucket into `module`'s parameters in place; return (fingerprint, count).
+    """Copy every tensor of every safetensors bucket into `module`'s parameters in place; see `load_named_into`."""
+    return load_named_into(module, (kv for blob in blobs for kv in unpack_bucket(blob).items()))
 
-    Unknown names, shape mismatches and parameters left without an update are errors.
+
+def load_named_into(module: nn.Module, named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, int]:
+    """Copy (name, tensor) pairs into `module`'s parameters in place; return (fingerprint, count).
+
+    Unknown names, shape mismatches, a name sent twice and parameters left without an update are errors.
     """
     params = dict(module.named_parameters())
     seen: set[str] = set()
     with torch.no_grad():
-        for blob in blobs:
-            for name, tensor in unpack_bucket(blob).items():
-                if name not in params:
-                    raise WeightSyncError(f"weight sync: engine has no parameter named {name!r}")
-                p = params[name]
-                if tuple(p.shape) != tuple(tensor.shape):
-                    raise WeightSyncError(
-                        f"weight sync: {name} has shape {tuple(p.shape)} in the engine, {tuple(tensor.shape)} sent"
-                    )
-                p.copy_(tensor.to(p.dtype))
-                seen.add(name)
+        for name, tensor in named:
+            if name not in params:
+                raise WeightSyncError(f"weight sync: engine has no parameter named {name!r}")
+            if name in seen:
+                raise WeightSyncError(f"weight sync: tensor {name!r} was sent twice")
+            p = params[name]
+            if tuple(p.shape) != tuple(tensor.shape):
+                raise WeightSyncError(
+                    f"weight sync: {name} has shape {tuple(p.shape)} in the engine, {tuple(tensor.shape)} sent"
+                )
+            p.copy_(tensor.to(p.device, p.dtype))
+            seen.add(name)
     missing = sorted(set(params) - seen)
     if missing:
         raise WeightSyncError(f"weight sync: {len(missing)} parameters were not sent, e.g. {missing[:3]}")

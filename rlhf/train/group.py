@@ -158,8 +158,19 @@ class TrainGroup:
     def drop_reference(self) -> None:
         self._all(lambda w: w.drop_reference.remote())
 
-    def export_weights(self, version: int) -> Any:
-        return self._all(lambda w: w.export_weights.remote(version))[0]
+    def export_weights(self, version: int, transport: str = "object_store") -> Any:
+        return self._all(lambda w: w.export_weights.remote(version, transport))[0]
+
+    def sync_group_address(self) -> tuple[str, int]:
+        """Rendezvous of the weight-sync group: rank 0's node and a free port there."""
+        return self._get(self.workers[0].address.remote())
+
+    def open_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> Any:
+        """Rank 0 joins the weight-sync group; returns the call's ref (the engines join at the same time)."""
+        return self.workers[0].open_sync_group.remote(host, port, world_size, backend, timeout_s)
+
+    def close_sync_group(self) -> None:
+        self._get(self.workers[0].close_sync_group.remote())
 
     def save_hf(self, out_dir: str) -> None:
         self._all(lambda w: w.save_hf.remote(out_dir))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 from collections import defaultdict
 from typing import Any
@@ -17,12 +16,6 @@ from typing import Any
 import torch
 
 from rlhf.types import ExperienceBatch, SFTBatch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 class TrainWorker:
@@ -41,6 +34,7 @@ class TrainWorker:
         self.hf_model: Any = None
         self.tokenizer: Any = None
         self.lora_base_dir: str | None = None  # model.lora: the base the policy's adapter sits on
+        self._sync_group: Any = None  # rank 0, rollout.weight_sync=broadcast: the weight-sync group (sender)
 
     # ------------------------------------------------------------------ setup
 
@@ -48,7 +42,9 @@ class TrainWorker:
         """Rank 0 picks the rendezvous address of the process group (its node's IP as Ray sees it)."""
         import ray
 
-        return ray.util.get_node_ip_address(), _free_port()
+        from rlhf.runtime.weight_broadcast import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
 
     def init_process_group(self, master_addr: str, master_port: int) -> None:
         os.environ.update(
@@ -452,33 +448,69 @@ class TrainWorker:
 
     # ------------------------------------------------------------------ weights out
 
-    def export_weights(self, version: int) -> Any:
-        """COLLECTIVE. Rank 0 returns a WeightPayload whose buckets are Ray object refs; others return None.
+    def export_weights(self, version: int, transport: str = "object_store") -> Any:
+        """COLLECTIVE. Rank 0 returns a WeightPayload, others None. transport "object_store": its buckets are Ray
+        object refs of safetensors bytes; "broadcast": each bucket goes over the weight-sync group (opened with
+        `open_sync_group`) while the engines receive, and the payload carries only the fingerprint (and `error`
+        if sending failed: the loop still runs to the end so ZeRO-3's collective gathers stay in step).
         With model.lora: only the adapter for engines that load adapters (hf), merged full weights otherwise."""
         import ray
 
         from rlhf.runtime.weight_sync import WeightPayload, combine_digests, pack_bucket, tensor_digest
 
         bucket_bytes = int(self.recipe.train.sync_bucket_mb * 2**20)
-        payload = WeightPayload(version=version, fingerprint="")
+        payload = WeightPayload(version=version, fingerprint="", transport=transport)
         digests: dict[str, bytes] = {}
         if self._lora() is not None:
             buckets = self._lora_buckets(payload, bucket_bytes)
         else:
             buckets = self.backend.full_parameter_buckets(bucket_bytes)
+        group = self._sync_group if transport == "broadcast" and self.rank == 0 else None
+        if transport == "broadcast" and self.rank == 0 and group is None:
+            payload.error = "the weight-sync group is not open on training rank 0"
         for bucket in buckets:
             if self.rank != 0:
                 continue
-            blob = pack_bucket(bucket)
-            payload.buckets.append(ray.put(blob))  # one bucket in memory at a time on this side
-            payload.num_bytes += len(blob)
+            if transport == "broadcast":
+                if group is not None:
+                    try:
+                        payload.num_bytes += group.send(bucket)
+                    except Exception as e:  # noqa: BLE001 - reported in payload.error; the controller falls back
+                        payload.error = f"{type(e).__name__}: {e}"
+                        self.close_sync_group()  # receivers blocked on this bucket fail now, not at the timeout
+                        group = None
+            else:
+                blob = pack_bucket(bucket)
+                payload.buckets.append(ray.put(blob))  # one bucket in memory at a time on this side
+                payload.num_bytes += len(blob)
+                del blob
             payload.num_params += len(bucket)
             digests.update((n, tensor_digest(n, t)) for n, t in bucket)
-            del blob, bucket
+            del bucket
         if self.rank != 0:
             return None
+        if group is not None:
+            try:
+                group.finish()
+            except Exception as e:  # noqa: BLE001 - as above
+                payload.error = f"{type(e).__name__}: {e}"
+                self.close_sync_group()
         payload.fingerprint = combine_digests(digests)
         return payload
+
+    def open_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Rank 0 joins the weight-sync group as its sender (blocks until every engine worker has joined)."""
+        from rlhf.runtime.weight_broadcast import SyncGroup
+
+        if self.rank != 0:
+            raise RuntimeError("open_sync_group: only training rank 0 sends weights")
+        self.close_sync_group()
+        self._sync_group = SyncGroup(host, port, 0, world_size, backend, timeout_s)
+
+    def close_sync_group(self) -> None:
+        group, self._sync_group = self._sync_group, None
+        if group is not None:
+            group.close()
 
     def _lora_buckets(self, payload: Any, bucket_bytes: int) -> Any:
         """COLLECTIVE. Buckets of what a LoRA policy syncs: the adapter tensors under their adapter keys (engines

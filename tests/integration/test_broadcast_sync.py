@@ -1,0 +1,97 @@
+"""rollout.weight_sync=broadcast with real actors: 2 DeepSpeed ZeRO-3 ranks (rank 0 gathers the partitions and
+broadcasts each bucket over gloo) into 2 hf engines. Exact parity after a train step, nothing in the object store,
+and a dead engine: the sync falls back to the object store, the engine restarts with the right weights, and the
+next sync reopens the group."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.config.schema import Recipe
+from rlhf.types import ExperienceBatch, SamplingSettings
+
+
+def _recipe(tmp_path) -> Recipe:
+    return Recipe.model_validate({
+        "run": {"output_dir": str(tmp_path / "out")},
+        "model": {"path": "unused"},
+        "rewards": [{"name": "r", "plugin": "exact_match"}],
+        "rollout": {"num_engines": 2, "prompts_per_step": 4, "group_size": 2, "max_new_tokens": 5,
+                    "weight_sync": "broadcast", "sync_timeout_s": 60},
+        "objective": {"kind": "grpo"},
+        "train": {"backend": "deepspeed", "zero_stage": 3, "num_ranks": 2, "lr": 1e-3, "sync_bucket_mb": 0.05},
+    })
+
+
+def test_broadcast_sync_parity_and_fallback_when_an_engine_dies(ray_session, arithmetic_model_dir, tmp_path):
+    from rlhf.rollout.group import RolloutGroup
+    from rlhf.runtime.onpolicy import sync_weights
+    from rlhf.train.group import TrainGroup
+    from tests.integration.test_dead_actors import _kill
+
+    recipe = _recipe(tmp_path)
+    trainers = TrainGroup(recipe)
+    engines = None
+    try:
+        trainers.build(arithmetic_model_dir, recipe.train.lr)
+        engines = RolloutGroup(recipe, arithmetic_model_dir)
+        assert engines.weight_sync == "broadcast"
+        prompts = ["3+4=", "12-5=", "7+7=", "20-1="]
+        batch = engines.generate(prompts, SamplingSettings(n=2, max_new_tokens=5, seed=1))
+        exp = ExperienceBatch(input_ids=batch.input_ids(), attention_mask=batch.attention_mask(),
+                              completion_mask=batch.completion_mask.float(),
+                              advantages=torch.linspace(-1, 1, batch.batch_size), prompt_len=batch.prompt_ids.shape[1])
+        trainers.train_rl(exp)
+
+        payload = sync_weights(trainers, engines, version=1)
+        assert payload.transport == "broadcast" and payload.buckets == [] and payload.error is None
+        assert payload.num_bytes > 0 and payload.num_params > 0
+        assert engines.fingerprints() == [payload.fingerprint] * 2
+        assert engines.sync_fallbacks == 0
+        trainer_lp = trainers.policy_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
+        engine_lp = engines.completion_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
+        mask = exp.completion_mask.bool()
+        assert torch.allclose(trainer_lp[mask], engine_lp[mask], atol=1e-5, rtol=0)
+
+        # an engine dies between syncs: this sync falls back to the object store and still lands everywhere
+        trainers.train_rl(exp)
+        _kill(engines.actors[1])
+        payload2 = sync_weights(trainers, engines, version=2)
+        assert engines.sync_fallbacks == 1 and "engine 1 died" in engines.last_sync_failure
+        assert payload2.transport == "object_store" and payload2.fingerprint != payload.fingerprint
+        assert engines.fingerprints() == [payload2.fingerprint] * 2 and engines.restarts == 1
+
+        # the group is reopened with the new engine and broadcast works again
+        trainers.train_rl(exp)
+        payload3 = sync_weights(trainers, engines, version=3)
+        assert payload3.transport == "broadcast" and engines.sync_fallbacks == 1
+        assert engines.fingerprints() == [payload3.fingerprint] * 2
+
+        # an engine that dies while generating is restarted with the current weights, fetched from the trainer
+        _kill(engines.actors[0])
+        engines.generate(prompts, SamplingSettings(n=2, max_new_tokens=5, seed=2))
+        assert engines.restarts == 2 and engines.fingerprints() == [payload3.fingerprint] * 2
+        trainers.train_rl(exp)
+        payload4 = sync_weights(trainers, engines, version=4)
+        assert payload4.transport == "broadcast" and engines.fingerprints() == [payload4.fingerprint] * 2
+    finally:
+        trainers.shutdown()
+        if engines is not None:
+            engines.shutdown()
+
+
+def test_broadcast_with_a_lora_adapter_engine_is_refused(tmp_path):
+    from rlhf.rollout.group import resolve_weight_sync
+
+    d = _recipe(tmp_path).model_dump()
+    d["model"]["lora"] = {"r": 4}
+    d["train"]["zero_stage"] = 2
+    recipe = Recipe.model_validate(d)
+    with pytest.raises(ValueError, match="rollout.weight_sync: broadcast sends full weights"):
+        resolve_weight_sync(recipe, gpus=False)
+    d["rollout"]["weight_sync"] = "auto"
+    assert resolve_weight_sync(Recipe.model_validate(d), gpus=True) == "object_store"
+    d["model"]["lora"] = None
+    assert resolve_weight_sync(Recipe.model_validate(d), gpus=True) == "broadcast"
+    assert resolve_weight_sync(Recipe.model_validate(d), gpus=False) == "object_store"
