@@ -28,24 +28,28 @@ from bench.common import header, machine_info, md_table, parse_args, ray_running
 NAME = "multi_objective"
 METHODS = ("static", "hypervolume", "gradient")
 REFERENCE = (0.0, -1.0)
-REWARDS = [
-    {"name": "correct", "plugin": "math_answer", "weight": 1.0},
-    {"name": "brief", "plugin": "length_penalty", "weight": 1.0,
-     "args": {"target": 1, "coef": 0.25, "max_penalty": 1.0}},
-]
+def rewards_for(brief_target: int = 1) -> list[dict[str, Any]]:
+    return [
+        {"name": "correct", "plugin": "math_answer", "weight": 1.0},
+        {"name": "brief", "plugin": "length_penalty", "weight": 1.0,
+         "args": {"target": brief_target, "coef": 0.25, "max_penalty": 1.0}},
+    ]
 
 
-def recipe_for(method: str, seed: int, steps: int, eval_every: int, out: str, sft_dir: str | None, quick: bool):
+def recipe_for(method: str, seed: int, steps: int, eval_every: int, out: str, sft_dir: str | None, quick: bool,
+               warmup_steps: int | None = None, brief_target: int = 1):
     overrides = [f"run.seed={seed}", f"run.steps={steps}", "run.save_every=0", "run.progress=false",
                  f"eval.every={eval_every}", "eval.max_samples=100", "train.backend=torch", "train.num_ranks=1",
                  "rollout.prompts_per_step=16", "rollout.group_size=8", "train.micro_batch_size=128"]
     if quick:
         overrides += ["rollout.prompts_per_step=8", "eval.max_samples=32", "warmup.steps=60"]
+    if warmup_steps is not None:
+        overrides += [f"warmup.steps={warmup_steps}"]
     if sft_dir:
         overrides += ["warmup.steps=0"]
 
     def edit(d: dict) -> None:
-        d["rewards"] = REWARDS
+        d["rewards"] = rewards_for(brief_target)
         d["weighting"] = {"kind": method, "normalize": "component_then_sum"}
         d["eval"]["accuracy_component"] = "correct"
         if sft_dir:
@@ -63,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv, __doc__.splitlines()[0], **{
         "--steps": {"type": int, "default": None, "help": "GRPO steps per run (default 60; --quick 6)"},
         "--seeds": {"type": int, "default": None, "help": "seeds (default 3; --quick 1)"},
-        "--eval-every": {"type": int, "default": None, "help": "held-out evaluation period (default 15)"}})
+        "--eval-every": {"type": int, "default": None, "help": "held-out evaluation period (default 15)"},
+        "--warmup-steps": {"type": int, "default": None,
+                           "help": "SFT warm-up steps shared per seed (default: the demo recipe's 400)"},
+        "--brief-target": {"type": int, "default": 1, "help": "tokens `brief` allows before it penalises (default 1)"}})
     setup_env()
     from rlhf.runtime.controller import run
     from rlhf.weighting.pareto import hypervolume, non_dominated
@@ -79,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             sft_dir = None
             for method in METHODS:
                 out = os.path.join(tmp, f"{method}_s{seed}")
-                recipe = recipe_for(method, seed, steps, eval_every, out, sft_dir, quick)
+                recipe = recipe_for(method, seed, steps, eval_every, out, sft_dir, quick, args.warmup_steps,
+                                    args.brief_target)
                 t0 = time.perf_counter()
                 run(recipe)
                 wall = time.perf_counter() - t0
@@ -96,13 +104,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       f"({wall:.0f} s)", flush=True)
     table = summarize(runs, seeds)
     result = {"bench": NAME, "quick": quick, "machine": info, "steps": steps, "seeds": seeds,
+              "warmup_steps": args.warmup_steps, "brief_target": args.brief_target,
               "eval_every": eval_every, "reference": REFERENCE, "runs": runs, "summary": table,
               "ratios": {f"{m}_hv_over_static": table[m]["ratio_to_static"] for m in METHODS if m != "static"},
               "required_ratios": [f"{m}_hv_over_static" for m in METHODS if m != "static"]}
     md = header("Multi-objective weighting: hypervolume reached", f"python -m bench.{NAME}"
                 + (" --quick" if quick else ""), info, quick)
-    md += (f"\nTask: arithmetic, rewards `correct` (0/1) vs `brief` (-0.25 per token beyond 1); {steps} GRPO steps "
-           f"per run after a shared SFT warm-up per seed; held-out greedy eval every {eval_every} steps; HV of each "
+    md += (f"\nTask: arithmetic, rewards `correct` (0/1) vs `brief` (-0.25 per token beyond {args.brief_target}); "
+           f"{steps} GRPO steps per run after a shared SFT warm-up per seed ({args.warmup_steps or 400} steps); held-out greedy eval every {eval_every} steps; HV of each "
            f"run's eval points w.r.t. {REFERENCE}; {seeds} seed(s).\n\n")
     md += md_table(["weighting", "HV mean", "HV min", "HV max", "HV / static (same seed), mean",
                     "final correct", "final brief"],

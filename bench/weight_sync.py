@@ -180,7 +180,7 @@ def bench_parts(model_dir: str, bucket_mb: float, repeats: int) -> dict[str, Any
     buckets = bucket_params(named, int(bucket_mb * 2**20))
     engine_params = dict(engine_model.named_parameters())
 
-    def copy_out():  # DeepSpeedBackend._copy_on_rank0: the full float32 copy the gather hands to the packer
+    def copy_out():  # rlhf.train.backend.full_copy: the float32 copy the gather hands to the packer
         return [[(n, p.detach().to("cpu", torch.float32).clone()) for n, p in b] for b in buckets]
 
     copied = copy_out()

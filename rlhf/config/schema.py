@@ -267,10 +267,17 @@ class RolloutConfig(Strict):
         None, gt=0, description="truncated importance sampling: weight each token's policy-gradient term by "
         "min(p_trainer / p_rollout, tis_cap), correcting the rollout engine's logprob mismatch (vllm)"
     )
-    weight_sync: Literal["auto", "object_store", "broadcast"] = Field(
+    placement: Literal["split", "colocated"] = Field(
+        "split", description="split: engines and training ranks on GPUs of their own; colocated (GPU only): engine "
+        "i shares GPU i with training rank i (num_engines = train.num_ranks; set vllm.sleep so the engine frees "
+        "its memory while training runs)"
+    )
+    weight_sync: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = Field(
         "auto", description="how trained weights reach the engines: object_store (safetensors buckets through "
         "Ray's object store), broadcast (training rank 0 broadcasts each bucket to every engine worker over a "
-        "process group of their own: NCCL on GPUs, gloo on CPU), auto (broadcast on GPUs, object_store on CPU)"
+        "process group of their own: NCCL on GPUs, gloo on CPU), cuda_ipc (colocated: each training rank hands "
+        "its engine CUDA IPC handles of its GPU buffers), auto (cuda_ipc when colocated, broadcast on GPUs, "
+        "object_store on CPU)"
     )
     sync_timeout_s: float = Field(600.0, gt=0, description="broadcast: how long a member of the weight-sync "
                                   "group waits for the others before the sync fails (and falls back)")
@@ -589,6 +596,27 @@ class Recipe(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _placement_checks(self) -> "Recipe":
+        """rollout.placement / rollout.weight_sync against the sizes they need (GPUs are checked at start)."""
+        r = self.rollout
+        if r.placement == "colocated":
+            if r.num_engines != self.train.num_ranks:
+                raise ValueError(f"rollout.placement: colocated puts engine i on training rank i's GPU, so "
+                                 f"rollout.num_engines ({r.num_engines}) must equal train.num_ranks "
+                                 f"({self.train.num_ranks})")
+            if r.engine == "vllm" and r.vllm.tensor_parallel_size != 1:
+                raise ValueError("rollout.placement: colocated engines take one GPU each; set "
+                                 "rollout.vllm.tensor_parallel_size: 1 (or use placement: split)")
+        if r.weight_sync == "cuda_ipc":
+            if r.placement != "colocated":
+                raise ValueError("rollout.weight_sync: cuda_ipc shares GPU memory between a training rank and the "
+                                 "engine on the same GPU; it needs rollout.placement: colocated (else: broadcast)")
+            if self.model.lora is not None and self.model.lora.enabled:
+                raise ValueError("rollout.weight_sync: cuda_ipc does not carry LoRA weights yet; use broadcast "
+                                 "(vllm) or object_store")
+        return self
 
     @model_validator(mode="after")
     def _lora_checks(self) -> "Recipe":

@@ -54,6 +54,16 @@ class RolloutActor:
     def completion_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         return self.engine.completion_logprobs(input_ids, attention_mask, prompt_len, temperature)
 
+    # rollout.weight_sync=cuda_ipc: the colocated training rank calls these, one bucket at a time
+    def begin_update(self, version: int) -> None:
+        self.engine.begin_update(version)
+
+    def update_ipc(self, meta: list, handle: bytes) -> int:
+        return self.engine.update_ipc(meta, handle)
+
+    def finish_update(self) -> tuple[int, str]:
+        return self.engine.finish_update()
+
     # rollout.weight_sync=broadcast: the engine's workers are members of the trainer's weight-sync group
     def sync_ranks(self) -> int:
         return self.engine.sync_ranks()
@@ -84,7 +94,7 @@ class RolloutGroup:
     def __init__(self, recipe: Recipe, model_dir: str) -> None:
         import ray
 
-        from rlhf.runtime.placement import rollout_options
+        from rlhf.runtime.placement import colocated_options, require_gpus_for, rollout_options
 
         r = recipe.rollout
         if r.engine == "vllm":
@@ -103,7 +113,10 @@ class RolloutGroup:
         )
         actor_cls = ray.remote(RolloutActor)
         gpus = r.vllm.tensor_parallel_size if r.engine == "vllm" else 1
-        self._start = lambda i: actor_cls.options(**rollout_options(gpus)).remote(  # noqa: E731
+        require_gpus_for(r.placement)
+        options = (lambda i: colocated_options(i, r.num_engines)) if r.placement == "colocated" else \
+            (lambda i: rollout_options(gpus))
+        self._start = lambda i: actor_cls.options(**options(i)).remote(  # noqa: E731
             r.engine, model_dir, {**kwargs, **_engine_kwargs(recipe, i)})
         self.actors = [self._start(i) for i in range(r.num_engines)]
         self.infos = self._get([a.info.remote() for a in self.actors])  # waits until every engine has loaded
@@ -229,9 +242,27 @@ class RolloutGroup:
             check_sync(payload, [reports[i] for i in range(len(self.actors))])
             self._payload = None  # not in the object store: a restarted engine gets them through `_refetch`
             return payload
+        self._close_sync_group(trainers)
+        return self._fall_back(trainers, version, failures, died)
+
+    def sync_ipc(self, trainers: Any, version: int) -> WeightPayload:
+        """rollout.weight_sync=cuda_ipc (colocated): every training rank streams its full weights to the engine
+        on its GPU through CUDA IPC buffers, one bucket at a time; then the fingerprints are checked. A failure
+        falls back to the object store as for broadcast."""
+        self._refetch = lambda: trainers.export_weights(version)
+        payload, results = trainers.push_weights_ipc(version, self.actors)
+        failures = [f"engine {i}: {err}" for i, (_, err, _) in enumerate(results) if err]
+        died = [i for i, (_, _, dead) in enumerate(results) if dead]
+        if not failures:
+            check_sync(payload, [report for report, _, _ in results])
+            self._payload = None
+            return payload
+        return self._fall_back(trainers, version, failures, died)
+
+    def _fall_back(self, trainers: Any, version: int, failures: list[str], died: list[int]) -> WeightPayload:
+        """A fast-route sync failed: restart dead engines and redo the sync through the object store."""
         self.sync_fallbacks += 1
         self.last_sync_failure = "; ".join(failures)
-        self._close_sync_group(trainers)
         self._refetch = None
         for i in died:
             self._restart(i)
@@ -284,15 +315,17 @@ class RolloutGroup:
 
 
 def resolve_weight_sync(recipe: Recipe, gpus: bool) -> str:
-    """The weight-sync route a run uses: rollout.weight_sync, or for "auto" broadcast (NCCL) on GPUs and the
-    object store on CPU. LoRA with an engine that loads adapters always uses the object store (the adapter is
-    small and the engine wraps its model with it)."""
+    """The weight-sync route a run uses: rollout.weight_sync, or for "auto": CUDA IPC on colocated GPUs, broadcast
+    (NCCL) on split GPUs, the object store on CPU. LoRA with an engine that loads adapters always uses the object
+    store (the adapter is small and the engine wraps its model with it)."""
     from rlhf.models import lora
 
     r = recipe.rollout
     adapters = recipe.model.lora is not None and r.engine in lora.ENGINES_WITH_ADAPTERS
     if r.weight_sync == "auto":
-        return "broadcast" if gpus and not adapters else "object_store"
+        if not gpus or adapters:
+            return "object_store"
+        return "cuda_ipc" if r.placement == "colocated" and recipe.model.lora is None else "broadcast"
     if r.weight_sync == "broadcast" and adapters:
         raise ValueError(f"rollout.weight_sync: broadcast sends full weights, but model.lora with engine "
                          f"{r.engine!r} syncs only the adapter; use weight_sync: object_store (or auto)")

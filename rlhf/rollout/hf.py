@@ -193,6 +193,40 @@ class HFEngine:
         self._sync_group = SyncGroup(host, port, rank, world_size, backend, timeout_s)
         return 1
 
+    def begin_update(self, version: int) -> None:
+        """Start an in-place update that arrives in pieces (`update_ipc`), ended by `finish_update`."""
+        from rlhf.runtime.weight_sync import ParamLoader
+
+        if version < self.weight_version:
+            raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
+        if getattr(self.model, "_rlhf_lora", None) is not None:
+            raise WeightSyncError("weight sync: this engine holds a LoRA adapter; the trainer sends full weights")
+        self._update = (version, ParamLoader(self.model))
+
+    def update_ipc(self, meta: list, handle: bytes) -> int:
+        """One bucket from the colocated training rank's GPU buffer (rollout.weight_sync=cuda_ipc)."""
+        from rlhf.runtime.weight_ipc import finish_copies, open_shared
+        from rlhf.runtime.weight_sync import unflatten_bucket
+
+        loader = self._pending_update()[1]
+        before = len(loader.seen)
+        loader.load(unflatten_bucket(meta, open_shared(handle)))
+        finish_copies()  # the trainer frees the buffer when this returns
+        return len(loader.seen) - before
+
+    def finish_update(self) -> tuple[int, str]:
+        version, loader = self._pending_update()
+        self._update = None
+        fp, _ = loader.finish()
+        self.weight_version = version
+        return version, fp
+
+    def _pending_update(self) -> tuple[int, Any]:
+        update = getattr(self, "_update", None)
+        if update is None:
+            raise WeightSyncError("weight sync: no update in progress (begin_update was not called)")
+        return update
+
     def sync_ranks(self) -> int:
         return 1
 

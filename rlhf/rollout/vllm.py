@@ -249,21 +249,37 @@ class VLLMEngine:
     # ------------------------------------------------------------------ weights
 
     def load_weights(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
-        if version < self.weight_version:
-            raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
-        self._wake()
+        """The object-store route: each bucket goes to the workers as a shared-memory file, one at a time, inside
+        one layer-wise update (`begin_update` ... `finish_update`)."""
+        self.begin_update(version)
         workdir = tempfile.mkdtemp(prefix="rlhf-sync-", dir=_shm_dir())
         try:
-            paths = []
-            for i, blob in enumerate(buckets):  # one bucket in memory at a time
+            for i, blob in enumerate(buckets):  # one bucket in memory (and in /dev/shm) at a time
                 path = os.path.join(workdir, f"bucket-{i:05d}.safetensors")
                 with open(path, "wb") as f:
                     f.write(blob)
-                paths.append(path)
-            reports = self.llm.collective_rpc("rlhf_reload_weights", args=(paths,))
+                del blob
+                self.llm.collective_rpc("rlhf_update_files", args=([path],))
+                os.remove(path)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        return self._loaded(reports, version)
+        return self.finish_update()
+
+    def begin_update(self, version: int) -> None:
+        """Start an in-place update that arrives in pieces (`update_ipc` / files), ended by `finish_update`."""
+        if version < self.weight_version:
+            raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
+        self._wake()
+        self.llm.collective_rpc("rlhf_update_begin")
+        self._pending_version = version
+
+    def update_ipc(self, meta: list, handle: bytes) -> int:
+        """One bucket from the colocated training rank's GPU buffer (rollout.weight_sync=cuda_ipc)."""
+        return sum(self.llm.collective_rpc("rlhf_update_ipc", args=(meta, handle)))
+
+    def finish_update(self) -> tuple[int, str]:
+        reports = self.llm.collective_rpc("rlhf_update_finish")
+        return self._loaded(reports, self._pending_version)
 
     def _loaded(self, reports: list[tuple[str, int]], version: int) -> tuple[int, str]:
         """Every worker's (fingerprint, count) of a weight update: they must agree."""

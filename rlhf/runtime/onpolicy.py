@@ -143,7 +143,7 @@ def rollout_metrics(rollout: RolloutBatch, payload, timings: dict[str, float]) -
         "throughput/gen_tokens_per_s": n_tokens / max(timings["time/generate"], 1e-9),
         "throughput/samples_per_s": rollout.batch_size / max(timings["time/step"], 1e-9),
         "sync/bytes": payload.num_bytes,
-        "sync/broadcast": float(payload.transport == "broadcast"),  # 0 on a broadcast run: that sync fell back
+        "sync/fast_route": float(payload.transport != "object_store"),  # 0 on a broadcast/IPC run: it fell back
         **timings,
     }
 
@@ -249,6 +249,8 @@ def sync_weights(trainers, engines, version: int):
     """Trainer rank 0's weights into every engine, fingerprint-checked (raises WeightSyncError on a mismatch)."""
     if engines.weight_sync == "broadcast":
         return engines.sync_broadcast(trainers, version)
+    if engines.weight_sync == "cuda_ipc":
+        return engines.sync_ipc(trainers, version)
     payload = trainers.export_weights(version)
     engines.sync(payload)
     return payload

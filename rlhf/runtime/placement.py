@@ -1,8 +1,10 @@
 """Where actors go: Ray resource requests for training ranks and rollout engines.
 
 On a GPU cluster every training rank and every engine asks for one GPU and the ranks are packed into one
-placement group (so rank 0's rendezvous address is reachable and ranks share nodes where possible). On CPU the
-requests are fractional CPUs: the phases run one after another, so actors share the cores by time.
+placement group (so rank 0's rendezvous address is reachable and ranks share nodes where possible). With
+rollout.placement=colocated, training rank i and engine i each ask for half of bundle i's GPU in one shared
+placement group, so they land on the same GPU (the engine sleeps while training runs). On CPU the requests are
+fractional CPUs: the phases run one after another, so actors share the cores by time.
 """
 
 from __future__ import annotations
@@ -16,12 +18,39 @@ def has_gpus() -> bool:
     return float(ray.cluster_resources().get("GPU", 0)) >= 1
 
 
-def train_bundles(num_ranks: int) -> list[dict[str, Any]]:
+_COLOCATED: dict[tuple[str, int], Any] = {}  # (Ray job, GPUs) -> the placement group both groups share
+
+
+def require_gpus_for(placement: str) -> None:
+    if placement == "colocated" and not has_gpus():
+        raise ValueError("rollout.placement: colocated shares GPUs between training ranks and engines; this Ray "
+                         "cluster has none (on CPU use placement: split: the phases already share the cores)")
+
+
+def colocated_options(index: int, num_gpus: int) -> dict[str, Any]:
+    """Ray `.options(...)` for the training rank or engine `index` of a colocated run: half of GPU `index`."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    require_gpus_for("colocated")
+    key = (ray.get_runtime_context().get_job_id(), num_gpus)
+    if key not in _COLOCATED:
+        pg = placement_group([{"GPU": 1, "CPU": 2} for _ in range(num_gpus)], strategy="PACK")
+        ray.get(pg.ready(), timeout=300)
+        _COLOCATED[key] = pg
+    strategy = PlacementGroupSchedulingStrategy(_COLOCATED[key], placement_group_bundle_index=index)
+    return {"num_gpus": 0.5, "num_cpus": 1, "scheduling_strategy": strategy}
+
+
+def train_bundles(num_ranks: int, colocated: bool = False) -> list[dict[str, Any]]:
     """Ray `.options(...)` per training rank."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    if colocated:
+        return [colocated_options(r, num_ranks) for r in range(num_ranks)]
     if has_gpus():
         bundles = [{"GPU": 1, "CPU": 1} for _ in range(num_ranks)]
         per_actor = {"num_gpus": 1, "num_cpus": 1}

@@ -31,6 +31,8 @@ from typing import Iterator
 
 import torch
 
+from rlhf.runtime.weight_sync import flatten_bucket, unflatten_bucket
+
 END = (0, 0)
 
 
@@ -91,10 +93,8 @@ class SyncGroup:
             raise SyncGroupError("weight sync group: only rank 0 sends")
         if not bucket:
             return 0
-        tensors = [t.detach().contiguous() for _, t in bucket]
-        meta = json.dumps([[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for (n, _), t in zip(bucket, tensors)])
-        meta_t = torch.frombuffer(bytearray(meta.encode()), dtype=torch.uint8)  # (M,)
-        payload = torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors])  # (bytes,)
+        meta, payload = flatten_bucket(bucket)
+        meta_t = torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)  # (M,)
         self._broadcast(torch.tensor([meta_t.numel(), payload.numel()], dtype=torch.int64, device=self.device))
         self._broadcast(meta_t.to(self.device))
         self._broadcast(payload.to(self.device))
@@ -121,14 +121,7 @@ class SyncGroup:
             self._broadcast(meta_t)
             payload = torch.empty(nbytes, dtype=torch.uint8, device=self.device)  # (bytes,)
             self._broadcast(payload)
-            offset = 0
-            for name, dtype, shape in json.loads(meta_t.cpu().numpy().tobytes().decode()):
-                dt = getattr(torch, dtype)
-                size = _numel(shape) * torch.empty((), dtype=dt).element_size()
-                yield name, payload[offset : offset + size].view(dt).view(shape)
-                offset += size
-            if offset != nbytes:
-                raise SyncGroupError(f"weight sync group: bucket metadata covers {offset} bytes, payload has {nbytes}")
+            yield from unflatten_bucket(json.loads(meta_t.cpu().numpy().tobytes().decode()), payload)
 
     def close(self) -> None:
         """Leave the group (a receiver blocked in `receive` then fails instead of waiting for its timeout)."""
@@ -136,10 +129,3 @@ class SyncGroup:
         if pg is not None:
             pg.abort()  # closes the connections now, without waiting for pending work
         self.store = None
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n

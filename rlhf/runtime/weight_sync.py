@@ -21,7 +21,7 @@ a full model. See rlhf/models/lora.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import xxhash
@@ -82,6 +82,29 @@ def unpack_bucket(blob: bytes) -> dict[str, torch.Tensor]:
     return st_load(blob)
 
 
+def flatten_bucket(bucket: list[tuple[str, torch.Tensor]]) -> tuple[list[list[Any]], torch.Tensor]:
+    """One bucket as (metadata [[name, dtype, shape], ...], one uint8 buffer of every tensor's bytes in order) on
+    the tensors' device: what the broadcast and CUDA IPC routes move in one transfer."""
+    tensors = [t.detach().contiguous() for _, t in bucket]
+    meta = [[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for (n, _), t in zip(bucket, tensors)]
+    return meta, torch.cat([t.reshape(-1).view(torch.uint8) for t in tensors])  # (bytes,)
+
+
+def unflatten_bucket(meta: list[list[Any]], flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) views into `flat` (uint8, (bytes,)) as `flatten_bucket` laid them out."""
+    offset = 0
+    for name, dtype, shape in meta:
+        dt = getattr(torch, dtype)
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        size = numel * torch.empty((), dtype=dt).element_size()
+        yield name, flat[offset : offset + size].view(dt).view(shape)
+        offset += size
+    if offset != flat.numel():
+        raise WeightSyncError(f"weight sync: bucket metadata covers {offset} bytes, the buffer has {flat.numel()}")
+
+
 def load_buckets_into(module: nn.Module, blobs: Iterable[bytes]) -> tuple[str, int]:
     """Copy every tensor of every safetensors bucket into `module`'s parameters in place; see `load_named_into`."""
     return load_named_into(module, (kv for blob in blobs for kv in unpack_bucket(blob).items()))
@@ -92,25 +115,40 @@ def load_named_into(module: nn.Module, named: Iterable[tuple[str, torch.Tensor]]
 
     Unknown names, shape mismatches, a name sent twice and parameters left without an update are errors.
     """
-    params = dict(module.named_parameters())
-    seen: set[str] = set()
-    with torch.no_grad():
-        for name, tensor in named:
-            if name not in params:
-                raise WeightSyncError(f"weight sync: engine has no parameter named {name!r}")
-            if name in seen:
-                raise WeightSyncError(f"weight sync: tensor {name!r} was sent twice")
-            p = params[name]
-            if tuple(p.shape) != tuple(tensor.shape):
-                raise WeightSyncError(
-                    f"weight sync: {name} has shape {tuple(p.shape)} in the engine, {tuple(tensor.shape)} sent"
-                )
-            p.copy_(tensor.to(p.device, p.dtype))
-            seen.add(name)
-    missing = sorted(set(params) - seen)
-    if missing:
-        raise WeightSyncError(f"weight sync: {len(missing)} parameters were not sent, e.g. {missing[:3]}")
-    return fingerprint_module(module), len(seen)
+    loader = ParamLoader(module)
+    loader.load(named)
+    return loader.finish()
+
+
+class ParamLoader:
+    """An in-place update of `module`'s parameters that arrives in several pieces (buckets): `load` each, then
+    `finish` checks that every parameter came exactly once and returns (fingerprint, count)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.params = dict(module.named_parameters())
+        self.seen: set[str] = set()
+
+    def load(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        with torch.no_grad():
+            for name, tensor in named:
+                if name not in self.params:
+                    raise WeightSyncError(f"weight sync: engine has no parameter named {name!r}")
+                if name in self.seen:
+                    raise WeightSyncError(f"weight sync: tensor {name!r} was sent twice")
+                p = self.params[name]
+                if tuple(p.shape) != tuple(tensor.shape):
+                    raise WeightSyncError(
+                        f"weight sync: {name} has shape {tuple(p.shape)} in the engine, {tuple(tensor.shape)} sent"
+                    )
+                p.copy_(tensor.to(p.device, p.dtype))
+                self.seen.add(name)
+
+    def finish(self) -> tuple[str, int]:
+        missing = sorted(set(self.params) - self.seen)
+        if missing:
+            raise WeightSyncError(f"weight sync: {len(missing)} parameters were not sent, e.g. {missing[:3]}")
+        return fingerprint_module(self.module), len(self.seen)
 
 
 def check_sync(expected: WeightPayload, reports: list[tuple[int, str]]) -> None:

@@ -28,10 +28,13 @@ class TrainBackend(Protocol):
 
     def set_lr(self, lr: float) -> None: ...
 
-    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None
+    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None,
+                               every_rank: bool = False, on_device: bool = False
                                ) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """COLLECTIVE. Yield buckets of (name, full float tensor) on rank 0 (empty lists on other ranks); `only`
-        keeps the parameters whose name it accepts (e.g. a LoRA adapter's)."""
+        """COLLECTIVE. Yield buckets of (name, full float32 tensor) on rank 0 (empty lists on other ranks); `only`
+        keeps the parameters whose name it accepts (e.g. a LoRA adapter's). every_rank: full tensors on every rank
+        (colocated engines read from their own rank); on_device: the copies stay on the rank's device (GPU)
+        instead of host memory."""
 
     def save_checkpoint(self, path: str, exclude_frozen: bool = False) -> None:
         """COLLECTIVE. Optimizer + module state of this rank under `path` (exclude_frozen: leave out parameters
@@ -39,6 +42,11 @@ class TrainBackend(Protocol):
 
     def load_checkpoint(self, path: str, strict: bool = True) -> None:
         """COLLECTIVE. strict=False: module state saved with exclude_frozen."""
+
+
+def full_copy(p: torch.Tensor, on_device: bool = False) -> torch.Tensor:
+    """A float32 copy of a full parameter, in host memory or (on_device) where the parameter lives."""
+    return p.detach().to(p.device if on_device else "cpu", torch.float32).clone()
 
 
 def bucket_params(

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from rlhf.train.backend import bucket_params, micro_size
+from rlhf.train.backend import bucket_params, full_copy, micro_size
 
 
 def _init_distributed() -> None:
@@ -97,7 +97,8 @@ class DeepSpeedBackend:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None
+    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None,
+                               every_rank: bool = False, on_device: bool = False
                                ) -> Iterator[list[tuple[str, torch.Tensor]]]:
         import deepspeed
 
@@ -105,16 +106,17 @@ class DeepSpeedBackend:
         numel = (lambda p: p.ds_numel) if self.zero_stage == 3 else (lambda p: p.numel())
         for bucket in bucket_params(named, bucket_bytes, numel):
             params = [p for _, p in bucket]
-            if self.zero_stage == 3:
+            if self.zero_stage == 3:  # every rank holds the full tensors inside the context
                 with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                    yield self._copy_on_rank0(bucket)
+                    yield self._copies(bucket, every_rank, on_device)
             else:
-                yield self._copy_on_rank0(bucket)
+                yield self._copies(bucket, every_rank, on_device)
 
-    def _copy_on_rank0(self, bucket: list[tuple[str, nn.Parameter]]) -> list[tuple[str, torch.Tensor]]:
-        if self.rank != 0:
+    def _copies(self, bucket: list[tuple[str, nn.Parameter]], every_rank: bool, on_device: bool
+                ) -> list[tuple[str, torch.Tensor]]:
+        if self.rank != 0 and not every_rank:
             return []
-        return [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in bucket]
+        return [(n, full_copy(p, on_device)) for n, p in bucket]
 
     def save_checkpoint(self, path: str, exclude_frozen: bool = False) -> None:
         self.engine.save_checkpoint(path, tag="ds", save_latest=False, exclude_frozen_parameters=exclude_frozen)

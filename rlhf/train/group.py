@@ -30,7 +30,8 @@ class TrainGroup:
         self.recipe, self.role = recipe, role
         self.world_size = num_ranks or recipe.train.num_ranks
         threads = max(1, (os.cpu_count() or 1) // self.world_size)
-        options = train_bundles(self.world_size)
+        colocated = role == "policy" and recipe.rollout.placement == "colocated"  # shares GPUs with the engines
+        options = train_bundles(self.world_size, colocated=colocated)
         actor_cls = ray.remote(TrainWorker)
         self.workers = [
             actor_cls.options(**options[r]).remote(r, self.world_size, recipe.model_dump(mode="json"), threads, role)
@@ -160,6 +161,15 @@ class TrainGroup:
 
     def export_weights(self, version: int, transport: str = "object_store") -> Any:
         return self._all(lambda w: w.export_weights.remote(version, transport))[0]
+
+    def push_weights_ipc(self, version: int, engines: list[Any]) -> tuple[Any, list[tuple[Any, str | None, bool]]]:
+        """Rank r streams its weights to engines[r] (colocated); returns (rank 0's payload, per engine
+        (its (version, fingerprint) report, error or None, whether it died))."""
+        if len(engines) != self.world_size:
+            raise ValueError(f"cuda_ipc weight sync: {len(engines)} engines for {self.world_size} training ranks "
+                             "(colocated placement pairs them one to one)")
+        results = self._get([w.push_weights_ipc.remote(version, e) for w, e in zip(self.workers, engines)])
+        return results[0][0], [(report, error, died) for _, report, error, died in results]
 
     def sync_group_address(self) -> tuple[str, int]:
         """Rendezvous of the weight-sync group: rank 0's node and a free port there."""

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from rlhf.train.backend import bucket_params, micro_size
+from rlhf.train.backend import bucket_params, full_copy, micro_size
 
 
 class TorchBackend:
@@ -53,11 +53,12 @@ class TorchBackend:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None
+    def full_parameter_buckets(self, bucket_bytes: int, only: Callable[[str], bool] | None = None,
+                               every_rank: bool = False, on_device: bool = False
                                ) -> Iterator[list[tuple[str, torch.Tensor]]]:
         named = [(n, p) for n, p in self.module.named_parameters() if only is None or only(n)]
         for bucket in bucket_params(named, bucket_bytes):
-            yield [(n, p.detach().to("cpu", torch.float32).clone()) for n, p in bucket]
+            yield [(n, full_copy(p, on_device)) for n, p in bucket]
 
     def save_checkpoint(self, path: str, exclude_frozen: bool = False) -> None:
         """The optimizer state (the weights themselves are saved by the worker; exclude_frozen changes nothing)."""

@@ -464,7 +464,7 @@ class TrainWorker:
         if self._lora() is not None:
             buckets = self._lora_buckets(payload, bucket_bytes)
         else:
-            buckets = self.backend.full_parameter_buckets(bucket_bytes)
+            buckets = self.backend.full_parameter_buckets(bucket_bytes, on_device=transport == "broadcast")
         group = self._sync_group if transport == "broadcast" and self.rank == 0 else None
         if transport == "broadcast" and self.rank == 0 and group is None:
             payload.error = "the weight-sync group is not open on training rank 0"
@@ -497,6 +497,48 @@ class TrainWorker:
                 self.close_sync_group()
         payload.fingerprint = combine_digests(digests)
         return payload
+
+    def push_weights_ipc(self, version: int, engine: Any) -> tuple[Any, tuple[int, str] | None, str | None, bool]:
+        """COLLECTIVE (rollout.weight_sync=cuda_ipc). Every rank streams the full weights to `engine`, the rollout
+        actor on its own GPU: per bucket a CUDA IPC handle of one GPU buffer, kept alive until the engine has
+        copied it. Returns (payload on rank 0 else None, the engine's (version, fingerprint), error, engine died);
+        after an error the loop still runs to the end so ZeRO-3's collective gathers stay in step."""
+        import ray
+
+        from rlhf.runtime.weight_ipc import bucket_message
+        from rlhf.runtime.weight_sync import WeightPayload, combine_digests, tensor_digest
+
+        payload = WeightPayload(version=version, fingerprint="", transport="cuda_ipc")
+        digests: dict[str, bytes] = {}
+        error, died, report = None, False, None
+
+        def call(method: Any, *args: Any) -> Any:
+            nonlocal error, died
+            if error is not None:
+                return None
+            try:
+                return ray.get(method.remote(*args))
+            except ray.exceptions.RayActorError as e:
+                error, died = f"died ({type(e).__name__})", True
+            except Exception as e:  # noqa: BLE001 - returned to the controller, which falls back
+                error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+            return None
+
+        call(engine.begin_update, version)
+        bucket_bytes = int(self.recipe.train.sync_bucket_mb * 2**20)
+        for bucket in self.backend.full_parameter_buckets(bucket_bytes, every_rank=True, on_device=True):
+            if error is None:
+                meta, handle, flat, nbytes = bucket_message(bucket)
+                call(engine.update_ipc, meta, handle)
+                del flat  # the engine has copied it (or failed)
+                payload.num_bytes += nbytes
+            payload.num_params += len(bucket)
+            if self.rank == 0:
+                digests.update((n, tensor_digest(n, t)) for n, t in bucket)
+            del bucket
+        report = call(engine.finish_update)
+        payload.fingerprint = combine_digests(digests)
+        return (payload if self.rank == 0 else None), report, error, died
 
     def open_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
         """Rank 0 joins the weight-sync group as its sender (blocks until every engine worker has joined)."""

@@ -95,3 +95,19 @@ def test_broadcast_with_a_lora_adapter_engine_is_refused(tmp_path):
     d["model"]["lora"] = None
     assert resolve_weight_sync(Recipe.model_validate(d), gpus=True) == "broadcast"
     assert resolve_weight_sync(Recipe.model_validate(d), gpus=False) == "object_store"
+
+
+def test_placement_and_route_checks(ray_session, tmp_path):
+    """Colocated placement and CUDA IPC: sizes checked at validation, GPUs checked when the groups start."""
+    from rlhf.rollout.group import RolloutGroup
+
+    d = _recipe(tmp_path).model_dump()
+    d["rollout"].update(placement="colocated", num_engines=1)
+    with pytest.raises(ValueError, match=r"rollout.num_engines \(1\) must equal train.num_ranks \(2\)"):
+        Recipe.model_validate(d)
+    d["rollout"].update(placement="split", weight_sync="cuda_ipc")
+    with pytest.raises(ValueError, match="cuda_ipc .* needs rollout.placement: colocated"):
+        Recipe.model_validate(d)
+    d["rollout"].update(placement="colocated", num_engines=2, weight_sync="auto")
+    with pytest.raises(ValueError, match="rollout.placement: colocated .* this Ray cluster has none"):
+        RolloutGroup(Recipe.model_validate(d), "unused")

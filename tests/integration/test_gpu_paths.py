@@ -74,3 +74,70 @@ def test_vllm_sleep_frees_memory_and_wakes_with_the_same_weights(tmp_path):
         assert torch.equal(before.completion_ids, after.completion_ids)
     finally:
         engine.shutdown()
+
+
+def _ipc_child(handle: bytes, meta: list, out) -> None:
+    from rlhf.runtime.weight_ipc import finish_copies, open_shared
+    from rlhf.runtime.weight_sync import unflatten_bucket
+
+    flat = open_shared(handle)
+    got = [(n, t.cpu().clone()) for n, t in unflatten_bucket(meta, flat)]
+    finish_copies()
+    out.put(got)
+
+
+def test_cuda_ipc_buffer_opens_in_another_process():
+    import torch.multiprocessing as mp
+
+    from rlhf.runtime.weight_ipc import bucket_message
+
+    g = torch.Generator().manual_seed(0)
+    bucket = [("w", torch.randn(16, 8, generator=g).cuda()), ("b", torch.randn(8, generator=g).cuda())]
+    meta, handle, flat, nbytes = bucket_message(bucket)
+    assert nbytes == (16 * 8 + 8) * 4 and flat.is_cuda
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=_ipc_child, args=(handle, meta, out))
+    p.start()
+    got = out.get(timeout=120)
+    p.join(60)
+    assert p.exitcode == 0
+    assert [(n, torch.equal(t, ref.cpu())) for (n, t), (_, ref) in zip(got, bucket)] == [("w", True), ("b", True)]
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_colocated_grpo_syncs_by_cuda_ipc(ray_session, engine, tmp_path):
+    """Training rank 0 and the engine share the GPU; weights move by CUDA IPC every step (auto picks it)."""
+    import json
+
+    from rlhf.config.load import validate_dict
+    from rlhf.rollout.vllm import vllm_available
+    from rlhf.runtime.controller import run
+
+    if engine == "vllm" and not vllm_available():
+        pytest.skip("vllm is not installed")
+    from rlhf.config.schema import TinyModelConfig
+    from rlhf.models.tiny import materialize_tiny
+
+    corpus = [f"{a}+{b}={a + b}" for a in range(20) for b in range(20)]
+    cfg = TinyModelConfig(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2,
+                          max_position_embeddings=64)
+    model_dir = materialize_tiny(cfg, corpus, str(tmp_path / "model"), seed=0)
+    rollout = {"engine": engine, "placement": "colocated", "prompts_per_step": 4, "group_size": 4,
+               "max_new_tokens": 6}
+    if engine == "vllm":
+        rollout["vllm"] = {"sleep": True, "gpu_memory_utilization": 0.2}
+    recipe = validate_dict({
+        "run": {"output_dir": str(tmp_path / "out"), "steps": 3, "progress": False},
+        "model": {"path": model_dir},
+        "data": {"synthetic": {"n_train": 64, "n_eval": 8, "max_operand": 20, "ops": ["+"]}, "max_prompt_tokens": 16},
+        "rewards": [{"name": "correct", "plugin": "math_answer"}],
+        "rollout": rollout,
+        "objective": {"kind": "grpo"},
+        "train": {"backend": "deepspeed", "zero_stage": 3, "num_ranks": 1, "lr": 1e-3, "micro_batch_size": 16},
+        "eval": {"max_samples": 8},
+    }, "test")
+    run(recipe)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "sync/fast_route" in r]
+    assert len(steps) == 3 and all(r["sync/fast_route"] == 1.0 for r in steps), steps
