@@ -13,10 +13,11 @@ One implementation for both machines: on GPU install the `vllm` package (`pip in
   renormalise over the kept tokens; the trainer does not), so with top_p=1 and top_k=0 they are the quantity the
   trainer computes. The small numerical mismatch that remains is measured every step (`mismatch/*`) and can be
   corrected with truncated importance sampling (`rollout.tis_cap`).
-- Weight sync: each safetensors bucket is written to a shared-memory file as it arrives (one bucket in memory at
-  a time), then one `collective_rpc` makes every vLLM worker stream them through `reload_weights` and report an
-  XXH3 fingerprint of what it loaded (`rlhf.rollout.vllm_worker`). Fused layers (q/k/v, gate/up) need all their
-  shards in one reload, so the whole model goes through a single call.
+- Weight sync, three routes into one vLLM layer-wise reload per update (`rlhf.rollout.vllm_worker`; a layer is
+  re-processed once all its tensors are in, so buckets may split fused q/k/v and gate/up layers): object store
+  (each safetensors bucket written to a shared-memory file and loaded by one `collective_rpc`, one bucket at a
+  time), broadcast (every worker is a member of the trainer's weight-sync group) and CUDA IPC (colocated GPUs).
+  Every worker reports an XXH3 fingerprint of what it loaded.
 - CPU: KV cache size (`VLLM_CPU_KVCACHE_SPACE`) and the cores each engine binds its threads to
   (`VLLM_CPU_OMP_THREADS_BIND`) are set per actor before vLLM starts; sleep mode does not exist there (refused).
 - GPU: tensor parallelism and memory fraction from the recipe; with `vllm.sleep` the engine frees its KV cache and
@@ -304,7 +305,7 @@ class VLLMEngine:
         return self.cfg.tensor_parallel_size if self.on_gpu else 1
 
     def receive_weights(self, version: int) -> tuple[int, str]:
-        """Every worker streams the trainer's broadcast into `reload_weights`; return (version, fingerprint)."""
+        """Every worker streams the trainer's broadcast into its reload; return (version, fingerprint)."""
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         self._wake()

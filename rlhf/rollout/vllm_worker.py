@@ -7,8 +7,7 @@ mixes it into every worker; the engine reaches it with `llm.collective_rpc(...)`
   reload (`initialize_layerwise_reload` / the model's `load_weights` / `finalize_layerwise_reload`), so a bucket
   can end in the middle of a fused layer (q/k/v, gate/up): a layer is processed once all its tensors are in;
 - `rlhf_join_sync_group` / `rlhf_receive_weights` (broadcast): each worker is a member of the trainer's
-  weight-sync group (`rlhf.runtime.weight_broadcast`) and streams the broadcast into the worker's
-  `reload_weights`.
+  weight-sync group (`rlhf.runtime.weight_broadcast`) and streams the broadcast into the same layer-wise reload.
 
 Why not a model's plain `load_weights` alone: on CPU vLLM pre-packs linear weights for its kernels, so loading
 without the reload's re-processing leaves `.weight` stale; the layer-wise reload redoes it on CPU and GPU alike.
@@ -41,12 +40,14 @@ class WeightUpdateExtension:
         return rank
 
     def rlhf_receive_weights(self) -> tuple[str, int]:
-        """Stream the trainer's broadcast straight into `reload_weights`; return (fingerprint, tensors loaded)."""
+        """Stream the trainer's broadcast straight into a layer-wise reload; return (fingerprint, tensors loaded)."""
         group = getattr(self, "_rlhf_sync_group", None)
         if group is None:
             raise RuntimeError("weight sync: this vLLM worker has not joined the weight-sync group")
         try:
-            return self._rlhf_reload(group.receive())
+            self.rlhf_update_begin()
+            self._rlhf_update_piece(group.receive())
+            return self.rlhf_update_finish()
         except BaseException:
             self.rlhf_leave_sync_group()  # the sender then fails at once instead of waiting for this reader
             raise
@@ -120,24 +121,6 @@ class WeightUpdateExtension:
         with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
             self.model_runner.get_model().load_weights(stream())  # type: ignore[attr-defined]
         return len(digests) - before
-
-    def _rlhf_reload(self, named: Iterator[tuple[str, torch.Tensor]]) -> tuple[str, int]:
-        """Every tensor is fingerprinted on its way into `reload_weights` (one call: fused layers need all their
-        shards in one reload)."""
-        from rlhf.runtime.weight_sync import combine_digests, tensor_digest
-
-        digests: dict[str, bytes] = {}
-
-        def stream() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in named:
-                if name in digests:
-                    raise ValueError(f"weight sync: tensor {name!r} was sent twice")
-                digests[name] = tensor_digest(name, tensor)
-                yield name, tensor
-
-        self.reload_weights(weights_iterator=stream())  # type: ignore[attr-defined]
-        _retie_lm_head(self.model_runner.get_model())  # type: ignore[attr-defined]
-        return combine_digests(digests), len(digests)
 
 
 def _retie_lm_head(model: torch.nn.Module) -> None:
