@@ -11,6 +11,7 @@ Everything here imports only torch and the standard library. Tensor shapes are w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -192,46 +193,26 @@ class ExperienceBatch:
     returns: Tensor | None = None  # (B, C, S) GAE returns, the critic's targets (PPO)
     rollout_logprobs: Tensor | None = None  # (B, C) the rollout engine's logprobs (mismatch metrics, TIS)
     pair_info: Tensor | None = None  # (B, 2) online pairs (rows 2i, 2i+1): the pair's [weight, beta] on both rows
+    nll_rows: Tensor | None = None  # (B,) bool: rows whose term is advantage x NLL, not the clipped surrogate (CGPO)
 
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def to(self, device: torch.device | str) -> "ExperienceBatch":
-        def m(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device)
+    def _map(self, fn: Any) -> "ExperienceBatch":
+        """A copy with `fn` applied to every tensor field (None fields stay None)."""
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), Tensor)})
 
-        return ExperienceBatch(
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            completion_mask=self.completion_mask.to(device),
-            advantages=self.advantages.to(device),
-            old_logprobs=m(self.old_logprobs),
-            ref_logprobs=m(self.ref_logprobs),
-            prompt_len=self.prompt_len,
-            values=m(self.values),
-            returns=m(self.returns),
-            rollout_logprobs=m(self.rollout_logprobs),
-            pair_info=m(self.pair_info),
-        )
+    def to(self, device: torch.device | str) -> "ExperienceBatch":
+        return self._map(lambda t: t.to(device))
 
     def slice(self, start: int, stop: int) -> "ExperienceBatch":
-        def s(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[start:stop]
+        return self._map(lambda t: t[start:stop])
 
-        return ExperienceBatch(
-            input_ids=self.input_ids[start:stop],
-            attention_mask=self.attention_mask[start:stop],
-            completion_mask=self.completion_mask[start:stop],
-            advantages=self.advantages[start:stop],
-            old_logprobs=s(self.old_logprobs),
-            ref_logprobs=s(self.ref_logprobs),
-            prompt_len=self.prompt_len,
-            values=s(self.values),
-            returns=s(self.returns),
-            rollout_logprobs=s(self.rollout_logprobs),
-            pair_info=s(self.pair_info),
-        )
+    def select(self, index: Tensor) -> "ExperienceBatch":
+        """Rows in the order of `index` ((B',) long)."""
+        return self._map(lambda t: t[index])
 
 
 @dataclass

@@ -463,8 +463,8 @@ class CGPOConfig(Strict):
     scale_std: bool = True
     eps: float = Field(1e-6, gt=0)
     epochs: int = Field(1, ge=1, description="passes over each rollout batch (crpg / crraft)")
-    mini_batches: Literal[1] = Field(1, description="one optimizer step per epoch: the per-task normalisers are "
-                                     "computed over the whole batch")
+    mini_batches: int = Field(1, ge=1, description="crpg / crraft: optimizer steps per epoch, on stratified "
+                              "mini-batches; each task is normalised within each step")
     # CODPO: DPO loss on (best satisfying, violating) pairs + nll_coef x length-normalised NLL of the chosen one
     beta: float = Field(0.1, gt=0, description="codpo: DPO beta of the codpo tasks that set none")
     loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"

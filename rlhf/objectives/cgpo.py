@@ -26,15 +26,15 @@ The three optimisers read (R, ok):
   them, optionally only when R > threshold) is selected (``crraft_select``) and the policy is fine-tuned on the
   selected rows: token-mean NLL (``crraft_loss``).
 
-CRPG and CRRAFT share one policy-gradient call of the trainer: CRRAFT as advantage c on selected rows and 0
-elsewhere (``crraft_advantages``). Why that is the NLL gradient: the trainer's loss is
--1/N sum_i sum_t min(rho_it A_i, clip(rho_it) A_i) with rho = pi / pi_old. On the (only) epoch pi_old = pi, so
-rho = 1 lies inside the clip range and both branches have gradient A_i grad(rho) = A_i grad(log pi) (rho = 1).
-The gradient is therefore -1/N sum_{i selected} c sum_t grad log pi(o_it), and with c = N / N_sel (N tokens of
-the batch, N_sel of the selected rows; token_mean) it equals grad of -1/N_sel sum_{selected} sum_t log pi, the
-token-mean NLL. Under seq_mean, c = B / B_sel gives the sequence-mean NLL. ``task_scale`` gives c; the same factor
-makes a CRPG task's term its own token mean rather than its share of the batch, so the combined loss of one call
-is sum_t weight_t * L_t over CRPG/CRRAFT tasks t.
+CRPG and CRRAFT share the trainer's policy-gradient update. A CRRAFT row carries advantage c and is marked as an
+NLL row (``ExperienceBatch.nll_rows``): ``CGPO.policy_loss`` gives it the term -c * log pi(o_it) per token,
+aggregated like the surrogate, while CRPG rows keep -min(rho A, clip(rho) A). With c = N / N_sel (N counted tokens
+of the optimizer step, N_sel of its selected rows; token_mean) the CRRAFT term is the selected rows' token-mean
+NLL; under seq_mean c = B / B_sel gives the sequence-mean NLL. (While pi_old = pi the surrogate would have the
+same gradient, A grad log pi at rho = 1; after an update on the batch, in a later mini-batch or epoch, only the
+NLL form is still the CRRAFT step.) ``task_scale`` gives c; the same factor makes a CRPG task's term its own
+token mean rather than its share of the step, so each step's loss is sum_t weight_t * L_t over CRPG/CRRAFT tasks t
+(the runtime computes the factors per mini-batch: ``rlhf.runtime.cgpo.scale_terms``).
 
 CODPO tasks share one optimizer step: pair p of task t gets beta_t (the task's ``beta``, default the objective's)
 and weight w_p = weight_t * P / P_t (P pairs in the step, P_t of task t; ``codpo_pair_info``), so the mean over
@@ -221,13 +221,6 @@ def task_scale(completion_mask: Tensor, rows: Tensor, loss_agg: str) -> float:
     return total / part if part > 0 else 0.0
 
 
-def crraft_advantages(selected: Tensor, completion_mask: Tensor, loss_agg: str, weight: float = 1.0) -> Tensor:
-    """(B,) advantages that make the trainer's clipped surrogate (one epoch) a weight x NLL step on the selected
-    rows: weight * task_scale on selected rows, 0 elsewhere (see the module docstring)."""
-    c = task_scale(completion_mask, selected, loss_agg)
-    return selected.to(torch.float32) * (weight * c)  # (B,)
-
-
 # --------------------------------------------------------------------------- the objective object
 
 
@@ -275,9 +268,22 @@ class CGPO:
         return self.pair_loss(*args, **kwargs)
 
     def policy_loss(self, logprobs: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None,
-                    advantages: Tensor, mask: Tensor, token_normalizer: float | None = None) -> LossOutput:
-        """GRPO's clipped surrogate (+ k3 KL) with the CRPG / CRRAFT advantages. Shapes as ``GRPO.loss``."""
-        return self.policy.loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
+                    advantages: Tensor, mask: Tensor, token_normalizer: float | None = None,
+                    nll_rows: Tensor | None = None) -> LossOutput:
+        """GRPO's clipped surrogate (+ k3 KL) with the CRPG advantages; CRRAFT rows (nll_rows (B,) bool) take
+        advantage x NLL instead, -A * logprob per token, aggregated the same way. While pi_old = pi the two have
+        the same gradient; after an update on the batch (a later mini-batch or epoch) only the NLL form is still
+        the CRRAFT step (no ratio, no clipping). Shapes as ``GRPO.loss``."""
+        if nll_rows is None or not bool(nll_rows.any()):
+            return self.policy.loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
+        rows = nll_rows.to(torch.bool)  # (B,)
+        out = self.policy.loss(logprobs, old_logprobs, ref_logprobs, torch.where(rows, 0.0, advantages), mask,
+                               token_normalizer)  # the surrogate on the other rows, KL on all
+        weight = torch.where(rows, advantages, 0.0).unsqueeze(1)  # (B, 1)
+        nll = self.policy.aggregate(-weight * logprobs, mask.to(logprobs.dtype), token_normalizer)
+        out.metrics["loss/crraft_nll"] = float(nll.detach())
+        out.metrics["loss/total"] = float((out.loss + nll).detach())
+        return LossOutput(loss=out.loss + nll, metrics=out.metrics)
 
     def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                   ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *,
@@ -298,7 +304,6 @@ __all__ = [
     "codpo_pairs",
     "crpg_advantages",
     "crpg_scores",
-    "crraft_advantages",
     "crraft_loss",
     "crraft_select",
     "group_mean_baseline",

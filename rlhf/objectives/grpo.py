@@ -156,12 +156,12 @@ class GRPO:
             if self.kl_coef > 0:
                 per_token = per_token + self.kl_coef * kl
 
-        loss = self._aggregate(per_token, mask, token_normalizer)
+        loss = self.aggregate(per_token, mask, token_normalizer)
         with torch.no_grad():
             clipped_out = ((ratio < 1 - self.clip_eps) & (adv < 0)) | ((ratio > 1 + self.eps_high) & (adv > 0))
             metrics = {
                 "loss/total": float(loss.detach()),
-                "loss/policy": float(self._aggregate(policy_term, mask, token_normalizer)),
+                "loss/policy": float(self.aggregate(policy_term, mask, token_normalizer)),
                 "clip_frac": float(masked_mean(clipped_out.to(mask.dtype), mask)),
                 "ratio/mean": float(masked_mean(ratio, mask)),
                 "tokens": float(mask.sum()),
@@ -170,7 +170,7 @@ class GRPO:
                 metrics["kl"] = float(masked_mean(kl, mask))
         return LossOutput(loss=loss, metrics=metrics)
 
-    def _aggregate(self, per_token: Tensor, mask: Tensor, token_normalizer: float | None) -> Tensor:
+    def aggregate(self, per_token: Tensor, mask: Tensor, token_normalizer: float | None) -> Tensor:
         """(B, C) per-token losses -> () scalar."""
         if self.loss_agg == "seq_mean":
             return masked_mean(per_token, mask, dim=1).mean()  # mean over each sequence, then over sequences

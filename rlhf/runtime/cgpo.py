@@ -16,11 +16,14 @@ One step:
    - crpg: violators get R = 0, then group-relative advantages;
    - crraft: the best satisfying sample(s) per prompt get advantage c (an NLL step), the rest 0;
    - codpo: per prompt, (best satisfying, violating or worst) pair.
-5. Combining the tasks' updates: crpg and crraft tasks share ONE policy-gradient optimizer step over the whole
-   batch (rows of codpo tasks ride along with advantage 0). Each task's advantages are multiplied by
-   weight_t x task_scale (batch tokens / the task's counted tokens), so the step minimises sum_t weight_t x L_t,
-   with L_t the task's own token-mean loss (CRPG surrogate, or CRRAFT NLL on its selected rows), independent of how
-   many prompts it got. The k3 KL term (``kl_coef``) applies to every row. Then codpo tasks' pairs take a SECOND
+5. Combining the tasks' updates: crpg and crraft tasks share the policy-gradient update over the batch (rows of
+   codpo tasks ride along with advantage 0): one optimizer step, or with ``mini_batches`` M > 1 M steps per epoch
+   on stratified mini-batches (each holds every task, and every task's CRRAFT selection, in the batch's
+   proportions). Within each step, each task's advantages are multiplied by weight_t x task_scale (the step's
+   tokens / the task's counted tokens in it), so every step minimises sum_t weight_t x L_t, with L_t the task's own
+   token-mean loss on that step's rows (CRPG surrogate, or CRRAFT advantage x NLL on its selected rows, computed as
+   the NLL itself so it stays exact after the policy has moved), independent of how many prompts it got. The k3
+   KL term (``kl_coef``) applies to every row. Then codpo tasks' pairs take a SECOND
    optimizer step (``trainers.train_online_pairs``): sum_t weight_t x the task's mean CODPO loss, with the task's
    own beta (``codpo_pair_info``). Both steps use the same rollouts; then the engines are synced once.
 6. Metrics: ``cgpo/{task}/violation_rate/{judge}``, ``cgpo/{task}/violation_rate`` (any judge),
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,7 +45,6 @@ from rlhf.objectives.cgpo import (
     codpo_pair_info,
     codpo_pairs,
     crpg_advantages,
-    crraft_advantages,
     crraft_select,
     group_mean_baseline,
     satisfied_mask,
@@ -95,8 +98,8 @@ class CGPOStage(OnPolicyStage):
 
         t0 = time.perf_counter()
         completion_mask = rollout.completion_mask.float()  # (B, C)
-        advantages, pairs, signal_metrics = task_signals(self.cfg, self.weights, rv, baseline_rv, tasks,
-                                                         rollout.group_ids, completion_mask)
+        advantages, pairs, signal_metrics, terms = task_signals(self.cfg, self.weights, rv, baseline_rv, tasks,
+                                                                rollout.group_ids, completion_mask)
         metrics.update(signal_metrics)
         metrics.update(_component_metrics(rv))
         t_prepare = time.perf_counter() - t0
@@ -107,8 +110,12 @@ class CGPOStage(OnPolicyStage):
             exp = ExperienceBatch(
                 input_ids=rollout.input_ids(), attention_mask=rollout.attention_mask(),
                 completion_mask=completion_mask, advantages=advantages, prompt_len=rollout.prompt_ids.shape[1],
-                rollout_logprobs=rollout.logprobs if _track_mismatch(self.recipe) else None,
+                rollout_logprobs=rollout.logprobs if _track_mismatch(self.recipe) else None, nll_rows=terms.nll,
             )
+            if self.cfg.mini_batches > 1:  # every optimizer step gets each task in its share, normalised there
+                order, mini = stratified_mini_batches(terms, self.trainers.world_size, self.cfg.mini_batches)
+                exp = exp.select(order)
+                exp.advantages = scale_terms(terms.select(order), exp.completion_mask, mini, self.cfg.loss_agg)
             metrics.update(self.trainers.train_rl(exp))
         used = pairs[: len(pairs) - len(pairs) % self.trainers.world_size]  # whole pairs on every rank
         if any(t.optimizer == "codpo" for t in self.cfg.tasks.values()):
@@ -194,11 +201,13 @@ def task_signals(cfg: Any, weights: dict[str, float], rv: RewardVector, baseline
     cfg: the CGPOConfig; weights: component name -> weight; rv (B, K) the samples' vector; baseline_rv (G, K) the
     prompts' baseline rows (NaN rows where none) or None; tasks (G,) task of each prompt; group_ids (B,) prompt of
     each sample; completion_mask (B, C) the tokens the trainer counts. Returns (B,) advantages for the
-    policy-gradient step, CODPO pairs as (chosen, rejected) global row indices, and per-task metrics.
+    policy-gradient step (normalised over the whole batch: one optimizer step), CODPO pairs as (chosen, rejected)
+    global row indices, per-task metrics, and the rows' terms before normalisation (for several mini-batches).
     """
     B = rv.batch_size
     row_task = [tasks[int(g)] for g in group_ids]  # (B,) task of each sample
-    advantages = torch.zeros(B)  # (B,)
+    terms = RowTerms(base=torch.zeros(B), group=torch.full((B,), -1, dtype=torch.long),
+                     nll=torch.zeros(B, dtype=torch.bool))
     pairs: list[tuple[int, int]] = []
     metrics: dict[str, float] = {}
     for task, tcfg in cfg.tasks.items():
@@ -233,13 +242,15 @@ def task_signals(cfg: Any, weights: dict[str, float], rv: RewardVector, baseline
 
         if tcfg.optimizer == "crpg":
             adv = crpg_advantages(calibrated, ok, groups, cfg.scale_std, cfg.eps)  # (B_t,)
-            advantages[idx] = adv * tcfg.weight * task_scale(completion_mask, in_task, cfg.loss_agg)
+            terms.base[idx] = adv * tcfg.weight
+            terms.group[idx] = int(terms.group.max()) + 1  # normalised over the task's rows
             metrics[f"{p}/adv_abs_mean"] = float(adv.abs().mean())
         elif tcfg.optimizer == "crraft":
             chosen = crraft_select(calibrated, ok, groups, tcfg.top_k, tcfg.threshold)  # (B_t,)
-            selected = torch.zeros(B, dtype=torch.bool)
-            selected[idx[chosen]] = True
-            advantages += crraft_advantages(selected, completion_mask, cfg.loss_agg, tcfg.weight)
+            rows = idx[chosen]
+            terms.base[rows] = tcfg.weight
+            terms.group[rows] = int(terms.group.max()) + 1  # normalised over the task's selected rows
+            terms.nll[rows] = True
             metrics[f"{p}/selected"] = float(chosen.sum())
         else:
             local = codpo_pairs(calibrated, ok, groups)  # (chosen, rejected) rows of this task
@@ -249,7 +260,52 @@ def task_signals(cfg: Any, weights: dict[str, float], rv: RewardVector, baseline
                 chosen_rows, rejected_rows = (list(x) for x in zip(*local))
                 metrics[f"{p}/pair_calibrated_gap"] = float(
                     (calibrated[chosen_rows] - calibrated[rejected_rows]).mean())
-    return advantages, pairs, metrics
+    advantages = scale_terms(terms, completion_mask, torch.zeros(B, dtype=torch.long), cfg.loss_agg)
+    return advantages, pairs, metrics, terms
+
+
+@dataclass
+class RowTerms:
+    """What each row contributes to the policy-gradient step before the per-task normalisation: base (B,)
+    advantage x task weight; group (B,) long: rows normalised together (a crpg task's rows, a crraft task's
+    selected rows), -1 for rows without a term; nll (B,) bool: CRRAFT rows (advantage x NLL, not the surrogate)."""
+
+    base: torch.Tensor
+    group: torch.Tensor
+    nll: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> "RowTerms":
+        return RowTerms(self.base[index], self.group[index], self.nll[index])
+
+
+def scale_terms(terms: RowTerms, completion_mask: torch.Tensor, mini_batch: torch.Tensor, loss_agg: str
+                ) -> torch.Tensor:
+    """(B,) advantages: each row's base x task_scale within its optimizer step's mini-batch (mini_batch (B,): the
+    step each row is trained in), so every step minimises sum_t weight_t x (task t's own mean term on that step's
+    rows), as one whole-batch step does with mini_batches = 1."""
+    advantages = torch.zeros_like(terms.base)  # (B,)
+    for m in mini_batch.unique().tolist():
+        in_m = mini_batch == m  # (B,)
+        for g in terms.group[in_m & (terms.group >= 0)].unique().tolist():
+            rows = in_m & (terms.group == g)  # (B,)
+            advantages[rows] = terms.base[rows] * task_scale(completion_mask[in_m], rows[in_m], loss_agg)
+    return advantages
+
+
+def stratified_mini_batches(terms: RowTerms, world_size: int, mini_batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order (B,), mini-batch of each row in that order (B,)) for `mini_batches` optimizer steps on `world_size`
+    ranks. The trainer gives rank r rows [r k, (r + 1) k) (k = B / world_size) and steps through them in slices of
+    k / mini_batches, so slot s = r * mini_batches + m holds rows [s n, (s + 1) n), n = B / slots. Rows sorted by
+    normalisation group are dealt round-robin over the slots: every step sees each task (and each task's CRRAFT
+    selection) in the same proportion as the whole batch."""
+    B = terms.base.numel()
+    slots = world_size * mini_batches
+    if B % slots:
+        raise ValueError(f"CGPO: {B} rows cannot be split into {world_size} ranks x {mini_batches} mini-batches")
+    by_group = torch.argsort(terms.group, stable=True)  # (B,)
+    order = torch.cat([by_group[s::slots] for s in range(slots)])  # (B,)
+    slot = torch.arange(slots).repeat_interleave(B // slots)  # (B,) slot of each position
+    return order, slot % mini_batches
 
 
 def _component_metrics(rv: RewardVector) -> dict[str, float]:

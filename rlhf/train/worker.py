@@ -183,7 +183,9 @@ class TrainWorker:
                                 advantages, old, part.rollout_logprobs, part.completion_mask, tis_cap
                             )  # (b, C)
                             extra.update(tis)
-                    out = objective.loss(logprobs, old, part.ref_logprobs, advantages, part.completion_mask, normalizer)
+                    rows = {} if part.nll_rows is None else {"nll_rows": part.nll_rows}  # CGPO's CRRAFT rows
+                    out = objective.loss(logprobs, old, part.ref_logprobs, advantages, part.completion_mask, normalizer,
+                                         **rows)
                     out.metrics.update(extra)
                     return out
 
@@ -528,10 +530,14 @@ class TrainWorker:
         bucket_bytes = int(self.recipe.train.sync_bucket_mb * 2**20)
         for bucket in self.backend.full_parameter_buckets(bucket_bytes, every_rank=True, on_device=True):
             if error is None:
-                meta, handle, flat, nbytes = bucket_message(bucket)
-                call(engine.update_ipc, meta, handle)
-                del flat  # the engine has copied it (or failed)
-                payload.num_bytes += nbytes
+                try:
+                    meta, handle, flat, nbytes = bucket_message(bucket)
+                except Exception as e:  # noqa: BLE001 - as in `call`: reported, the loop goes on
+                    error = f"{type(e).__name__}: {e}"
+                else:
+                    call(engine.update_ipc, meta, handle)
+                    del flat  # the engine has copied it (or failed)
+                    payload.num_bytes += nbytes
             payload.num_params += len(bucket)
             if self.rank == 0:
                 digests.update((n, tensor_digest(n, t)) for n, t in bucket)

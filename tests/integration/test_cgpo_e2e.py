@@ -78,15 +78,19 @@ def _sampler_state(checkpoint: Path) -> dict:
 
 
 def test_cgpo_three_optimizers(ray_session, tmp_path):
-    """Two steps, a checkpoint after each: per-task metrics, a trained policy, the task sampler's state."""
+    """Two steps (2 epochs x 2 stratified mini-batches each), a checkpoint after each: per-task metrics, a trained
+    policy, the task sampler's state."""
     from rlhf.runtime.controller import run
     from rlhf.train import checkpoint as ckpt
 
     out = tmp_path / "run"
     recipe = _recipe(out, steps=2)
     recipe["data"]["train_path"] = str(_with_mix_task(tmp_path))
+    recipe["objective"].update(mini_batches=2, epochs=2)  # stratified mini-batches; CRRAFT rows as NLL
     summary = run(validate_dict(recipe, "test"))
-    _check_metrics(out, [1, 2])
+    rl = _check_metrics(out, [1, 2])
+    for r in rl:  # CRRAFT's selected rows are trained with the NLL term whenever there are any
+        assert ("loss/crraft_nll" in r) == (r["cgpo/mix/selected"] > 0), r
     step1, step2 = sorted(p for p in ckpt.checkpoints_dir(str(out)).iterdir() if p.name.startswith("step_"))
     assert set(_sampler_state(step1)) == {"add", "sub", "mix"}
     assert all(s == {"epoch": 0, "position": 2} for s in _sampler_state(step1).values())  # 2 prompts per task

@@ -17,7 +17,6 @@ from rlhf.objectives.cgpo import (
     codpo_pairs,
     crpg_advantages,
     crpg_scores,
-    crraft_advantages,
     crraft_loss,
     crraft_select,
     group_mean_baseline,
@@ -168,29 +167,37 @@ def test_task_scale():
 
 
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
-def test_crraft_as_advantage_equals_nll_gradient(loss_agg):
-    """The trainer's clipped surrogate at ratio 1 with crraft_advantages has the gradient of weight x NLL."""
+def test_crraft_rows_take_the_nll_form_even_after_the_policy_moved(loss_agg):
+    """CGPO.policy_loss with nll_rows: the CRRAFT rows' gradient is advantage x NLL's (no ratio, no clipping) even
+    when pi_old != pi (a later mini-batch or epoch), the other rows keep the clipped surrogate; at pi_old = pi the
+    whole loss has the gradient of the plain surrogate (so one update per batch is unchanged)."""
     torch.manual_seed(0)
     theta = torch.randn(4, 3, 5, requires_grad=True)  # per-row, per-position logits over 5 tokens
     targets = torch.randint(0, 5, (4, 3))
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     selected = torch.tensor([True, False, True, False])
+    adv = torch.tensor([1.5, -0.7, 1.5, 0.4])
+    obj = CGPO(policy=GRPO(loss_agg=loss_agg, clip_eps=0.2))
 
     def logprobs() -> torch.Tensor:
         return torch.log_softmax(theta, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (4, 3)
 
-    adv = crraft_advantages(selected, mask, loss_agg, weight=0.5)
-    GRPO(loss_agg=loss_agg).loss(logprobs(), None, None, adv, mask).loss.backward()
-    g_pg = theta.grad.clone()
-    theta.grad = None
-    if loss_agg == "token_mean":
-        nll = crraft_loss(logprobs(), mask, selected)
-    else:  # sequence-mean NLL of the selected rows
-        lp = logprobs()
-        per_seq = -(lp * mask).sum(1) / mask.sum(1)
-        nll = per_seq[selected].mean()
-    (0.5 * nll).backward()
-    assert torch.allclose(g_pg, theta.grad, atol=1e-6)
+    def grad(fn) -> torch.Tensor:
+        theta.grad = None
+        fn().backward()
+        return theta.grad.clone()
+
+    old = (logprobs() + 0.5).detach()  # the policy has moved: ratios far outside the clip range
+    g = grad(lambda: obj.policy_loss(logprobs(), old, None, adv, mask, nll_rows=selected).loss)
+    agg = GRPO(loss_agg=loss_agg).aggregate
+    by_hand = grad(lambda: GRPO(loss_agg=loss_agg, clip_eps=0.2).loss(
+        logprobs(), old, None, torch.where(selected, 0.0, adv), mask).loss
+        + agg(-(torch.where(selected, adv, 0.0).unsqueeze(1)) * logprobs(), mask, None))
+    assert torch.allclose(g, by_hand, atol=1e-6)
+    surrogate_only = grad(lambda: obj.policy_loss(logprobs(), old, None, adv, mask).loss)
+    assert not torch.allclose(g, surrogate_only, atol=1e-4), "the clipped surrogate would differ here"
+    at_start = grad(lambda: obj.policy_loss(logprobs(), None, None, adv, mask, nll_rows=selected).loss)
+    assert torch.allclose(at_start, grad(lambda: obj.policy_loss(logprobs(), None, None, adv, mask).loss), atol=1e-6)
 
 
 def test_cgpo_objective_dispatches_both_losses():
