@@ -536,6 +536,10 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0)
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward on one rank")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size")
+    num_threads: Optional[int] = Field(
+        None, ge=1, description="torch intra-op threads per training rank; default cores / num_ranks (fastest on a "
+        "quiet machine; under outside load on few cores, 1 can be faster: bench/README.md)"
+    )
 
     @model_validator(mode="after")
     def _torch_single(self) -> "TrainConfig":

@@ -29,7 +29,7 @@ class TrainGroup:
 
         self.recipe, self.role = recipe, role
         self.world_size = num_ranks or recipe.train.num_ranks
-        threads = max(1, (os.cpu_count() or 1) // self.world_size)
+        threads = recipe.train.num_threads or max(1, (os.cpu_count() or 1) // self.world_size)
         colocated = role == "policy" and recipe.rollout.placement == "colocated"  # shares GPUs with the engines
         options = train_bundles(self.world_size, colocated=colocated)
         actor_cls = ray.remote(TrainWorker)

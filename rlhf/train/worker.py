@@ -98,7 +98,7 @@ class TrainWorker:
             self.backend = TorchBackend(self.hf_model, **kwargs)
         n = sum(p.numel() for p in self.hf_model.parameters())
         trainable = sum(p.numel() for p in self.hf_model.parameters() if p.requires_grad)
-        return {"rank": self.rank, "params": n, "trainable_params": trainable}
+        return {"rank": self.rank, "params": n, "trainable_params": trainable, "threads": torch.get_num_threads()}
 
     def _lora(self) -> Any:
         """The LoRA config when the policy trains an adapter (model.lora enabled; never the critic), else None."""

@@ -20,7 +20,8 @@ def _recipe(tmp_path) -> Recipe:
         "rollout": {"num_engines": 2, "prompts_per_step": 4, "group_size": 2, "max_new_tokens": 5,
                     "weight_sync": "broadcast", "sync_timeout_s": 60},
         "objective": {"kind": "grpo"},
-        "train": {"backend": "deepspeed", "zero_stage": 3, "num_ranks": 2, "lr": 1e-3, "sync_bucket_mb": 0.05},
+        "train": {"backend": "deepspeed", "zero_stage": 3, "num_ranks": 2, "lr": 1e-3, "sync_bucket_mb": 0.05,
+                  "num_threads": 3},  # not the default (cores / ranks)
     })
 
 
@@ -34,7 +35,8 @@ def test_broadcast_sync_parity_and_fallback_when_an_engine_dies(ray_session, ari
     trainers = TrainGroup(recipe)
     engines = None
     try:
-        trainers.build(arithmetic_model_dir, recipe.train.lr)
+        infos = trainers.build(arithmetic_model_dir, recipe.train.lr)
+        assert [i["threads"] for i in infos] == [3, 3], "train.num_threads sets every rank's torch threads"
         engines = RolloutGroup(recipe, arithmetic_model_dir)
         assert engines.weight_sync == "broadcast"
         prompts = ["3+4=", "12-5=", "7+7=", "20-1="]
