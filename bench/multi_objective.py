@@ -102,39 +102,90 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              "final_weights": {k: v for k, v in last.items() if k.startswith("weights/")}})
                 print(f"{method:12s} seed {seed}: HV {runs[-1]['hypervolume']:.4f}  final {points[-1]}  "
                       f"({wall:.0f} s)", flush=True)
-    table = summarize(runs, seeds)
     result = {"bench": NAME, "quick": quick, "machine": info, "steps": steps, "seeds": seeds,
               "warmup_steps": args.warmup_steps, "brief_target": args.brief_target,
-              "eval_every": eval_every, "reference": REFERENCE, "runs": runs, "summary": table,
-              "ratios": {f"{m}_hv_over_static": table[m]["ratio_to_static"] for m in METHODS if m != "static"},
-              "required_ratios": [f"{m}_hv_over_static" for m in METHODS if m != "static"]}
-    md = header("Multi-objective weighting: hypervolume reached", f"python -m bench.{NAME}"
-                + (" --quick" if quick else ""), info, quick)
-    md += (f"\nTask: arithmetic, rewards `correct` (0/1) vs `brief` (-0.25 per token beyond {args.brief_target}); "
-           f"{steps} GRPO steps per run after a shared SFT warm-up per seed ({args.warmup_steps or 400} steps); held-out greedy eval every {eval_every} steps; HV of each "
-           f"run's eval points w.r.t. {REFERENCE}; {seeds} seed(s).\n\n")
-    md += md_table(["weighting", "HV mean", "HV min", "HV max", "HV / static (same seed), mean",
-                    "final correct", "final brief"],
-                   [[m, t["hv_mean"], t["hv_min"], t["hv_max"], t["ratio_to_static"], t["final_correct"],
-                     t["final_brief"]] for m, t in table.items()])
-    write_results(args.out, NAME, result, md)
+              "eval_every": eval_every, "reference": REFERENCE, "runs": runs}
+    return finish(result, args.out)
+
+
+def finish(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Summary table, ratios, markdown and files from the runs (also: `python -m bench.multi_objective --render
+    JSON` re-renders a saved result)."""
+    table = summarize(result["runs"])
+    result["summary"] = table
+    result["ratios"] = {f"{m}_hv_over_static": table[m]["ratio_to_static"] for m in METHODS if m != "static"}
+    result["ratios"].update({f"{m}_hv_rl_over_static": table[m]["rl_ratio_to_static"] for m in METHODS
+                             if m != "static"})
+    result["required_ratios"] = [f"{m}_hv_over_static" for m in METHODS if m != "static"]
+    md = render(result)
+    write_results(out_dir, NAME, result, md)
     print(md)
     return result
 
 
-def summarize(runs: list[dict[str, Any]], seeds: int) -> dict[str, dict[str, float]]:
+def render(result: dict[str, Any]) -> str:
+    r = result
+    md = header("Multi-objective weighting: hypervolume reached", f"python -m bench.{NAME}"
+                + (" --quick" if r["quick"] else "")
+                + (f" --warmup-steps {r['warmup_steps']}" if r.get("warmup_steps") else ""), r["machine"], r["quick"])
+    md += (f"\nTask: arithmetic, rewards `correct` (0/1) vs `brief` (-0.25 per token beyond "
+           f"{r.get('brief_target', 1)}); {r['steps']} GRPO steps per run after a shared SFT warm-up per seed "
+           f"({r.get('warmup_steps') or 400} steps); held-out greedy eval every {r['eval_every']} steps; HV w.r.t. "
+           f"{tuple(r['reference'])}: of each run's eval points (HV), and of its points after the shared start "
+           f"(HV after start: where RL took it); {r['seeds']} seed(s).\n\n")
+    md += md_table(["weighting", "HV mean", "HV min", "HV max", "HV / static (same seed), mean",
+                    "HV after start, mean", "HV after start / static, mean", "final correct", "final brief",
+                    "final simplex weight of `correct`"],
+                   [[m, t["hv_mean"], t["hv_min"], t["hv_max"], t["ratio_to_static"], t["hv_rl_mean"],
+                     t["rl_ratio_to_static"], t["final_correct"], t["final_brief"], t["final_weight_correct"]]
+                    for m, t in r["summary"].items()])
+    md += "\n\nPer run (eval points: before RL, then every eval):\n\n"
+    md += md_table(["weighting", "seed", "HV", "HV after start", "points (correct, brief)"],
+                   [[x["method"], x["seed"], x["hypervolume"], _hv(x["points"][1:]),
+                     " ".join(f"({a:.2f}, {b:.2f})" for a, b in x["points"])] for x in r["runs"]])
+    return md
+
+
+def _hv(points: list) -> float:
+    from rlhf.weighting.pareto import hypervolume
+
+    return hypervolume([tuple(p) for p in points], REFERENCE) if points else 0.0
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out = {}
-    static = {r["seed"]: r["hypervolume"] for r in runs if r["method"] == "static"}
+    static = {r["seed"]: r for r in runs if r["method"] == "static"}
     for m in METHODS:
         rs = [r for r in runs if r["method"] == m]
         hv = [r["hypervolume"] for r in rs]
-        ratios = [r["hypervolume"] / static[r["seed"]] for r in rs if static.get(r["seed"])]
+        ratios = [r["hypervolume"] / static[r["seed"]]["hypervolume"] for r in rs
+                  if r["seed"] in static and static[r["seed"]]["hypervolume"]]
+        rl_ratios = [_hv(r["points"][1:]) / _hv(static[r["seed"]]["points"][1:]) for r in rs
+                     if r["seed"] in static and _hv(static[r["seed"]]["points"][1:])]
+        weights = [r["final_weights"].get("weights/simplex/correct", 0.5) for r in rs]
         out[m] = {"hv_mean": statistics.fmean(hv), "hv_min": min(hv), "hv_max": max(hv),
                   "ratio_to_static": statistics.fmean(ratios) if ratios else float("nan"),
+                  "hv_rl_mean": statistics.fmean(_hv(r["points"][1:]) for r in rs),
+                  "rl_ratio_to_static": statistics.fmean(rl_ratios) if rl_ratios else float("nan"),
                   "final_correct": statistics.fmean(r["final"][0] for r in rs),
-                  "final_brief": statistics.fmean(r["final"][1] for r in rs)}
+                  "final_brief": statistics.fmean(r["final"][1] for r in rs),
+                  "final_weight_correct": statistics.fmean(weights)}
     return out
 
 
+def _render_saved(argv: Sequence[str]) -> None:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--render", required=True, help="a saved multi_objective.json")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    with open(a.render) as f:
+        finish(json.load(f), a.out)
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    _render_saved(sys.argv[1:]) if "--render" in sys.argv else main()
