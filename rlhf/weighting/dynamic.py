@@ -20,8 +20,12 @@ formulation; every choice is spelled out here):
 - **hypervolume-guided** (``kind: hypervolume``): each step's batch-mean reward vector p_t is offered to a buffer of
   non-dominated points (``ParetoBuffer``). Its hypervolume gain g_t scales the next step's advantages by
   min(1 + gain_scale * g_t / HV_t, max_scale) (steps that expanded the front are followed by bolder ones). Each
-  component's marginal value is the hypervolume the front would gain if p_t improved by delta * spread_k along
-  that component alone (spread_k: the batch std of component k, at least 1e-3), per unit of improvement; the
+  component's marginal value is the hypervolume the front would gain if p_t improved along that component alone,
+  per unit of improvement. The probe moves p_t by short_k + delta * spread_k (spread_k: the batch std of
+  component k, at least 1e-3; short_k: how far component k lags the buffer points that are at least as good as p_t
+  on every other component, 0 when p_t is on the front). Without short_k a point that fell behind the front on
+  one component would see no gain from improving it, and the weights would ratchet toward whichever component
+  still expands the front; with it, a lagging component keeps a positive value that shrinks with its lag. The
   scores, divided by their largest magnitude, drive a mirror-descent step: the weights move toward the
   components whose improvement would expand the front most.
 - **gradient-based** (``kind: gradient``): the trainer computes the Gram matrix G_ij = <g_i, g_j> of the
@@ -147,12 +151,14 @@ class DynamicWeighting:
             self.buffer = ParetoBuffer(reference, hv_cfg.buffer_size)
         before = self.buffer.hypervolume
         spreads = [max(1e-3, s) for s in _column_stds(rv, self.names)]
+        shortfalls = _shortfalls(self.buffer.points, point)
         scores = []
         for k in range(len(point)):  # the front's gain if the policy improved along component k alone
+            move = shortfalls[k] + hv_cfg.delta * spreads[k]
             probe = list(point)
-            probe[k] += hv_cfg.delta * spreads[k]
+            probe[k] += move
             gained = hypervolume([*self.buffer.points, probe], self.buffer.reference) - before
-            scores.append(max(0.0, gained) / (hv_cfg.delta * spreads[k]))
+            scores.append(max(0.0, gained) / move)
         gain = self.buffer.add(point)
         top = max(abs(s) for s in scores)
         if top > 0 and hv_cfg.lr > 0:
@@ -161,7 +167,8 @@ class DynamicWeighting:
         relative = gain / before if before > 0 else 0.0
         self.hv_scale = min(1.0 + hv_cfg.gain_scale * relative, hv_cfg.max_scale)
         return {"pareto/hypervolume": self.buffer.hypervolume, "pareto/gain": gain, "pareto/front_size": len(self.buffer),
-                **{f"pareto/marginal/{n}": s for n, s in zip(self.names, scores)}}
+                **{f"pareto/marginal/{n}": s for n, s in zip(self.names, scores)},
+                **{f"pareto/shortfall/{n}": d for n, d in zip(self.names, shortfalls)}}
 
     def needs_gradients(self, step: int) -> bool:
         return self.kind == "gradient" and (step - 1) % self.cfg.gradient.every == 0 and len(self.names) > 1
@@ -201,6 +208,19 @@ class DynamicWeighting:
             self.buffer = ParetoBuffer(state["buffer"]["reference"], state["buffer"]["max_size"])
             self.buffer.load_state_dict(state["buffer"])
         self._refresh()
+
+
+def _shortfalls(front: Sequence[Sequence[float]], point: Sequence[float]) -> list[float]:
+    """Per component k: how much point[k] must rise before no front point that is at least as good on every other
+    component still dominates the point (0 when the point is not dominated). front: (N, K), point: (K,)."""
+    out = []
+    for k in range(len(point)):
+        lag = 0.0
+        for q in front:
+            if all(q[j] >= point[j] for j in range(len(point)) if j != k):
+                lag = max(lag, q[k] - point[k])
+        out.append(lag)
+    return out
 
 
 def _column_means(rv: RewardVector, names: Sequence[str]) -> list[float]:

@@ -74,6 +74,25 @@ def test_hypervolume_rule_moves_weight_to_the_component_that_expands_the_front()
     assert metrics["weights/hv_scale"] == pytest.approx(1.0)  # the last step gained nothing
 
 
+def test_hypervolume_rule_values_a_component_that_lags_the_front():
+    cfg = WeightingConfig(kind="hypervolume", hypervolume={"reference": [0.0, 0.0], "lr": 1.0, "delta": 0.5,
+                                                            "min_weight": 0.0})
+    w = build_weighting(cfg, COMPS)
+    w.observe(rv([0.9, 0.9], [0.1, 0.1]))
+    w.observe(rv([0.5, 0.5], [0.5, 0.5]))  # front {(0.9, 0.1), (0.5, 0.5)}, HV 0.09 + 0.4 * 0.5 = 0.29
+    # p = (0.4, 0.3), spreads (0.1, 0.1): dominated, so a probe of delta * spread alone would gain nothing on
+    # either component. Shortfalls: a lags (0.5, 0.5) by 0.1; b lags (0.5, 0.5) by 0.2 ((0.9, 0.1) is below it).
+    #   a: probe (0.55, 0.3) gains [0.5, 0.55] x [0.1, 0.3] = 0.01 over a move of 0.15 -> 1/15
+    #   b: probe (0.4, 0.55) gains [0, 0.4] x [0.5, 0.55] = 0.02 over a move of 0.25 -> 0.08
+    before = w.state_dict()["simplex"]
+    m = w.observe(rv([0.3, 0.5], [0.2, 0.4]))
+    assert m["pareto/shortfall/a"] == pytest.approx(0.1) and m["pareto/shortfall/b"] == pytest.approx(0.2)
+    assert m["pareto/marginal/a"] == pytest.approx(1 / 15) and m["pareto/marginal/b"] == pytest.approx(0.08)
+    after = w.state_dict()["simplex"]
+    assert after[1] - before[1] > 0 and after != before
+    assert m["pareto/gain"] == 0.0
+
+
 def test_gradient_rule_by_hand():
     cfg = WeightingConfig(kind="gradient", gradient={"lr": 1.0, "min_weight": 0.0})
     w = build_weighting(cfg, COMPS)
