@@ -132,7 +132,8 @@ def _numel(shape: Sequence[int]) -> int:
 # --------------------------------------------------------------------------- ours
 
 
-def run_ours(workdir: str, model_dir: str, s: dict[str, Any], zero2: bool = False) -> dict[str, Any]:
+def run_ours(workdir: str, model_dir: str, s: dict[str, Any], zero2: bool = False,
+             fixed_length: bool = False) -> dict[str, Any]:
     from rlhf.runtime.controller import run
 
     n = s["prompts"] * s["group"]
@@ -155,7 +156,7 @@ def run_ours(workdir: str, model_dir: str, s: dict[str, Any], zero2: bool = Fals
         f"objective.eps={ADV_EPS}", "objective.epochs=1", "objective.mini_batches=1",
         f"train.lr={LR}", "train.lr_schedule=constant", "train.lr_warmup_steps=0", "train.weight_decay=0.0",
         "train.grad_clip=1.0",
-        "eval.max_samples=16", "eval.every=0",
+        "eval.max_samples=16", "eval.every=0", f"rollout.ignore_eos={str(fixed_length).lower()}",
     ]
     if zero2:
         overrides += ["train.backend=deepspeed", "train.zero_stage=2", "train.num_ranks=2",
@@ -179,7 +180,8 @@ def run_ours(workdir: str, model_dir: str, s: dict[str, Any], zero2: bool = Fals
 # --------------------------------------------------------------------------- TRL
 
 
-def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, Any]) -> dict[str, Any]:
+def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, Any],
+            fixed_length: bool = False) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -206,6 +208,8 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, optim="adamw_torch", max_grad_norm=1.0,
         beta=BETA, epsilon=0.2, loss_type="dapo", scale_rewards="group", use_bias_correction_kl=False,
         num_iterations=1, use_vllm=False, dataloader_num_workers=0, log_completions=False,
+        # --fixed-length: EOS suppressed until max_completion_length, as our rollout.ignore_eos
+        generation_kwargs={"min_new_tokens": s["max_new"]} if fixed_length else None,
     )
     times: list[float] = []
     logs: list[dict[str, Any]] = []
@@ -245,6 +249,24 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
 # --------------------------------------------------------------------------- analysis
 
 
+def probe_seconds(repeats: int = 5) -> float:
+    """Median seconds of a fixed CPU workload (float32 matmuls on torch's default threads): how fast the machine
+    is right now. Taken before and after each side, it estimates how much outside load each side ran under."""
+    import statistics
+
+    import torch
+
+    a = torch.randn(384, 384, generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x = a
+        for _ in range(40):
+            x = torch.tanh(x @ a)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def analyse(side: dict[str, Any]) -> dict[str, Any]:
     st = side["steps"]
     used = st[1:] if len(st) > 1 else st  # step 1 warms caches up
@@ -263,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--zero2": {"action": "store_true", "help": "also run ours on DeepSpeed ZeRO-2, 2 ranks"},
         "--sft-steps": {"type": int, "default": 0,
                         "help": "start both sides from the random model after this many shared SFT steps (default 0)"},
+        "--fixed-length": {"action": "store_true",
+                           "help": "both sides decode exactly max new tokens per sample (EOS ignored): equal work "
+                                   "per step, so samples/s no longer depends on how long each policy answers"},
     })
     setup_env()
     s = dict(QUICK if args.quick else FULL)
@@ -275,23 +300,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.sft_steps:
             model_dir, sft = shared_sft(model_dir, train_rows, args.sft_steps, os.path.join(tmp, "sft"))
         load: dict[str, float] = {"ours_before": os.getloadavg()[0]}
+        probe: dict[str, float] = {"ours_before": probe_seconds()}
         with ray_running():
-            ours = run_ours(tmp, model_dir, s)
+            ours = run_ours(tmp, model_dir, s, fixed_length=args.fixed_length)
             load["ours_after"] = os.getloadavg()[0]
-            zero2 = run_ours(tmp, model_dir, s, zero2=True) if args.zero2 else None
+            probe["ours_after"] = probe_seconds()
+            zero2 = run_ours(tmp, model_dir, s, zero2=True, fixed_length=args.fixed_length) if args.zero2 else None
         load["trl_before"] = os.getloadavg()[0]
-        trl = run_trl(tmp, model_dir, train_rows, s)
+        probe["trl_before"] = probe_seconds()
+        trl = run_trl(tmp, model_dir, train_rows, s, fixed_length=args.fixed_length)
         load["trl_after"] = os.getloadavg()[0]
+        probe["trl_after"] = probe_seconds()
     a_ours, a_trl = analyse(ours), analyse(trl)
     ratios = {"ours_over_trl_samples_per_s": ratio(a_ours["samples_per_s"]["median"], a_trl["samples_per_s"]["median"]),
               "ours_over_trl_completion_tokens_per_s": ratio(a_ours["completion_tokens_per_s"]["median"],
                                                              a_trl["completion_tokens_per_s"]["median"])}
+    # a side that ran while the machine was slower (longer probe) is credited in proportion
+    speed = ratio(probe["ours_before"] + probe["ours_after"], probe["trl_before"] + probe["trl_after"])
+    ratios["ours_over_trl_samples_per_s_probe_normalised"] = ratios["ours_over_trl_samples_per_s"] * speed
     result: dict[str, Any] = {
         "bench": NAME, "quick": args.quick, "machine": info,
         "settings": {"model_params": n_params, **s, "shared_sft": sft, "lr": LR, "beta": BETA, "adv_eps": ADV_EPS, "seed": SEED,
                      "samples_per_step": s["prompts"] * s["group"]},
         "ours": {**ours, "analysis": a_ours}, "trl": {**trl, "analysis": a_trl},
         "ratios": ratios, "required_ratios": ["ours_over_trl_samples_per_s"], "load_avg": load,
+        "probe_s": probe, "fixed_length": args.fixed_length,
     }
     if zero2 is not None:
         a_z = analyse(zero2)
@@ -306,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def render(result: dict[str, Any], args) -> str:
     s, ours, trl = result["settings"], result["ours"], result["trl"]
     cmd = f"python -m bench.{NAME}" + (" --quick" if args.quick else "") + (" --zero2" if args.zero2 else "") \
-        + (f" --sft-steps {args.sft_steps}" if args.sft_steps else "")
+        + (f" --sft-steps {args.sft_steps}" if args.sft_steps else "") + (" --fixed-length" if args.fixed_length else "")
     m = s["model"]
     lines = [header("GRPO end to end: this platform vs TRL GRPOTrainer (CPU)", cmd, result["machine"], args.quick)]
     lines.append(f"Model: Llama, {s['model_params'] / 1e6:.2f}M parameters (hidden {m['hidden_size']}, "
@@ -324,8 +357,11 @@ def render(result: dict[str, Any], args) -> str:
         ["prompts per optimizer step x group size", f"rollout.prompts_per_step={s['prompts']} x group_size={s['group']}",
          f"per_device_train_batch_size={s['samples_per_step']}, num_generations={s['group']}, "
          "gradient_accumulation_steps=1, steps_per_generation=1"],
-        ["max new tokens / sampling", f"max_new_tokens={s['max_new']}, temperature 1, top_p 1, top_k 0 (stop at eos)",
-         f"max_completion_length={s['max_new']}, temperature 1, top_p 1, top_k 0 (stop at eos)"],
+        ["max new tokens / sampling",
+         f"max_new_tokens={s['max_new']}, temperature 1, top_p 1, top_k 0, "
+         + ("rollout.ignore_eos=true (always max_new_tokens)" if args.fixed_length else "(stop at eos)"),
+         f"max_completion_length={s['max_new']}, temperature 1, top_p 1, top_k 0, "
+         + (f"generation_kwargs min_new_tokens={s['max_new']}" if args.fixed_length else "(stop at eos)")],
         ["generation", "rollout.engine=hf (HF generate in a Ray actor)", "HF generate in-process, use_vllm=False"],
         ["loss", "clip 0.2, k3 KL beta %g, loss_agg=token_mean" % s["beta"],
          "epsilon 0.2, beta %g, use_bias_correction_kl=False, loss_type=dapo (= bnpo here: one accumulation "
@@ -357,7 +393,8 @@ def render(result: dict[str, Any], args) -> str:
                            "completion tokens/s", "whole run s", "timed by"], rows))
     r = result["ratios"]
     lines.append(f"\n**ours / TRL samples/s: {r['ours_over_trl_samples_per_s']:.2f}** "
-                 f"(completion tokens/s: {r['ours_over_trl_completion_tokens_per_s']:.2f})"
+                 f"(completion tokens/s: {r['ours_over_trl_completion_tokens_per_s']:.2f}; normalised by the load "
+                 f"probe: {r['ours_over_trl_samples_per_s_probe_normalised']:.2f})"
                  + (f"; ZeRO-2 2 ranks / TRL: {r['ours_zero2_over_trl_samples_per_s']:.2f}"
                     if "ours_zero2_over_trl_samples_per_s" in r else "") + ".\n")
     lines.append("## Reward\n")
@@ -385,6 +422,13 @@ def verdict(result: dict[str, Any]) -> str:
                  "per step depends on the longest sample more than on the mean; the completion-tokens/s ratio "
                  f"({result['ratios']['ours_over_trl_completion_tokens_per_s']:.2f}) credits the side whose "
                  "samples ran longer and is not the figure. ")
+    pr = result.get("probe_s")
+    if pr:
+        text += (f"A fixed CPU probe (`probe_seconds`) took {pr['ours_before']:.3f} -> {pr['ours_after']:.3f} s around "
+                 f"ours and {pr['trl_before']:.3f} -> {pr['trl_after']:.3f} s around TRL; scaling each side by the "
+                 "machine speed it saw gives "
+                 f"{result['ratios']['ours_over_trl_samples_per_s_probe_normalised']:.2f} (an estimate: the probe "
+                 "samples the load at four instants only). ")
     la = result.get("load_avg")
     if la:
         text += (f"Machine load (1-min average) around ours: {la['ours_before']:.1f} -> {la['ours_after']:.1f}; "

@@ -289,6 +289,9 @@ class RolloutConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     stop: list[str] = Field(default_factory=list)
+    ignore_eos: bool = Field(False, description="training rollouts decode max_new_tokens: EOS is "
+                             "ignored (stop strings still apply), so every step does equal work (benchmarks); "
+                             "evaluation still stops at EOS")
     batch_size: int = Field(64, ge=1, description="sequences per generate() call inside an engine")
 
 

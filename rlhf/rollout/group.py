@@ -325,10 +325,16 @@ def resolve_weight_sync(recipe: Recipe, gpus: bool) -> str:
     if r.weight_sync == "auto":
         if not gpus or adapters:
             return "object_store"
-        return "cuda_ipc" if r.placement == "colocated" and recipe.model.lora is None else "broadcast"
+        if r.placement == "colocated":  # broadcast cannot work there (below); cuda_ipc carries no LoRA weights
+            return "cuda_ipc" if recipe.model.lora is None else "object_store"
+        return "broadcast"
     if r.weight_sync == "broadcast" and adapters:
         raise ValueError(f"rollout.weight_sync: broadcast sends full weights, but model.lora with engine "
                          f"{r.engine!r} syncs only the adapter; use weight_sync: object_store (or auto)")
+    if r.weight_sync == "broadcast" and gpus and r.placement == "colocated":
+        raise ValueError("rollout.weight_sync: broadcast runs over NCCL, which refuses two members on one GPU "
+                         "(training rank 0 and engine 0 share it under placement: colocated); use cuda_ipc, "
+                         "object_store or auto")
     return r.weight_sync
 
 

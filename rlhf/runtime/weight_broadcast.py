@@ -69,7 +69,12 @@ class SyncGroup:
             self.store = dist.TCPStore(host, port, world_size, is_master=rank == 0, timeout=timeout)
             store = dist.PrefixStore("rlhf-weight-sync/", self.store)
             if backend == "nccl":
-                self.pg = dist.ProcessGroupNCCL(store, rank, world_size)
+                # built as torch's own `_new_process_group_helper` does; without options the NCCL backend uses its
+                # 10-minute default and ignores `timeout_s`
+                opts = dist.ProcessGroupNCCL.Options()
+                opts.is_high_priority_stream = False
+                opts._timeout = timeout
+                self.pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
             else:
                 self.pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
         except Exception as e:  # noqa: BLE001 - re-raised with the address and rank that failed
@@ -101,8 +106,12 @@ class SyncGroup:
         return int(payload.numel())
 
     def finish(self) -> None:
-        """Tell the receivers this sync is complete."""
+        """Tell the receivers this sync is complete; returns once every broadcast of this sync has completed."""
         self._broadcast(torch.tensor(END, dtype=torch.int64, device=self.device))
+        if self.device.type == "cuda":
+            # NCCL's `wait()` only orders the current stream after the collective; without this the sends may
+            # still be in flight when the caller goes on (e.g. `close()` would abort them)
+            torch.cuda.current_stream(self.device).synchronize()
 
     # ------------------------------------------------------------------ ranks > 0
 

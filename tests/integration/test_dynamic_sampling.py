@@ -1,4 +1,5 @@
-"""DAPO dynamic sampling in the controller: zero-variance groups are dropped and refilled from new prompts."""
+"""The controller's generate-and-score step: DAPO dynamic sampling (zero-variance groups are dropped and refilled
+from new prompts) and the recipe's sampling settings reaching the engine (rollout.ignore_eos)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ def parts(arithmetic_model_dir):
     yield engine
 
 
-def _setup(dynamic: bool, rounds: int = 4):
+def _setup(dynamic: bool, rounds: int = 4, ignore_eos: bool = False):
     recipe = validate_dict({
         "model": {"tiny": {}},
         "rewards": [{"name": "r", "plugin": "test_constant_for_plus"}],
-        "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6, "temperature": 1.5},
+        "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 6, "temperature": 1.5,
+                    "ignore_eos": ignore_eos},
         "objective": {"kind": "grpo", "dynamic_sampling": dynamic, "max_sampling_rounds": rounds},
         "train": {"num_ranks": 1, "backend": "torch"},
     }, "test")
@@ -73,3 +75,15 @@ def test_without_dynamic_sampling_batch_is_as_generated(parts):
     sampler.load_state_dict(first)
     assert rollout.prompts == [r["prompt"] for r in sampler.next_batch() for _ in range(4)]
     assert "dynamic_sampling/rounds" not in metrics
+
+
+def test_ignore_eos_makes_every_training_rollout_full_length(parts):
+    engine = parts
+    lengths = {}
+    for ignore in (False, True):
+        recipe, sampler, rewards = _setup(dynamic=False, ignore_eos=ignore)
+        weighting = build_weighting(recipe.weighting, recipe.rewards)
+        rollout, _, _, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
+        lengths[ignore] = rollout.completion_mask.sum(dim=1).tolist()  # (B,)
+    assert lengths[True] == [6] * 16
+    assert min(lengths[False]) < 6, "the arithmetic model answers in fewer than 6 tokens and stops at EOS"

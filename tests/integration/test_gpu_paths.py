@@ -81,7 +81,9 @@ def _ipc_child(handle: bytes, meta: list, out) -> None:
     from rlhf.runtime.weight_sync import unflatten_bucket
 
     flat = open_shared(handle)
-    got = [(n, t.cpu().clone()) for n, t in unflatten_bucket(meta, flat)]
+    # numpy arrays, pickled by value: a CPU tensor put on the queue travels as a shared-memory fd that the parent
+    # can only fetch while this process is still alive (it exits right after the put)
+    got = [(n, t.cpu().numpy().copy()) for n, t in unflatten_bucket(meta, flat)]
     finish_copies()
     out.put(got)
 
@@ -102,7 +104,8 @@ def test_cuda_ipc_buffer_opens_in_another_process():
     got = out.get(timeout=120)
     p.join(60)
     assert p.exitcode == 0
-    assert [(n, torch.equal(t, ref.cpu())) for (n, t), (_, ref) in zip(got, bucket)] == [("w", True), ("b", True)]
+    assert [(n, torch.equal(torch.from_numpy(a), ref.cpu())) for (n, a), (_, ref) in zip(got, bucket)] == \
+        [("w", True), ("b", True)]
 
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
