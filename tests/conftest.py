@@ -33,7 +33,11 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+        import torch
+
+        env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        if not torch.cuda.is_available():  # on a GPU machine DeepSpeed must find CUDA (the gpu-marked tests)
+            env["DS_ACCELERATOR"] = "cpu"
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": env})
     yield ray
