@@ -236,6 +236,17 @@ def tiny_recipe(overrides: Sequence[str], output_dir: str, edit: Callable[[dict]
     return Recipe.model_validate(data)
 
 
+def without_vllm(name: str, title: str, command: str, info: dict[str, Any], quick: bool, out_dir: str) -> dict[str, Any]:
+    """The result of a bench that compares against the vllm engine when vllm is not installed: says so, no ratios."""
+    md = header(title, command, info, quick)
+    md += "\nvllm is not installed: nothing to compare (`RLHF_WITH_VLLM=1 . scripts/setup.sh`).\n"
+    result = {"bench": name, "machine": info, "quick": quick, "skipped": "vllm not installed",
+              "ratios": {}, "required_ratios": []}
+    write_results(out_dir, name, result, md)
+    print(md)
+    return result
+
+
 def save_figure(plt, fig, out_dir: str, name: str) -> str:
     """Lay out, write OUT/NAME.png and close the figure; returns the path."""
     fig.tight_layout()

@@ -21,7 +21,7 @@ import tempfile
 from typing import Any, Sequence
 
 from bench.common import header, machine_info, md_table, parse_args, ratio, ray_running, read_metrics, save_figure, \
-    setup_env, tiny_recipe, write_results
+    setup_env, tiny_recipe, without_vllm, write_results
 
 NAME = "engine_curves"
 ENGINES = ("hf", "vllm")
@@ -75,13 +75,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = f"python -m bench.{NAME}" + (" --quick" if args.quick else "")
     title = "GRPO learning curves: vllm engine vs hf engine (same recipe, seed and start)"
     if not vllm_available():
-        md = header(title, command, info, args.quick)
-        md += "\nvllm is not installed: nothing to compare (`RLHF_WITH_VLLM=1 . scripts/setup.sh`).\n"
-        result = {"bench": NAME, "machine": info, "quick": args.quick, "skipped": "vllm not installed",
-                  "ratios": {}, "required_ratios": []}
-        write_results(args.out, NAME, result, md)
-        print(md)
-        return result
+        return without_vllm(NAME, title, command, info, args.quick, args.out)
     steps = args.steps or (4 if args.quick else 80)
     eval_every = max(1, steps // 4)
     runs: dict[str, dict[str, Any]] = {}

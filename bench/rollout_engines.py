@@ -19,7 +19,8 @@ import os
 import tempfile
 from typing import Any, Sequence
 
-from bench.common import header, machine_info, md_table, parse_args, ray_running, setup_env, summary, write_results
+from bench.common import header, machine_info, md_table, parse_args, ray_running, setup_env, summary, \
+    without_vllm, write_results
 
 NAME = "rollout_engines"
 
@@ -88,13 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info = machine_info()
     command = f"python -m bench.{NAME}" + (" --quick" if args.quick else "")
     if not vllm_available():
-        md = header("Rollout engines: vllm vs hf tokens/s", command, info, args.quick)
-        md += "\nvllm is not installed: nothing to compare (`RLHF_WITH_VLLM=1 . scripts/setup.sh`).\n"
-        result = {"bench": NAME, "machine": info, "quick": args.quick, "skipped": "vllm not installed",
-                  "ratios": {}, "required_ratios": []}
-        write_results(args.out, NAME, result, md)
-        print(md)
-        return result
+        return without_vllm(NAME, "Rollout engines: vllm vs hf tokens/s", command, info, args.quick, args.out)
     repeats = args.repeats or (2 if args.quick else 5)
     n, max_new, n_prompts = (2, 16, 8) if args.quick else (4, 64, 32)
     prompts = [f"{a}+{b}=" for a, b in zip(range(n_prompts), range(3, 3 + n_prompts))]
