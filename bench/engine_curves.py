@@ -144,11 +144,11 @@ def plot(result: dict[str, Any], out_dir: str) -> str | None:
         return None
     fig, axes = plt.subplots(1, len(COMPONENTS), figsize=(12, 3.5))
     for ax, comp in zip(axes, COMPONENTS):
-        for engine, r in result["runs"].items():
+        for color, (engine, r) in zip(("C0", "C3"), result["runs"].items()):
             pts = r["curves"][comp]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{engine} (training batch)", lw=1)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=f"{engine} (training batch)", lw=1)
             if comp == "correct" and r["eval"]:
-                ax.plot([p[0] for p in r["eval"]], [p[1] for p in r["eval"]], marker="o", ls="--",
+                ax.plot([p[0] for p in r["eval"]], [p[1] for p in r["eval"]], color=color, marker="o", ls="--",
                         label=f"{engine} (held-out greedy)")
         ax.set_xlabel("GRPO step")
         ax.set_title(f"`{comp}` mean")
