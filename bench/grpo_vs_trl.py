@@ -214,12 +214,27 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
     times: list[float] = []
     logs: list[dict[str, Any]] = []
 
+    gen_s = [0.0]  # generation time inside the current step (TRL calls the training model's generate)
+    gen_times: list[float] = []
+    plain_generate = model.generate
+
+    def timed_generate(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return plain_generate(*a, **kw)
+        finally:
+            gen_s[0] += time.perf_counter() - t
+
+    model.generate = timed_generate
+
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            gen_s[0] = 0.0
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t0)
+            gen_times.append(gen_s[0])
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "rewards/correct/mean" in logs:
@@ -238,7 +253,9 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
     for i, t in enumerate(times, start=1):
         l = by_step.get(i, {})
         clen = l.get("completions/mean_length")
+        g = gen_times[i - 1] if i - 1 < len(gen_times) and gen_times[i - 1] > 0 else None
         steps.append({"step": i, "step_s": t, "samples": n, "samples_per_s": n / t,
+                      "generate_s": g, "train_s": None if g is None else t - g,
                       "completion_tokens": clen * n if clen is not None else None,
                       "reward": l.get("rewards/correct/mean"), "kl": l.get("kl"),
                       "finished_rate": 1 - l["completions/clipped_ratio"] if "completions/clipped_ratio" in l else None})
@@ -274,7 +291,10 @@ def analyse(side: dict[str, Any]) -> dict[str, Any]:
     toks = [r["completion_tokens"] / r["step_s"] for r in used if r.get("completion_tokens") is not None]
     lens = [r["completion_tokens"] / r["samples"] for r in used if r.get("completion_tokens") is not None]
     rewards = [r["reward"] for r in st if r.get("reward") is not None]
+    gen = [r["generate_s"] for r in used if r.get("generate_s") is not None]
+    rest = [r["step_s"] - r["generate_s"] for r in used if r.get("generate_s") is not None]
     return {"steps_used": len(used), "samples_per_s": summary(sps), "step_s": summary([r["step_s"] for r in used]),
+            "generate_s": summary(gen), "rest_s": summary(rest),
             "completion_tokens_per_s": summary(toks), "completion_len": summary(lens),
             "reward_mean": sum(rewards) / len(rewards) if rewards else float("nan")}
 
@@ -387,9 +407,11 @@ def render(result: dict[str, Any], args) -> str:
             continue
         a = side["analysis"]
         rows.append([label, a["samples_per_s"]["median"], a["samples_per_s"]["min"], a["samples_per_s"]["max"],
-                     a["step_s"]["median"], a["completion_len"]["median"], a["completion_tokens_per_s"]["median"],
+                     a["step_s"]["median"], a["generate_s"]["median"], a["rest_s"]["median"],
+                     a["completion_len"]["median"], a["completion_tokens_per_s"]["median"],
                      side["wall_s"], side["how"]])
-    lines.append(md_table(["run", "samples/s (median)", "min", "max", "s/step", "completion tokens/sample",
+    lines.append(md_table(["run", "samples/s (median)", "min", "max", "s/step", "generate s/step",
+                           "rest of the step s (score, ref, update)", "completion tokens/sample",
                            "completion tokens/s", "whole run s", "timed by"], rows))
     r = result["ratios"]
     lines.append(f"\n**ours / TRL samples/s: {r['ours_over_trl_samples_per_s']:.2f}** "
@@ -414,6 +436,11 @@ def verdict(result: dict[str, Any]) -> str:
     text = (f"On this machine our GRPO step is {word} TRL's ({r:.2f}x the samples/s; "
             f"{ours['step_s']['median']:.2f} s vs {trl['step_s']['median']:.2f} s per step of "
             f"{result['settings']['samples_per_step']} samples). ")
+    og, tg = ours["generate_s"]["median"], trl["generate_s"]["median"]
+    if og == og and tg == tg:
+        text += (f"Generation takes {og:.2f} s per step here vs {tg:.2f} s in TRL ({og / tg:.2f}x); the rest of the "
+                 f"step (scoring, reference pass, update, weight sync) {ours['rest_s']['median']:.2f} s vs "
+                 f"{trl['rest_s']['median']:.2f} s ({ours['rest_s']['median'] / trl['rest_s']['median']:.2f}x). ")
     lo, to = ours["completion_len"]["median"], trl["completion_len"]["median"]
     if lo == lo and to == to and abs(lo - to) > 0.15 * max(lo, to):
         text += (f"The completions differ in mean length (ours {lo:.1f}, TRL {to:.1f} tokens on the median step): "
