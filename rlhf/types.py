@@ -139,6 +139,9 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks: equal work per engine)
+    # the sampled tokens' logprobs in RolloutBatch.logprobs; False lets the hf engine skip the forward pass that
+    # computes them (the batch then holds NaN there). vllm returns them either way.
+    logprobs: bool = True
 
 
 @dataclass

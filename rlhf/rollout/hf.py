@@ -10,6 +10,7 @@ identical weights).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import torch
@@ -109,9 +110,13 @@ class HFEngine:
             completion_mask, finished = _cut_at_stop(tok, completion_ids, completion_mask, finished, s.stop)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
         temperature = 1.0 if s.greedy else s.temperature
-        logprobs = self.completion_logprobs(
-            torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1), P, temperature
-        ) * completion_mask  # (B*n, C)
+        if s.logprobs:  # one more forward pass over prompt + completion, the trainer's own code
+            logprobs = self.completion_logprobs(
+                torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1), P,
+                temperature,
+            ) * completion_mask  # (B*n, C)
+        else:
+            logprobs = torch.full(completion_ids.shape, math.nan)  # (B*n, C): not asked for
         texts = tok.batch_decode(
             [ids[: int(m.sum())] for ids, m in zip(completion_ids, completion_mask)], skip_special_tokens=True
         )

@@ -88,7 +88,7 @@ class CGPOStage(OnPolicyStage):
         settings = SamplingSettings(
             n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
             top_k=r.top_k, stop=tuple(r.stop), seed=(self.recipe.run.seed * 1_000_003 + step) * 16,
-            ignore_eos=r.ignore_eos,
+            ignore_eos=r.ignore_eos, logprobs=_track_mismatch(self.recipe),  # hf without TIS: not needed
         )
         t0 = time.perf_counter()
         rollout = self.engines.generate([row["prompt"] for row in rows], settings)

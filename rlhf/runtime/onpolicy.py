@@ -169,7 +169,7 @@ def generate_and_score(recipe, step, sampler, engines, rewards, weighting):
         settings = SamplingSettings(
             n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
             top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
-            ignore_eos=r.ignore_eos,
+            ignore_eos=r.ignore_eos, logprobs=_track_mismatch(recipe),  # hf without TIS: not needed
         )
         rollout = engines.generate([row["prompt"] for row in rows], settings)
         t_generate += time.perf_counter() - t0

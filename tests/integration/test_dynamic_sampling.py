@@ -87,3 +87,21 @@ def test_ignore_eos_makes_every_training_rollout_full_length(parts):
         lengths[ignore] = rollout.completion_mask.sum(dim=1).tolist()  # (B,)
     assert lengths[True] == [6] * 16
     assert min(lengths[False]) < 6, "the arithmetic model answers in fewer than 6 tokens and stops at EOS"
+
+
+def test_hf_training_rollouts_skip_the_logprob_pass_unless_needed(parts):
+    """The hf engine's logprobs are the trainer's own, so without TIS the controller does not ask for them (one
+    forward pass less per step); with tis_cap it does, and the tokens are the same either way."""
+    import torch
+
+    engine = parts
+    out = {}
+    for tis in (None, 2.0):
+        recipe, sampler, rewards = _setup(dynamic=False)
+        recipe = recipe.model_copy(update={"rollout": recipe.rollout.model_copy(update={"tis_cap": tis})})
+        weighting = build_weighting(recipe.weighting, recipe.rewards)
+        out[tis], _, _, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
+    assert torch.isnan(out[None].logprobs).all()
+    on = out[2.0].completion_mask.bool()
+    assert torch.isfinite(out[2.0].logprobs).all() and (out[2.0].logprobs[on] < 0).all()
+    assert torch.equal(out[None].completion_ids, out[2.0].completion_ids)  # same seed, same samples
