@@ -324,8 +324,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with ray_running():
             ours = run_ours(tmp, model_dir, s, fixed_length=args.fixed_length)
             load["ours_after"] = os.getloadavg()[0]
-            probe["ours_after"] = probe_seconds()
             zero2 = run_ours(tmp, model_dir, s, zero2=True, fixed_length=args.fixed_length) if args.zero2 else None
+        probe["ours_after"] = probe_seconds()  # with our Ray down: its idle actors are not outside load
         load["trl_before"] = os.getloadavg()[0]
         probe["trl_before"] = probe_seconds()
         trl = run_trl(tmp, model_dir, train_rows, s, fixed_length=args.fixed_length)
