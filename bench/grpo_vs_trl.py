@@ -1,7 +1,9 @@
 """GRPO end to end, this platform vs TRL's GRPOTrainer: samples/s on CPU and the reward curves of both.
 
-    python -m bench.grpo_vs_trl            # a 10.6M-parameter Llama, 8 prompts x 8 x 64 tokens, 10 steps per side:
-                                           # ~15 min on a quiet 2-core machine, far more on a loaded one (--steps N)
+    python -m bench.grpo_vs_trl --fixed-length  # a 10.6M-parameter Llama, 8 prompts x 8 x exactly 64 tokens,
+                                                # 10 steps per side: ~5 min on a quiet 2-core machine
+    python -m bench.grpo_vs_trl            # the same, each side stopping at EOS (the figure then depends on how
+                                           # long each policy's answers drift; see bench/README.md)
     python -m bench.grpo_vs_trl --quick    # ~1-2 min: a tiny model, 3 steps, smoke test
 
 Both sides train the same model (one Llama + BPE tokenizer materialized once with ``materialize_tiny``: same
