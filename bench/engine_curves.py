@@ -49,19 +49,12 @@ def curve(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in records if r.get(key) is not None]
 
 
-def tail_mean(points: list[tuple[int, float]]) -> float:
-    """Mean over the last quarter of the steps (at least one)."""
+def quarter_mean(points: list[tuple[int, float]], last: bool = True) -> float:
+    """Mean over the last (or first) quarter of the steps, at least one step."""
     if not points:
         return float("nan")
     k = max(1, len(points) // 4)
-    return statistics.fmean(v for _, v in points[-k:])
-
-
-def head_mean(points: list[tuple[int, float]]) -> float:
-    if not points:
-        return float("nan")
-    k = max(1, len(points) // 4)
-    return statistics.fmean(v for _, v in points[:k])
+    return statistics.fmean(v for _, v in (points[-k:] if last else points[:k]))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -94,9 +87,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "mismatch": {k: [r[k] for r in rl if k in r] for k in ("mismatch/kl_k3", "mismatch/logprob_abs_max")},
                 "step_s": statistics.median(r["time/step"] for r in rl),
             }
-    summary = {e: {"correct_first_quarter": head_mean(r["curves"]["correct"]),
-                   "correct_last_quarter": tail_mean(r["curves"]["correct"]),
-                   **{f"{c}_last_quarter": tail_mean(r["curves"][c]) for c in COMPONENTS if c != "correct"},
+    summary = {e: {"correct_first_quarter": quarter_mean(r["curves"]["correct"], last=False),
+                   "correct_last_quarter": quarter_mean(r["curves"]["correct"]),
+                   **{f"{c}_last_quarter": quarter_mean(r["curves"][c]) for c in COMPONENTS if c != "correct"},
                    "eval_first": r["eval"][0][1] if r["eval"] else float("nan"),
                    "eval_last": r["eval"][-1][1] if r["eval"] else float("nan"),
                    "step_s_median": r["step_s"]} for e, r in runs.items()}

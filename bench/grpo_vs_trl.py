@@ -257,7 +257,7 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
         clen = l.get("completions/mean_length")
         g = gen_times[i - 1] if i - 1 < len(gen_times) and gen_times[i - 1] > 0 else None
         steps.append({"step": i, "step_s": t, "samples": n, "samples_per_s": n / t,
-                      "generate_s": g, "train_s": None if g is None else t - g,
+                      "generate_s": g,
                       "completion_tokens": clen * n if clen is not None else None,
                       "reward": l.get("rewards/correct/mean"), "kl": l.get("kl"),
                       "finished_rate": 1 - l["completions/clipped_ratio"] if "completions/clipped_ratio" in l else None})

@@ -49,8 +49,6 @@ def recipe_for(method: str, seed: int, steps: int, eval_every: int, out: str, sf
         overrides += ["rollout.prompts_per_step=8", "eval.max_samples=32", "warmup.steps=60"]
     if warmup_steps is not None:
         overrides += [f"warmup.steps={warmup_steps}"]
-    elif not quick:
-        overrides += [f"warmup.steps={WARMUP_STEPS}"]
     if sft_dir:
         overrides += ["warmup.steps=0"]
 
@@ -85,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     steps = args.steps or (6 if quick else 60)
     seeds = args.seeds or (1 if quick else 3)
     eval_every = args.eval_every or (3 if quick else 15)
+    warmup_steps = args.warmup_steps if args.warmup_steps is not None or quick else WARMUP_STEPS  # None: --quick's 60
     info = machine_info()
     runs: list[dict[str, Any]] = []
     with ray_running(), tempfile.TemporaryDirectory(prefix="bench_mo_") as tmp:
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             sft_dir = None
             for method in METHODS:
                 out = os.path.join(tmp, f"{method}_s{seed}")
-                recipe = recipe_for(method, seed, steps, eval_every, out, sft_dir, quick, args.warmup_steps,
+                recipe = recipe_for(method, seed, steps, eval_every, out, sft_dir, quick, warmup_steps,
                                     args.brief_target)
                 t0 = time.perf_counter()
                 run(recipe)
@@ -112,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 print(f"{method:12s} seed {seed}: HV {runs[-1]['hypervolume']:.4f}  final {points[-1]}  "
                       f"({wall:.0f} s)", flush=True)
     result = {"bench": NAME, "quick": quick, "machine": info, "steps": steps, "seeds": seeds,
-              "warmup_steps": args.warmup_steps or (None if quick else WARMUP_STEPS), "brief_target": args.brief_target,
+              "warmup_steps": warmup_steps, "brief_target": args.brief_target,
               "eval_every": eval_every, "reference": REFERENCE, "runs": runs}
     return finish(result, args.out)
 

@@ -52,7 +52,8 @@ from rlhf.objectives.cgpo import (
     task_scale,
 )
 from rlhf.runtime.online_dpo import _interleaved
-from rlhf.runtime.onpolicy import OnPolicyStage, _columns, _track_mismatch, rollout_metrics, sync_weights
+from rlhf.runtime.onpolicy import OnPolicyStage, _columns, _track_mismatch, rollout_metrics, sync_weights, \
+    training_sampling
 from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
 
 
@@ -83,13 +84,8 @@ class CGPOStage(OnPolicyStage):
 
     def step(self, step: int) -> dict[str, float]:
         t_step = time.perf_counter()
-        r = self.recipe.rollout
         rows, tasks = self.sampler.next_batch_with_tasks()
-        settings = SamplingSettings(
-            n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-            top_k=r.top_k, stop=tuple(r.stop), seed=(self.recipe.run.seed * 1_000_003 + step) * 16,
-            ignore_eos=r.ignore_eos, logprobs=_track_mismatch(self.recipe),  # hf without TIS: not needed
-        )
+        settings = training_sampling(self.recipe, step)
         t0 = time.perf_counter()
         rollout = self.engines.generate([row["prompt"] for row in rows], settings)
         t_generate = time.perf_counter() - t0

@@ -128,6 +128,17 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
             "events/rollout_restarts": float(getattr(engines, "restarts", 0))}  # cumulative
 
 
+def training_sampling(recipe: Recipe, step: int, round_: int = 0) -> SamplingSettings:
+    """The recipe's sampling settings for a training rollout: seeded per step (and sampling round), rollout
+    logprobs asked for only when the trainer uses them (`_track_mismatch`)."""
+    r = recipe.rollout
+    return SamplingSettings(
+        n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+        top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
+        ignore_eos=r.ignore_eos, logprobs=_track_mismatch(recipe),  # hf without TIS: not needed
+    )
+
+
 def _track_mismatch(recipe: Recipe) -> bool:
     """Rollout logprobs go to the trainer when they can differ from its own (vllm) or TIS is on. The `hf` engine
     recomputes them with the trainer's own code on the same weights, so there the mismatch is exactly zero."""
@@ -166,11 +177,7 @@ def generate_and_score(recipe, step, sampler, engines, rewards, weighting):
     for round_ in range(rounds):
         rows = sampler.next_batch()
         t0 = time.perf_counter()
-        settings = SamplingSettings(
-            n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-            top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
-            ignore_eos=r.ignore_eos, logprobs=_track_mismatch(recipe),  # hf without TIS: not needed
-        )
+        settings = training_sampling(recipe, step, round_)
         rollout = engines.generate([row["prompt"] for row in rows], settings)
         t_generate += time.perf_counter() - t0
         t0 = time.perf_counter()
