@@ -103,16 +103,14 @@ def generated_scores(recipe: Recipe, checkpoint: str) -> dict[str, float]:
     from rlhf.rollout.hf import HFEngine
     from rlhf.runtime.controller import load_data
     from rlhf.runtime.reward_workers import RewardGroup, rollout_columns
-    from rlhf.types import SamplingSettings
+    from rlhf.runtime.onpolicy import eval_sampling
 
     _, rows = load_data(recipe, recipe.run.seed)
     rows = rows[: recipe.eval.max_samples]
     engine = HFEngine(os.path.join(checkpoint, "model"), dtype=recipe.model.dtype,
                       trust_remote_code=recipe.model.trust_remote_code, chat_template=recipe.data.chat_template,
                       max_prompt_tokens=recipe.data.max_prompt_tokens)
-    batch = engine.generate([r["prompt"] for r in rows],
-                            SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
-                                             stop=tuple(recipe.rollout.stop)))
+    batch = engine.generate([r["prompt"] for r in rows], eval_sampling(recipe))
     skip = {"prompt", "chosen", "rejected", "completion"}
     batch.extras = {k: [r.get(k) for r in rows] for k in rows[0] if k not in skip and not k.startswith("_")}
     group = RewardGroup(recipe.rewards, use_ray=False)

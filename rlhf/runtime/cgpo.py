@@ -52,9 +52,9 @@ from rlhf.objectives.cgpo import (
     task_scale,
 )
 from rlhf.runtime.online_dpo import _interleaved
-from rlhf.runtime.onpolicy import OnPolicyStage, _columns, _track_mismatch, rollout_metrics, sync_weights, \
-    training_sampling
-from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch, SamplingSettings
+from rlhf.runtime.onpolicy import OnPolicyStage, _columns, _track_mismatch, eval_sampling, rollout_metrics, \
+    sync_weights, training_sampling
+from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch
 
 
 class CGPOStage(OnPolicyStage):
@@ -174,8 +174,7 @@ class CGPOStage(OnPolicyStage):
     def evaluate(self) -> dict[str, float]:
         """Greedy completions on held-out rows: every component's mean, overall and per task (`TASK/NAME`)."""
         rows = self.eval_rows[: self.recipe.eval.max_samples]
-        settings = SamplingSettings(n=1, max_new_tokens=self.recipe.rollout.max_new_tokens, greedy=True,
-                                    stop=tuple(self.recipe.rollout.stop))
+        settings = eval_sampling(self.recipe)
         rollout = self.engines.generate([r["prompt"] for r in rows], settings)
         rv, _ = self.rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
         out = dict(rv.means())

@@ -139,6 +139,12 @@ def training_sampling(recipe: Recipe, step: int, round_: int = 0) -> SamplingSet
     )
 
 
+def eval_sampling(recipe: Recipe) -> SamplingSettings:
+    """Held-out evaluation: one greedy completion per prompt, the recipe's length and stop strings."""
+    return SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
+                            stop=tuple(recipe.rollout.stop))
+
+
 def _track_mismatch(recipe: Recipe) -> bool:
     """Rollout logprobs go to the trainer when they can differ from its own (vllm) or TIS is on. The `hf` engine
     recomputes them with the trainer's own code on the same weights, so there the mismatch is exactly zero."""
@@ -267,8 +273,7 @@ def sync_weights(trainers, engines, version: int):
 def evaluate(recipe: Recipe, engines, rewards, rows: list[dict]) -> dict[str, float]:
     """Greedy completions on held-out rows, scored by every reward component."""
     rows = rows[: recipe.eval.max_samples]
-    settings = SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
-                                stop=tuple(recipe.rollout.stop))
+    settings = eval_sampling(recipe)
     rollout = engines.generate([r["prompt"] for r in rows], settings)
     rv, _ = rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
     out = {name: v for name, v in rv.means().items()}
