@@ -88,7 +88,7 @@ def bench_scoring(ks: Sequence[int], n_prompts: int, group_size: int, repeats: i
     from rewards.api import build_scorer, check_component
     from rlhf.config.schema import GRPOConfig, RewardComponentConfig, WeightingConfig
     from rlhf.objectives import build_objective
-    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.scoring.group import RewardGroup
     from rlhf.weighting import build_weighting
 
     prompts, completions, columns = make_batch(n_prompts, group_size)
@@ -222,7 +222,7 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
     from rlhf.rollout.group import RolloutGroup
     from rlhf.runtime.controller import load_data
     from rlhf.runtime.onpolicy import rl_step, sync_weights
-    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.scoring.group import RewardGroup
     from rlhf.train.group import TrainGroup
     from rlhf.weighting import build_weighting
 

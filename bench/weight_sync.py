@@ -9,7 +9,7 @@ What is timed, in one run on one machine:
      ``RolloutGroup.sync_broadcast`` (rollout.weight_sync=broadcast: a gloo group, rank 0 -> the engine);
   2. the peers: ``Tensor.copy_`` of a float32 tensor of the same byte count into a preallocated one, and a
      ``bytes`` copy (``bytearray(blob)``) of one packed blob of the same size;
-  3. the parts of the sync, by calling the functions of ``rlhf/runtime/weight_sync.py`` directly on the same
+  3. the parts of the sync, by calling the functions of ``rlhf/transport/weights.py`` directly on the same
      tensors in the driver: copy-out (what the ZeRO gather hands over) + pack (safetensors), the fingerprint,
      ``ray.put`` + ``ray.get`` in another process, unpack + in-place copy into the engine's model.
 
@@ -165,7 +165,7 @@ def bench_parts(model_dir: str, bucket_mb: float, repeats: int) -> dict[str, Any
     import torch
 
     from rlhf.models.load import load_causal_lm
-    from rlhf.runtime.weight_sync import (
+    from rlhf.transport.weights import (
         combine_digests,
         fingerprint_module,
         pack_bucket,
@@ -376,7 +376,7 @@ def render(result: dict[str, Any], quick: bool) -> str:
                  + ", ".join(f"ZeRO-{k[-1]} {ratios[k + '_broadcast_over_object_store']:.2f}" for k in real) + ".\n")
     lines.append("\n## Where the sync time goes\n")
     lines.append("Each part timed in the driver on the same tensors with the functions of "
-                 "`rlhf/runtime/weight_sync.py`; shares are of the ZeRO-2 sync's total.\n")
+                 "`rlhf/transport/weights.py`; shares are of the ZeRO-2 sync's total.\n")
     prow = [[p, parts[p]["median"], parts[p]["median"] / (parts["num_bytes"] / GB)] for p in
             ("copy_out", "pack", "fingerprint_trainer", "ray_put", "ray_get_remote", "unpack", "copy_in",
              "fingerprint_engine")]

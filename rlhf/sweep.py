@@ -102,7 +102,7 @@ def generated_scores(recipe: Recipe, checkpoint: str) -> dict[str, float]:
     (hf engine and reward plugins in this process: the training actors are gone by now)."""
     from rlhf.rollout.hf import HFEngine
     from rlhf.runtime.controller import load_data
-    from rlhf.runtime.reward_workers import RewardGroup, rollout_columns
+    from rlhf.scoring.group import RewardGroup, rollout_columns
     from rlhf.runtime.onpolicy import eval_sampling
 
     _, rows = load_data(recipe, recipe.run.seed)

@@ -340,12 +340,6 @@ def ensure_engine_adapter(model: nn.Module, cfg_dict: dict[str, Any]) -> nn.Modu
     return wrapped
 
 
-def adapter_fingerprint(model: nn.Module) -> str:
-    from rlhf.runtime.weight_sync import fingerprint_named
-
-    return fingerprint_named(adapter_named_parameters(model))
-
-
 def save_merged(model: nn.Module, state: dict[str, torch.Tensor], out_dir: str) -> None:
     """A loadable HF directory from a merged state dict (base names): config.json, generation_config.json when
     the model has one, model.safetensors. Tied weights are saved once, as save_pretrained does."""

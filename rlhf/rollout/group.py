@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
 from rlhf.rollout.base import cat_rollouts
-from rlhf.runtime.placement import has_gpus
-from rlhf.runtime.weight_sync import WeightPayload, check_sync
+from rlhf.transport.placement import has_gpus
+from rlhf.transport.weights import WeightPayload, check_sync
 from rlhf.types import RolloutBatch, SamplingSettings
 
 ENGINES = {"hf": "rlhf.rollout.hf:HFEngine", "vllm": "rlhf.rollout.vllm:VLLMEngine"}
@@ -94,7 +94,7 @@ class RolloutGroup:
     def __init__(self, recipe: Recipe, model_dir: str) -> None:
         import ray
 
-        from rlhf.runtime.placement import colocated_options, require_gpus_for, rollout_options
+        from rlhf.transport.placement import colocated_options, require_gpus_for, rollout_options
 
         r = recipe.rollout
         if r.engine == "vllm":

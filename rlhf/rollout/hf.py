@@ -16,7 +16,8 @@ from typing import Any, Iterable
 import torch
 
 from rlhf.rollout.base import cat_rollouts, eos_ids
-from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_module, load_buckets_into, load_named_into
+from rlhf.transport.weights import (WeightSyncError, fingerprint_module, fingerprint_named, load_buckets_into,
+                                   load_named_into)
 from rlhf.types import RolloutBatch, SamplingSettings
 
 
@@ -172,8 +173,8 @@ class HFEngine:
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         if adapter is not None:
-            from rlhf.models.lora import LoraError, adapter_fingerprint, ensure_engine_adapter, load_adapter_tensors
-            from rlhf.runtime.weight_sync import unpack_bucket
+            from rlhf.models.lora import LoraError, ensure_engine_adapter, load_adapter_tensors
+            from rlhf.transport.weights import unpack_bucket
 
             try:
                 self.model = ensure_engine_adapter(self.model, adapter)
@@ -192,7 +193,7 @@ class HFEngine:
     def join_sync_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
                         timeout_s: float) -> int:
         """Join the weight-sync group as receiver `rank` (rollout.weight_sync=broadcast); returns the ranks used."""
-        from rlhf.runtime.weight_broadcast import SyncGroup
+        from rlhf.transport.broadcast import SyncGroup
 
         self.leave_sync_group()
         self._sync_group = SyncGroup(host, port, rank, world_size, backend, timeout_s)
@@ -200,7 +201,7 @@ class HFEngine:
 
     def begin_update(self, version: int) -> None:
         """Start an in-place update that arrives in pieces (`update_ipc`), ended by `finish_update`."""
-        from rlhf.runtime.weight_sync import ParamLoader
+        from rlhf.transport.weights import ParamLoader
 
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
@@ -210,8 +211,8 @@ class HFEngine:
 
     def update_ipc(self, meta: list, handle: bytes) -> int:
         """One bucket from the colocated training rank's GPU buffer (rollout.weight_sync=cuda_ipc)."""
-        from rlhf.runtime.weight_ipc import finish_copies, open_shared
-        from rlhf.runtime.weight_sync import unflatten_bucket
+        from rlhf.transport.ipc import finish_copies, open_shared
+        from rlhf.transport.weights import unflatten_bucket
 
         loader = self._pending_update()[1]
         before = len(loader.seen)
@@ -259,8 +260,6 @@ class HFEngine:
 
     def fingerprint(self) -> str:
         if getattr(self.model, "_rlhf_lora", None) is not None:
-            from rlhf.models.lora import adapter_fingerprint
-
             return adapter_fingerprint(self.model)
         return fingerprint_module(self.model)
 
@@ -324,3 +323,10 @@ def _stop_criteria(tokenizer: Any, stops: tuple[str, ...], prompt_len: int) -> A
             return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
 
     return StoppingCriteriaList([_StopOnStrings()])
+
+
+def adapter_fingerprint(model: Any) -> str:
+    """Fingerprint of the LoRA adapter tensors an engine holds, under the adapter-file keys the trainer sends."""
+    from rlhf.models.lora import adapter_named_parameters
+
+    return fingerprint_named(adapter_named_parameters(model))

@@ -35,7 +35,7 @@ import torch
 
 from rlhf.config.schema import VLLMConfig
 from rlhf.rollout.base import eos_ids
-from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_named
+from rlhf.transport.weights import WeightSyncError, fingerprint_named
 from rlhf.types import RolloutBatch, SamplingSettings
 
 EXTENSION = "rlhf.rollout.vllm_worker.WeightUpdateExtension"

@@ -7,7 +7,7 @@ mixes it into every worker; the engine reaches it with `llm.collective_rpc(...)`
   reload (`initialize_layerwise_reload` / the model's `load_weights` / `finalize_layerwise_reload`), so a bucket
   can end in the middle of a fused layer (q/k/v, gate/up): a layer is processed once all its tensors are in;
 - `rlhf_join_sync_group` / `rlhf_receive_weights` (broadcast): each worker is a member of the trainer's
-  weight-sync group (`rlhf.runtime.weight_broadcast`) and streams the broadcast into the same layer-wise reload.
+  weight-sync group (`rlhf.transport.broadcast`) and streams the broadcast into the same layer-wise reload.
 
 Why not a model's plain `load_weights` alone: on CPU vLLM pre-packs linear weights for its kernels, so loading
 without the reload's re-processing leaves `.weight` stale; the layer-wise reload redoes it on CPU and GPU alike.
@@ -32,7 +32,7 @@ class WeightUpdateExtension:
                              timeout_s: float) -> int:
         """Join the weight-sync group (rollout.weight_sync=broadcast) as receiver rank_offset + this worker's rank
         within its engine; returns that rank."""
-        from rlhf.runtime.weight_broadcast import SyncGroup
+        from rlhf.transport.broadcast import SyncGroup
 
         self.rlhf_leave_sync_group()
         rank = rank_offset + int(getattr(self, "rank", 0))
@@ -80,8 +80,8 @@ class WeightUpdateExtension:
 
     def rlhf_update_ipc(self, meta: list, handle: bytes) -> int:
         """One piece from a CUDA IPC buffer of the colocated training rank (rollout.weight_sync=cuda_ipc)."""
-        from rlhf.runtime.weight_ipc import finish_copies, open_shared
-        from rlhf.runtime.weight_sync import unflatten_bucket
+        from rlhf.transport.ipc import finish_copies, open_shared
+        from rlhf.transport.weights import unflatten_bucket
 
         flat = open_shared(handle)
         n = self._rlhf_update_piece(unflatten_bucket(meta, flat))
@@ -92,7 +92,7 @@ class WeightUpdateExtension:
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        from rlhf.runtime.weight_sync import combine_digests
+        from rlhf.transport.weights import combine_digests
 
         model = self.model_runner.get_model()  # type: ignore[attr-defined]
         with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
@@ -106,7 +106,7 @@ class WeightUpdateExtension:
     def _rlhf_update_piece(self, named: Iterator[tuple[str, torch.Tensor]]) -> int:
         from vllm.config import set_current_vllm_config
 
-        from rlhf.runtime.weight_sync import tensor_digest
+        from rlhf.transport.weights import tensor_digest
 
         digests = self._rlhf_digests
         before = len(digests)

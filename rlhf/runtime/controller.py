@@ -32,7 +32,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlhf.data import DataLoadError
     from rlhf.models.load import ModelLoadError
     from rlhf.models.lora import LoraError
-    from rlhf.runtime.weight_sync import WeightSyncError
+    from rlhf.transport.weights import WeightSyncError
     from rlhf.train.checkpoint import CheckpointError
     from rlhf.train.group import TrainWorkerDied
 

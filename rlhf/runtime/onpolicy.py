@@ -26,7 +26,7 @@ class OnPolicyStage:
         from rlhf.advantages.process import Segmenter
         from rlhf.data import PromptSampler
         from rlhf.rollout.group import RolloutGroup
-        from rlhf.runtime.reward_workers import RewardGroup
+        from rlhf.scoring.group import RewardGroup
         from rlhf.weighting import build_weighting
 
         self.recipe, self.trainers, self.objective = recipe, trainers, objective
@@ -80,7 +80,7 @@ def rl_step(recipe, step, sampler, engines, rewards, weighting, objective, train
     sample_metrics.update(weighting.observe(rv))  # constraints' multipliers, hypervolume-guided weights
     if recipe.process.progress.enabled:  # MRT: dense bonus from success estimates at every step end
         from rlhf.runtime.progress import estimate_progress
-        from rlhf.runtime.reward_workers import rollout_columns
+        from rlhf.scoring.group import rollout_columns
 
         t0 = time.perf_counter()
         sample_metrics.update(estimate_progress(recipe, engines, rewards, rollout, rv, rollout_columns(rollout),
@@ -248,7 +248,7 @@ def step_locator(engines, rollout: RolloutBatch):
 
 def _columns(rows: list[dict[str, Any]], rollout: RolloutBatch) -> dict[str, list[Any]]:
     """Dataset columns repeated per sample (rows of a group are adjacent), plus `finished` and `num_tokens`."""
-    from rlhf.runtime.reward_workers import rollout_columns
+    from rlhf.scoring.group import rollout_columns
 
     n = rollout.batch_size // len(rows)
     keys = [k for k in rows[0] if k not in ("prompt", "completion")]

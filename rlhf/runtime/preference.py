@@ -86,7 +86,7 @@ class PreferenceStage:
     def _cache_margins(self) -> None:
         """Score chosen and rejected with the recipe's reward components (Ray reward workers), once."""
         from rlhf.objectives.modpo import modpo_margin
-        from rlhf.runtime.reward_workers import RewardGroup
+        from rlhf.scoring.group import RewardGroup
 
         rewards = RewardGroup(self.recipe.rewards)
         self.actors.append(rewards)

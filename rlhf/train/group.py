@@ -1,6 +1,6 @@
 """The training worker group: N `TrainWorker` Ray actors forming one DeepSpeed process group.
 
-    group = TrainGroup(recipe)            # actors placed by rlhf.runtime.placement, rendezvous on rank 0
+    group = TrainGroup(recipe)            # actors placed by rlhf.transport.placement, rendezvous on rank 0
     group.build(model_dir, lr)            # every rank loads the model and builds its engine
     metrics = group.train_rl(experience)  # shards the batch across ranks, averages the metrics
 """
@@ -24,7 +24,7 @@ class TrainGroup:
     def __init__(self, recipe: Recipe, role: str = "policy", num_ranks: int | None = None) -> None:
         import ray
 
-        from rlhf.runtime.placement import train_bundles
+        from rlhf.transport.placement import train_bundles
         from rlhf.train.worker import TrainWorker
 
         self.recipe, self.role = recipe, role

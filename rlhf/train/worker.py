@@ -42,7 +42,7 @@ class TrainWorker:
         """Rank 0 picks the rendezvous address of the process group (its node's IP as Ray sees it)."""
         import ray
 
-        from rlhf.runtime.weight_broadcast import free_port
+        from rlhf.transport.broadcast import free_port
 
         return ray.util.get_node_ip_address(), free_port()
 
@@ -458,7 +458,7 @@ class TrainWorker:
         With model.lora: only the adapter for engines that load adapters (hf), merged full weights otherwise."""
         import ray
 
-        from rlhf.runtime.weight_sync import WeightPayload, combine_digests, pack_bucket, tensor_digest
+        from rlhf.transport.weights import WeightPayload, combine_digests, pack_bucket, tensor_digest
 
         bucket_bytes = int(self.recipe.train.sync_bucket_mb * 2**20)
         payload = WeightPayload(version=version, fingerprint="", transport=transport)
@@ -507,8 +507,8 @@ class TrainWorker:
         after an error the loop still runs to the end so ZeRO-3's collective gathers stay in step."""
         import ray
 
-        from rlhf.runtime.weight_ipc import bucket_message
-        from rlhf.runtime.weight_sync import WeightPayload, combine_digests, tensor_digest
+        from rlhf.transport.ipc import bucket_message
+        from rlhf.transport.weights import WeightPayload, combine_digests, tensor_digest
 
         payload = WeightPayload(version=version, fingerprint="", transport="cuda_ipc")
         digests: dict[str, bytes] = {}
@@ -548,7 +548,7 @@ class TrainWorker:
 
     def open_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
         """Rank 0 joins the weight-sync group as its sender (blocks until every engine worker has joined)."""
-        from rlhf.runtime.weight_broadcast import SyncGroup
+        from rlhf.transport.broadcast import SyncGroup
 
         if self.rank != 0:
             raise RuntimeError("open_sync_group: only training rank 0 sends weights")
@@ -643,7 +643,7 @@ class TrainWorker:
 
     def param_digest(self) -> str:
         """COLLECTIVE. Fingerprint of the full parameters (used by tests to check ranks agree)."""
-        from rlhf.runtime.weight_sync import fingerprint_named
+        from rlhf.transport.weights import fingerprint_named
 
         named: list[tuple[str, torch.Tensor]] = []
         for bucket in self.backend.full_parameter_buckets(2**30):

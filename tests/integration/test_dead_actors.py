@@ -43,7 +43,7 @@ def test_killed_engine_is_restarted_with_the_synced_weights(ray_session, arithme
 
     from rlhf.models.load import load_causal_lm
     from rlhf.rollout.group import RolloutGroup
-    from rlhf.runtime.weight_sync import WeightPayload, fingerprint_module, pack_bucket
+    from rlhf.transport.weights import WeightPayload, fingerprint_module, pack_bucket
 
     engines = RolloutGroup(_recipe(tmp_path), arithmetic_model_dir)
     try:
@@ -75,7 +75,7 @@ def test_killed_engine_is_restarted_with_the_synced_weights(ray_session, arithme
 def test_killed_reward_worker_is_restarted_and_the_batch_scored(ray_session):
     import ray
 
-    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.scoring.group import RewardGroup
 
     group = RewardGroup([RewardComponentConfig(name="exact", plugin="exact_match"),
                          RewardComponentConfig(name="len", plugin="length_penalty", args={"target": 1})])

@@ -10,7 +10,7 @@ from rlhf.config.load import validate_dict
 from rlhf.data import PromptSampler
 from rlhf.rollout.hf import HFEngine
 from rlhf.runtime.onpolicy import generate_and_score
-from rlhf.runtime.reward_workers import RewardGroup
+from rlhf.scoring.group import RewardGroup
 from rlhf.weighting import build_weighting
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.gpu
 
 def _nccl_member(rank: int, port: int, world: int, out) -> None:
     torch.cuda.set_device(rank)
-    from rlhf.runtime.weight_broadcast import SyncGroup
+    from rlhf.transport.broadcast import SyncGroup
 
     group = SyncGroup("127.0.0.1", port, rank, world, "nccl", timeout_s=120)
     g = torch.Generator().manual_seed(0)
@@ -35,7 +35,7 @@ def _nccl_member(rank: int, port: int, world: int, out) -> None:
 def test_sync_group_over_nccl_between_two_gpus():
     import torch.multiprocessing as mp
 
-    from rlhf.runtime.weight_broadcast import free_port
+    from rlhf.transport.broadcast import free_port
 
     ctx = mp.get_context("spawn")
     out, port = ctx.Queue(), free_port()
@@ -77,8 +77,8 @@ def test_vllm_sleep_frees_memory_and_wakes_with_the_same_weights(tmp_path):
 
 
 def _ipc_child(handle: bytes, meta: list, out) -> None:
-    from rlhf.runtime.weight_ipc import finish_copies, open_shared
-    from rlhf.runtime.weight_sync import unflatten_bucket
+    from rlhf.transport.ipc import finish_copies, open_shared
+    from rlhf.transport.weights import unflatten_bucket
 
     flat = open_shared(handle)
     # numpy arrays, pickled by value: a CPU tensor put on the queue travels as a shared-memory fd that the parent
@@ -91,7 +91,7 @@ def _ipc_child(handle: bytes, meta: list, out) -> None:
 def test_cuda_ipc_buffer_opens_in_another_process():
     import torch.multiprocessing as mp
 
-    from rlhf.runtime.weight_ipc import bucket_message
+    from rlhf.transport.ipc import bucket_message
 
     g = torch.Generator().manual_seed(0)
     bucket = [("w", torch.randn(16, 8, generator=g).cuda()), ("b", torch.randn(8, generator=g).cuda())]

@@ -137,7 +137,7 @@ def test_vllm_judge_matches_hf_probabilities(judge_dir, ray_session):
 @NEEDS_VLLM
 def test_vllm_judge_in_a_reward_worker(judge_dir, ray_session):
     from rlhf.config.schema import RewardComponentConfig
-    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.scoring.group import RewardGroup
 
     train = _examples(8, seed=0)  # answers the model has learned exactly
     prompts, completions, truth = (list(x) for x in zip(*train))

@@ -53,7 +53,7 @@ def test_adapter_sync_parity_reference_and_corruption(ray_session, arithmetic_mo
 
     from rlhf.models.load import load_causal_lm
     from rlhf.rollout.group import RolloutGroup
-    from rlhf.runtime.weight_sync import WeightSyncError, pack_bucket, unpack_bucket
+    from rlhf.transport.weights import WeightSyncError, pack_bucket, unpack_bucket
     from rlhf.train.group import TrainGroup
 
     recipe = Recipe.model_validate({
@@ -118,7 +118,7 @@ def test_merged_sync_and_save_hf_for_engines_without_adapters(ray_session, arith
     import ray
 
     from rlhf.models.load import load_causal_lm
-    from rlhf.runtime.weight_sync import check_sync, load_buckets_into
+    from rlhf.transport.weights import check_sync, load_buckets_into
     from rlhf.train.worker import TrainWorker
 
     recipe = Recipe.model_validate({

@@ -19,7 +19,7 @@ def _blocks(lang: str) -> list[str]:
 
 def test_readme_reward_example(tmp_path, monkeypatch):
     from rewards.api import check_component
-    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.scoring.group import RewardGroup
 
     code = next(b for b in _blocks("python") if b.startswith("# my_rewards.py"))
     recipe_lines = next(b for b in _blocks("yaml") if "my_rewards:short_answer" in b)

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # 'tests.plugins_for_tests' is imported by refere
 
 from rewards.api import RewardPluginError  # noqa: E402
 from rlhf.config.schema import RewardComponentConfig  # noqa: E402
-from rlhf.runtime.reward_workers import RewardGroup, rollout_columns  # noqa: E402
+from rlhf.scoring.group import RewardGroup, rollout_columns  # noqa: E402
 from rlhf.types import RolloutBatch  # noqa: E402
 from tests import plugins_for_tests  # noqa: E402  (registers the testplug_* names)
 
@@ -170,7 +170,7 @@ def test_shared_worker_runs_plugins_on_the_main_thread_and_interrupts_them(ray_w
 
 def _pool(*comps):
     from rewards.api import check_component
-    from rlhf.runtime.reward_workers import PooledRewardWorker, WorkerSpec
+    from rlhf.scoring.group import PooledRewardWorker, WorkerSpec
 
     plugins = [check_component(c) for c in comps]
     return PooledRewardWorker([WorkerSpec.of(c, p) for c, p in zip(comps, plugins)], plugins)

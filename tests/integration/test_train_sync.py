@@ -54,7 +54,7 @@ def _experience(engines, seed: int) -> tuple[ExperienceBatch, object]:
 
 
 def test_train_step_sync_and_parity(actors):
-    from rlhf.runtime.weight_sync import fingerprint_named
+    from rlhf.transport.weights import fingerprint_named
 
     recipe, trainers, engines = actors
     exp, batch = _experience(engines, seed=1)
@@ -95,7 +95,7 @@ def test_ranks_agree_after_steps(actors):
 def test_corrupted_sync_is_detected(actors):
     import ray
 
-    from rlhf.runtime.weight_sync import WeightSyncError, pack_bucket, unpack_bucket
+    from rlhf.transport.weights import WeightSyncError, pack_bucket, unpack_bucket
 
     _recipe_, trainers, engines = actors
     payload = trainers.export_weights(version=7)
@@ -108,7 +108,7 @@ def test_corrupted_sync_is_detected(actors):
 
 
 def test_version_mismatch_is_detected(actors):
-    from rlhf.runtime.weight_sync import WeightSyncError, check_sync
+    from rlhf.transport.weights import WeightSyncError, check_sync
 
     _recipe_, trainers, _engines = actors
     payload = trainers.export_weights(version=3)

@@ -117,7 +117,7 @@ def test_weight_sync_in_place_then_logprob_parity(ray_session, engine_actor, tra
     """Change the trainer's weights (the tied embedding too), sync in buckets, require parity and fingerprints."""
     import ray
 
-    from rlhf.runtime.weight_sync import fingerprint_module, pack_bucket
+    from rlhf.transport.weights import fingerprint_module, pack_bucket
     from rlhf.types import SamplingSettings
 
     batch = trainer_model.generate(PROMPTS, SamplingSettings(n=2, max_new_tokens=6, seed=3))
@@ -142,7 +142,7 @@ def test_weight_sync_in_place_then_logprob_parity(ray_session, engine_actor, tra
 def test_corrupted_bucket_fails_the_fingerprint_check(ray_session, engine_actor, trainer_model):
     import ray
 
-    from rlhf.runtime.weight_sync import WeightPayload, WeightSyncError, check_sync, fingerprint_module, pack_bucket
+    from rlhf.transport.weights import WeightPayload, WeightSyncError, check_sync, fingerprint_module, pack_bucket
 
     named = [(n, p.detach().clone()) for n, p in trainer_model.model.named_parameters()]
     payload = WeightPayload(version=8, fingerprint=fingerprint_module(trainer_model.model))
@@ -161,8 +161,8 @@ def test_broadcast_sync_into_vllm_then_logprob_parity(ray_session, engine_actor,
     streams the broadcast into `reload_weights`; parity and the fingerprint as for the object-store route."""
     import threading
 
-    from rlhf.runtime.weight_broadcast import SyncGroup, free_port
-    from rlhf.runtime.weight_sync import fingerprint_module
+    from rlhf.transport.broadcast import SyncGroup, free_port
+    from rlhf.transport.weights import fingerprint_module
     from rlhf.types import SamplingSettings
 
     port, box = free_port(), {}

@@ -129,16 +129,18 @@ def test_merge_weight_formula():
 
 
 def test_adapter_fingerprint_names_are_normalized_and_catch_changes():
+    from rlhf.rollout.hf import adapter_fingerprint
+
     cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
     a = lora.wrap(_tiny_llama(), cfg)
     _randomize_adapter(a, seed=3)
     b = lora.wrap(_tiny_llama(), cfg)
-    assert lora.adapter_fingerprint(a) != lora.adapter_fingerprint(b)
+    assert adapter_fingerprint(a) != adapter_fingerprint(b)
     lora.load_adapter_tensors(b, lora.adapter_state(a).items(), "test")
-    assert lora.adapter_fingerprint(a) == lora.adapter_fingerprint(b)
+    assert adapter_fingerprint(a) == adapter_fingerprint(b)
     with torch.no_grad():
         next(p for _, p in lora.adapter_named_parameters(b)).view(-1)[0] += 1e-4
-    assert lora.adapter_fingerprint(a) != lora.adapter_fingerprint(b)
+    assert adapter_fingerprint(a) != adapter_fingerprint(b)
     with pytest.raises(lora.LoraError, match="not given"):
         lora.load_adapter_tensors(b, list(lora.adapter_state(a).items())[:1], "test")
     with pytest.raises(lora.LoraError, match="not in the model's adapter"):
@@ -147,7 +149,7 @@ def test_adapter_fingerprint_names_are_normalized_and_catch_changes():
 
 def _adapter_payload(model, cfg, bucket_tensors: int = 4):
     """The trainer's adapter payload, bucketed (raw bytes, as the in-process engine takes them)."""
-    from rlhf.runtime.weight_sync import WeightPayload, fingerprint_named, pack_bucket
+    from rlhf.transport.weights import WeightPayload, fingerprint_named, pack_bucket
 
     items = list(lora.adapter_state(model).items())
     payload = WeightPayload(version=1, fingerprint=fingerprint_named(items), adapter=cfg.model_dump(mode="json"))
@@ -160,7 +162,7 @@ def test_hf_engine_adapter_sync_parity_and_corruption(arithmetic_model_dir):
     from rlhf.models.load import load_causal_lm
     from rlhf.objectives.common import completion_logprobs
     from rlhf.rollout.hf import HFEngine
-    from rlhf.runtime.weight_sync import WeightSyncError, check_sync, pack_bucket, unpack_bucket
+    from rlhf.transport.weights import WeightSyncError, check_sync, pack_bucket, unpack_bucket
 
     cfg = LoraConfig(r=4, target_modules=TARGETS)
     trainer = lora.wrap(load_causal_lm(arithmetic_model_dir, "float32"), cfg).eval()

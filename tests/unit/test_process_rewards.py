@@ -328,7 +328,7 @@ def _component(name, plugin, kind=None, **kw):
 
 
 def test_reward_group_builds_steps_outcomes_and_token_positions():
-    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.scoring.group import RewardGroup
 
     class CharTok:
         def decode(self, ids, skip_special_tokens=True):
@@ -368,7 +368,7 @@ def test_process_plugin_output_errors_name_the_sample():
 
 def test_step_options_on_a_non_process_component_are_refused():
     from rewards.api import RewardPluginError
-    from rlhf.runtime.reward_workers import RewardGroup
+    from rlhf.scoring.group import RewardGroup
 
     with pytest.raises(RewardPluginError, match="'correct'.*transform='delta'.*process"):
         RewardGroup([_component("correct", "exact_match", transform="delta")], use_ray=False)

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from rlhf.runtime.weight_broadcast import SyncGroup, SyncGroupError, free_port
-from rlhf.runtime.weight_sync import WeightSyncError, fingerprint_module, fingerprint_named, load_named_into
+from rlhf.transport.broadcast import SyncGroup, SyncGroupError, free_port
+from rlhf.transport.weights import WeightSyncError, fingerprint_module, fingerprint_named, load_named_into
 
 
 def _members(world: int, fn) -> dict:

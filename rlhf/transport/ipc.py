@@ -53,7 +53,7 @@ def finish_copies() -> None:
 
 def bucket_message(bucket: list[tuple[str, torch.Tensor]]) -> tuple[list[list[Any]], bytes, torch.Tensor, int]:
     """(metadata, handle, the buffer to keep alive until the engine returns, bytes) of one bucket."""
-    from rlhf.runtime.weight_sync import flatten_bucket
+    from rlhf.transport.weights import flatten_bucket
 
     meta, flat = flatten_bucket(bucket)
     return meta, share(flat), flat, int(flat.numel())

@@ -31,7 +31,7 @@ from typing import Iterator
 
 import torch
 
-from rlhf.runtime.weight_sync import flatten_bucket, unflatten_bucket
+from rlhf.transport.weights import flatten_bucket, unflatten_bucket
 
 END = (0, 0)
 
