@@ -18,7 +18,13 @@ A stateful scorer (reward model, LLM judge) is a class: its constructor takes th
 
 A recipe names a plugin by its registered name, by ``package.module:attr``, or through the entry-point group
 ``rlhf.rewards`` of an installed distribution. The built-in plugins (``rewards/verifiable``) are registered the
-first time a plugin is looked up. This module imports only the standard library (no torch, no ray).
+first time a plugin is looked up.
+
+This module holds the decorators, the registry, resolution and binding (``build_scorer``, ``check_component``);
+``rewards.records`` the error and records (``RewardPluginError``, ``PluginInfo``, the ``Scorer`` protocol),
+``rewards.scorer`` the ``BoundScorer`` that ``build_scorer`` returns, and ``rewards.outputs`` the output checks
+(``check_outputs``, ``convert_outputs``, ``convert_process_outputs``). Import them all from here. The API modules
+import only the standard library (no torch, no ray).
 """
 
 from __future__ import annotations
@@ -27,85 +33,43 @@ import difflib
 import importlib
 import importlib.metadata
 import inspect
-import math
-import numbers
 import threading
-import traceback
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable
+
+from rewards.outputs import check_outputs, convert_outputs, convert_process_outputs
+from rewards.records import PluginInfo, RewardFn, RewardModel, RewardPluginError, Scorer
+from rewards.scorer import _RESERVED_PARAMS, BoundScorer, _KeywordSpec, _keyword_spec, _where
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PLUGIN_KINDS",
+    "BoundScorer",
+    "PluginInfo",
+    "RewardFn",
+    "RewardModel",
+    "RewardPluginError",
+    "Scorer",
+    "build_scorer",
+    "check_component",
+    "check_outputs",
+    "component_kind",
+    "convert_outputs",
+    "convert_process_outputs",
+    "judge",
+    "list_plugins",
+    "process_reward",
+    "register_plugin",
+    "resolve_plugin",
+    "reward",
+]
 
 PLUGIN_KINDS: tuple[str, ...] = ("reward", "constraint", "process")
 ENTRY_POINT_GROUP = "rlhf.rewards"
 _PLUGIN_ATTR = "__rlhf_plugin__"  # (name, kind) set on decorated functions and classes
-_RESERVED_PARAMS = ("prompts", "completions")
 
 _REGISTRY: dict[str, "PluginInfo"] = {}
 _LOCK = threading.RLock()
 _builtins_loaded = False
-
-
-# --------------------------------------------------------------------------- errors, protocols, records
-
-
-class RewardPluginError(ValueError):
-    """A reward plugin could not be found, bound, run, or returned bad values.
-
-    ``component``, ``plugin`` and ``sample_index`` say where (each may be None when unknown).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        component: str | None = None,
-        plugin: str | None = None,
-        sample_index: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.component = component
-        self.plugin = plugin
-        self.sample_index = sample_index
-
-
-@runtime_checkable
-class RewardFn(Protocol):
-    """A function plugin: one value per completion (float, bool, or None for not applicable)."""
-
-    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> Sequence[Any]: ...
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """An instance of a class plugin. The class takes the recipe's ``args`` as constructor kwargs.
-
-    It may also define ``setup(self) -> None``, called once per worker before the first ``__call__``
-    (load a model there, not in ``__init__``, so that building the config stays cheap).
-    """
-
-    def __call__(self, prompts: list[str], completions: list[str], **columns: Any) -> Sequence[Any]: ...
-
-
-RewardModel = Scorer  # the name the design uses for stateful scorers
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """A resolved plugin: what ``rlhf rewards list`` shows and what ``build_scorer`` binds."""
-
-    name: str  # registered name, entry-point name, or the 'module:attr' reference
-    kind: str  # "reward" | "constraint" | "process"
-    obj: Any  # the function or class
-    doc: str  # its docstring (cleaned)
-    source: str  # 'module:qualname' where it is defined
-
-    @property
-    def is_class(self) -> bool:
-        return inspect.isclass(self.obj)
-
-    @property
-    def summary(self) -> str:
-        """First line of the docstring."""
-        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
 
 
 # --------------------------------------------------------------------------- decorators and registry
@@ -207,33 +171,6 @@ def _check_call_shape(name: str, obj: Any) -> None:
             f"reward plugin {name!r} ({_qualified(obj)}): its call must accept (prompts, completions, ...) as the "
             f"first two positional parameters; its parameters are ({', '.join(str(p) for p in params)})"
         )
-
-
-@dataclass(frozen=True)
-class _KeywordSpec:
-    """The keyword parameters a callable takes after (prompts, completions)."""
-
-    names: tuple[str, ...]  # every named keyword parameter
-    required: tuple[str, ...]  # those without a default
-    var_keyword: bool  # takes **kwargs
-
-
-def _keyword_spec(params: list[inspect.Parameter], skip_positional: int) -> _KeywordSpec:
-    names: list[str] = []
-    required: list[str] = []
-    var_keyword = False
-    skipped = 0
-    for p in params:
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and skipped < skip_positional:
-            skipped += 1
-            continue
-        if p.kind == p.VAR_KEYWORD:
-            var_keyword = True
-        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            names.append(p.name)
-            if p.default is p.empty:
-                required.append(p.name)
-    return _KeywordSpec(tuple(names), tuple(required), var_keyword)
 
 
 def _constructor_spec(cls: type) -> _KeywordSpec:
@@ -442,265 +379,3 @@ def _instantiate(component_name: str, plugin: PluginInfo, args: dict[str, Any]) 
                 plugin=plugin.name,
             ) from exc
     return instance
-
-
-def _where(exc: BaseException) -> str:
-    """' (at file:line in function)' for the innermost frame of exc's traceback, or ''."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    last = frames[-1]
-    return f" (at {last.filename}:{last.lineno} in {last.name})"
-
-
-class BoundScorer:
-    """A component bound to its plugin. Call it with (prompts, completions, columns) -> list[float] (B,).
-
-    Columns are passed as keyword arguments: only those the plugin names, or all when it takes ``**kwargs``.
-    Component ``args`` win over columns of the same name.
-    """
-
-    def __init__(
-        self,
-        component_name: str,
-        plugin: PluginInfo,
-        kind: str,
-        fn: Callable,
-        bound_args: dict[str, Any],
-        spec: _KeywordSpec,
-    ) -> None:
-        self.component_name = component_name
-        self.plugin = plugin
-        self.kind = kind
-        self._fn = fn
-        self._bound_args = bound_args
-        self._spec = spec
-
-    @property
-    def who(self) -> str:
-        return f"reward component {self.component_name!r} (plugin {self.plugin.name!r})"
-
-    def __call__(
-        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
-    ) -> list[float]:
-        values, errors = self.run(prompts, completions, columns)
-        if errors:
-            raise errors[0]
-        return values
-
-    def run(
-        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
-    ) -> tuple[list[float], list[RewardPluginError]]:
-        """Score and check; returns values (NaN where a sample's output was bad) and one error per bad sample.
-
-        Raises RewardPluginError when the plugin raises, or its output as a whole is unusable (wrong length).
-        """
-        outputs = self._call(prompts, completions, columns)
-        return convert_outputs(self.component_name, self.plugin.name, outputs, len(prompts), self.kind, prompts)
-
-    def run_process(
-        self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]
-    ) -> tuple[list[float], list[list[float] | None], list[RewardPluginError]]:
-        """A process component's call: (outcome values (B,), step scores per sample or None, per-sample errors).
-
-        ``columns["steps"]`` (the runtime's segmentation, one list of step texts per sample) is passed to plugins
-        that take ``steps``; a sample's output is a list with one score per step, a single outcome value, or None.
-        """
-        outputs = self._call(prompts, completions, columns)
-        counts = [len(s) for s in columns["steps"]] if "steps" in columns else None
-        return convert_process_outputs(self.component_name, self.plugin.name, outputs, len(prompts), prompts, counts)
-
-    def _call(self, prompts: Sequence[str], completions: Sequence[str], columns: Mapping[str, Sequence]) -> Any:
-        """The plugin's raw output; a plugin that raises becomes a RewardPluginError naming it."""
-        kwargs = self._kwargs(columns, n=len(prompts))
-        try:
-            return self._fn(list(prompts), list(completions), **kwargs)
-        except Exception as exc:
-            raise RewardPluginError(
-                f"{self.who} raised {type(exc).__name__}: {exc}{_where(exc)}",
-                component=self.component_name,
-                plugin=self.plugin.name,
-            ) from exc
-
-    def _kwargs(self, columns: Mapping[str, Sequence], n: int) -> dict[str, Any]:
-        kwargs = dict(self._bound_args)
-        reserved = [c for c in _RESERVED_PARAMS if c in columns]
-        if reserved:
-            raise RewardPluginError(
-                f"{self.who}: a data column may not be named {reserved[0]!r}; rename it in the dataset",
-                component=self.component_name,
-                plugin=self.plugin.name,
-            )
-        wanted = [c for c in columns if self._spec.var_keyword or c in self._spec.names]
-        for name in wanted:
-            if name in kwargs:
-                continue
-            if len(columns[name]) != n:
-                raise RewardPluginError(
-                    f"{self.who}: column {name!r} has {len(columns[name])} values for {n} samples",
-                    component=self.component_name,
-                    plugin=self.plugin.name,
-                )
-            kwargs[name] = columns[name]
-        missing = [r for r in self._spec.required if r not in kwargs]
-        if missing:
-            raise RewardPluginError(
-                f"{self.who} needs the column {missing[0]!r}, which the batch does not have. Available columns: "
-                f"{sorted(columns) or '(none)'}. Add it to the dataset, set it under the component's args, "
-                f"or give the parameter a default.",
-                component=self.component_name,
-                plugin=self.plugin.name,
-            )
-        return kwargs
-
-
-# --------------------------------------------------------------------------- output checks
-
-
-def check_outputs(
-    component_name: str,
-    plugin: str | PluginInfo,
-    outputs: Any,
-    n: int,
-    kind: str,
-    prompts: Sequence[str],
-) -> list[float]:
-    """Validate a plugin's outputs and convert them to floats: None -> NaN, bool -> 1.0/0.0.
-
-    Raises RewardPluginError (naming component, plugin, sample index and a prompt snippet) on the first bad value.
-    """
-    values, errors = convert_outputs(component_name, plugin, outputs, n, kind, prompts)
-    if errors:
-        raise errors[0]
-    return values
-
-
-def convert_outputs(
-    component_name: str,
-    plugin: str | PluginInfo,
-    outputs: Any,
-    n: int,
-    kind: str,
-    prompts: Sequence[str],
-) -> tuple[list[float], list[RewardPluginError]]:
-    """Like check_outputs, but collect per-sample errors (their values become NaN) instead of raising the first.
-
-    A wrong container or length is not per-sample and raises at once.
-    """
-    plugin_name, items = _output_items(component_name, plugin, outputs, n)
-    values: list[float] = []
-    errors: list[RewardPluginError] = []
-    for i, item in enumerate(items):
-        value, problem = _to_float(item, kind)
-        if problem is not None:
-            errors.append(_sample_error(component_name, plugin_name, i, problem, prompts))
-            value = math.nan
-        values.append(value)
-    return values, errors
-
-
-def _output_items(component_name: str, plugin: str | PluginInfo, outputs: Any, n: int) -> tuple[str, list[Any]]:
-    """(plugin name, the outputs as a list of n entries); a wrong container or length raises at once."""
-    plugin_name = plugin.name if isinstance(plugin, PluginInfo) else str(plugin)
-    who = f"reward component {component_name!r} (plugin {plugin_name!r})"
-    items = _as_list(outputs, who, component_name, plugin_name)
-    if len(items) != n:
-        raise RewardPluginError(
-            f"{who} returned {len(items)} values for {n} samples; a plugin returns exactly one value per completion",
-            component=component_name,
-            plugin=plugin_name,
-        )
-    return plugin_name, items
-
-
-def _sample_error(component_name: str, plugin_name: str, i: int, problem: str,
-                  prompts: Sequence[str]) -> RewardPluginError:
-    snippet = _snippet(prompts[i]) if i < len(prompts) else "?"
-    return RewardPluginError(
-        f"reward component {component_name!r} (plugin {plugin_name!r}), sample {i}: {problem}. Prompt: {snippet}",
-        component=component_name,
-        plugin=plugin_name,
-        sample_index=i,
-    )
-
-
-def convert_process_outputs(
-    component_name: str,
-    plugin: str | PluginInfo,
-    outputs: Any,
-    n: int,
-    prompts: Sequence[str],
-    step_counts: Sequence[int] | None,
-) -> tuple[list[float], list[list[float] | None], list[RewardPluginError]]:
-    """A process plugin's outputs -> (outcome values, step scores, per-sample errors).
-
-    Per sample: a list of finite floats, one per step (``step_counts[i]`` of them), is a step score list (its
-    outcome value is left NaN for the runtime to summarise); a number or bool is an outcome value without steps;
-    None is "not applicable". A bad sample gets NaN and no steps, and an error.
-    """
-    plugin_name, items = _output_items(component_name, plugin, outputs, n)
-    values: list[float] = []
-    steps: list[list[float] | None] = []
-    errors: list[RewardPluginError] = []
-    for i, item in enumerate(items):
-        if hasattr(item, "tolist") and getattr(item, "ndim", 0) == 1:
-            item = item.tolist()
-        problem = None
-        if isinstance(item, (list, tuple)):
-            scores = [_to_float(x, "process") for x in item]
-            problem = next((f"step {j}: {p}" for j, (_, p) in enumerate(scores) if p is not None), None)
-            if problem is None and any(math.isnan(v) for v, _ in scores):
-                problem = "a step score is None; score every step (or return None for the whole sample)"
-            if problem is None and step_counts is not None and len(scores) != step_counts[i]:
-                problem = (f"returned {len(scores)} step scores for {step_counts[i]} steps; return one score per "
-                           f"entry of `steps`")
-            values.append(math.nan)
-            steps.append(None if problem else [v for v, _ in scores])
-        else:
-            value, problem = _to_float(item, "process")
-            values.append(value)
-            steps.append(None)
-        if problem is not None:
-            values[-1] = math.nan
-            errors.append(_sample_error(component_name, plugin_name, i, problem, prompts))
-    return values, steps, errors
-
-
-def _as_list(outputs: Any, who: str, component_name: str, plugin_name: str) -> list[Any]:
-    if isinstance(outputs, (list, tuple)):
-        return list(outputs)
-    if hasattr(outputs, "tolist") and getattr(outputs, "ndim", None) == 1:  # numpy array / torch tensor
-        return outputs.tolist()
-    raise RewardPluginError(
-        f"{who} returned {type(outputs).__name__}; a plugin returns a list with one value per completion",
-        component=component_name,
-        plugin=plugin_name,
-    )
-
-
-def _to_float(item: Any, kind: str) -> tuple[float, str | None]:
-    """(value, None) or (nan, what is wrong)."""
-    if item is None:
-        return math.nan, None
-    if not isinstance(item, numbers.Real) and getattr(item, "shape", None) == () and hasattr(item, "item"):
-        item = item.item()  # numpy bool / 0-d array / 0-d torch tensor
-    if isinstance(item, bool):
-        return (1.0 if item else 0.0), None
-    if not isinstance(item, numbers.Real):
-        return math.nan, f"returned {_short_repr(item)} ({type(item).__name__}); expected a float, int, bool or None"
-    value = float(item)
-    if not math.isfinite(value):
-        return math.nan, f"returned {value}; return None for a sample the reward does not apply to"
-    if kind == "constraint" and value not in (0.0, 1.0):
-        return math.nan, f"returned {value}; a judge (constraint) returns True/False or 1/0"
-    return value, None
-
-
-def _short_repr(x: Any, limit: int = 40) -> str:
-    text = repr(x)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _snippet(prompt: Any) -> str:
-    text = str(prompt)
-    return repr(text[:60] + ("..." if len(text) > 60 else ""))

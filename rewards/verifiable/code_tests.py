@@ -17,7 +17,7 @@ The dataset needs a ``tests`` column. Each value is one of:
 
 The program is the last fenced ```python (or ```py) block of the completion, else its last fenced block of any
 language, else the whole completion; an unterminated last fence (a truncated generation) counts as a block.
-Every run is a separate sandboxed process (see ``rewards.sandbox``): a hostile, crashing or endless program is a
+Every run is a separate sandboxed process (see ``rlhf.sandbox``): a hostile, crashing or endless program is a
 failed sample (0.0), never an exception. Args: cpu_seconds, wall_seconds, memory_mb, max_processes (per run; see
 ``SandboxLimits``), partial, parallel (sandboxes run at once; each uses about one CPU core while it runs).
 Keep the component's ``timeout_s`` above (batch size / parallel) x wall_seconds x runs per sample.
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from rewards.api import reward
-from rewards.sandbox import SandboxLimits, SandboxResult, run_tests
+from rlhf.sandbox import SandboxLimits, SandboxResult, run_tests
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The code-execution sandbox (rewards.sandbox) against hostile programs, and the ``code_tests`` reward plugin.
+"""The code-execution sandbox (rlhf.sandbox) against hostile programs, and the ``code_tests`` reward plugin.
 
 Hostile cases: endless loops, fork bombs, memory bombs, writes outside the working directory, sockets, reading the
 parent's secrets, endless output, processes left behind. Several run three times: with every kernel layer this
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from rewards import sandbox
 from rewards.api import RewardPluginError, build_scorer, list_plugins, resolve_plugin
-from rewards.sandbox import SandboxLimits, SandboxResult, group_processes, isolation_layers, run_python, run_tests
 from rewards.verifiable.code_tests import CodeTests, extract_code
 from rlhf.config.schema import RewardComponentConfig
+from rlhf.sandbox import SandboxLimits, SandboxResult, group_processes, isolation_layers, run_python, run_tests
+from rlhf.sandbox import kernel as sandbox_kernel
 
 FAST = SandboxLimits(cpu_seconds=1, wall_seconds=3, memory_mb=256, max_processes=16)
 BOUND_S = 20.0  # "returns in bounded time": far above the limits, far below a hang
@@ -42,7 +42,7 @@ KERNEL_MODES = {
 @pytest.fixture(params=sorted(KERNEL_MODES))
 def kernel_mode(request, monkeypatch):
     """Run the test with all kernel layers, without namespaces, and with rlimits only."""
-    monkeypatch.setattr(sandbox, "_KERNEL", KERNEL_MODES[request.param](sandbox._KERNEL))
+    monkeypatch.setattr(sandbox_kernel, "_KERNEL", KERNEL_MODES[request.param](sandbox_kernel._KERNEL))
     return request.param
 
 
