@@ -7,512 +7,57 @@ remote services) gets a worker of its own, and the others (rule-based functions 
 ``functions``: one process and one Ray call per step instead of one per component. A worker hosting several
 components runs them one after another (cheap work: no thread hand-offs), each bounded by its own ``timeout_s``;
 give slow components a worker of their own to run them in parallel. Without Ray (``use_ray=False``)
-every component runs in-process, in its own thread: for unit tests and debugging.
+every component runs in-process, in its own thread: for the reward server, unit tests and debugging.
 
 Each component has its own ``timeout_s``. A timed-out Ray worker is killed (a running actor task cannot be
 interrupted otherwise) and restarted on the next ``score()``, which runs its components' ``setup()`` again; the
 other components of a shared worker keep the values that call returned. In-process, a timed-out call keeps its
-thread; the component fails fast until that call returns.
+thread; the component fails fast until that call returns. In-process the group may be called from several threads
+at once (the reward server does); a component then still runs one call at a time unless ``serialize=False``.
 
 ``on_error`` per component: ``fail`` raises RewardPluginError naming the component, the plugin and the sample when
 known; ``nan`` fills NaN (the failing samples when known, else the whole column); ``zero`` fills 0.0. Failures are
 counted in the metrics ``reward/{name}/failures`` (samples affected), time in ``reward/{name}/time_s``.
+``outcomes()`` skips all that: it returns each component's ``ScoreOutcome`` as it came back (what failed, why,
+where), optionally after looking for the sample a raising plugin failed on.
 
 Usage::
 
     group = RewardGroup(recipe.rewards)                 # after ray.init()
     vector, metrics = group.score(batch.prompts, batch.completions, rollout_columns(batch))
     group.shutdown()
+
+The machinery lives beside this module: ``workers.py`` (the objects hosting scorers, timeouts), ``backends.py``
+(Ray actors or threads).
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from rewards.api import PluginInfo, RewardPluginError, build_scorer, check_component, component_kind
+from rewards.api import PluginInfo, RewardPluginError, check_component, component_kind
+from rlhf.scoring.backends import RayBackend, ThreadBackend, worker_names
+from rlhf.scoring.workers import INTERNAL, RAISED, PooledRewardWorker, RewardWorker, ScoreOutcome, WorkerSpec
 
 if TYPE_CHECKING:  # torch is imported where tensors are built: the actor processes never need it (faster start)
     from rlhf.types import RewardVector, RolloutBatch
 
+__all__ = ["RewardGroup", "check_components", "rollout_columns", "PooledRewardWorker", "RewardWorker", "ScoreOutcome",
+           "WorkerSpec", "worker_names", "RUNTIME_COLUMNS"]
+
 RUNTIME_COLUMNS = ("finished", "num_tokens")  # columns the runtime adds to every batch
-MAX_RESTARTS_PER_CALL = 2  # a worker that dies mid-call is restarted and asked again this many times at most
-SHARED_WORKER = "functions"  # the default worker of plain-function plugins
-POOL_GRACE_S = 10.0  # a shared worker answers within the sum of its members' timeouts plus this, or is killed
-_DIED = "its reward worker died"
-
-
-@dataclass
-class ScoreOutcome:
-    """What one component's worker returns for one batch (plain data: it crosses the Ray boundary)."""
-
-    values: list[float] | None = None  # (B,) when the call returned; NaN where a sample's output was bad
-    sample_errors: list[tuple[int, str]] = field(default_factory=list)  # (sample index, message) per bad sample
-    error: str | None = None  # the whole call failed (plugin raised, wrong length, timeout, worker died)
-    error_sample: int | None = None  # sample index of a whole-call failure, when known
-    elapsed_s: float = 0.0
-    steps: list[list[float] | None] | None = None  # process components: (B,) per-sample step scores or None
-    timed_out: bool = False  # the call outran the component's timeout_s (its worker is killed)
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker needs of a component (plain data, so the actor need not import the config schema or torch)."""
-
-    name: str
-    plugin: str
-    kind: str  # the effective kind (component_kind)
-    args: dict[str, Any]
-
-    @staticmethod
-    def of(component: Any, plugin: PluginInfo) -> "WorkerSpec":
-        kind = component_kind(component, plugin)
-        return WorkerSpec(component.name, component.plugin, kind, dict(component.args or {}))
-
-
-class RewardWorker:
-    """Hosts one component's scorer. Wrapped by ``ray.remote`` for the Ray group; used as is in-process."""
-
-    def __init__(self, component: WorkerSpec, plugin: PluginInfo) -> None:
-        self.component_name = component.name
-        self._setup_error: str | None = None
-        try:
-            self._scorer = build_scorer(component, plugin)
-        except Exception as exc:  # reported to the driver by ready(), which raises it there
-            self._setup_error = str(exc) if isinstance(exc, RewardPluginError) else f"{type(exc).__name__}: {exc}"
-
-    def ready(self) -> str | None:
-        """None when the scorer is built, else why building it failed."""
-        return self._setup_error
-
-    def score(self, payload: tuple[list[str], list[str], dict[str, list]]) -> ScoreOutcome:
-        prompts, completions, columns = payload
-        start = time.perf_counter()
-        steps = None
-        try:
-            if self._scorer.kind == "process":
-                values, steps, errors = self._scorer.run_process(prompts, completions, columns)
-            else:
-                values, errors = self._scorer.run(prompts, completions, columns)
-        except RewardPluginError as exc:
-            return ScoreOutcome(error=str(exc), error_sample=exc.sample_index, elapsed_s=time.perf_counter() - start)
-        sample_errors = [(int(e.sample_index or 0), str(e)) for e in errors]  # convert_outputs sets the index
-        return ScoreOutcome(values=values, sample_errors=sample_errors, elapsed_s=time.perf_counter() - start,
-                            steps=steps)
-
-
-class PooledRewardWorker:
-    """Hosts the scorers of several components, each bounded by its own ``timeout_s`` from the moment it starts.
-
-    ``parallel=False`` (a shared Ray worker: cheap rule-based plugins) runs the asked components one after another.
-    In a Ray actor the call arrives on the process's main thread and the components run right there, so plugins
-    that bound their own work with ``signal.alarm`` (``math_answer``) keep doing so; a watchdog thread interrupts a
-    component that outlives its timeout (SIGUSR1 to the main thread, raised there as ``ComponentTimeout`` between
-    two Python bytecodes) and the next one starts. Elsewhere (a thread) they run in one daemon thread, and after a
-    timeout the rest go on in a new one. ``parallel=True`` (the in-process group) gives each component its own
-    thread. A timed-out call in a thread keeps running and that component fails fast until it returns; the Ray
-    group kills a worker after any timeout and starts it again on the next call."""
-
-    def __init__(self, specs: Sequence[WorkerSpec], plugins: Sequence[PluginInfo], parallel: bool = False) -> None:
-        self._workers = [RewardWorker(spec, plugin) for spec, plugin in zip(specs, plugins)]
-        self.parallel = parallel
-        self._stuck: dict[int, _Chain] = {}  # chains whose call timed out and may still be running
-
-    def ready(self) -> list[str | None]:
-        """Per member: None when its scorer is built, else why building it failed."""
-        return [worker.ready() for worker in self._workers]
-
-    def score_many(self, payload: tuple, timeouts: Sequence[float], only: Sequence[int] | None = None
-                   ) -> list[ScoreOutcome | None]:
-        """Outcomes of the members in ``only`` (default all; None for the others). timeouts: one per member."""
-        outcomes: list[ScoreOutcome | None] = [None] * len(self._workers)
-        runnable = []
-        for j in range(len(self._workers)) if only is None else only:
-            if j in self._stuck and not self._stuck[j].finished.is_set():
-                outcomes[j] = ScoreOutcome(error="is still running a call that timed out earlier")
-                continue
-            self._stuck.pop(j, None)
-            runnable.append(j)
-        if not self.parallel and threading.current_thread() is threading.main_thread():
-            for j in runnable:
-                outcomes[j] = _score_on_main_thread(self._workers[j], payload, float(timeouts[j]))
-            return outcomes
-        groups = [[j] for j in runnable] if self.parallel else [runnable] if runnable else []
-        active = [_Chain(self._workers, members, payload) for members in groups]
-        while active:
-            chain = active.pop(0)
-            late = chain.wait(timeouts)
-            for j, outcome in chain.results.items():
-                outcomes[j] = outcome
-            if late is not None:
-                outcomes[late] = _timeout_outcome(timeouts[late])
-                self._stuck[late] = chain
-                rest = [j for j in chain.members if j not in chain.results and j != late]
-                if rest:
-                    active.append(_Chain(self._workers, rest, payload))
-        return outcomes
-
-
-class ComponentTimeout(BaseException):
-    """Raised on the main thread inside a component that outlived its timeout (a BaseException, so that a plugin's
-    ``except Exception`` does not swallow it)."""
-
-
-class _Watchdog:
-    """One daemon thread per process: when the armed deadline passes it sends SIGUSR1 to the main thread, whose
-    handler (installed by ``_score_on_main_thread``) raises ``ComponentTimeout`` if that deadline is still armed."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._tokens = 0
-        self.armed = 0  # token of the component being timed; 0: none
-        self.fired = 0  # token whose deadline passed
-        threading.Thread(target=self._loop, name="reward-watchdog", daemon=True).start()
-
-    def arm(self, seconds: float) -> None:
-        with self._cond:
-            self._tokens += 1
-            self.armed, self._deadline = self._tokens, time.monotonic() + seconds
-            self._cond.notify()
-
-    def disarm(self) -> None:
-        with self._cond:
-            self.armed, self._deadline = 0, None
-
-    def expired(self) -> bool:
-        return self.armed != 0 and self.fired == self.armed
-
-    def _loop(self) -> None:
-        main = threading.main_thread().ident
-        with self._cond:
-            while True:
-                if self._deadline is None:
-                    self._cond.wait()
-                    continue
-                left = self._deadline - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                self.fired, self._deadline = self.armed, None
-                signal.pthread_kill(main, signal.SIGUSR1)
-
-
-_WATCHDOG: _Watchdog | None = None
-
-
-def _score_on_main_thread(worker: RewardWorker, payload: tuple, timeout_s: float) -> ScoreOutcome:
-    """worker.score(payload) on this (the main) thread, interrupted after timeout_s by the process's watchdog."""
-    global _WATCHDOG
-    if _WATCHDOG is None:
-        _WATCHDOG = _Watchdog()
-    dog = _WATCHDOG
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if dog.expired():
-            raise ComponentTimeout
-
-    previous = signal.signal(signal.SIGUSR1, on_signal)
-    start = time.perf_counter()
-    try:
-        dog.arm(timeout_s)
-        try:
-            outcome = worker.score(payload)
-        except ComponentTimeout:
-            return _timeout_outcome(timeout_s)
-        except Exception as exc:  # not a plugin error (those come back as outcomes): report it
-            outcome = _unexpected_failure(exc, time.perf_counter() - start)
-        dog.disarm()
-        return outcome
-    except ComponentTimeout:  # fired between the call's return and the line above: at the deadline, report it
-        return _timeout_outcome(timeout_s)
-    finally:
-        dog.disarm()
-        signal.signal(signal.SIGUSR1, previous)
-
-
-class _Chain:
-    """Scores ``members`` one after another in a daemon thread (a hung plugin must not block interpreter exit);
-    ``wait`` returns when they are done or the running one outlives its timeout."""
-
-    def __init__(self, workers: Sequence[RewardWorker], members: list[int], payload: tuple) -> None:
-        self.members = members
-        self.results: dict[int, ScoreOutcome] = {}
-        self.finished = threading.Event()
-        self._lock = threading.Lock()
-        self._current: int | None = None
-        self._started = 0.0
-        self._abandoned = False
-        name = "reward-" + "+".join(workers[j].component_name for j in members)
-        threading.Thread(target=self._run, args=(workers, payload), name=name[:60], daemon=True).start()
-
-    def _run(self, workers: Sequence[RewardWorker], payload: tuple) -> None:
-        try:
-            for j in self.members:
-                with self._lock:
-                    if self._abandoned:
-                        return
-                    self._current, self._started = j, time.monotonic()
-                try:
-                    outcome = workers[j].score(payload)
-                except BaseException as exc:  # not a plugin error (those come back as outcomes): report it
-                    outcome = _unexpected_failure(exc)
-                with self._lock:
-                    if self._abandoned:  # this call was reported as timed out; its late result is dropped
-                        return
-                    self.results[j] = outcome
-        finally:
-            self.finished.set()
-
-    def wait(self, timeouts: Sequence[float]) -> int | None:
-        """None when every member is done; else the member that outran its timeout (the chain stops after it)."""
-        while True:
-            with self._lock:
-                j, started = self._current, self._started
-            left = 0.05 if j is None else max(0.0, started + float(timeouts[j]) - time.monotonic())
-            if self.finished.wait(left):
-                return None
-            with self._lock:
-                if j is not None and self._current == j and time.monotonic() >= self._started + float(timeouts[j]):
-                    self._abandoned = True
-                    return j
-
-
-_REMOTE_CLS: dict[str, Any] = {}
-
-
-def _remote_cls(cls: type) -> Any:
-    """``ray.remote(num_cpus=0)(cls)``, built on first use so that importing this module needs no Ray."""
-    if cls.__name__ not in _REMOTE_CLS:
-        import ray
-
-        _REMOTE_CLS[cls.__name__] = ray.remote(num_cpus=0)(cls)
-    return _REMOTE_CLS[cls.__name__]
-
-
-def worker_names(components: Sequence[Any], plugins: Sequence[PluginInfo]) -> list[str]:
-    """The reward worker of each component: its ``worker`` key, else a worker of its own (named after the
-    component) for plugins with a ``setup()`` (they load a model or open a connection once), and the shared
-    ``functions`` worker for the rest (functions, and classes without setup such as compiled patterns)."""
-    names = []
-    for component, plugin in zip(components, plugins):
-        heavy = plugin.is_class and callable(getattr(plugin.obj, "setup", None))
-        names.append(getattr(component, "worker", None) or (f"component:{component.name}" if heavy else SHARED_WORKER))
-    return names
-
-
-# --------------------------------------------------------------------------- backends
-
-
-class _ThreadBackend:
-    """In-process: every component runs in its own daemon thread per call."""
-
-    def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo]) -> None:
-        specs = [WorkerSpec.of(c, p) for c, p in zip(components, plugins)]
-        self._pool: PooledRewardWorker | None = PooledRewardWorker(specs, plugins, parallel=True)
-        for component, problem in zip(components, self._pool.ready()):
-            _raise_setup_error(component, problem)
-
-    def run(self, payload: tuple, timeouts: Sequence[float], only: set[int] | None = None) -> list[ScoreOutcome]:
-        assert self._pool is not None
-        return self._pool.score_many(payload, timeouts, None if only is None else sorted(only))  # type: ignore
-
-    def shutdown(self) -> None:
-        self._pool = None
-
-
-class _RayBackend:
-    """One Ray actor per reward worker (``worker_names``): a ``RewardWorker`` for a component alone in its worker, a
-    ``PooledRewardWorker`` for several."""
-
-    def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo]) -> None:
-        import ray
-
-        if not ray.is_initialized():
-            raise RuntimeError(
-                "RewardGroup(use_ray=True) needs a running Ray: call ray.init() first, or pass use_ray=False"
-            )
-        self._components = list(components)
-        self._plugins = list(plugins)
-        names = worker_names(self._components, self._plugins)
-        self.workers = list(dict.fromkeys(names))  # worker names, in order of first use
-        self._members = [[j for j, n in enumerate(names) if n == w] for w in self.workers]  # component indices
-        self._actors: list[Any] = [None] * len(self.workers)
-        self.restarts = 0  # workers restarted after dying mid-call (events/reward_worker_restarts)
-        try:
-            for w in range(len(self.workers)):
-                self._actors[w] = self._start(w)
-            for w in range(len(self.workers)):
-                self._wait_ready(w)
-        except BaseException:
-            self.shutdown()  # no orphan actors; the error propagates
-            raise
-
-    def _start(self, w: int) -> Any:
-        members = self._members[w]
-        specs = [WorkerSpec.of(self._components[j], self._plugins[j]) for j in members]
-        plugins = [self._plugins[j] for j in members]
-        if len(members) == 1:
-            return _remote_cls(RewardWorker).remote(specs[0], plugins[0])
-        return _remote_cls(PooledRewardWorker).remote(specs, plugins)
-
-    def _wait_ready(self, w: int) -> None:
-        import ray
-
-        members = self._members[w]
-        try:
-            problems = ray.get(self._actors[w].ready.remote())
-        except ray.exceptions.RayError as exc:
-            component = self._components[members[0]]
-            shared = (f" (worker {self.workers[w]!r}, shared with "
-                      f"{[self._components[j].name for j in members[1:]]})" if len(members) > 1 else "")
-            raise RewardPluginError(
-                f"reward component {component.name!r} (plugin {component.plugin!r}): its reward worker{shared} "
-                f"failed to start: {_last_line(exc)}. A plugin's module must be importable on every Ray worker "
-                f"(install its package, or run from the directory that holds it)",
-                component=component.name,
-                plugin=component.plugin,
-            ) from exc
-        for j, problem in zip(members, problems if len(members) > 1 else [problems]):
-            _raise_setup_error(self._components[j], problem)
-
-    def run(self, payload: tuple, timeouts: Sequence[float], only: set[int] | None = None) -> list[ScoreOutcome]:
-        import ray
-
-        wanted = {w: [j for j in members if only is None or j in only] for w, members in enumerate(self._members)}
-        wanted = {w: js for w, js in wanted.items() if js}
-        for w in wanted:
-            if self._actors[w] is None:  # killed after a timeout or a crash: start it again (runs setup() again)
-                self._actors[w] = self._start(w)
-                try:
-                    self._wait_ready(w)
-                except BaseException:
-                    self._kill(w)
-                    raise
-        payload_ref = ray.put(payload)
-        outcomes: list[ScoreOutcome | None] = [None] * len(self._components)
-        pending = list(wanted)
-        for attempt in range(MAX_RESTARTS_PER_CALL + 1):
-            refs = {w: self._call(w, payload_ref, wanted[w], timeouts) for w in pending}
-            start = time.monotonic()
-            died = []
-            for w, ref in refs.items():
-                limit = self._limit(w, wanted[w], timeouts)
-                done, _ = ray.wait([ref], timeout=max(0.0, start + limit - time.monotonic()))
-                got = self._collect(w, ref, wanted[w]) if done else self._abandon(w, wanted[w], timeouts)
-                for j, outcome in got.items():
-                    outcomes[j] = outcome
-                if self._actors[w] is None and any((o.error or "").startswith(_DIED) for o in got.values()):
-                    died.append(w)
-            if not died or attempt == MAX_RESTARTS_PER_CALL:
-                break
-            for w in died:  # a worker that died mid-call (killed, out of memory) is restarted and asked again
-                self._actors[w] = self._start(w)
-                self._wait_ready(w)
-                self.restarts += 1
-            pending = died
-        return outcomes  # type: ignore[return-value]
-
-    def _call(self, w: int, payload_ref: Any, wanted: list[int], timeouts: Sequence[float]) -> Any:
-        members = self._members[w]
-        if len(members) == 1:
-            return self._actors[w].score.remote(payload_ref)
-        return self._actors[w].score_many.remote(payload_ref, [float(timeouts[j]) for j in members],
-                                                 [members.index(j) for j in wanted])
-
-    def _limit(self, w: int, wanted: list[int], timeouts: Sequence[float]) -> float:
-        """Seconds to wait for worker w: its component's timeout; a shared worker enforces its members' timeouts
-        itself and runs them in turn, so it gets their sum plus a grace period (past that it is hung as a whole,
-        e.g. in C code that holds the GIL)."""
-        if len(self._members[w]) == 1:
-            return float(timeouts[wanted[0]])
-        return sum(float(timeouts[j]) for j in wanted) + POOL_GRACE_S
-
-    def _collect(self, w: int, ref: Any, wanted: list[int]) -> dict[int, ScoreOutcome]:
-        import ray
-
-        try:
-            result = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:  # the actor process died (out of memory, segfault, ...)
-            self._kill(w)
-            return {j: ScoreOutcome(error=f"{_DIED}: {_last_line(exc)}") for j in wanted}
-        members = self._members[w]
-        got = {wanted[0]: result} if len(members) == 1 else {j: result[members.index(j)] for j in wanted}
-        if any(outcome.timed_out for outcome in got.values()):
-            self._kill(w)  # a hung plugin thread goes with its worker; restarted on the next call
-        return got
-
-    def _abandon(self, w: int, wanted: list[int], timeouts: Sequence[float]) -> dict[int, ScoreOutcome]:
-        # ray.cancel cannot interrupt a task running in a regular actor: killing the actor is what stops it.
-        self._kill(w)
-        if len(self._members[w]) == 1:
-            return {j: _timeout_outcome(float(timeouts[j])) for j in wanted}
-        limit = self._limit(w, wanted, timeouts)
-        others = [self._components[j].name for j in self._members[w]]
-        message = (f"timed out: its shared reward worker {self.workers[w]!r} (components {others}) did not answer "
-                   f"within {limit:g}s, the sum of their timeouts plus {POOL_GRACE_S:g}s: one of them hung where it "
-                   "cannot be interrupted (C code); give each slow component a worker of its own (worker: NAME) "
-                   "to find which")
-        return {j: ScoreOutcome(error=message, elapsed_s=limit, timed_out=True) for j in wanted}
-
-    def _kill(self, w: int) -> None:
-        import ray
-
-        if self._actors[w] is not None:
-            ray.kill(self._actors[w], no_restart=True)
-            self._actors[w] = None
-
-    def shutdown(self) -> None:
-        for w in range(len(self._actors)):
-            self._kill(w)
-
-
-def _unexpected_failure(exc: BaseException, elapsed_s: float = 0.0) -> ScoreOutcome:
-    """The outcome of a scoring call that raised something other than a plugin error."""
-    return ScoreOutcome(error=f"failed in the reward worker: {type(exc).__name__}: {exc}", elapsed_s=elapsed_s)
-
-
-def _timeout_outcome(timeout_s: float) -> ScoreOutcome:
-    return ScoreOutcome(
-        error=f"timed out after {timeout_s:g}s; raise its timeout_s or set on_error: nan to skip it",
-        elapsed_s=timeout_s,
-        timed_out=True,
-    )
-
-
-def _raise_setup_error(component: Any, problem: str | None) -> None:
-    if problem is None:
-        return
-    if not problem.startswith("reward component"):
-        problem = f"reward component {component.name!r} (plugin {component.plugin!r}): {problem}"
-    raise RewardPluginError(problem, component=component.name, plugin=component.plugin)
-
-
-def _last_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(exc).__name__
-
-
-# --------------------------------------------------------------------------- the group
 
 
 class RewardGroup:
     """Scores batches with K reward components in parallel; see the module docstring."""
 
-    def __init__(self, components: Sequence[Any], use_ray: bool = True, segmenter: Callable | None = None) -> None:
-        if not components:
-            raise ValueError("RewardGroup needs at least one reward component")
-        names = [c.name for c in components]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"RewardGroup: duplicate reward component names {duplicates}")
+    def __init__(self, components: Sequence[Any], use_ray: bool = True, segmenter: Callable | None = None,
+                 serialize: bool = True) -> None:
         self.components = list(components)
-        self.plugins = [check_component(c) for c in self.components]  # unknown plugins / bad args fail here
-        self.names: tuple[str, ...] = tuple(names)
+        self.plugins = check_components(self.components)  # unknown plugins / bad args fail here
+        self.names: tuple[str, ...] = tuple(c.name for c in self.components)
         self.kinds: tuple[str, ...] = tuple(component_kind(c, p) for c, p in zip(self.components, self.plugins))
         self.process = [j for j, k in enumerate(self.kinds) if k == "process"]  # columns with step rewards
         if self.process and segmenter is None:
@@ -520,13 +65,19 @@ class RewardGroup:
 
             segmenter = Segmenter()  # one step per line
         self.segmenter = segmenter
-        backend = _RayBackend if use_ray else _ThreadBackend
-        self._backend: _RayBackend | _ThreadBackend | None = backend(self.components, self.plugins)
+        self._backend: RayBackend | ThreadBackend | None = (
+            RayBackend(self.components, self.plugins) if use_ray
+            else ThreadBackend(self.components, self.plugins, serialize=serialize))
 
     @property
     def workers(self) -> list[str]:
         """Names of the reward workers (one Ray actor each) hosting the components; [] in-process."""
         return list(getattr(self._backend, "workers", []))
+
+    @property
+    def timeouts(self) -> list[float]:
+        """Each component's timeout_s."""
+        return [float(c.timeout_s) for c in self.components]
 
     def score(
         self,
@@ -545,8 +96,7 @@ class RewardGroup:
 
         from rlhf.types import RewardVector
 
-        if self._backend is None:
-            raise RuntimeError("RewardGroup.score() after shutdown()")
+        backend = self._live("score")
         columns = _check_batch(prompts, completions, columns or {})
         n = len(prompts)
         spans: list[list[tuple[int, int]]] = []
@@ -557,7 +107,7 @@ class RewardGroup:
             spans = [self.segmenter(c) for c in completions]
             columns["steps"] = [[c[a:b] for a, b in sp] for c, sp in zip(completions, spans)]
         payload = (list(prompts), list(completions), columns)
-        outcomes = self._backend.run(payload, [float(c.timeout_s) for c in self.components])
+        outcomes = backend.run(payload, self.timeouts)
         values = torch.full((n, len(self.components)), math.nan, dtype=torch.float32)  # (B, K)
         metrics: dict[str, float] = {}
         errors: list[RewardPluginError] = []
@@ -570,7 +120,7 @@ class RewardGroup:
                 errors.append(error)
         if errors:
             raise _combined(errors)
-        metrics["events/reward_worker_restarts"] = float(getattr(self._backend, "restarts", 0))  # cumulative
+        metrics["events/reward_worker_restarts"] = float(getattr(backend, "restarts", 0))  # cumulative
         rv = RewardVector(names=self.names, kinds=self.kinds, values=values)
         if self.process:
             self._attach_steps(rv, outcomes, spans, locate, metrics)
@@ -579,20 +129,80 @@ class RewardGroup:
     def score_one(self, name: str, prompts: Sequence[str], completions: Sequence[str],
                   columns: Mapping[str, Sequence] | None = None) -> list[float]:
         """(B,) values of one component only (its on_error applies; failures raise as in ``score``)."""
-        if self._backend is None:
-            raise RuntimeError("RewardGroup.score_one() after shutdown()")
-        if name not in self.names:
-            raise KeyError(f"no reward component named {name!r}; components are {list(self.names)}")
-        j = self.names.index(name)
+        self._live("score_one")
+        j = self._indices([name])[0]
         if j in self.process:
             raise ValueError(f"score_one({name!r}): process components are scored with their steps, by score()")
-        columns = _check_batch(prompts, completions, columns or {})
-        payload = (list(prompts), list(completions), columns)
-        outcome = self._backend.run(payload, [float(c.timeout_s) for c in self.components], only={j})[j]
+        outcome = self.outcomes(prompts, completions, columns, only=[name])[name]
         column, _, error = self._resolve(self.components[j], self.plugins[j], outcome, len(prompts))
         if error is not None:
             raise error
         return column
+
+    def outcomes(self, prompts: Sequence[str], completions: Sequence[str],
+                 columns: Mapping[str, Sequence] | None = None, only: Sequence[str] | None = None,
+                 locate_s: float = 0.0) -> dict[str, ScoreOutcome]:
+        """{name: ScoreOutcome} of the components in ``only`` (default all), in that order, as they came back:
+        no ``on_error``, nothing raised for a plugin's failure (``outcome.error`` and ``outcome.cause`` say what
+        failed). Process components get no ``steps`` column here; their step scores come back in ``steps``.
+
+        ``locate_s`` > 0: when a plugin raised without naming a sample, the sample it fails on is looked for by
+        scoring halves of the batch again (each call bounded by the component's timeout_s), for up to ``locate_s``
+        seconds (at most the component's timeout_s); found, it is ``outcome.error_sample``.
+        """
+        backend = self._live("outcomes")
+        wanted = self._indices(self.names if only is None else only)
+        payload = (list(prompts), list(completions), _check_batch(prompts, completions, columns or {}))
+        outcomes = backend.run(payload, self.timeouts, only=set(wanted))
+        for j in wanted:
+            outcome = outcomes[j]
+            if locate_s > 0 and outcome.cause == RAISED and outcome.error_sample is None:
+                budget = min(float(locate_s), self.timeouts[j])
+                outcome.error_sample = self._locate(j, payload, time.monotonic() + budget)
+        return {self.names[j]: outcomes[j] for j in wanted}
+
+    def check_columns(self, names: Iterable[str], only: Sequence[str] | None = None) -> None:
+        """Raise RewardPluginError (naming the first component in ``only``, default all, that would fail) when a
+        batch with the columns ``names`` lacks a column a plugin needs; nothing is scored."""
+        backend = self._live("check_columns")
+        wanted = self._indices(self.names if only is None else only)
+        problems = backend.column_problems(list(names), only=set(wanted))
+        for j in wanted:
+            if problems[j] is not None:
+                raise RewardPluginError(problems[j], component=self.names[j], plugin=self.plugins[j].name)
+
+    def _locate(self, j: int, payload: tuple, deadline: float) -> int | None:
+        """The first sample whose own call raises, by bisection (None when the failure needs the whole batch, when
+        a re-scoring call fails in another way (a timeout), or when the time runs out)."""
+        prompts, completions, columns = payload
+
+        def raises(a: int, b: int) -> bool:
+            part = (prompts[a:b], completions[a:b], {k: v[a:b] for k, v in columns.items()})
+            return self._live("outcomes").run(part, self.timeouts, only={j})[j].cause in (RAISED, INTERNAL)
+
+        lo, hi = 0, len(prompts)  # [lo, hi) is known to fail
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if time.monotonic() > deadline:
+                return None
+            if raises(lo, mid):
+                hi = mid
+                continue
+            if time.monotonic() > deadline or not raises(mid, hi):
+                return None
+            lo = mid
+        return lo
+
+    def _live(self, what: str) -> RayBackend | ThreadBackend:
+        if self._backend is None:
+            raise RuntimeError(f"RewardGroup.{what}() after shutdown()")
+        return self._backend
+
+    def _indices(self, names: Sequence[str]) -> list[int]:
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise KeyError(f"no reward component named {unknown[0]!r}; components are {list(self.names)}")
+        return [self.names.index(n) for n in dict.fromkeys(names)]
 
     def _attach_steps(self, rv: "RewardVector", outcomes: list[ScoreOutcome], spans: list[list[tuple[int, int]]],
                       locate: Callable | None, metrics: dict[str, float]) -> None:
@@ -646,6 +256,18 @@ class RewardGroup:
         if self._backend is not None:
             self._backend.shutdown()
             self._backend = None
+
+
+def check_components(components: Sequence[Any]) -> list[PluginInfo]:
+    """Each component's plugin, resolved and its args checked (RewardPluginError), once it is clear that there is
+    a component and no two share a name (ValueError). Builds nothing: no ``setup()`` runs."""
+    if not components:
+        raise ValueError("no reward components: a reward group needs at least one")
+    names = [c.name for c in components]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate reward component names {duplicates}")
+    return [check_component(c) for c in components]
 
 
 def _combined(errors: list[RewardPluginError]) -> RewardPluginError:

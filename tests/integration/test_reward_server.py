@@ -232,6 +232,18 @@ def test_saturated_server_answers_503_with_retry_after_and_a_slow_component_504(
         assert s.stats()["busy_503"] == 1
 
 
+def test_component_still_running_a_timed_out_call_answers_503():
+    components = [comp("late", f"{MOD}:slow", args={"delay": 0.5}, timeout_s=0.1)]
+    with RewardServer(components, token=TOKEN) as s:
+        body = {"protocol": 1, "prompts": ["a"], "completions": ["b"]}
+        assert request(s.url, "POST", "/v1/score", body)[0] == 504
+        status, headers, answer = request(s.url, "POST", "/v1/score", body)
+        assert status == 503 and headers["Retry-After"] == "1" and answer["component"] == "late"
+        assert "still running an earlier call" in answer["error"]
+        time.sleep(0.6)  # the late call has returned: the component runs (and times out) again
+        assert request(s.url, "POST", "/v1/score", body)[0] == 504
+
+
 def test_refuses_to_start_without_a_token(monkeypatch):
     with pytest.raises(ServeError, match="RLHF_REWARD_TOKEN"):
         RewardServer(local_components())

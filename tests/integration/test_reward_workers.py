@@ -23,6 +23,7 @@ from rlhf.types import RolloutBatch  # noqa: E402
 from tests import plugins_for_tests  # noqa: E402  (registers the testplug_* names)
 
 MOD = "tests.plugins_for_tests"
+SERVER_MOD = "tests.integration._reward_server_plugins"  # explode: raises on the completion 'boom'
 PROMPTS = ["What is 9+10?", "What is 1/2 as a decimal?", "Say hi", "What is 2+2?"]
 COMPLETIONS = ["19", "0.5", "hello there", "5"]
 COLUMNS = {"answer": ["19", "1/2", None, "4"], "finished": [True, True, False, True], "num_tokens": [1, 2, 6, 1]}
@@ -318,6 +319,48 @@ def test_several_failures_name_the_first_and_list_the_others():
         group.score(PROMPTS, COMPLETIONS)
     assert "reward component 'boom'" in str(err.value) and "(components 'typed' failed too)" in str(err.value)
     assert err.value.component == "boom"
+
+
+def test_outcomes_report_each_component_without_raising_and_locate_the_failing_sample():
+    """The reward server's path: per-component outcomes (no on_error, nothing raised), the failing sample found by
+    scoring halves of the batch again."""
+    components = [comp("len", "testplug_length"), comp("explode", f"{SERVER_MOD}:explode"),
+                  comp("typed", f"{MOD}:wrong_type"), comp("short", "testplug_is_short")]
+    group = RewardGroup(components, use_ray=False)
+    completions = ["a", "b", "boom", "c"]
+    got = group.outcomes(PROMPTS, completions, only=["explode", "len", "typed"])
+    assert list(got) == ["explode", "len", "typed"]  # the asked ones, in that order
+    assert got["len"].values == [1.0, 1.0, 4.0, 1.0] and got["len"].error is None
+    assert got["explode"].cause == "raised" and "ValueError: cannot score 'boom'" in got["explode"].error
+    assert got["explode"].error_sample is None and "Traceback" in got["explode"].traceback
+    assert [i for i, _ in got["typed"].sample_errors] == [1] and got["typed"].error is None
+    assert group.outcomes(PROMPTS, completions, only=["explode"], locate_s=5.0)["explode"].error_sample == 2
+    with pytest.raises(KeyError, match="no reward component named 'nope'"):
+        group.outcomes(PROMPTS, completions, only=["nope"])
+
+
+def test_check_columns_names_the_component_before_anything_is_scored():
+    group = RewardGroup([comp("len", "testplug_length"), comp("ans", "testplug_needs_answer")], use_ray=False)
+    group.check_columns(["answer"])
+    group.check_columns([], only=["len"])
+    with pytest.raises(RewardPluginError, match="'ans'.*needs the column 'answer'") as err:
+        group.check_columns(["finished"])
+    assert err.value.component == "ans"
+
+
+@pytest.mark.parametrize("serialize", [True, False])
+def test_in_process_group_serves_concurrent_callers(serialize):
+    """Several threads may call the in-process group (the reward server does); by default a component still runs
+    one call at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    group = RewardGroup([comp("nap", f"{MOD}:sleepy", args={"seconds": 0.3})], use_ray=False, serialize=serialize)
+    start = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda _: group.outcomes(PROMPTS, COMPLETIONS)["nap"], range(2)))
+    elapsed = time.monotonic() - start
+    assert [o.values for o in outcomes] == [[1.0] * 4] * 2
+    assert (elapsed >= 0.55) if serialize else (elapsed < 0.55), elapsed
 
 
 def test_config_errors_raise_before_workers_start():
