@@ -75,7 +75,7 @@ def build_shared(workdir: str, s: dict[str, Any]) -> tuple[str, list[dict], list
     """Materialize the model both sides start from; return (model_dir, train_rows, eval_rows, n_params)."""
     from rlhf.config.schema import TinyModelConfig
     from rlhf.models.tiny import materialize_tiny
-    from rlhf.runtime.controller import load_data
+    from rlhf.runtime.data import load_data
 
     recipe = base_recipe(workdir, s)
     train_rows, eval_rows = load_data(recipe, SEED)

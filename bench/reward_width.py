@@ -9,8 +9,8 @@ What is timed, in one run on one machine:
      rule-based components share one reward worker), with one Ray actor per component (each its own ``worker``;
      the layout before shared workers), and in-process (one thread per component, no Ray calls);
   2. the weighting + advantage path on the resulting vector (``build_weighting`` + ``GRPO.advantages``);
-  3. (not --quick) whole GRPO steps of the tiny demo recipe (``rlhf.runtime.onpolicy.rl_step``, the controller's
-     step, on one training group and one engine), K=1 and K=16 steps interleaved in pairs so that drift of a
+  3. (not --quick) whole GRPO steps of the tiny demo recipe (the on-policy stage of ``rlhf.runtime.rl``: produce
+     then consume, as the pipeline drives it, on one training group and one engine), K=1 and K=16 steps interleaved in pairs so that drift of a
      shared machine hits both alike; plus K=1 steps with and without the K=16 group alive (the cost of its idle
      actors, none extra by default) and the idle reward actors' CPU use read from /proc.
 
@@ -86,8 +86,8 @@ def bench_scoring(ks: Sequence[int], n_prompts: int, group_size: int, repeats: i
     import torch
 
     from rewards.api import build_scorer, check_component
+    from rlhf.config.registry import build_objective
     from rlhf.config.schema import GRPOConfig, RewardComponentConfig, WeightingConfig
-    from rlhf.objectives import build_objective
     from rlhf.scoring.group import RewardGroup
     from rlhf.weighting import build_weighting
 
@@ -215,13 +215,17 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
     16 idle actors (their background threads) on the other phases."""
     import time
 
+    from rlhf.config.registry import build_objective
     from rlhf.config.schema import RewardComponentConfig
     from rlhf.data import PromptSampler
     from rlhf.models.load import resolve_model_dir
-    from rlhf.objectives import build_objective
+    from rlhf.rollout.functions import build_rollout_fn
     from rlhf.rollout.group import RolloutGroup
-    from rlhf.runtime.controller import load_data
-    from rlhf.runtime.onpolicy import rl_step, sync_weights
+    from rlhf.runtime.collect import Collector, RewardScorer, track_mismatch, training_sampling
+    from rlhf.runtime.data import load_data
+    from rlhf.runtime.estimators import RewardAdvantages
+    from rlhf.runtime.rl import PolicyGradientUpdate, RLStage
+    from rlhf.runtime.sync import SyncCoordinator
     from rlhf.scoring.group import RewardGroup
     from rlhf.train.group import TrainGroup
     from rlhf.weighting import build_weighting
@@ -239,15 +243,16 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
     sampler = PromptSampler(train_rows, recipe.rollout.prompts_per_step, seed)
     groups: dict[int, Any] = {}
     weightings: dict[int, Any] = {}
+    stages: dict[int, Any] = {}
     steps: dict[str, list[dict[str, float]]] = {"1": [], "16": [], "1_solo": []}
     trainers = TrainGroup(recipe)
-    engines = None
+    engines = sync = None
     step_no = 0
 
     def one_step(k: int, label: str | None) -> None:
         nonlocal step_no
         step_no += 1
-        m = rl_step(recipe, step_no, sampler, engines, groups[k], weightings[k], objective, trainers)
+        m = stages[k].consume(stages[k].produce(step_no))
         if label is not None:
             steps[label].append(m)
 
@@ -255,6 +260,13 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
         comps = [RewardComponentConfig(**d) for d in component_dicts(k)]
         groups[k] = RewardGroup(comps)
         weightings[k] = build_weighting(recipe.weighting, comps)
+        rollout_fn = build_rollout_fn(recipe.rollout, engines)
+        collector = Collector(sampler, rollout_fn, RewardScorer(groups[k], rollout_fn.tokenizer),
+                              lambda step, round_: training_sampling(recipe, step, round_))
+        estimator = RewardAdvantages(objective, weightings[k], trainers, False, recipe.weighting.gradient.max_samples)
+        stages[k] = RLStage(collector=collector, weighting=weightings[k], engines=engines, sync=sync,
+                            update=PolicyGradientUpdate(trainers, estimator, False, track_mismatch(recipe)),
+                            evaluator=dict, summary={})
 
     idle: dict[str, float] = {}
     actors: dict[str, int] = {}
@@ -262,7 +274,8 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
         trainers.build(model_dir, recipe.train.lr)
         trainers.load_reference(model_dir)
         engines = RolloutGroup(recipe, model_dir)
-        sync_weights(trainers, engines, 0)
+        sync = SyncCoordinator(trainers, engines)
+        sync.sync(0)
         add_group(1)
         one_step(1, None)  # warm-up
         for _ in range(solo):

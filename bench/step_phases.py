@@ -97,7 +97,7 @@ def ray_roundtrip(recipe, records: list[dict[str, Any]], repeats: int) -> dict[s
     shard = ExperienceBatch(
         input_ids=torch.randint(0, 30, (rows, cols)),
         attention_mask=torch.ones(rows, cols, dtype=torch.long),
-        completion_mask=torch.ones(rows, r.max_new_tokens),
+        loss_mask=torch.ones(rows, r.max_new_tokens),
         advantages=torch.randn(rows),
         prompt_len=recipe.data.max_prompt_tokens,
     )
@@ -242,8 +242,9 @@ def verdict(result: dict[str, Any]) -> str:
             f"({a['glue_s']['median'] * 1e3:.1f} ms): sampling the prompts, building the reward columns and the "
             "ExperienceBatch, and the metrics dict. ")
     if glue >= GOAL:
-        text += ("That is above the goal: look at `generate_and_score` (prompt sampling, `_columns`) and the "
-                 "`ExperienceBatch` construction in `rl_step`, which are the only untimed code inside the step. ")
+        text += ("That is above the goal: look at the collector (rlhf/runtime/collect.py: prompt sampling, the rows' "
+                 "columns) and the `ExperienceBatch` construction of the policy-gradient update (rlhf/runtime/rl.py), "
+                 "the only untimed code of a step. ")
     text += f"The largest phase is {top} ({a[f'{top}_share']:.0%} of the step)"
     sc = a["score_components_s"]
     if sc:

@@ -44,10 +44,11 @@ def add_parsers(launch_parser: Any) -> None:
         mod.add_arguments(p)
 
 
-def launch(args: Any, recipe: Any) -> int:
-    """Run target `args.target` for an already validated recipe; its exit status."""
+def launch(args: Any, recipe: Any, train_here: Any = None) -> int:
+    """Run target `args.target` for an already validated recipe; its exit status. `train_here(args)` is `rlhf
+    train` in this process (the CLI's), for the `local` target."""
     job = make_job(args.recipe, args.overrides, recipe, resume=args.resume, overwrite=args.overwrite,
-                   dry_run=args.dry_run)
+                   dry_run=args.dry_run, train_here=train_here)
     try:
         return target(args.target).launch(job, args)
     except LaunchError as e:

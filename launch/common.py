@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,8 @@ class Job:
     resolved_yaml: str  # the recipe with extends, overrides and defaults applied: what is shipped to a cluster
     train_flags: tuple[str, ...] = ()  # "--resume" / "--overwrite", passed on to `rlhf train`
     dry_run: bool = False
+    # `rlhf train` in this process (the CLI hands it over, so launchers never import the CLI): the `local` target
+    train_here: Callable[[Any], int] | None = None
 
     @property
     def name(self) -> str:
@@ -54,10 +56,10 @@ class Target(Protocol):
 
 
 def make_job(recipe_path: str, overrides: Sequence[str], recipe: Recipe, *, resume: bool = False,
-             overwrite: bool = False, dry_run: bool = False) -> Job:
+             overwrite: bool = False, dry_run: bool = False, train_here: Callable[[Any], int] | None = None) -> Job:
     flags = ("--resume",) if resume else ("--overwrite",) if overwrite else ()
     return Job(recipe_path=recipe_path, overrides=tuple(overrides), recipe=recipe,
-               resolved_yaml=recipe_to_yaml(recipe), train_flags=flags, dry_run=dry_run)
+               resolved_yaml=recipe_to_yaml(recipe), train_flags=flags, dry_run=dry_run, train_here=train_here)
 
 
 def train_command(recipe_file: str, job: Job, *overrides: str, executable: str = "rlhf") -> list[str]:

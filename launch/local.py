@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from launch.common import Job, shell_join
+from launch.common import Job, LaunchError, shell_join
 
 HELP = "train on this machine, in this process (the same as `rlhf train`)"
 DESCRIPTION = __doc__
@@ -26,8 +26,8 @@ def launch(job: Job, args: Any) -> int:
     if job.dry_run:
         print(shell_join(command(job)))
         return 0
-    from rlhf.cli import _train
-
+    if job.train_here is None:
+        raise LaunchError("launch local trains in this process: it needs `rlhf train` handed over by the CLI")
     train_args = argparse.Namespace(recipe=job.recipe_path, overrides=list(job.overrides),
                                     resume="--resume" in job.train_flags, overwrite="--overwrite" in job.train_flags)
-    return _train(train_args)
+    return job.train_here(train_args)

@@ -203,7 +203,7 @@ def _launch(args) -> int:
         return 2
     from launch import launch
 
-    return launch(args, recipe)
+    return launch(args, recipe, train_here=_train)
 
 
 def _plot(args) -> int:
@@ -339,11 +339,10 @@ def _print_summary(summary: dict, summary_table) -> None:
         (name, f"{v['first']:.3f}", f"{v['last']:.3f}", f"{v['last'] - v['first']:+.3f}")
         for name, v in summary["components"].items()
     ]
-    offline = summary["objective"] in ("dpo", "modpo")
-    what = "training metrics" if offline else "reward components"
+    what = summary["headline"]  # reward components (on-policy) or training metrics (fixed rows)
     console.print(summary_table(
         f"{summary['objective']}: {what}, mean over the first and last {summary['window']} steps",
-        rows, ("metric" if offline else "component", "first", "last", "change"),
+        rows, ("component" if what == "reward components" else "metric", "first", "last", "change"),
     ))
     before, after = summary["eval_before"], summary["eval_after"]
     keys = [k for k in after if k in before]

@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 from rlhf.config.schema import Recipe
 
-ON_POLICY = ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo")
 PREFERENCE = "preference"  # the MODPO preference objective's name in the front
 
 
@@ -50,13 +49,15 @@ def parse_weights(specs: Sequence[str], n_components: int) -> list[list[float]]:
 
 def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float] | None = None,
           resume: bool = False) -> dict[str, Any]:
+    from rlhf.config.registry import capabilities, kinds_where
     from rlhf.runtime.controller import run
     from rlhf.weighting.pareto import hypervolume, non_dominated
 
-    modpo = recipe.objective.kind == "modpo"
-    if recipe.objective.kind not in ON_POLICY and not modpo:
+    weights = capabilities(recipe.objective).sweep_weights
+    modpo = weights == "preference_and_rewards"  # the preference objective's weight first, then the components'
+    if weights is None:
         raise ValueError(f"rlhf sweep: objective {recipe.objective.kind} has no per-component evaluation; sweep "
-                         f"works with {', '.join(ON_POLICY)} and modpo")
+                         f"works with {', '.join(kinds_where('sweep_weights'))}")
     names = ([PREFERENCE] if modpo else []) + [c.name for c in recipe.rewards]
     if modpo and PREFERENCE in names[1:]:
         raise ValueError(f"rlhf sweep: a reward component may not be named {PREFERENCE!r} in a MODPO sweep")
@@ -100,25 +101,25 @@ def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float
 def generated_scores(recipe: Recipe, checkpoint: str) -> dict[str, float]:
     """Every reward component's mean over greedy completions of the held-out prompts by the checkpoint's model
     (hf engine and reward plugins in this process: the training actors are gone by now)."""
+    from rlhf.rollout.functions import SingleTurn
     from rlhf.rollout.hf import HFEngine
-    from rlhf.runtime.controller import load_data
-    from rlhf.scoring.group import RewardGroup, rollout_columns
-    from rlhf.runtime.onpolicy import eval_sampling
+    from rlhf.runtime.collect import eval_sampling
+    from rlhf.runtime.data import load_data
+    from rlhf.runtime.evaluate import evaluate_generated
+    from rlhf.scoring.group import RewardGroup
 
     _, rows = load_data(recipe, recipe.run.seed)
     rows = rows[: recipe.eval.max_samples]
     engine = HFEngine(os.path.join(checkpoint, "model"), dtype=recipe.model.dtype,
                       trust_remote_code=recipe.model.trust_remote_code, chat_template=recipe.data.chat_template,
                       max_prompt_tokens=recipe.data.max_prompt_tokens)
-    batch = engine.generate([r["prompt"] for r in rows], eval_sampling(recipe))
-    skip = {"prompt", "chosen", "rejected", "completion"}
-    batch.extras = {k: [r.get(k) for r in rows] for k in rows[0] if k not in skip and not k.startswith("_")}
+    rollout_fn = SingleTurn(engine, skip_columns=("prompt", "chosen", "rejected", "completion"))
     group = RewardGroup(recipe.rewards, use_ray=False)
     try:
-        rv, _ = group.score(batch.prompts, batch.completions, rollout_columns(batch))
+        scores = evaluate_generated(rollout_fn, group, rows, eval_sampling(recipe))
     finally:
         group.shutdown()
-    return rv.means()
+    return {name: scores[name] for name in group.names}
 
 
 def _has_checkpoint(out: str) -> bool:

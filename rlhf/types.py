@@ -7,6 +7,7 @@ Everything here imports only torch and the standard library. Tensor shapes are w
     C  = completion length (completions are RIGHT-padded to C)
     K  = number of reward components
     S  = max number of steps (process rewards), Kp = number of process components
+    N  = max number of segments (turns or steps) of a completion
 """
 
 from __future__ import annotations
@@ -111,19 +112,13 @@ class RewardVector:
         if any(v.steps is None or v.step_ends is None for v in vectors):
             raise ValueError("RewardVector.cat: some vectors have step rewards and step ends, others not")
         width = max(int(v.steps.shape[1]) for v in vectors)  # S
-        steps = torch.cat([_pad_steps(v.steps, width, math.nan) for v in vectors], dim=0)  # (B, S, Kp)
-        ends = torch.cat([_pad_steps(v.step_ends, width, -1) for v in vectors], dim=0)  # (B, S)
+        steps = torch.cat([_pad_dim(v.steps, 1, width, math.nan, left=False) for v in vectors], dim=0)  # (B, S, Kp)
+        ends = torch.cat([_pad_dim(v.step_ends, 1, width, -1, left=False) for v in vectors], dim=0)  # (B, S)
         bonus = None
         if any(v.bonus is not None for v in vectors):
             zero = [torch.zeros(v.step_ends.shape) if v.bonus is None else v.bonus for v in vectors]
-            bonus = torch.cat([_pad_steps(b, width, 0.0) for b in zero], dim=0)  # (B, S)
+            bonus = torch.cat([_pad_dim(b, 1, width, 0.0, left=False) for b in zero], dim=0)  # (B, S)
         return RewardVector(first.names, first.kinds, values, steps, ends, bonus)
-
-
-def _pad_steps(t: Tensor, width: int, value: float) -> Tensor:
-    """Right-pad the step axis (dim 1) of (B, S[, Kp]) to ``width``."""
-    pad_shape = (t.shape[0], width - t.shape[1], *t.shape[2:])
-    return torch.cat([t, torch.full(pad_shape, value, dtype=t.dtype)], dim=1)
 
 
 @dataclass
@@ -144,24 +139,62 @@ class SamplingSettings:
     logprobs: bool = True
 
 
+PAD = "pad"  # fill value of token-id fields: the tokenizer's pad id, given to RolloutBatch.cat
+
+
+def _layout(kind: str, fill: Any = None, default: Any = dataclasses.MISSING) -> Any:
+    """A RolloutBatch field with its layout, which `select` and `cat` map generically:
+
+    rows: a list per row; tensor: a (B, ...) tensor; left / right: (B, L) left- / right-padded with `fill`;
+    groups: (B,) group ids (renumbered by `select`, offset by `cat`); spans: (B, N, 2) padded on N with `fill`;
+    columns: a dict of per-row lists."""
+    kwargs: dict[str, Any] = {"metadata": {"layout": kind, "fill": fill}}
+    if default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    if kind == "columns":
+        kwargs["default_factory"] = dict
+    return field(**kwargs)
+
+
 @dataclass
 class RolloutBatch:
-    """What a rollout engine returns: B = n_prompts * n sequences, grouped contiguously by prompt.
+    """Trajectories from the rollout: B = n_prompts * n rows, grouped contiguously by prompt (row ``i`` belongs
+    to prompt ``group_ids[i]``).
 
-    Row ``i`` belongs to prompt ``group_ids[i]``; rows of one group are adjacent.
+    The token layout of a row is its prompt, LEFT-padded to P, then its completion, RIGHT-padded to C. The
+    completion holds every token after the prompt in order: what the policy generated and, in a multi-turn
+    episode, what the environment answered between turns. So there are two masks:
+
+    - attention (``prompt_mask`` + ``completion_mask``, joined by ``attention_mask()``): 1 on every real token;
+    - ``loss_mask``: 1 only on the tokens the policy generated (single-turn: equal to ``completion_mask``).
+
+    ``versions`` records the policy version that generated each token (-1 where the policy generated nothing),
+    and ``segments`` the turn (or step) spans of the completion. Fields are mapped generically by their layout
+    (``select``, ``cat``), never copied by hand: a new field only needs its layout.
     """
 
-    prompts: list[str]  # (B,) prompt text (repeated per sample)
-    completions: list[str]  # (B,) decoded completion text (special tokens stripped)
-    prompt_ids: Tensor  # (B, P) long, left-padded with pad_token_id
-    prompt_mask: Tensor  # (B, P) long, 1 on real prompt tokens
-    completion_ids: Tensor  # (B, C) long, right-padded with pad_token_id
-    completion_mask: Tensor  # (B, C) long, 1 on generated tokens up to and including EOS
-    logprobs: Tensor  # (B, C) float32, engine's logprob of each sampled token (0 on padding)
-    group_ids: Tensor  # (B,) long, index of the prompt each row came from
-    finished: Tensor  # (B,) bool, True when the completion ended with EOS (not truncated)
-    extras: dict[str, list[Any]] = field(default_factory=dict)  # per-row dataset columns (e.g. answer)
-    weight_version: int = 0  # version of the weights that generated this batch
+    prompts: list[str] = _layout("rows")  # (B,) prompt text (repeated per sample)
+    completions: list[str] = _layout("rows")  # (B,) decoded completion text (special tokens stripped)
+    prompt_ids: Tensor = _layout("left", PAD)  # (B, P) long, left-padded with the pad token id
+    prompt_mask: Tensor = _layout("left", 0)  # (B, P) long, 1 on real prompt tokens
+    completion_ids: Tensor = _layout("right", PAD)  # (B, C) long, right-padded with the pad token id
+    completion_mask: Tensor = _layout("right", 0)  # (B, C) long, 1 on real completion tokens (up to and incl. EOS)
+    logprobs: Tensor = _layout("right", 0.0)  # (B, C) float32, the engine's logprob of each sampled token
+    group_ids: Tensor = _layout("groups")  # (B,) long, index of the prompt each row came from
+    finished: Tensor = _layout("tensor")  # (B,) bool, True when the completion ended with EOS (not truncated)
+    loss_mask: Tensor | None = _layout("right", 0, default=None)  # (B, C) long; None -> completion_mask
+    versions: Tensor | None = _layout("right", -1, default=None)  # (B, C) long; None -> 0 on completion tokens
+    segments: Tensor | None = _layout("spans", -1, default=None)  # (B, N, 2) long [start, end); None -> 1 per row
+    extras: dict[str, list[Any]] = _layout("columns")  # per-row dataset columns (e.g. answer)
+
+    def __post_init__(self) -> None:
+        if self.loss_mask is None:
+            self.loss_mask = self.completion_mask.clone()
+        if self.versions is None:
+            self.versions = token_versions(self.completion_mask, 0)
+        if self.segments is None:  # single turn: one segment, the whole completion
+            lengths = self.completion_mask.sum(dim=1)  # (B,)
+            self.segments = torch.stack([torch.zeros_like(lengths), lengths], dim=1).unsqueeze(1).long()  # (B, 1, 2)
 
     @property
     def batch_size(self) -> int:
@@ -169,25 +202,107 @@ class RolloutBatch:
 
     @property
     def completion_lengths(self) -> Tensor:
-        """(B,) number of generated tokens."""
+        """(B,) number of completion tokens."""
         return self.completion_mask.sum(dim=1)
+
+    @property
+    def weight_version(self) -> int:
+        """The oldest policy version among the generated tokens (0 for an empty batch)."""
+        generated = self.versions[self.versions >= 0]
+        return int(generated.min()) if generated.numel() else 0
 
     def input_ids(self) -> Tensor:
         """(B, P + C) prompt and completion concatenated."""
         return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
 
     def attention_mask(self) -> Tensor:
-        """(B, P + C)"""
+        """(B, P + C) 1 on every real token."""
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    def select(self, rows: Tensor | Sequence[int]) -> "RolloutBatch":
+        """The given rows in that order; group ids renumbered 0.. in order of first appearance."""
+        idx = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        picked = idx.tolist()
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), f.metadata["layout"]
+            if kind == "rows":
+                out[f.name] = [value[i] for i in picked]
+            elif kind == "columns":
+                out[f.name] = {k: [v[i] for i in picked] for k, v in value.items()}
+            elif kind == "groups":
+                old = value[idx].tolist()
+                order = {g: k for k, g in enumerate(dict.fromkeys(old))}
+                out[f.name] = torch.tensor([order[g] for g in old], dtype=torch.long)
+            else:
+                out[f.name] = value[idx]
+        return RolloutBatch(**out)
+
+    def select_groups(self, groups: Sequence[int]) -> "RolloutBatch":
+        """The rows of the given groups (in that order), with group ids renumbered 0..len(groups)-1."""
+        rows = [i for g in groups for i in (self.group_ids == g).nonzero().flatten().tolist()]
+        return self.select(rows)
+
+    @staticmethod
+    def cat(parts: Sequence["RolloutBatch"], pad_token_id: int) -> "RolloutBatch":
+        """Rows of every part in order: token fields re-padded to the widest part, group ids offset so the parts'
+        groups stay apart, per-row columns joined (every part must carry the same column names)."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            raise ValueError("RolloutBatch.cat: no parts")
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(RolloutBatch):
+            values, kind = [getattr(p, f.name) for p in parts], f.metadata["layout"]
+            fill = pad_token_id if f.metadata["fill"] == PAD else f.metadata["fill"]
+            if kind == "rows":
+                out[f.name] = [x for v in values for x in v]
+            elif kind == "columns":
+                keys = list(values[0])
+                if any(list(v) != keys for v in values[1:]):
+                    raise ValueError(f"RolloutBatch.cat: the parts carry different columns {[list(v) for v in values]}")
+                out[f.name] = {k: [x for v in values for x in v[k]] for k in keys}
+            elif kind == "groups":
+                offsets = [0]
+                for v in values[:-1]:
+                    offsets.append(offsets[-1] + (int(v.max()) + 1 if v.numel() else 0))
+                out[f.name] = torch.cat([v + o for v, o in zip(values, offsets)])
+            elif kind in ("left", "right"):
+                width = max(int(v.shape[1]) for v in values)
+                out[f.name] = torch.cat([_pad_dim(v, 1, width, fill, left=kind == "left") for v in values])
+            elif kind == "spans":
+                width = max(int(v.shape[1]) for v in values)
+                out[f.name] = torch.cat([_pad_dim(v, 1, width, fill, left=False) for v in values])
+            else:
+                out[f.name] = torch.cat(values)
+        return RolloutBatch(**out)
+
+
+def token_versions(completion_mask: Tensor, version: int) -> Tensor:
+    """(B, C) long: ``version`` on the completion's real tokens, -1 elsewhere (what one generation call made)."""
+    return torch.where(completion_mask.bool(), torch.full_like(completion_mask, version, dtype=torch.long),
+                       torch.full_like(completion_mask, -1, dtype=torch.long))
+
+
+def _pad_dim(t: Tensor, dim: int, width: int, value: Any, left: bool) -> Tensor:
+    """Pad dimension ``dim`` of ``t`` to ``width`` with ``value`` (on the left or the right)."""
+    extra = width - t.shape[dim]
+    if extra <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    pad = torch.full(shape, value, dtype=t.dtype)
+    return torch.cat([pad, t] if left else [t, pad], dim=dim)
 
 
 @dataclass
 class ExperienceBatch:
-    """Tensors a training worker needs for one policy-gradient update (one shard of it)."""
+    """Tensors a training worker needs for one update (one shard of it): the rows' tokens, the loss mask and the
+    signals computed for them. Tensor fields are mapped generically (``to``, ``slice``, ``select``)."""
 
     input_ids: Tensor  # (B, P + C) long
-    attention_mask: Tensor  # (B, P + C) long
-    completion_mask: Tensor  # (B, C) float32, 1 on tokens that count in the loss
+    attention_mask: Tensor  # (B, P + C) long, 1 on every real token
+    loss_mask: Tensor  # (B, C) float32, 1 on tokens that count in the loss (the policy's own tokens)
     advantages: Tensor  # (B,) sequence-level or (B, C) token-level float32
     old_logprobs: Tensor | None = None  # (B, C) logprobs under the policy that generated (set by trainer)
     ref_logprobs: Tensor | None = None  # (B, C) logprobs under the frozen reference
@@ -197,6 +312,16 @@ class ExperienceBatch:
     rollout_logprobs: Tensor | None = None  # (B, C) the rollout engine's logprobs (mismatch metrics, TIS)
     pair_info: Tensor | None = None  # (B, 2) online pairs (rows 2i, 2i+1): the pair's [weight, beta] on both rows
     nll_rows: Tensor | None = None  # (B,) bool: rows whose term is advantage x NLL, not the clipped surrogate (CGPO)
+    advantage_scale: float = 1.0  # multiplies advantages the trainer finishes itself (token level: REINFORCE++)
+
+    @classmethod
+    def from_rollout(cls, rollout: RolloutBatch, advantages: Tensor, loss_mask: Tensor | None = None,
+                     **signals: Any) -> "ExperienceBatch":
+        """The rollout's tokens with ``advantages`` (and any other signal field); ``loss_mask`` defaults to the
+        rollout's (the policy's own tokens)."""
+        return cls(input_ids=rollout.input_ids(), attention_mask=rollout.attention_mask(),
+                   loss_mask=rollout.loss_mask.float() if loss_mask is None else loss_mask,
+                   advantages=advantages, prompt_len=int(rollout.prompt_ids.shape[1]), **signals)
 
     @property
     def batch_size(self) -> int:

@@ -367,7 +367,10 @@ def _model_context(recipe: Recipe) -> tuple[int, str] | None:
 def _check_context(recipe: Recipe, source: str) -> None:
     """The longest sequence a step builds must fit the model's positions: prompt + completion for on-policy
     objectives, objective.max_length for preference pairs; and rollout.vllm.max_model_len when it is set."""
-    if recipe.objective.kind in ("dpo", "modpo", "prm"):
+    from rlhf.config.registry import capabilities
+
+    rollouts = capabilities(recipe.objective).rollouts
+    if not rollouts:  # fixed rows (preference pairs, step-labelled solutions) of at most objective.max_length
         need, what = recipe.objective.max_length, f"objective.max_length = {recipe.objective.max_length}"
     else:
         d, r = recipe.data, recipe.rollout
@@ -379,7 +382,7 @@ def _check_context(recipe: Recipe, source: str) -> None:
     if context is not None:
         limits.append((context[0], f"the model's context ({context[1]} = {context[0]})"))
     mml = recipe.rollout.vllm.max_model_len
-    if recipe.objective.kind not in ("dpo", "modpo") and recipe.rollout.engine == "vllm" and mml is not None:
+    if rollouts and recipe.rollout.engine == "vllm" and mml is not None:
         limits.append((mml, f"rollout.vllm.max_model_len = {mml}"))
     problems = [f"{source}: {what} tokens do not fit {where}; shorten the prompt/completion budget or use a model "
                 f"with a longer context" for limit, where in limits if need > limit]

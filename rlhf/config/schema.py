@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+from rlhf.config.base import Strict
+from rlhf.config.objectives import (  # noqa: F401  (the objective sections are part of the schema)
+    CGPOConfig,
+    CGPOTaskConfig,
+    CriticConfig,
+    DPOConfig,
+    GRPOConfig,
+    MODPOConfig,
+    ObjectiveConfig,
+    OnlineDPOConfig,
+    PolicyGradientConfig,
+    PPOConfig,
+    PRMObjectiveConfig,
+    ReinforcePPConfig,
+    RLOOConfig,
+    SFTObjectiveConfig,
+)
 
 
 # --------------------------------------------------------------------------- run / model / data
@@ -261,6 +275,9 @@ class VLLMConfig(Strict):
 
 
 class RolloutConfig(Strict):
+    kind: Literal["single_turn"] = Field(
+        "single_turn", description="the rollout function (rlhf/rollout/functions.py): single_turn, one completion "
+        "per sample")
     engine: Literal["hf", "vllm"] = "hf"
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     tis_cap: Optional[float] = Field(
@@ -293,227 +310,6 @@ class RolloutConfig(Strict):
                              "ignored (stop strings still apply), so every step does equal work (benchmarks); "
                              "evaluation still stops at EOS")
     batch_size: int = Field(64, ge=1, description="sequences per generate() call inside an engine")
-
-
-class GRPOConfig(Strict):
-    kind: Literal["grpo"] = "grpo"
-    clip_eps: float = Field(0.2, gt=0)
-    clip_eps_high: Optional[float] = Field(None, gt=0, description="asymmetric upper clip; default = clip_eps")
-    kl_coef: float = Field(0.0, ge=0)
-    loss_agg: Literal["token_mean", "seq_mean", "dr_grpo"] = Field(
-        "token_mean", description="token_mean (DAPO), seq_mean (GRPO paper), dr_grpo (sum / (rows * max_new_tokens))"
-    )
-    scale_std: bool = Field(True, description="divide group-centred rewards by the group std (false: Dr. GRPO)")
-    dynamic_sampling: bool = Field(
-        False, description="DAPO: drop groups whose reward has zero variance and generate more prompts to refill"
-    )
-    max_sampling_rounds: int = Field(4, ge=1, description="generate() rounds per step at most, with dynamic_sampling")
-    mask_truncated: bool = Field(False, description="DAPO overlong filtering: truncated completions get no loss")
-    eps: float = Field(1e-6, gt=0)
-    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
-    mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
-
-
-class RLOOConfig(Strict):
-    """RLOO (Ahmadian et al. 2024): leave-one-out baseline within each prompt's group, PPO-clip loss."""
-
-    kind: Literal["rloo"] = "rloo"
-    clip_eps: float = Field(0.2, gt=0)
-    clip_eps_high: Optional[float] = Field(None, gt=0)
-    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference as a loss term")
-    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
-    per_component: bool = Field(False, description="leave-one-out per reward component, then weight and sum")
-    epochs: int = Field(1, ge=1)
-    mini_batches: int = Field(1, ge=1)
-
-
-class ReinforcePPConfig(Strict):
-    """REINFORCE++ (Hu et al. 2025): KL-shaped token rewards, reward-to-go, global batch normalisation."""
-
-    kind: Literal["reinforce_pp"] = "reinforce_pp"
-    kl_coef: float = Field(0.01, ge=0, description="KL penalty inside the token rewards")
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    gamma: float = Field(1.0, ge=0, le=1)
-    baseline: Literal["none", "group"] = Field("none", description="group: REINFORCE++-baseline (group mean)")
-    clip_eps: float = Field(0.2, gt=0)
-    clip_eps_high: Optional[float] = Field(None, gt=0)
-    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
-    eps: float = Field(1e-6, gt=0)
-    epochs: int = Field(1, ge=1)
-    mini_batches: int = Field(1, ge=1)
-
-
-class CriticConfig(Strict):
-    """The value model of PPO, trained by its own DeepSpeed worker group."""
-
-    lr: float = Field(1e-5, gt=0)
-    num_ranks: Optional[int] = Field(None, ge=1, description="defaults to train.num_ranks")
-    vector: bool = Field(
-        False, description="one value head per reward component (+1 for the KL stream): per-component GAE, "
-        "combined by the weights afterwards, so weights can change without retraining the critic"
-    )
-    value_clip: Optional[float] = Field(0.2, gt=0, description="clip values to old_value +- this; null: no clip")
-    init_from: Optional[str] = Field(None, description="causal LM dir for the critic backbone; default: the policy's")
-
-
-class PPOConfig(Strict):
-    """PPO (Schulman et al. 2017) with GAE and a learned critic, as in RLHF (Ouyang et al. 2022)."""
-
-    kind: Literal["ppo"] = "ppo"
-    clip_eps: float = Field(0.2, gt=0)
-    clip_eps_high: Optional[float] = Field(None, gt=0)
-    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    kl_coef: float = Field(0.05, ge=0)
-    kl_mode: Literal["reward", "loss"] = Field(
-        "reward", description="reward: -kl_coef * (logp - ref) on every token's reward; loss: a k3 loss term"
-    )
-    adaptive_kl: bool = Field(False, description="Ziegler et al. 2019 controller towards kl_target")
-    kl_target: float = Field(0.1, gt=0)
-    kl_horizon: int = Field(10000, ge=1)
-    whiten_advantages: bool = True
-    epochs: int = Field(1, ge=1)
-    mini_batches: int = Field(1, ge=1)
-    critic: CriticConfig = Field(default_factory=CriticConfig)
-
-    @model_validator(mode="after")
-    def _adaptive(self) -> "PPOConfig":
-        if self.adaptive_kl and self.kl_mode != "reward":
-            raise ValueError("adaptive_kl controls the KL penalty in the reward: set kl_mode: reward")
-        return self
-
-
-class DPOConfig(Strict):
-    """Offline preference optimisation on (prompt, chosen, rejected) pairs: DPO, IPO, conservative DPO."""
-
-    kind: Literal["dpo"] = "dpo"
-    beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: probability that a label is flipped")
-    reference_free: bool = False
-    ipo_average: bool = Field(True, description="ipo: per-token averaged log-ratios (as TRL)")
-    batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step")
-    max_length: int = Field(512, ge=4, description="tokens per prompt + completion; longer pairs lose their tail")
-
-    @model_validator(mode="after")
-    def _smoothing(self) -> "DPOConfig":
-        if self.label_smoothing and self.loss_type != "cdpo":
-            raise ValueError("label_smoothing is used by loss_type: cdpo only")
-        return self
-
-
-class OnlineDPOConfig(Strict):
-    """Online DPO: per prompt, the best and the worst of its fresh samples (ranked by the weighted reward vector)
-    form a (chosen, rejected) pair; ties are skipped. DPO/IPO/cDPO loss against the frozen reference."""
-
-    kind: Literal["online_dpo"] = "online_dpo"
-    beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    reference_free: bool = False
-    ipo_average: bool = True
-
-
-class MODPOConfig(Strict):
-    """MODPO: DPO on one objective's preference pairs with a margin from the other objectives' reward components.
-
-    The weight vector is (preference_weight, rewards[*].weight); it must lie on the simplex (sum to 1)."""
-
-    kind: Literal["modpo"] = "modpo"
-    beta: float = Field(0.1, gt=0)
-    preference_weight: float = Field(0.5, gt=0, le=1, description="w_k: weight of the preference data's objective")
-    batch_size: int = Field(32, ge=1)
-    max_length: int = Field(512, ge=4)
-
-
-class CGPOTaskConfig(Strict):
-    """One CGPO task: its reward components, its judges and its constrained optimiser (rlhf/objectives/cgpo.py)."""
-
-    rewards: list[str] = Field(..., min_length=1, description="names of reward components (in `rewards:`) summed "
-                               "with their weights into the task's reward")
-    judges: list[str] = Field(default_factory=list, description="names of constraint components (judges) a sample "
-                              "of this task must satisfy")
-    optimizer: Literal["crpg", "codpo", "crraft"] = "crpg"
-    weight: float = Field(1.0, gt=0, description="the task's weight in the combined update: sum over tasks of "
-                          "weight x the task's own mean loss (crpg / crraft tasks in one step, codpo tasks in "
-                          "another)")
-    beta: Optional[float] = Field(None, gt=0, description="codpo: this task's DPO beta (default: objective.beta)")
-    share: Optional[float] = Field(None, gt=0, description="relative share of each step's prompts (default: the "
-                                   "task's share of the training rows)")
-    baseline_column: Optional[str] = Field(
-        None, description="dataset column holding a baseline response (e.g. the reference answer) for the "
-        "calibrated reward sigmoid(r(a) - r(baseline)); default: the mean reward of the prompt's samples")
-    top_k: int = Field(1, ge=1, description="crraft: best satisfying samples kept per prompt")
-    threshold: Optional[float] = Field(None, gt=0, lt=1, description="crraft: keep a sample only if its "
-                                       "calibrated reward exceeds this")
-
-
-class CGPOConfig(Strict):
-    """CGPO (Xu et al. 2024): tasks with their own rewards, judges and constrained optimiser (CRPG, CODPO, CRRAFT);
-    prompts are stratified by task; calibrated rewards; violating samples are negatives."""
-
-    kind: Literal["cgpo"] = "cgpo"
-    tasks: dict[str, CGPOTaskConfig] = Field(..., min_length=1)
-    task_column: str = Field("task", description="dataset column naming each prompt's task")
-    default_task: Optional[str] = Field(None, description="task of rows that have no task column (default: such "
-                                        "rows are an error)")
-    # CRPG / CRRAFT: the clipped policy-gradient update (as GRPO)
-    clip_eps: float = Field(0.2, gt=0)
-    clip_eps_high: Optional[float] = Field(None, gt=0)
-    kl_coef: float = Field(0.0, ge=0)
-    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
-    scale_std: bool = True
-    eps: float = Field(1e-6, gt=0)
-    epochs: int = Field(1, ge=1, description="passes over each rollout batch (crpg / crraft)")
-    mini_batches: int = Field(1, ge=1, description="crpg / crraft: optimizer steps per epoch, on stratified "
-                              "mini-batches; each task is normalised within each step")
-    # CODPO: DPO loss on (best satisfying, violating) pairs + nll_coef x length-normalised NLL of the chosen one
-    beta: float = Field(0.1, gt=0, description="codpo: DPO beta of the codpo tasks that set none")
-    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    reference_free: bool = False
-    nll_coef: float = Field(1.0, ge=0, description="codpo: lambda of the chosen response's NLL / length term")
-
-    @model_validator(mode="after")
-    def _tasks(self) -> "CGPOConfig":
-        if self.default_task is not None and self.default_task not in self.tasks:
-            raise ValueError(f"objective.default_task {self.default_task!r} is not a task; tasks are "
-                             f"{sorted(self.tasks)}")
-        if self.label_smoothing and self.loss_type != "cdpo":
-            raise ValueError("objective.label_smoothing is used by loss_type: cdpo only")
-        for name, task in self.tasks.items():
-            if task.optimizer != "codpo" and task.beta is not None:
-                raise ValueError(f"objective.tasks.{name}.beta: a DPO beta applies to optimizer codpo only")
-            if task.optimizer != "crraft" and (task.top_k != 1 or task.threshold is not None):
-                raise ValueError(f"objective.tasks.{name}: top_k / threshold apply to optimizer crraft only")
-        return self
-
-
-class PRMObjectiveConfig(Strict):
-    """Train a process reward model on step-labelled rows (prompt, steps, labels), step-tag style."""
-
-    kind: Literal["prm"] = "prm"
-    batch_size: int = Field(32, ge=1, description="rows per optimizer step")
-    step_tag: str = Field("\n", min_length=1, description="appended after every step; its last token is scored")
-    good: str = Field("+", min_length=1, description="the single token meaning 'this step is correct'")
-    bad: str = Field("-", min_length=1, description="the single token meaning 'this step is wrong'")
-    max_length: int = Field(256, ge=8)
-    steps_column: str = "steps"
-    labels_column: str = "labels"
-    error_rate: float = Field(0.5, ge=0, le=1, description="synthetic data: share of rows with one wrong step")
-
-
-ObjectiveConfig = Union[
-    GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig, CGPOConfig,
-    PRMObjectiveConfig,
-]
-
-
-class SFTObjectiveConfig(Strict):
-    """Supervised fine-tuning (used by the warm-up stage; not yet a main `objective:`)."""
-
-    kind: Literal["sft"] = "sft"
 
 
 class WarmupConfig(Strict):
@@ -642,50 +438,13 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":
+        from rlhf.config.registry import check_recipe
+
         names = [c.name for c in self.rewards]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"rewards: duplicate component names {dup}")
-        kind = self.objective.kind
-        if kind in ("grpo", "rloo", "reinforce_pp", "ppo", "online_dpo", "cgpo"):
-            if not self.rewards:
-                raise ValueError(f"objective {kind} needs at least one entry in rewards")
-            grouped = kind in ("grpo", "rloo", "online_dpo", "cgpo") or (
-                kind == "reinforce_pp" and self.objective.baseline == "group")
-            if grouped and self.rollout.group_size < 2:
-                raise ValueError(f"objective {kind} needs rollout.group_size >= 2 (its baseline is group-relative)")
-            n_seq = self.rollout.prompts_per_step * self.rollout.group_size
-            shards = self.train.num_ranks * getattr(self.objective, "mini_batches", 1)
-            if n_seq % shards:
-                raise ValueError(
-                    f"rollout.prompts_per_step * rollout.group_size = {n_seq} sequences per step must be divisible "
-                    f"by train.num_ranks * objective.mini_batches = {shards}"
-                )
-        if kind == "cgpo":
-            _check_cgpo_tasks(self.objective, self.rewards)
-        if kind == "ppo":
-            ranks = self.objective.critic.num_ranks or self.train.num_ranks
-            n_seq = self.rollout.prompts_per_step * self.rollout.group_size
-            if n_seq % (ranks * self.objective.mini_batches):
-                raise ValueError(f"{n_seq} sequences per step must be divisible by objective.critic.num_ranks * "
-                                 f"objective.mini_batches = {ranks * self.objective.mini_batches}")
-        if kind == "prm" and self.objective.batch_size % self.train.num_ranks:
-            raise ValueError(f"objective.batch_size {self.objective.batch_size} must be divisible by "
-                             f"train.num_ranks {self.train.num_ranks}")
-        if kind in ("dpo", "modpo"):
-            if self.data.source not in ("jsonl", "parquet"):
-                raise ValueError(f"objective {kind} reads preference pairs from a local file: set data.source to "
-                                 "jsonl or parquet and data.train_path")
-            if self.objective.batch_size % self.train.num_ranks:
-                raise ValueError(f"objective.batch_size {self.objective.batch_size} must be divisible by "
-                                 f"train.num_ranks {self.train.num_ranks}")
-        if kind == "modpo":
-            if not self.rewards:
-                raise ValueError("objective modpo needs reward components for the other objectives (rewards:)")
-            total = self.objective.preference_weight + sum(c.weight for c in self.rewards)
-            if abs(total - 1) > 1e-6:
-                raise ValueError(f"objective modpo: preference_weight + the rewards' weights must sum to 1 (a point "
-                                 f"on the simplex), got {total:.6g}")
+        check_recipe(self)  # the objective against the rest (its capabilities, and the checks of its own)
         if self.warmup.steps and self.warmup.batch_size % self.train.num_ranks:
             raise ValueError(
                 f"warmup.batch_size {self.warmup.batch_size} must be divisible by train.num_ranks {self.train.num_ranks}"
@@ -699,8 +458,6 @@ class Recipe(Strict):
         if w.hypervolume.reference is not None and len(w.hypervolume.reference) != len(names):
             raise ValueError(f"weighting.hypervolume.reference has {len(w.hypervolume.reference)} values; "
                              f"one per reward component ({len(names)}: {names}) is needed")
-        if w.kind != "static" and kind not in ("grpo", "rloo", "reinforce_pp"):
-            raise ValueError(f"weighting.kind={w.kind} works with grpo, rloo and reinforce_pp, not {kind}")
         if w.kind == "gradient" and self.train.zero_stage == 3 and self.train.backend == "deepspeed":
             raise ValueError("weighting.kind=gradient: per-component gradients are computed on full parameters; "
                              "ZeRO-3 partitions them. Use train.zero_stage 0-2")
@@ -712,41 +469,7 @@ class Recipe(Strict):
             if prog.component not in names:
                 raise ValueError(f"process.progress.component {prog.component!r} is not a reward component; "
                                  f"components are {names}")
-            if kind not in ("grpo", "ppo"):
-                raise ValueError(f"process.progress works with grpo and ppo (step-level advantages), not {kind}")
         acc = self.eval.accuracy_component
         if acc is not None and acc not in names:
             raise ValueError(f"eval.accuracy_component {acc!r} is not a reward component; components are {names}")
         return self
-
-
-def _check_cgpo_tasks(cfg: CGPOConfig, components: list[RewardComponentConfig]) -> None:
-    """Each task's rewards name reward components and its judges name constraint components (errors name the
-    key). A component without `kind:` takes its plugin's kind (the plugin is looked up, not built)."""
-    by_name = {c.name: c for c in components}
-    for task_name, task in cfg.tasks.items():
-        for key, names, want in (("rewards", task.rewards, ("reward", "process")), ("judges", task.judges,
-                                                                                     ("constraint",))):
-            for i, name in enumerate(names):
-                where = f"objective.tasks.{task_name}.{key}.{i}"
-                if name not in by_name:
-                    raise ValueError(f"{where}: {name!r} is not a reward component; components are {list(by_name)}")
-                kind = _component_kind(by_name[name], where)
-                if kind not in want:
-                    hint = ("a judge is a constraint component (plugin registered with @judge, or kind: "
-                            "constraint)") if key == "judges" else "list constraint components under judges"
-                    raise ValueError(f"{where}: component {name!r} has kind {kind!r}; {hint}")
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise ValueError(f"objective.tasks.{task_name}.{key}: duplicate names {dup}")
-
-
-def _component_kind(component: RewardComponentConfig, where: str) -> str:
-    if component.kind is not None:
-        return component.kind
-    from rewards.api import RewardPluginError, resolve_plugin
-
-    try:
-        return resolve_plugin(component.plugin).kind
-    except RewardPluginError as exc:
-        raise ValueError(f"{where}: cannot tell the kind of component {component.name!r}: {exc}") from exc

@@ -1,24 +1,29 @@
-"""Objectives: one file per training objective, built by name from the recipe's ``objective.kind``.
+"""Objectives: the losses and the advantage estimators of every training objective, pure torch (floor 1).
 
-    from rlhf.objectives import build_objective
-    objective = build_objective(recipe.objective)      # GRPO | SFT | ...
-    if objective.on_policy:
-        adv, metrics = objective.advantages(rv, group_ids, weighting)
-        out = objective.loss(logprobs, old_logprobs, ref_logprobs, adv, mask)
-    else:
-        out = objective.loss_sft(model, sft_batch)
+An objective is built from its recipe section by the objective registry (``rlhf.config.registry``, which also
+states what each one needs from the runtime: its capabilities). What the trainer and the runtime read of it
+depends on its role, never on its name:
+
+    policy gradient (GRPO, RLOO, REINFORCE++, PPO, CGPO):
+        objective.surrogate.loss(logprobs, old, ref, advantages, mask)      # the one clipped surrogate
+        objective.advantages(rv, group_ids, weighting, width)               # GRPO, RLOO
+        objective.sequence_scores(...) / .token_advantages(...)             # REINFORCE++ (token level)
+    pairs (DPO, IPO, cDPO, MODPO, online DPO, CGPO's CODPO):
+        objective.pair_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_lengths=...)
+    supervised (SFT, PRM):
+        objective.loss_sft(model, batch)
 
 Objectives read the reward vector and never call reward plugins. Imports only torch and the standard library.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
 from rlhf.objectives.cgpo import CGPO
-from rlhf.objectives.common import completion_logprobs, masked_mean, masked_sum
+from rlhf.objectives.common import Surrogate, completion_logprobs, masked_mean, masked_sum
 from rlhf.objectives.dpo import DPO
 from rlhf.objectives.grpo import GRPO
 from rlhf.objectives.modpo import MODPO
@@ -31,70 +36,44 @@ from rlhf.types import LossOutput, RewardVector, SFTBatch
 
 
 @runtime_checkable
-class Objective(Protocol):
-    """What every objective exposes to the controller and the trainer."""
+class PolicyGradientObjective(Protocol):
+    """Reward vector -> advantages, trained with the shared clipped surrogate."""
 
-    name: str
-    needs_reference: bool  # the trainer must provide ref_logprobs
-    on_policy: bool  # needs fresh rollouts each step (advantages + loss) vs. a fixed dataset
+    surrogate: Surrogate
 
-
-@runtime_checkable
-class PolicyGradientObjective(Objective, Protocol):
-    """On-policy objectives (GRPO, ...): reward vector -> advantages, then a per-token loss."""
-
-    def advantages(self, rv: RewardVector, group_ids: Tensor, weighting: Any) -> tuple[Tensor, dict[str, float]]: ...
-
-    def loss(
-        self,
-        logprobs: Tensor,
-        old_logprobs: Tensor | None,
-        ref_logprobs: Tensor | None,
-        advantages: Tensor,
-        mask: Tensor,
-    ) -> LossOutput: ...
+    def advantages(self, rv: RewardVector, group_ids: Tensor, weighting: Any,
+                   width: int | None = None) -> tuple[Tensor, dict[str, float]]: ...
 
 
 @runtime_checkable
-class SupervisedObjective(Objective, Protocol):
-    """Objectives trained on a fixed token dataset (SFT)."""
+class PairObjective(Protocol):
+    """A loss over (chosen, rejected) pairs of summed completion log-probs."""
+
+    def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+                  ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, **kwargs: Any) -> LossOutput: ...
+
+
+@runtime_checkable
+class SupervisedObjective(Protocol):
+    """Objectives trained on a fixed token dataset (SFT, PRM)."""
 
     def loss_sft(self, model: Any, batch: SFTBatch) -> LossOutput: ...
 
 
-OBJECTIVES: dict[str, Callable[[Any], Objective]] = {
-    "grpo": GRPO.from_config,
-    "rloo": RLOO.from_config,
-    "dpo": DPO.from_config,
-    "online_dpo": DPO.from_config,
-    "modpo": MODPO.from_config,
-    "ppo": PPO.from_config,
-    "reinforce_pp": ReinforcePP.from_config,
-    "sft": SFT.from_config,
-    "prm": PRM.from_config,
-    "cgpo": CGPO.from_config,
-}
-
-
-def build_objective(cfg: Any) -> Objective:
-    """Build the objective named by ``cfg.kind`` (a GRPOConfig, SFTObjectiveConfig, ...)."""
-    try:
-        factory = OBJECTIVES[cfg.kind]
-    except KeyError:
-        raise ValueError(f"unknown objective kind {cfg.kind!r}; known: {sorted(OBJECTIVES)}") from None
-    return factory(cfg)
-
-
 __all__ = [
     "CGPO",
+    "DPO",
     "GRPO",
-    "OBJECTIVES",
+    "MODPO",
+    "PPO",
     "PRM",
+    "RLOO",
     "SFT",
-    "Objective",
+    "PairObjective",
     "PolicyGradientObjective",
+    "ReinforcePP",
     "SupervisedObjective",
-    "build_objective",
+    "Surrogate",
     "completion_logprobs",
     "masked_mean",
     "masked_sum",

@@ -27,7 +27,7 @@ The three optimisers read (R, ok):
   selected rows: token-mean NLL (``crraft_loss``).
 
 CRPG and CRRAFT share the trainer's policy-gradient update. A CRRAFT row carries advantage c and is marked as an
-NLL row (``ExperienceBatch.nll_rows``): ``CGPO.policy_loss`` gives it the term -c * log pi(o_it) per token,
+NLL row (``ExperienceBatch.nll_rows``): the shared surrogate gives it the term -c * log pi(o_it) per token,
 aggregated like the surrogate, while CRPG rows keep -min(rho A, clip(rho) A). With c = N / N_sel (N counted tokens
 of the optimizer step, N_sel of its selected rows; token_mean) the CRRAFT term is the selected rows' token-mean
 NLL; under seq_mean c = B / B_sel gives the sequence-mean NLL. (While pi_old = pi the surrogate would have the
@@ -40,9 +40,9 @@ CODPO tasks share one optimizer step: pair p of task t gets beta_t (the task's `
 and weight w_p = weight_t * P / P_t (P pairs in the step, P_t of task t; ``codpo_pair_info``), so the mean over
 pairs of w_p l_p is sum_t weight_t * L_t, with L_t the task's own mean pair loss, as for CRPG / CRRAFT tasks.
 
-``CGPO`` is the objective object the trainer builds: ``loss`` on per-token tensors (B, C) is the clipped policy
-gradient (CRPG + CRRAFT rows), on per-pair tensors (B,) it is the CODPO pair loss (the trainer's
-``train_online_pairs``). Imports only torch and the standard library.
+``CGPO`` is the objective object the trainer builds: its ``surrogate`` is the clipped policy gradient of the
+CRPG + CRRAFT rows (with ``nll_rows``), its ``pair_loss`` the CODPO loss of the pairs (the trainer's online-pairs
+update). Imports only torch and the standard library.
 """
 
 from __future__ import annotations
@@ -50,19 +50,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from rlhf.advantages.group import group_normalize
-from rlhf.objectives.common import masked_mean
+from rlhf.objectives.common import Surrogate, masked_mean
 from rlhf.objectives.dpo import DPO
-from rlhf.objectives.grpo import GRPO
 from rlhf.types import LossOutput
-
-if TYPE_CHECKING:
-    from rlhf.config.schema import CGPOConfig
 
 OPTIMIZERS = ("crpg", "codpo", "crraft")
 
@@ -226,64 +222,32 @@ def task_scale(completion_mask: Tensor, rows: Tensor, loss_agg: str) -> float:
 
 @dataclass
 class CGPO:
-    """The trainer-facing objective: clipped policy gradient for CRPG/CRRAFT rows, CODPO loss for pairs."""
+    """The trainer-facing objective: the clipped policy gradient for CRPG/CRRAFT rows, the CODPO loss for pairs."""
 
-    policy: GRPO = field(default_factory=GRPO)
+    surrogate: Surrogate = field(default_factory=Surrogate)
     pair: DPO = field(default_factory=DPO)
     nll_coef: float = 1.0  # CODPO's lambda on the chosen response's length-normalised NLL
     uses_pairs: bool = False  # some task optimises with CODPO (its pairs need the reference)
 
     name: ClassVar[str] = "cgpo"
-    on_policy: ClassVar[bool] = True
-    needs_lengths: ClassVar[bool] = True  # the NLL term needs the chosen completions' lengths
 
     def __post_init__(self) -> None:
-        if self.policy.loss_agg not in ("token_mean", "seq_mean"):
-            raise ValueError(f"CGPO: loss_agg {self.policy.loss_agg!r}; expected token_mean or seq_mean")
+        if self.surrogate.loss_agg not in ("token_mean", "seq_mean"):
+            raise ValueError(f"CGPO: loss_agg {self.surrogate.loss_agg!r}; expected token_mean or seq_mean")
         if self.nll_coef < 0:
             raise ValueError(f"CGPO: nll_coef must be >= 0, got {self.nll_coef}")
 
     @classmethod
-    def from_config(cls, cfg: "CGPOConfig") -> "CGPO":
-        policy = GRPO(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, kl_coef=cfg.kl_coef,
-                      loss_agg=cfg.loss_agg, scale_std=cfg.scale_std, eps=cfg.eps)
+    def from_config(cls, cfg: Any) -> "CGPO":
         pair = DPO(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
                    reference_free=cfg.reference_free)
         uses_pairs = any(t.optimizer == "codpo" for t in cfg.tasks.values())
-        return cls(policy=policy, pair=pair, nll_coef=cfg.nll_coef, uses_pairs=uses_pairs)
+        return cls(surrogate=Surrogate.from_config(cfg), pair=pair, nll_coef=cfg.nll_coef, uses_pairs=uses_pairs)
 
     @property
     def needs_reference(self) -> bool:
-        return self.policy.needs_reference or (self.uses_pairs and self.pair.needs_reference)
-
-    def loss(self, *args: Any, **kwargs: Any) -> LossOutput:
-        """Per-token tensors (logprobs (B, C), ...) -> ``policy_loss``; per-pair (B,) -> ``pair_loss``.
-
-        The trainer calls ``objective.loss`` from its policy-gradient update and from its online-pairs update;
-        the first argument's shape tells which one this is.
-        """
-        first = args[0] if args else next(iter(kwargs.values()))
-        if first.dim() == 2:
-            return self.policy_loss(*args, **kwargs)
-        return self.pair_loss(*args, **kwargs)
-
-    def policy_loss(self, logprobs: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None,
-                    advantages: Tensor, mask: Tensor, token_normalizer: float | None = None,
-                    nll_rows: Tensor | None = None) -> LossOutput:
-        """GRPO's clipped surrogate (+ k3 KL) with the CRPG advantages; CRRAFT rows (nll_rows (B,) bool) take
-        advantage x NLL instead, -A * logprob per token, aggregated the same way. While pi_old = pi the two have
-        the same gradient; after an update on the batch (a later mini-batch or epoch) only the NLL form is still
-        the CRRAFT step (no ratio, no clipping). Shapes as ``GRPO.loss``."""
-        if nll_rows is None or not bool(nll_rows.any()):
-            return self.policy.loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
-        rows = nll_rows.to(torch.bool)  # (B,)
-        out = self.policy.loss(logprobs, old_logprobs, ref_logprobs, torch.where(rows, 0.0, advantages), mask,
-                               token_normalizer)  # the surrogate on the other rows, KL on all
-        weight = torch.where(rows, advantages, 0.0).unsqueeze(1)  # (B, 1)
-        nll = self.policy.aggregate(-weight * logprobs, mask.to(logprobs.dtype), token_normalizer)
-        out.metrics["loss/crraft_nll"] = float(nll.detach())
-        out.metrics["loss/total"] = float((out.loss + nll).detach())
-        return LossOutput(loss=out.loss + nll, metrics=out.metrics)
+        """Its updates read reference logprobs: the surrogate's KL term, or CODPO pairs that are not reference-free."""
+        return self.surrogate.needs_reference or (self.uses_pairs and self.pair.needs_reference)
 
     def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                   ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *,

@@ -1,4 +1,25 @@
-"""Helpers shared by every objective: masked reductions and per-token log-probabilities of completions.
+"""What every objective shares: the one clipped surrogate, masked reductions and per-token log-probabilities.
+
+``Surrogate`` is the policy-gradient loss of every policy-gradient objective here (GRPO, RLOO, REINFORCE++, PPO,
+CGPO's CRPG / CRRAFT rows). Per completion token t of sample i, with ratio rho = pi_theta(o_t) / pi_old(o_t) and
+advantage A (per sample (B,) or per token (B, C)):
+
+    l_it = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + kl_coef * D_KL,it      (DeepSeekMath eq. 3)
+
+with the k3 estimator D_KL = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1 (eq. 4; Schulman 2020), multiplied by rho
+with ``kl_ratio_correction`` (DeepSeek-V3.2's unbiased estimate, TRL's ``use_bias_correction_kl``). eps_high
+defaults to eps_low; a larger one is DAPO's clip-higher. Rows marked in ``nll_rows`` (CGPO's CRRAFT) take
+-A * log pi per token instead of the clipped term (no ratio, no clipping), aggregated the same way. Aggregation:
+
+    seq_mean:    1/G sum_i 1/|o_i| sum_t l_it            exactly eq. 3 (TRL loss_type="grpo")
+    token_mean:  1/sum_i |o_i| sum_i sum_t l_it          DAPO's token-level loss (TRL "bnpo"; "dapo" with a
+                                                         global token count -> pass ``token_normalizer``)
+    dr_grpo:     1/(G * L_max) sum_i sum_t l_it          Dr. GRPO (Liu et al. 2025): a constant denominator;
+                                                         ``token_normalizer`` = rows * max_new_tokens (TRL
+                                                         "dr_grpo"); defaults to the padded B * C
+
+Off-policy correction of the rollout engine's mismatch (TIS) is applied to the advantages before the surrogate
+(``rlhf.objectives.offpolicy``).
 
 ``completion_logprobs`` computes log pi(o_t | q, o_<t) for each completion token, the quantity every
 policy-gradient loss here is written in (e.g. the ratio in DeepSeekMath eq. 3, Shao et al. 2024):
@@ -13,10 +34,15 @@ were run alone. Imports only torch and the standard library.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from rlhf.types import LossOutput
+
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "dr_grpo")
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
@@ -95,3 +121,105 @@ def token_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Ten
         logp = torch.log_softmax(logits[b, :-1].float(), dim=-1)  # (T-1, V)
         rows.append(logp.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))  # (T-1,)
     return torch.stack(rows, dim=0)  # (B, T-1)
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """The one clipped policy-gradient surrogate (module docstring), built from an objective's shared fields."""
+
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # None -> clip_eps (symmetric)
+    kl_coef: float = 0.0  # beta of the k3 KL loss term
+    loss_agg: str = "token_mean"
+    kl_ratio_correction: bool = False  # multiply k3 by the ratio rho
+
+    def __post_init__(self) -> None:
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"loss_agg={self.loss_agg!r}; expected one of {LOSS_AGGREGATIONS}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, kl_coef: float | None = None) -> "Surrogate":
+        """From an objective config's shared policy-gradient fields; ``kl_coef`` overrides the config's (0 when
+        the KL sits in the reward instead of the loss)."""
+        return cls(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
+                   kl_coef=cfg.kl_coef if kl_coef is None else kl_coef, loss_agg=cfg.loss_agg,
+                   kl_ratio_correction=cfg.kl_ratio_correction)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_coef > 0
+
+    @property
+    def eps_high(self) -> float:
+        return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
+
+    def loss(self, logprobs: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None, advantages: Tensor,
+             mask: Tensor, token_normalizer: float | None = None, nll_rows: Tensor | None = None) -> LossOutput:
+        """Clipped surrogate + kl_coef * k3 KL, aggregated by ``loss_agg``.
+
+        logprobs (B, C) with grad; old_logprobs (B, C) or None (= logprobs.detach(), one update per rollout);
+        ref_logprobs (B, C) or None; advantages (B,) or token-level (B, C); mask (B, C) 1 on counted tokens.
+        token_normalizer: for token_mean / dr_grpo, divide the token sum by this instead of this batch's token
+        count (e.g. the mini-batch's global token count / number of micro-batches, so summed shards equal one
+        mean). nll_rows (B,) bool: rows trained with -A * log pi (their A comes from ``advantages``).
+        """
+        if nll_rows is not None and bool(nll_rows.any()):
+            rows = nll_rows.to(torch.bool)  # (B,)
+            out = self._clipped(logprobs, old_logprobs, ref_logprobs, torch.where(rows, 0.0, advantages), mask,
+                                token_normalizer)  # the surrogate on the other rows, KL on all
+            weight = torch.where(rows, advantages, 0.0).unsqueeze(1)  # (B, 1)
+            nll = self.aggregate(-weight * logprobs, mask.to(logprobs.dtype), token_normalizer)
+            out.metrics["loss/crraft_nll"] = float(nll.detach())
+            out.metrics["loss/total"] = float((out.loss + nll).detach())
+            return LossOutput(loss=out.loss + nll, metrics=out.metrics)
+        return self._clipped(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
+
+    def _clipped(self, logprobs: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None,
+                 advantages: Tensor, mask: Tensor, token_normalizer: float | None) -> LossOutput:
+        if self.kl_coef > 0 and ref_logprobs is None:
+            raise ValueError("the surrogate's KL term (kl_coef > 0) needs ref_logprobs")
+        on = mask != 0  # (B, C) bool
+        mask = mask.to(logprobs.dtype)  # (B, C)
+        if old_logprobs is None:
+            old_logprobs = logprobs.detach()
+        adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (B, 1) or (B, C)
+
+        # zero the log-ratios on padding so exp() cannot overflow there (0 * inf would poison the gradient)
+        log_ratio = torch.where(on, logprobs - old_logprobs, torch.zeros_like(logprobs))  # (B, C)
+        ratio = torch.exp(log_ratio)  # (B, C)
+        clipped = ratio.clamp(1 - self.clip_eps, 1 + self.eps_high)  # (B, C)
+        policy_term = -torch.min(ratio * adv, clipped * adv)  # (B, C)
+
+        per_token = policy_term  # (B, C)
+        kl = None
+        if ref_logprobs is not None:
+            log_ref_ratio = torch.where(on, ref_logprobs - logprobs, torch.zeros_like(logprobs))  # (B, C)
+            kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # (B, C) k3 estimator, eq. 4
+            if self.kl_ratio_correction:
+                kl = kl * ratio  # (B, C) importance-weighted to the current policy
+            if self.kl_coef > 0:
+                per_token = per_token + self.kl_coef * kl
+
+        loss = self.aggregate(per_token, mask, token_normalizer)
+        with torch.no_grad():
+            clipped_out = ((ratio < 1 - self.clip_eps) & (adv < 0)) | ((ratio > 1 + self.eps_high) & (adv > 0))
+            metrics = {
+                "loss/total": float(loss.detach()),
+                "loss/policy": float(self.aggregate(policy_term, mask, token_normalizer)),
+                "clip_frac": float(masked_mean(clipped_out.to(mask.dtype), mask)),
+                "ratio/mean": float(masked_mean(ratio, mask)),
+                "tokens": float(mask.sum()),
+            }
+            if kl is not None:
+                metrics["kl"] = float(masked_mean(kl, mask))
+        return LossOutput(loss=loss, metrics=metrics)
+
+    def aggregate(self, per_token: Tensor, mask: Tensor, token_normalizer: float | None) -> Tensor:
+        """(B, C) per-token losses -> () scalar."""
+        if self.loss_agg == "seq_mean":
+            return masked_mean(per_token, mask, dim=1).mean()  # mean over each sequence, then over sequences
+        if self.loss_agg == "dr_grpo":
+            denom = per_token.numel() if token_normalizer is None else token_normalizer
+            return masked_sum(per_token, mask) / denom
+        denom = mask.sum().clamp(min=1) if token_normalizer is None else token_normalizer
+        return masked_sum(per_token, mask) / denom  # sum over all tokens / tokens in the batch

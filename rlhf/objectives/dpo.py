@@ -80,7 +80,6 @@ class DPO:
     ipo_average: bool = True  # IPO on per-token averaged log-ratios (TRL's choice); needs the completion lengths
 
     name: ClassVar[str] = "dpo"
-    on_policy: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.loss_type not in DPO_LOSS_TYPES:
@@ -104,7 +103,7 @@ class DPO:
             loss_type=cfg.loss_type,
             label_smoothing=cfg.label_smoothing,
             reference_free=cfg.reference_free,
-            ipo_average=getattr(cfg, "ipo_average", True),
+            ipo_average=cfg.ipo_average,
         )
 
     @property
@@ -194,3 +193,15 @@ class DPO:
                 "pairs": float(B),
             }
         return LossOutput(loss=loss, metrics=metrics)
+
+    def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+                  ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *,
+                  chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None,
+                  margin: Tensor | None = None, normalizer: float | None = None,
+                  pair_info: Tensor | None = None) -> LossOutput:
+        """The trainer's pair update: ``loss`` with per-pair [weight, beta] from pair_info (B, 2), if given."""
+        weights = None if pair_info is None else pair_info[:, 0].to(policy_chosen_logps.dtype)  # (B,)
+        beta = None if pair_info is None else pair_info[:, 1]  # (B,)
+        return self.loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, margin,
+                         chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths, normalizer=normalizer,
+                         beta=beta, weights=weights)

@@ -47,9 +47,6 @@ class MODPO:
     dpo: DPO = field(init=False)
 
     name: ClassVar[str] = "modpo"
-    on_policy: ClassVar[bool] = False
-    needs_lengths: ClassVar[bool] = False
-    needs_margin: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not 0 < self.preference_weight <= 1:
@@ -60,13 +57,15 @@ class MODPO:
     def from_config(cls, cfg: Any) -> "MODPO":
         return cls(beta=cfg.beta, preference_weight=cfg.preference_weight)
 
-    @property
-    def needs_reference(self) -> bool:
-        return True
-
     def loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, margin: Tensor | None = None, **kwargs: Any) -> LossOutput:
         if margin is None:
             raise ValueError("MODPO: needs the per-pair margin from the other objectives' reward components")
         return self.dpo.loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
                              margin, **kwargs)
+
+    def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                  ref_rejected_logps: Tensor, *, margin: Tensor | None = None, **kwargs: Any) -> LossOutput:
+        """The trainer's pair update (lengths and other keywords as ``DPO.loss``)."""
+        return self.loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, margin,
+                         **{k: v for k, v in kwargs.items() if v is not None})

@@ -5,8 +5,8 @@ rho_t = pi_theta(o_t) / pi_old(o_t) and the GAE advantage A_t (``rlhf.advantages
 
     l_t^policy = -min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t)     (+ kl_coef * k3 KL, optional)
 
-computed by GRPO's token-level loss (``rlhf.objectives.grpo``), so the aggregations (token_mean / seq_mean /
-dr_grpo), the asymmetric clip and the k3 KL term are shared. In RLHF the KL to the reference usually sits in the
+computed by the shared clipped surrogate (``rlhf.objectives.common.Surrogate``), so the aggregations (token_mean /
+seq_mean / dr_grpo), the asymmetric clip and the k3 KL term are the same as every policy-gradient objective's. In RLHF the KL to the reference usually sits in the
 reward instead (Ziegler et al. 2019, sec. 2.2: r_t = -beta * KL_t + [t = last] r(x, y)); then kl_coef = 0 here.
 
 Value (the clipped value loss of OpenAI baselines' ppo2 / Ziegler et al.'s lm-human-preferences, used by TRL and
@@ -33,8 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from rlhf.objectives.common import masked_mean, masked_sum
-from rlhf.objectives.grpo import GRPO
+from rlhf.objectives.common import Surrogate, masked_mean, masked_sum
 from rlhf.types import LossOutput
 
 # --------------------------------------------------------------------------- value loss
@@ -155,50 +154,25 @@ class AdaptiveKLController:
 
 @dataclass
 class PPO:
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None  # None -> clip_eps (symmetric)
-    kl_coef: float = 0.0  # k3 KL as a LOSS term; 0 when the KL is in the reward (kl_mode="reward")
-    loss_agg: str = "token_mean"  # "token_mean" | "seq_mean" | "dr_grpo", as GRPO
+    surrogate: Surrogate = field(default_factory=Surrogate)  # kl_coef 0 when the KL is in the reward
+    value_clip: float | None = 0.2  # the critic's clipped value loss (None: unclipped)
 
     name: ClassVar[str] = "ppo"
-    on_policy: ClassVar[bool] = True
-
-    _surrogate: GRPO = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._surrogate = GRPO(
-            clip_eps=self.clip_eps, clip_eps_high=self.clip_eps_high, kl_coef=self.kl_coef, loss_agg=self.loss_agg
-        )
 
     @classmethod
     def from_config(cls, cfg: Any) -> "PPO":
-        """From a PPO config: clip_eps, clip_eps_high, loss_agg; kl_coef only when kl_mode == "loss"."""
-        return cls(
-            clip_eps=cfg.clip_eps,
-            clip_eps_high=cfg.clip_eps_high,
-            kl_coef=cfg.kl_coef if cfg.kl_mode == "loss" else 0.0,
-            loss_agg=cfg.loss_agg,
-        )
+        """From a PPO config: the surrogate's fields, with kl_coef only when kl_mode == "loss"."""
+        return cls(surrogate=Surrogate.from_config(cfg, kl_coef=cfg.kl_coef if cfg.kl_mode == "loss" else 0.0),
+                   value_clip=cfg.critic.value_clip)
 
     @property
     def needs_reference(self) -> bool:
-        """True when the KL is a loss term; a KL-in-reward run needs the reference too (decided by the trainer)."""
-        return self.kl_coef > 0
+        """Its update reads reference logprobs (the KL loss term)."""
+        return self.surrogate.needs_reference
 
-    def loss(
-        self,
-        logprobs: Tensor,
-        old_logprobs: Tensor | None,
-        ref_logprobs: Tensor | None,
-        advantages: Tensor,
-        mask: Tensor,
-        token_normalizer: float | None = None,
-    ) -> LossOutput:
-        """Clipped surrogate (eq. 7) on token-level GAE advantages (B, C) (or (B,)); see ``GRPO.loss``.
-
-        logprobs (B, C) with grad; old_logprobs (B, C) or None; ref_logprobs (B, C) or None; mask (B, C).
-        """
-        return self._surrogate.loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
+    def value_loss(self, values: Tensor, old_values: Tensor | None, returns: Tensor, mask: Tensor) -> LossOutput:
+        """The critic's clipped value loss (``value_loss``) with this objective's clip."""
+        return value_loss(values, old_values, returns, mask, self.value_clip)
 
 
 __all__ = ["PPO", "AdaptiveKLController", "FixedKLController", "explained_variance", "value_loss"]

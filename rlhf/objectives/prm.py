@@ -12,7 +12,7 @@ Imports only torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,6 @@ from torch import Tensor
 
 from rlhf.objectives.common import masked_mean, position_ids_from_mask
 from rlhf.types import LossOutput
-
-if TYPE_CHECKING:
-    from rlhf.data.prm import PRMBatch
 
 
 def prm_logit_margin(logits: Tensor, candidates: Tensor) -> Tensor:
@@ -50,14 +47,12 @@ class PRM:
     """Objective ``prm``: supervised, on step-labelled rows (no rollouts, no reference)."""
 
     name: ClassVar[str] = "prm"
-    needs_reference: ClassVar[bool] = False
-    on_policy: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, cfg: Any = None) -> "PRM":
         return cls()
 
-    def loss_sft(self, model: Any, batch: "PRMBatch") -> LossOutput:
+    def loss_sft(self, model: Any, batch: Any) -> LossOutput:
         """Forward ``model`` (a HF causal LM) on the batch; the step-tag loss and its metrics."""
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     position_ids=position_ids_from_mask(batch.attention_mask))

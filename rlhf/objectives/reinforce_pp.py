@@ -13,9 +13,12 @@ Token-level advantages, computed in two stages because the KL reward needs the l
 KL_it is the k1 / k2 / k3 estimate between the generating policy (old_logprobs) and the reference
 (``rlhf.advantages.baselines.kl_penalty``). A sample whose reward vector is all-NaN gets s_i = 0.
 
-Loss: the PPO-style clipped surrogate per token (GRPO's, ``rlhf.objectives.grpo``, with token-level advantages);
-no KL term in the loss, the KL is in the reward. When ref_logprobs are passed to ``loss`` the k3 KL of the
-current policy is still reported as the ``kl`` metric.
+A weighting that scales its advantages (the hypervolume weighting's gain, ``weighting.advantage_scale``) scales
+A_it after the whitening (which would undo any scale applied before it): ``token_advantages(scale=...)``.
+
+Loss: the shared clipped surrogate per token (``rlhf.objectives.common.Surrogate``, with token-level
+advantages); no KL term in the loss, the KL is in the reward. When ref_logprobs are passed to the loss the k3 KL
+of the current policy is still reported as the ``kl`` metric.
 
 Pure torch. Run the tests: pytest tests/unit/test_rloo_reinforce.py -q
 """
@@ -23,7 +26,7 @@ Pure torch. Run the tests: pytest tests/unit/test_rloo_reinforce.py -q
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -35,63 +38,46 @@ from rlhf.advantages.baselines import (
     reinforce_pp_returns,
     token_rewards_with_kl,
 )
-from rlhf.objectives.grpo import GRPO
-from rlhf.types import LossOutput, RewardVector
-
-if TYPE_CHECKING:
-    from rlhf.weighting import Weighting
+from rlhf.objectives.common import Surrogate
+from rlhf.types import RewardVector
 
 BASELINES = ("none", "group")
 
 
 @dataclass
 class ReinforcePP:
+    surrogate: Surrogate = field(default_factory=Surrogate)  # kl_coef 0: the KL lives in the reward
     kl_coef: float = 0.0  # beta of the per-token KL reward
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     gamma: float = 1.0  # discount of the reward-to-go
     baseline: Literal["none", "group"] = "none"  # "group" = REINFORCE++-baseline
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None  # None -> clip_eps (symmetric)
-    loss_agg: str = "token_mean"  # "token_mean" | "seq_mean", as GRPO
     eps: float = 1e-6  # added to the global std
 
     name: ClassVar[str] = "reinforce_pp"
-    on_policy: ClassVar[bool] = True
-    token_level_advantages: ClassVar[bool] = True  # advantages come from token_advantages(), after logprobs
-
-    _surrogate: GRPO = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"ReinforcePP: kl_estimator={self.kl_estimator!r}; expected one of {KL_ESTIMATORS}")
         if self.baseline not in BASELINES:
             raise ValueError(f"ReinforcePP: baseline={self.baseline!r}; expected one of {BASELINES}")
-        self._surrogate = GRPO(  # kl_coef=0: the KL lives in the reward
-            clip_eps=self.clip_eps, clip_eps_high=self.clip_eps_high, kl_coef=0.0, loss_agg=self.loss_agg
-        )
+        if self.surrogate.kl_coef:
+            raise ValueError("ReinforcePP: the KL is in the token rewards (kl_coef), not in the surrogate")
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ReinforcePP":
-        """From a ``ReinforcePPConfig`` (kind="reinforce_pp") with the fields of this dataclass."""
-        return cls(
-            kl_coef=cfg.kl_coef,
-            kl_estimator=cfg.kl_estimator,
-            gamma=cfg.gamma,
-            baseline=cfg.baseline,
-            clip_eps=cfg.clip_eps,
-            clip_eps_high=cfg.clip_eps_high,
-            loss_agg=cfg.loss_agg,
-            eps=cfg.eps,
-        )
+        """From a ``ReinforcePPConfig`` (kind="reinforce_pp")."""
+        return cls(surrogate=Surrogate.from_config(cfg, kl_coef=0.0), kl_coef=cfg.kl_coef,
+                   kl_estimator=cfg.kl_estimator, gamma=cfg.gamma, baseline=cfg.baseline, eps=cfg.eps)
 
     @property
     def needs_reference(self) -> bool:
+        """Its token advantages read reference logprobs (the KL penalty in the token rewards)."""
         return self.kl_coef > 0
 
     # ------------------------------------------------------------------ advantages (two stages)
 
     def sequence_scores(
-        self, rv: RewardVector, group_ids: Tensor, weighting: "Weighting"
+        self, rv: RewardVector, group_ids: Tensor, weighting: Any
     ) -> tuple[Tensor, dict[str, float]]:
         """(B,) scalar reward per sample (group-centred when baseline="group"; all-NaN rows -> 0) and metrics.
 
@@ -117,29 +103,18 @@ class ReinforcePP:
         ref_logprobs: Tensor | None,
         mask: Tensor,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        scale: float = 1.0,
     ) -> Tensor:
         """(B, C) advantages: KL-shaped token rewards -> discounted returns -> global whitening.
 
         seq_scores (B,) from ``sequence_scores`` (this shard's rows); old_logprobs (B, C) of the generating
         policy; ref_logprobs (B, C), required when kl_coef > 0; mask (B, C). ``reduce`` sums the (3,)
-        normalisation statistics over data-parallel ranks (an all-reduce SUM); None = this shard alone.
+        normalisation statistics over data-parallel ranks (an all-reduce SUM); None = this shard alone. ``scale``
+        multiplies the whitened advantages (the weighting's ``advantage_scale``).
         """
         rewards = token_rewards_with_kl(  # (B, C)
             seq_scores, old_logprobs, ref_logprobs, mask, self.kl_coef, self.kl_estimator
         )
         returns = reinforce_pp_returns(rewards, mask, self.gamma)  # (B, C)
-        return global_normalize(returns, mask, self.eps, reduce)  # (B, C)
-
-    # ------------------------------------------------------------------ loss
-
-    def loss(
-        self,
-        logprobs: Tensor,
-        old_logprobs: Tensor | None,
-        ref_logprobs: Tensor | None,
-        advantages: Tensor,
-        mask: Tensor,
-        token_normalizer: float | None = None,
-    ) -> LossOutput:
-        """Clipped surrogate with (B, C) (or (B,)) advantages; no KL loss term. Shapes as ``GRPO.loss``."""
-        return self._surrogate.loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
+        advantages = global_normalize(returns, mask, self.eps, reduce)  # (B, C)
+        return advantages * scale if scale != 1.0 else advantages

@@ -6,9 +6,10 @@ Advantages (``rlhf.advantages.baselines.rloo``), for the k samples of a prompt:
     A_i = sum_c w_c (r_ic - 1/(k-1) sum_{j != i} r_jc)      per_component=True: leave-one-out per component
                                                             (NaN components skipped), then the weighted sum
 
-The two agree for a linear weighting when no component is NaN. The loss is GRPO's per-token clipped surrogate
-(``rlhf.objectives.grpo``, DeepSeekMath eq. 3) with the sequence advantage broadcast over the tokens, plus
-``kl_coef`` * k3 KL to the reference as a loss term, built by composition (a private GRPO instance).
+The two agree for a linear weighting when no component is NaN. A weighting that scales its advantages (the
+hypervolume weighting's gain, ``weighting.advantage_scale``) scales these too. The loss is the shared per-token
+clipped surrogate (``rlhf.objectives.common.Surrogate``, DeepSeekMath eq. 3) with the sequence advantage broadcast
+over the tokens, plus ``kl_coef`` * k3 KL to the reference as a loss term.
 
 Differences from TRL's RLOOTrainer (trl 1.16, trl/trainer/rloo_trainer.py): TRL puts a k1 sequence KL into the
 reward before the leave-one-out (lines 1664-1673) and clips a sequence-level ratio exp(sum_t log-ratio)
@@ -21,62 +22,42 @@ Pure torch. Run the tests: pytest tests/unit/test_rloo_reinforce.py -q
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from rlhf.advantages.baselines import rloo
 from rlhf.advantages.group import advantage_metrics
-from rlhf.objectives.grpo import GRPO
-from rlhf.types import LossOutput, RewardVector
-
-if TYPE_CHECKING:
-    from rlhf.weighting import Weighting
+from rlhf.objectives.common import Surrogate
+from rlhf.types import RewardVector
 
 
 @dataclass
 class RLOO:
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None  # None -> clip_eps (symmetric)
-    kl_coef: float = 0.0  # beta of the k3 KL loss term
-    loss_agg: str = "token_mean"  # "token_mean" | "seq_mean", as GRPO
+    surrogate: Surrogate = field(default_factory=Surrogate)
     per_component: bool = False  # leave-one-out per component, then the weighted sum
 
     name: ClassVar[str] = "rloo"
-    on_policy: ClassVar[bool] = True
-
-    _surrogate: GRPO = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._surrogate = GRPO(  # validates loss_agg
-            clip_eps=self.clip_eps, clip_eps_high=self.clip_eps_high, kl_coef=self.kl_coef, loss_agg=self.loss_agg
-        )
 
     @classmethod
     def from_config(cls, cfg: Any) -> "RLOO":
-        """From an ``RLOOConfig`` (kind="rloo") with the fields of this dataclass."""
-        return cls(
-            clip_eps=cfg.clip_eps,
-            clip_eps_high=cfg.clip_eps_high,
-            kl_coef=cfg.kl_coef,
-            loss_agg=cfg.loss_agg,
-            per_component=cfg.per_component,
-        )
+        """From an ``RLOOConfig`` (kind="rloo")."""
+        return cls(surrogate=Surrogate.from_config(cfg), per_component=cfg.per_component)
 
     @property
     def needs_reference(self) -> bool:
-        return self.kl_coef > 0
+        """Its update reads reference logprobs (the KL loss term)."""
+        return self.surrogate.needs_reference
 
     # ------------------------------------------------------------------ advantages
 
-    def advantages(
-        self, rv: RewardVector, group_ids: Tensor, weighting: "Weighting"
-    ) -> tuple[Tensor, dict[str, float]]:
-        """(B,) leave-one-out advantages from the reward vector, and metrics (weighting's + adv/*).
+    def advantages(self, rv: RewardVector, group_ids: Tensor, weighting: Any,
+                   width: int | None = None) -> tuple[Tensor, dict[str, float]]:
+        """(B,) leave-one-out advantages from the reward vector, and metrics (weighting's + adv/*). Step
+        rewards are not used (their outcome values are, as any component's); ``width`` is ignored.
 
         ``weighting.scalarize`` is called once, as under GRPO, for its metrics (and so a stateful weighting
-        advances once per step); its group-normalised advantages are not used.
+        advances once per step); its group-normalised advantages are not used, its ``advantage_scale`` is.
         """
         _, metrics = weighting.scalarize(rv, group_ids)
         reward = weighting.weighted_sum(rv)  # (B,) NaN where no component applies
@@ -85,19 +66,7 @@ class RLOO:
             advantages = weighting.weighted_sum(RewardVector(rv.names, rv.kinds, per_comp))  # (B,)
         else:
             advantages = rloo(reward, group_ids)  # (B,)
+        if weighting.advantage_scale != 1.0:
+            advantages = advantages * weighting.advantage_scale
         metrics = {**metrics, **advantage_metrics(reward, advantages, group_ids)}
         return advantages, metrics
-
-    # ------------------------------------------------------------------ loss
-
-    def loss(
-        self,
-        logprobs: Tensor,
-        old_logprobs: Tensor | None,
-        ref_logprobs: Tensor | None,
-        advantages: Tensor,
-        mask: Tensor,
-        token_normalizer: float | None = None,
-    ) -> LossOutput:
-        """GRPO's clipped surrogate + kl_coef * k3 KL; arguments and shapes as ``GRPO.loss``."""
-        return self._surrogate.loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)

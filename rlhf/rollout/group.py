@@ -2,7 +2,12 @@
 
     engines = RolloutGroup(recipe, model_dir)
     batch = engines.generate(prompts, settings)     # RolloutBatch, rows grouped by prompt, in prompt order
-    engines.sync(payload)                           # in-place weight update + fingerprint check
+    reports = engines.load_weights(payload)         # in-place weight update: each engine's (version, fingerprint)
+
+The group only drives its engines: how trained weights reach them (route, sync group, fallback, fingerprint
+checks) is the runtime's sync coordinator's (rlhf/runtime/sync.py), which the group calls back when it restarts an
+engine that died (``on_restart``) so the new engine gets the current weights. Only the rollout functions
+(rlhf/rollout/functions.py) call `generate` / `generate_ids`.
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ import os
 from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
-from rlhf.rollout.base import cat_rollouts
 from rlhf.transport.placement import has_gpus
-from rlhf.transport.weights import WeightPayload, check_sync
+from rlhf.transport.weights import WeightPayload
 from rlhf.types import RolloutBatch, SamplingSettings
 
 ENGINES = {"hf": "rlhf.rollout.hf:HFEngine", "vllm": "rlhf.rollout.vllm:VLLMEngine"}
@@ -127,13 +131,7 @@ class RolloutGroup:
         self.pad_token_id = int(self.tokenizer.pad_token_id)
         self.max_restarts = MAX_RESTARTS_PER_CALL
         self.restarts = 0  # engines restarted after dying (logged as events/rollout_restarts)
-        self._payload: WeightPayload | None = None  # the last weights synced: a restarted engine gets them
-        self.weight_sync = resolve_weight_sync(recipe, has_gpus())
-        self.sync_timeout_s = r.sync_timeout_s
-        self.sync_fallbacks = 0  # broadcast syncs that failed and went through the object store instead
-        self.last_sync_failure: str | None = None
-        self._sync_world = 0  # members of the open weight-sync group (0: not open)
-        self._refetch: Callable[[], WeightPayload] | None = None  # broadcast: object-store export for restarts
+        self.on_restart: Callable[[int], None] | None = None  # gives a restarted engine i the current weights
 
     def _get(self, refs: Any) -> Any:
         import ray
@@ -163,7 +161,7 @@ class RolloutGroup:
                 seed = None if settings.seed is None else settings.seed + 1000 * i
                 calls[i] = (shard, dataclasses.replace(settings, seed=seed))
         parts = self._with_restarts(calls, submit)
-        return cat_rollouts([parts[i] for i in sorted(parts)], self.pad_token_id)
+        return RolloutBatch.cat([parts[i] for i in sorted(parts)], self.pad_token_id)
 
     def _with_restarts(self, calls: dict[int, tuple], submit: Callable[[Any, tuple], Any]) -> dict[int, Any]:
         import ray
@@ -196,107 +194,56 @@ class RolloutGroup:
         self.actors[i] = self._start(i)
         self.infos[i] = self._get(self.actors[i].info.remote())
         self.restarts += 1
-        if self._sync_world:  # the new process is not a member of the weight-sync group: reopen it at next sync
-            self._close_sync_group()
-        if self._payload is None and self._refetch is not None:  # broadcast: the weights are not in the store
-            self._payload = self._refetch()
-        if self._payload is not None:
-            report = self._get(self.actors[i].load_weights.remote(self._payload.buckets, self._payload.version,
-                                                                  self._payload.adapter))
-            check_sync(self._payload, [report])
+        if self.on_restart is not None:
+            self.on_restart(i)
 
-    def sync(self, payload: WeightPayload) -> list[tuple[int, str]]:
-        """Push the trainer's weights into every engine and verify what each now holds."""
-        self._payload = payload
-        calls = {i: (payload.buckets, payload.version, payload.adapter) for i in range(len(self.actors))}
-        results = self._with_restarts(calls, lambda a, args: a.load_weights.remote(*args))
-        reports = [results[i] for i in range(len(self.actors))]
-        check_sync(payload, reports)
-        return reports
+    def restart(self, i: int) -> None:
+        """Replace engine i (e.g. it died during a sync)."""
+        self._restart(i)
 
-    def sync_broadcast(self, trainers: Any, version: int) -> WeightPayload:
-        """rollout.weight_sync=broadcast: training rank 0 broadcasts every bucket over the weight-sync group
-        while all engines receive, then the fingerprints are checked. If anything fails on the way (an engine
-        died, a member timed out), the group is closed, dead engines are restarted and this sync goes through the
-        object store instead (counted in `sync_fallbacks`); the next sync reopens the group."""
-        import ray
+    # ------------------------------------------------------------------ weight updates (driven by the runtime)
 
-        self._refetch = lambda: trainers.export_weights(version)
-        if not self._sync_world:
-            self._open_sync_group(trainers)
-        refs = {i: a.receive_weights.remote(version) for i, a in enumerate(self.actors)}
-        payload = trainers.export_weights(version, transport="broadcast")
-        reports: dict[int, tuple[int, str]] = {}
-        failures, died = [], []
-        if payload.error:
-            failures.append(f"training rank 0: {payload.error}")
-        for i, ref in refs.items():
-            try:
-                reports[i] = self._get(ref)
-            except ray.exceptions.RayActorError:
-                died.append(i)
-                failures.append(f"engine {i} died")
-            except Exception as e:  # noqa: BLE001 - collected, reported in last_sync_failure, then the fallback
-                failures.append(f"engine {i}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
-        if not failures:
-            check_sync(payload, [reports[i] for i in range(len(self.actors))])
-            self._payload = None  # not in the object store: a restarted engine gets them through `_refetch`
-            return payload
-        self._close_sync_group(trainers)
-        return self._fall_back(trainers, version, failures, died)
+    def load_weights(self, payload: WeightPayload, engine: int | None = None) -> list[tuple[int, str]]:
+        """Load object-store buckets into every engine, restarting any that dies (or into engine `engine` only, no
+        restart); returns each one's (version, fingerprint), for the caller to check."""
+        args = (payload.buckets, payload.version, payload.adapter)
+        if engine is not None:
+            return [self._get(self.actors[engine].load_weights.remote(*args))]
+        results = self._with_restarts({i: args for i in range(len(self.actors))},
+                                      lambda a, call_args: a.load_weights.remote(*call_args))
+        return [results[i] for i in range(len(self.actors))]
 
-    def sync_ipc(self, trainers: Any, version: int) -> WeightPayload:
-        """rollout.weight_sync=cuda_ipc (colocated): every training rank streams its full weights to the engine
-        on its GPU through CUDA IPC buffers, one bucket at a time; then the fingerprints are checked. A failure
-        falls back to the object store as for broadcast."""
-        self._refetch = lambda: trainers.export_weights(version)
-        payload, results = trainers.push_weights_ipc(version, self.actors)
-        failures = [f"engine {i}: {err}" for i, (_, err, _) in enumerate(results) if err]
-        died = [i for i, (_, _, dead) in enumerate(results) if dead]
-        if not failures:
-            check_sync(payload, [report for report, _, _ in results])
-            self._payload = None
-            return payload
-        return self._fall_back(trainers, version, failures, died)
-
-    def _fall_back(self, trainers: Any, version: int, failures: list[str], died: list[int]) -> WeightPayload:
-        """A fast-route sync failed: restart dead engines and redo the sync through the object store."""
-        self.sync_fallbacks += 1
-        self.last_sync_failure = "; ".join(failures)
-        self._refetch = None
-        for i in died:
-            self._restart(i)
-        fallback = trainers.export_weights(version)
-        self.sync(fallback)
-        self._refetch = lambda: trainers.export_weights(version)
-        return fallback
-
-    def _open_sync_group(self, trainers: Any) -> None:
-        """Training rank 0 (rank 0) and every engine worker (ranks 1..) meet at rank 0's address."""
-        ranks = self._get([a.sync_ranks.remote() for a in self.actors])
-        host, port = trainers.sync_group_address()
-        world, backend = 1 + sum(ranks), ("nccl" if has_gpus() else "gloo")
-        refs, offset = [trainers.open_sync_group(host, port, world, backend, self.sync_timeout_s)], 1
+    def join_sync_group(self, host: str, port: int, world: int, backend: str, timeout_s: float) -> list[Any]:
+        """Refs of every engine's workers joining the weight-sync group as ranks 1.. (training rank 0 joins at
+        the same time: the rendezvous blocks until all have)."""
+        ranks = self.sync_ranks()
+        refs, offset = [], 1
         for actor, n in zip(self.actors, ranks):
-            refs.append(actor.join_sync_group.remote(host, port, offset, world, backend, self.sync_timeout_s))
+            refs.append(actor.join_sync_group.remote(host, port, offset, world, backend, timeout_s))
             offset += n
-        self._get(refs)
-        self._trainers_in_group = trainers
-        self._sync_world = world
+        return refs
 
-    def _close_sync_group(self, trainers: Any = None) -> None:
-        """Every member leaves (engines that died are skipped)."""
+    def sync_ranks(self) -> list[int]:
+        """Weight-sync group members of each engine (its workers)."""
+        return self._get([a.sync_ranks.remote() for a in self.actors])
+
+    def receive_weights(self, version: int) -> dict[int, Any]:
+        """Refs of every engine receiving one broadcast sync."""
+        return {i: a.receive_weights.remote(version) for i, a in enumerate(self.actors)}
+
+    def leave_sync_group(self) -> None:
+        """Every engine leaves the weight-sync group (engines that died are skipped)."""
         import ray
 
-        trainers = trainers or getattr(self, "_trainers_in_group", None)
-        self._sync_world = 0
-        if trainers is not None:
-            trainers.close_sync_group()
         for a in self.actors:
             try:
                 self._get(a.leave_sync_group.remote())
             except ray.exceptions.RayActorError:
                 pass  # a dead engine has left the group with its process
+
+    def get(self, refs: Any) -> Any:
+        """ray.get with a remote exception re-raised as its own type."""
+        return self._get(refs)
 
     def completion_logprobs(self, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
         return self._get(self.actors[0].completion_logprobs.remote(input_ids, attention_mask, prompt_len, temperature))
@@ -312,30 +259,6 @@ class RolloutGroup:
 
         for a in self.actors:
             ray.kill(a)
-
-
-def resolve_weight_sync(recipe: Recipe, gpus: bool) -> str:
-    """The weight-sync route a run uses: rollout.weight_sync, or for "auto": CUDA IPC on colocated GPUs, broadcast
-    (NCCL) on split GPUs, the object store on CPU. LoRA with an engine that loads adapters always uses the object
-    store (the adapter is small and the engine wraps its model with it)."""
-    from rlhf.models import lora
-
-    r = recipe.rollout
-    adapters = recipe.model.lora is not None and r.engine in lora.ENGINES_WITH_ADAPTERS
-    if r.weight_sync == "auto":
-        if not gpus or adapters:
-            return "object_store"
-        if r.placement == "colocated":  # broadcast cannot work there (below); cuda_ipc carries no LoRA weights
-            return "cuda_ipc" if recipe.model.lora is None else "object_store"
-        return "broadcast"
-    if r.weight_sync == "broadcast" and adapters:
-        raise ValueError(f"rollout.weight_sync: broadcast sends full weights, but model.lora with engine "
-                         f"{r.engine!r} syncs only the adapter; use weight_sync: object_store (or auto)")
-    if r.weight_sync == "broadcast" and gpus and r.placement == "colocated":
-        raise ValueError("rollout.weight_sync: broadcast runs over NCCL, which refuses two members on one GPU "
-                         "(training rank 0 and engine 0 share it under placement: colocated); use cuda_ipc, "
-                         "object_store or auto")
-    return r.weight_sync
 
 
 def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from typing import Any, Iterable
 
 import torch
 
-from rlhf.rollout.base import cat_rollouts, eos_ids
+from rlhf.rollout.base import eos_ids
 from rlhf.transport.weights import (WeightSyncError, fingerprint_module, fingerprint_named, load_buckets_into,
                                    load_named_into)
-from rlhf.types import RolloutBatch, SamplingSettings
+from rlhf.types import RolloutBatch, SamplingSettings, token_versions
 
 
 class HFEngine:
@@ -87,9 +87,7 @@ class HFEngine:
         per_call = max(1, self.batch_size // max(1, settings.n))
         parts = [self._generate_chunk(*encode(start, start + per_call), settings)
                  for start in range(0, count, per_call)]
-        batch = cat_rollouts(parts, self.tokenizer.pad_token_id)
-        batch.weight_version = self.weight_version
-        return batch
+        return RolloutBatch.cat(parts, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def _generate_chunk(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: SamplingSettings) -> RolloutBatch:
@@ -132,6 +130,7 @@ class HFEngine:
             logprobs=logprobs.float(),
             group_ids=torch.arange(B).repeat_interleave(n),
             finished=finished,
+            versions=token_versions(completion_mask, self.weight_version),
         )
 
     def _generation_config(self, s: SamplingSettings, n: int) -> Any:

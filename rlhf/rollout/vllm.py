@@ -36,7 +36,7 @@ import torch
 from rlhf.config.schema import VLLMConfig
 from rlhf.rollout.base import eos_ids
 from rlhf.transport.weights import WeightSyncError, fingerprint_named
-from rlhf.types import RolloutBatch, SamplingSettings
+from rlhf.types import RolloutBatch, SamplingSettings, token_versions
 
 EXTENSION = "rlhf.rollout.vllm_worker.WeightUpdateExtension"
 INSTALL_HINT = (
@@ -203,7 +203,7 @@ class VLLMEngine:
             logprobs=logprobs,
             group_ids=torch.arange(len(requests)).repeat_interleave(n),
             finished=torch.tensor(finished, dtype=torch.bool),
-            weight_version=self.weight_version,
+            versions=token_versions(completion_mask, self.weight_version),
         )
 
     def _sampling_params(self, s: SamplingSettings, n: int, prompt_index: int) -> Any:

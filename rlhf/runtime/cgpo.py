@@ -1,8 +1,6 @@
-"""The CGPO stage (Xu et al. 2024): task-stratified prompts -> generate -> score (with baselines) -> per-task
-constrained signals -> update -> sync, per step.
-
-    stage = CGPOStage(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors)
-    metrics = stage.step(step)
+"""CGPO's components (Xu et al. 2024) for the on-policy stage (rlhf/runtime/rl.py): task-stratified prompts ->
+generate -> score (with baselines: ``BaselineScorer``) -> per-task constrained signals -> update (``CGPOUpdate``)
+-> sync, per step.
 
 One step:
 
@@ -34,9 +32,8 @@ One step:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -51,97 +48,28 @@ from rlhf.objectives.cgpo import (
     task_reward,
     task_scale,
 )
-from rlhf.runtime.online_dpo import _interleaved
-from rlhf.runtime.onpolicy import OnPolicyStage, _columns, _track_mismatch, eval_sampling, rollout_metrics, \
-    sync_weights, training_sampling
+from rlhf.runtime.pipeline import Experience, NoState
+from rlhf.runtime.rl import Prepared, interleaved_pairs
 from rlhf.types import ExperienceBatch, RewardVector, RolloutBatch
 
 
-class CGPOStage(OnPolicyStage):
-    def __init__(self, recipe, trainers, objective, start_dir: str, train_rows: list[dict], eval_rows: list[dict],
-                 actors: list[Any], resume_from: Any = None) -> None:
-        from rlhf.data.sampler import TaskSampler
+class BaselineScorer:
+    """Scores the samples and, in the same call, one baseline row per prompt whose task has a baseline column
+    (the dataset's reference answer); the baselines' vector (G, K) goes into the context as ``baseline`` (NaN rows
+    for prompts without one; None when no task has a baseline column)."""
 
-        super().__init__(recipe, trainers, objective, start_dir, train_rows, eval_rows, actors, resume_from)
-        self.cfg = cfg = recipe.objective
-        self.sampler = TaskSampler(train_rows, recipe.rollout.prompts_per_step, recipe.run.seed, list(cfg.tasks),
-                                   cfg.task_column, {t: c.share for t, c in cfg.tasks.items()}, cfg.default_task)
-        self.weights = {c.name: float(c.weight) for c in recipe.rewards}
-        _check_baselines(train_rows, self.sampler, cfg)
-        self.tokenizer = None
-        if any(t.baseline_column for t in cfg.tasks.values()):  # baseline rows need a token count (num_tokens)
-            from rlhf.models.load import load_tokenizer
+    def __init__(self, rewards: Any, cfg: Any, task_of: Callable[[dict], str], tokenizer: Any) -> None:
+        self.rewards, self.cfg, self.task_of, self.tokenizer = rewards, cfg, task_of, tokenizer
 
-            self.tokenizer = load_tokenizer(start_dir, trust_remote_code=recipe.model.trust_remote_code)
+    def __call__(self, rows: list[dict], rollout: RolloutBatch) -> tuple[RewardVector, dict[str, float],
+                                                                        dict[str, Any]]:
+        from rlhf.scoring.group import rollout_columns
 
-    def summary_keys(self) -> dict[str, str]:
-        keys = super().summary_keys()
-        for task, t in self.cfg.tasks.items():
-            keys.update({f"{task}/violation/{j}": f"cgpo/{task}/violation_rate/{j}" for j in t.judges})
-        return keys
-
-    # ------------------------------------------------------------------ one step
-
-    def step(self, step: int) -> dict[str, float]:
-        t_step = time.perf_counter()
-        rows, tasks = self.sampler.next_batch_with_tasks()
-        settings = training_sampling(self.recipe, step)
-        t0 = time.perf_counter()
-        rollout = self.engines.generate([row["prompt"] for row in rows], settings)
-        t_generate = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rv, baseline_rv, metrics = self._score(rows, tasks, rollout)
-        t_score = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        completion_mask = rollout.completion_mask.float()  # (B, C)
-        advantages, pairs, signal_metrics, terms = task_signals(self.cfg, self.weights, rv, baseline_rv, tasks,
-                                                                rollout.group_ids, completion_mask)
-        metrics.update(signal_metrics)
-        metrics.update(_component_metrics(rv))
-        t_prepare = time.perf_counter() - t0
-
-        self.engines.sleep()
-        t0 = time.perf_counter()
-        if any(t.optimizer in ("crpg", "crraft") for t in self.cfg.tasks.values()):
-            exp = ExperienceBatch(
-                input_ids=rollout.input_ids(), attention_mask=rollout.attention_mask(),
-                completion_mask=completion_mask, advantages=advantages, prompt_len=rollout.prompt_ids.shape[1],
-                rollout_logprobs=rollout.logprobs if _track_mismatch(self.recipe) else None, nll_rows=terms.nll,
-            )
-            if self.cfg.mini_batches > 1:  # every optimizer step gets each task in its share, normalised there
-                order, mini = stratified_mini_batches(terms, self.trainers.world_size, self.cfg.mini_batches)
-                exp = exp.select(order)
-                exp.advantages = scale_terms(terms.select(order), exp.completion_mask, mini, self.cfg.loss_agg)
-            metrics.update(self.trainers.train_rl(exp))
-        used = pairs[: len(pairs) - len(pairs) % self.trainers.world_size]  # whole pairs on every rank
-        if any(t.optimizer == "codpo" for t in self.cfg.tasks.values()):
-            metrics["codpo/pairs"] = float(len(used))
-        if used:
-            pair_batch = _interleaved(rollout, used)
-            pair_tasks = [tasks[int(rollout.group_ids[chosen])] for chosen, _ in used]
-            pair_batch.pair_info = codpo_pair_info(pair_tasks, self.cfg).repeat_interleave(2, dim=0)  # (2P, 2)
-            pair_metrics = self.trainers.train_online_pairs(pair_batch)
-            metrics.update({f"codpo/{k}": v for k, v in pair_metrics.items()})
-        t_train = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        payload = sync_weights(self.trainers, self.engines, version=step)
-        timings = {"time/generate": t_generate, "time/score": t_score, "time/advantages": t_prepare,
-                   "time/train": t_train, "time/sync": time.perf_counter() - t0,
-                   "time/step": time.perf_counter() - t_step}
-        return {**metrics, **rollout_metrics(rollout, payload, timings)}
-
-    def _score(self, rows: list[dict], tasks: list[str], rollout: RolloutBatch
-               ) -> tuple[RewardVector, RewardVector | None, dict[str, float]]:
-        """Score the samples and, in the same call, one baseline row per prompt whose task has a baseline column.
-
-        Returns (samples' vector (B, K), baselines' vector (G, K) with NaN rows for prompts without a baseline,
-        or None when no task has one, metrics)."""
-        columns = _columns(rows, rollout)  # (B,) per column
+        columns = rollout_columns(rollout)  # (B,) per column
         prompts, completions = list(rollout.prompts), list(rollout.completions)
         base_groups: list[int] = []
-        for g, (row, task) in enumerate(zip(rows, tasks)):
+        for g, row in enumerate(rows):
+            task = self.task_of(row)
             col = self.cfg.tasks[task].baseline_column
             if col is None:
                 continue
@@ -163,30 +91,73 @@ class CGPOStage(OnPolicyStage):
         B = rollout.batch_size
         rv = RewardVector(rv_all.names, rv_all.kinds, rv_all.values[:B])
         if not any(t.baseline_column for t in self.cfg.tasks.values()):
-            return rv, None, metrics
+            return rv, metrics, {"baseline": None}
         base = torch.full((len(rows), len(rv_all.names)), math.nan)  # (G, K); NaN: the prompt has no baseline
         if base_groups:
             base[torch.tensor(base_groups)] = rv_all.values[B:]
-        return rv, RewardVector(rv_all.names, rv_all.kinds, base), metrics
+        return rv, metrics, {"baseline": RewardVector(rv_all.names, rv_all.kinds, base)}
 
-    # ------------------------------------------------------------------ eval
 
-    def evaluate(self) -> dict[str, float]:
-        """Greedy completions on held-out rows: every component's mean, overall and per task (`TASK/NAME`)."""
-        rows = self.eval_rows[: self.recipe.eval.max_samples]
-        settings = eval_sampling(self.recipe)
-        rollout = self.engines.generate([r["prompt"] for r in rows], settings)
-        rv, _ = self.rewards.score(rollout.prompts, rollout.completions, _columns(rows, rollout))
-        out = dict(rv.means())
-        if self.recipe.eval.accuracy_component:
-            out["accuracy"] = out[self.recipe.eval.accuracy_component]
-        out["completion_tokens_mean"] = float(rollout.completion_lengths.float().mean())
-        tasks = [self.sampler.task_of(r, i) for i, r in enumerate(rows)]
-        for task in self.cfg.tasks:
+class CGPOUpdate(NoState):
+    """Per-task signals (``task_signals``) -> the policy-gradient step of the CRPG / CRRAFT rows (stratified
+    mini-batches when objective.mini_batches > 1) and the pair step of the CODPO pairs."""
+
+    def __init__(self, cfg: Any, weights: dict[str, float], trainers: Any, task_of: Callable[[dict], str],
+                 rollout_logprobs: bool) -> None:
+        self.cfg, self.weights, self.trainers, self.task_of = cfg, weights, trainers, task_of
+        self.rollout_logprobs = rollout_logprobs
+        self.policy_gradient = any(t.optimizer in ("crpg", "crraft") for t in cfg.tasks.values())
+        self.codpo = any(t.optimizer == "codpo" for t in cfg.tasks.values())
+
+    def prepare(self, exp: Experience) -> Prepared:
+        rollout, rv = exp.rollout, exp.rewards
+        tasks = [self.task_of(row) for row in exp.rows]  # (G,)
+        loss_mask = rollout.loss_mask.float()  # (B, C)
+        advantages, pairs, metrics, terms = task_signals(self.cfg, self.weights, rv, exp.context["baseline"], tasks,
+                                                         rollout.group_ids, loss_mask)
+        metrics.update(_component_metrics(rv))
+        batch = None
+        if self.policy_gradient:
+            batch = ExperienceBatch.from_rollout(
+                rollout, advantages, loss_mask, nll_rows=terms.nll,
+                rollout_logprobs=rollout.logprobs if self.rollout_logprobs else None)
+            if self.cfg.mini_batches > 1:  # every optimizer step gets each task in its share, normalised there
+                order, mini = stratified_mini_batches(terms, self.trainers.world_size, self.cfg.mini_batches)
+                batch = batch.select(order)
+                batch.advantages = scale_terms(terms.select(order), batch.loss_mask, mini, self.cfg.loss_agg)
+        used = pairs[: len(pairs) - len(pairs) % self.trainers.world_size]  # whole pairs on every rank
+        if self.codpo:
+            metrics["codpo/pairs"] = float(len(used))
+        pair_batch = None
+        if used:
+            pair_batch = interleaved_pairs(rollout, used)
+            pair_tasks = [tasks[int(rollout.group_ids[chosen])] for chosen, _ in used]
+            pair_batch.pair_info = codpo_pair_info(pair_tasks, self.cfg).repeat_interleave(2, dim=0)  # (2P, 2)
+        return Prepared(metrics, batch, pair_batch)
+
+    def train(self, prepared: Prepared) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if prepared.batch is not None:
+            metrics.update(self.trainers.train_rl(prepared.batch))
+        if prepared.pairs is not None:
+            metrics.update({f"codpo/{k}": v for k, v in self.trainers.train_online_pairs(prepared.pairs).items()})
+        return metrics
+
+
+def task_breakdown(tasks_in_order: list[str], task_of: Callable[[dict], str]
+                   ) -> Callable[[list[dict], RewardVector], dict[str, float]]:
+    """Held-out evaluation per task: every component's mean over the task's rows as ``TASK/NAME``."""
+
+    def breakdown(rows: list[dict], rv: RewardVector) -> dict[str, float]:
+        tasks = [task_of(r) for r in rows]
+        out: dict[str, float] = {}
+        for task in tasks_in_order:
             idx = [i for i, t in enumerate(tasks) if t == task]
             if idx:
                 out.update({f"{task}/{k}": v for k, v in rv.select(idx).means().items()})
         return out
+
+    return breakdown
 
 
 def task_signals(cfg: Any, weights: dict[str, float], rv: RewardVector, baseline_rv: RewardVector | None,
@@ -322,7 +293,7 @@ def _nanmean(x: torch.Tensor) -> float:
     return float(x[ok].mean()) if bool(ok.any()) else math.nan
 
 
-def _check_baselines(rows: list[dict], sampler: Any, cfg: Any) -> None:
+def check_baselines(rows: list[dict], sampler: Any, cfg: Any) -> None:
     """Every training row of a task with a baseline column has that column as a string (checked before step 1)."""
     for i, row in enumerate(rows):
         task = sampler.task_of(row, i)
@@ -333,4 +304,4 @@ def _check_baselines(rows: list[dict], sampler: Any, cfg: Any) -> None:
                              "needs a baseline response string")
 
 
-__all__ = ["CGPOStage", "task_signals"]
+__all__ = ["BaselineScorer", "CGPOUpdate", "task_breakdown", "task_signals"]

@@ -1,7 +1,8 @@
 """The offline preference stage (DPO, IPO, cDPO, MODPO): fixed (prompt, chosen, rejected) pairs, no rollouts.
 
-    stage = PreferenceStage(recipe, trainers, objective, train_rows, eval_rows)
-    metrics = stage.step(step)      # one optimizer step on `objective.batch_size` pairs
+    stage = PreferenceStage(recipe, trainers, objective, caps, train_rows, eval_rows, actors)
+    exp = stage.produce(step)       # the next `objective.batch_size` pairs, collated, with their cached reference
+    metrics = stage.consume(exp)    # one optimizer step of the objective's pair loss
     scores = stage.evaluate()       # held-out pairs: preference accuracy, implicit-reward margin, loss
 
 The reference model's log-probs of every pair are computed once, when the stage starts, and cached with the
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rlhf.config.schema import Recipe
+from rlhf.runtime.pipeline import Experience
 
 
 @dataclass
@@ -49,12 +51,12 @@ class PairBatch:
 class PreferenceStage:
     phase = "dpo"
 
-    def __init__(self, recipe: Recipe, trainers, objective, train_rows: list[dict], eval_rows: list[dict],
-                 actors: list[Any]) -> None:
+    def __init__(self, recipe: Recipe, trainers: Any, objective: Any, caps: Any, train_rows: list[dict],
+                 eval_rows: list[dict], actors: list[Any]) -> None:
         from rlhf.data import PromptSampler
         from rlhf.models.load import load_tokenizer
 
-        self.recipe, self.trainers, self.objective = recipe, trainers, objective
+        self.recipe, self.trainers, self.objective, self.caps = recipe, trainers, objective, caps
         self.cfg = recipe.objective
         self.train_rows, self.eval_rows = train_rows, eval_rows[: recipe.eval.max_samples]
         self.tokenizer = load_tokenizer(trainers.model_dir, trust_remote_code=recipe.model.trust_remote_code)
@@ -76,11 +78,11 @@ class PreferenceStage:
 
     def start(self, version: int) -> None:
         """Cache reference logps (and MODPO margins) for every train and eval pair; free the reference model."""
-        if self.objective.needs_reference:
+        if self.caps.needs_reference:
             for rows in (self.train_rows, self.eval_rows):
                 self._cache_reference(rows)
             self.trainers.drop_reference()
-        if getattr(self.objective, "needs_margin", False):
+        if self.caps.reward_margins:
             self._cache_margins()
 
     def _cache_margins(self) -> None:
@@ -123,14 +125,16 @@ class PreferenceStage:
         return collate_preference(self.tokenizer, rows, self.cfg.max_length)
 
     def _pairs(self, rows: list[dict]) -> PairBatch:
-        ref = torch.tensor([r["_ref_logps"] for r in rows]) if self.objective.needs_reference else None
+        ref = torch.tensor([r["_ref_logps"] for r in rows]) if self.caps.needs_reference else None
         margin = torch.tensor([r["_margin"] for r in rows]) if "_margin" in rows[0] else None
         return PairBatch(self._collate(rows), ref, margin)
 
-    def step(self, step: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        metrics = self.trainers.train_preference(self._pairs(self.sampler.next_batch()))
-        metrics["time/step"] = time.perf_counter() - t0
+    def produce(self, step: int) -> Experience:
+        return Experience(step, batch=self._pairs(self.sampler.next_batch()))
+
+    def consume(self, exp: Experience) -> dict[str, float]:
+        metrics = self.trainers.train_preference(exp.batch)
+        metrics["time/step"] = time.perf_counter() - exp.started
         metrics["throughput/pairs_per_s"] = self.cfg.batch_size / max(metrics["time/step"], 1e-9)
         return {**metrics, **self.margin_metrics}
 
@@ -144,12 +148,10 @@ class PreferenceStage:
         logps = self.trainers.preference_logps(self._collate(rows + rows[-1:] * pad), reference=False)[: len(rows)]
         pairs = self._pairs(rows)
         ref = pairs.ref_logps
-        lengths = {}
-        if self.objective.needs_lengths:
-            lengths = dict(chosen_lengths=pairs.batch.chosen_loss_mask[:, 1:].sum(1),
-                           rejected_lengths=pairs.batch.rejected_loss_mask[:, 1:].sum(1))
-        out = self.objective.loss(logps[:, 0], logps[:, 1], None if ref is None else ref[:, 0],
-                                  None if ref is None else ref[:, 1], margin=pairs.margin, **lengths)
+        out = self.objective.pair_loss(logps[:, 0], logps[:, 1], None if ref is None else ref[:, 0],
+                                       None if ref is None else ref[:, 1], margin=pairs.margin,
+                                       chosen_lengths=pairs.batch.chosen_loss_mask[:, 1:].sum(1),
+                                       rejected_lengths=pairs.batch.rejected_loss_mask[:, 1:].sum(1))
         return {
             "loss": float(out.loss),
             "pref_accuracy": out.metrics["rewards/accuracy"],

@@ -1,8 +1,9 @@
 """The PRM training stage: step-labelled rows -> step-tag loss -> update; evaluation is held-out step accuracy.
 
-    stage = PRMStage(recipe, trainers, objective, train_rows, eval_rows)
-    metrics = stage.step(step)      # one optimizer step on `objective.batch_size` rows
-    scores = stage.evaluate()       # held-out: step accuracy, loss, first-error accuracy
+    stage = PRMStage(recipe, trainers, train_rows, eval_rows)
+    exp = stage.produce(step)       # the next `objective.batch_size` rows, collated
+    metrics = stage.consume(exp)    # one optimizer step of the objective's step-tag loss
+    scores = stage.evaluate()       # held-out: step accuracy, loss, share of good steps
 
 Rows are ``{"prompt", "steps", "labels"}`` (``rlhf.data.prm``); with the synthetic arithmetic source and
 ``show_steps``, ``load_prm_rows`` makes them from worked chains, one wrong step in ``error_rate`` of the rows.
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from rlhf.config.schema import Recipe
+from rlhf.runtime.pipeline import Experience
 
 
 def load_prm_rows(recipe: Recipe, train: list[dict], evals: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
@@ -45,12 +47,11 @@ def load_prm_rows(recipe: Recipe, train: list[dict], evals: list[dict], seed: in
 class PRMStage:
     phase = "prm"
 
-    def __init__(self, recipe: Recipe, trainers, objective, train_rows: list[dict], eval_rows: list[dict],
-                 actors: list[Any]) -> None:
+    def __init__(self, recipe: Recipe, trainers: Any, train_rows: list[dict], eval_rows: list[dict]) -> None:
         from rlhf.data import PromptSampler
         from rlhf.models.load import load_tokenizer
 
-        self.recipe, self.trainers, self.objective, self.cfg = recipe, trainers, objective, recipe.objective
+        self.recipe, self.trainers, self.cfg = recipe, trainers, recipe.objective
         self.eval_rows = eval_rows[: recipe.eval.max_samples]
         self.tokenizer = load_tokenizer(trainers.model_dir, trust_remote_code=recipe.model.trust_remote_code)
         self.sampler = PromptSampler(train_rows, self.cfg.batch_size, recipe.run.seed)
@@ -77,10 +78,12 @@ class PRMStage:
         return collate_prm(self.tokenizer, rows, c.step_tag, c.good, c.bad, c.max_length, c.steps_column,
                            c.labels_column)
 
-    def step(self, step: int) -> dict[str, float]:
-        t0 = time.perf_counter()
-        metrics = self.trainers.train_sft(self._collate(self.sampler.next_batch()))
-        metrics["time/step"] = time.perf_counter() - t0
+    def produce(self, step: int) -> Experience:
+        return Experience(step, batch=self._collate(self.sampler.next_batch()))
+
+    def consume(self, exp: Experience) -> dict[str, float]:
+        metrics = self.trainers.train_supervised(exp.batch)
+        metrics["time/step"] = time.perf_counter() - exp.started
         metrics["throughput/samples_per_s"] = self.cfg.batch_size / max(metrics["time/step"], 1e-9)
         return metrics
 

@@ -2,7 +2,7 @@
 
 For a completion cut into steps z_1..z_n (the recipe's ``process`` segmenter), the success probability after the
 first j steps, mu_j = P(success | prompt, z_1..z_j), is estimated by sampling ``samples`` continuations of that
-prefix with the rollout engines (the current policy) and scoring each finished text with the outcome component
+prefix with the rollout function (the current policy) and scoring each finished text with the outcome component
 (``process.progress.component``, a 0/1 reward). mu_0 is the success rate of the prompt's own group of samples and
 mu_n is the completion's own outcome. Step j earns the progress bonus
 
@@ -32,14 +32,14 @@ def progress_bonus(mu: torch.Tensor, n_steps: torch.Tensor, weight: float) -> to
     return torch.where(valid & ~torch.isnan(diff), weight * diff, torch.zeros_like(diff))
 
 
-def estimate_progress(recipe: Any, engines: Any, rewards: Any, rollout: RolloutBatch, rv: RewardVector,
+def estimate_progress(recipe: Any, rollout_fn: Any, rewards: Any, rollout: RolloutBatch, rv: RewardVector,
                       columns: dict[str, list], seed: int) -> dict[str, float]:
     """Set ``rv.bonus`` (B, S) (and ``rv.step_ends`` / empty ``rv.steps`` when no process component made them)
     from sampled continuations; returns metrics."""
     from rlhf.advantages.process import Segmenter, StepLocator
 
     cfg = recipe.process.progress
-    tok = engines.tokenizer
+    tok = rollout_fn.tokenizer
     if rv.step_ends is None:
         spans = [Segmenter.from_config(recipe.process)(c) for c in rollout.completions]
         rv.step_ends = StepLocator(tok, rollout.completion_ids, rollout.completion_mask)(
@@ -57,7 +57,7 @@ def estimate_progress(recipe: Any, engines: Any, rewards: Any, rollout: RolloutB
 
     jobs = [(b, j) for b in range(B) for j in range(min(int(n_steps[b]) - 1, cfg.max_steps))]  # steps but the last
     if jobs:
-        rates = _success_rates(recipe, engines, rewards, rollout, ends, columns, jobs, seed)
+        rates = _success_rates(recipe, rollout_fn, rewards, rollout, ends, columns, jobs, seed)
         for (b, j), rate in zip(jobs, rates):
             mu[b, j + 1] = rate
     capped = torch.clamp(n_steps, max=cfg.max_steps)  # bonus on at most max_steps steps
@@ -80,12 +80,12 @@ def _group_means(x: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(stats.count[stats.inverse] > 0, stats.mean[stats.inverse], torch.full_like(x, math.nan))
 
 
-def _success_rates(recipe: Any, engines: Any, rewards: Any, rollout: RolloutBatch, ends: torch.Tensor,
+def _success_rates(recipe: Any, rollout_fn: Any, rewards: Any, rollout: RolloutBatch, ends: torch.Tensor,
                    columns: dict[str, list], jobs: list[tuple[int, int]], seed: int) -> list[float]:
     """Mean outcome of ``samples`` continuations from each (row, step) prefix. A continuation may use what is
     left of the rollout's token budget (so prompt + completion never outgrow the validated context)."""
     cfg, r = recipe.process.progress, recipe.rollout
-    tok = engines.tokenizer
+    tok = rollout_fn.tokenizer
     heads = [rollout.completion_ids[b, : int(ends[b, j]) + 1].tolist() for b, j in jobs]
     by_budget: dict[int, list[int]] = {}
     for i, head in enumerate(heads):
@@ -99,7 +99,7 @@ def _success_rates(recipe: Any, engines: Any, rewards: Any, rollout: RolloutBatc
                     for i in members]
         settings = SamplingSettings(n=cfg.samples, max_new_tokens=budget, temperature=r.temperature, top_p=r.top_p,
                                     top_k=r.top_k, stop=tuple(r.stop), seed=seed + budget)
-        cont = engines.generate_ids(prefixes, settings)  # rows grouped by prefix: cfg.samples each
+        cont = rollout_fn.continue_ids(prefixes, settings)  # rows grouped by prefix: cfg.samples each
         for row, (ids, m, done) in enumerate(zip(cont.completion_ids, cont.completion_mask, cont.finished)):
             i = members[row // cfg.samples]
             slot = i * cfg.samples + row % cfg.samples

@@ -24,8 +24,9 @@ class TrainGroup:
     def __init__(self, recipe: Recipe, role: str = "policy", num_ranks: int | None = None) -> None:
         import ray
 
-        from rlhf.transport.placement import train_bundles
+        from rlhf.train.settings import worker_settings
         from rlhf.train.worker import TrainWorker
+        from rlhf.transport.placement import train_bundles
 
         self.recipe, self.role = recipe, role
         self.world_size = num_ranks or recipe.train.num_ranks
@@ -34,7 +35,7 @@ class TrainGroup:
         options = train_bundles(self.world_size, colocated=colocated)
         actor_cls = ray.remote(TrainWorker)
         self.workers = [
-            actor_cls.options(**options[r]).remote(r, self.world_size, recipe.model_dump(mode="json"), threads, role)
+            actor_cls.options(**options[r]).remote(r, self.world_size, worker_settings(recipe, role), threads)
             for r in range(self.world_size)
         ]
         addr, port = self._get(self.workers[0].address.remote())
@@ -124,13 +125,17 @@ class TrainGroup:
         return self._get(refs)[0]  # the same matrix on every rank
 
     def train_sft(self, batch: Any) -> dict[str, float]:
-        """One optimizer step of a supervised objective (SFTBatch: SFT; PRMBatch: PRM step-tag loss)."""
+        """One optimizer step of supervised fine-tuning (SFTBatch; the warm-up)."""
         shards = self._shards(batch)
-        results = self._get([w.train_sft.remote(s) for w, s in zip(self.workers, shards)])
-        return _mean_metrics(results)
+        return _mean_metrics(self._get([w.train_sft.remote(s) for w, s in zip(self.workers, shards)]))
+
+    def train_supervised(self, batch: Any) -> dict[str, float]:
+        """One optimizer step of the objective's own supervised loss (PRMBatch: the PRM step-tag loss)."""
+        shards = self._shards(batch)
+        return _mean_metrics(self._get([w.train_supervised.remote(s) for w, s in zip(self.workers, shards)]))
 
     def eval_supervised(self, batch: Any) -> dict[str, float]:
-        """The supervised objective's metrics on a batch, no update (mean over the ranks' shards)."""
+        """The objective's supervised metrics on a batch, no update (mean over the ranks' shards)."""
         shards = self._shards(batch)
         return _mean_metrics(self._get([w.eval_supervised.remote(s) for w, s in zip(self.workers, shards)]))
 

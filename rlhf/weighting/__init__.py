@@ -12,17 +12,13 @@ multipliers or buffers resume exactly. Imports only torch and the standard libra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from torch import Tensor
 
 from rlhf.types import RewardVector
 from rlhf.weighting.dynamic import DynamicWeighting
 from rlhf.weighting.static import StaticWeighting
-
-if TYPE_CHECKING:  # the schema pulls in pydantic; only needed for type hints
-    from rlhf.config.schema import RewardComponentConfig, WeightingConfig
-
 
 @runtime_checkable
 class Weighting(Protocol):
@@ -33,6 +29,11 @@ class Weighting(Protocol):
     ) -> tuple[Tensor, dict[str, float]]: ...
 
     def weighted_sum(self, rv: RewardVector) -> Tensor: ...
+
+    @property
+    def advantage_scale(self) -> float:
+        """A factor on the advantages of the step (hypervolume gain); estimators that bypass ``scalarize``
+        apply it themselves."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -47,10 +48,10 @@ WEIGHTINGS: dict[str, Callable[..., DynamicWeighting]] = {
 }
 
 
-def build_weighting(cfg: "WeightingConfig", components: Sequence["RewardComponentConfig"],
+def build_weighting(cfg: Any, components: Sequence[Any],
                     total_steps: int | None = None) -> DynamicWeighting:
-    """Build the weighting named by ``cfg.kind`` for the recipe's reward components (schedules default to
-    running over ``total_steps``)."""
+    """Build the weighting named by ``cfg.kind`` (a ``WeightingConfig``) for the recipe's reward components
+    (``RewardComponentConfig`` list; schedules default to running over ``total_steps``)."""
     try:
         factory = WEIGHTINGS[cfg.kind]
     except KeyError:

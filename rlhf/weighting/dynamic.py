@@ -97,6 +97,12 @@ class DynamicWeighting:
     def weights(self) -> dict[str, float]:
         return dict(self.core.weights)
 
+    @property
+    def advantage_scale(self) -> float:
+        """The hypervolume rule's gain scaling of this step's advantages (1 otherwise); ``scalarize`` applies it,
+        estimators that do not call it for their advantages (RLOO, REINFORCE++) apply it themselves."""
+        return self.hv_scale
+
     def begin_step(self, step: int) -> None:
         """Schedules follow the step number."""
         self.step = step

@@ -64,6 +64,8 @@ class StaticWeighting:
             normalize=cfg.normalize,
         )
 
+    advantage_scale = 1.0  # fixed weights never scale the advantages
+
     # ------------------------------------------------------------------ scalarisation
 
     def _weight_vector(self, rv: RewardVector) -> Tensor:

@@ -27,7 +27,7 @@ def _recipe(tmp_path) -> Recipe:
 
 def test_broadcast_sync_parity_and_fallback_when_an_engine_dies(ray_session, arithmetic_model_dir, tmp_path):
     from rlhf.rollout.group import RolloutGroup
-    from rlhf.runtime.onpolicy import sync_weights
+    from rlhf.runtime.sync import SyncCoordinator, resolve_weight_sync
     from rlhf.train.group import TrainGroup
     from tests.integration.test_dead_actors import _kill
 
@@ -38,36 +38,37 @@ def test_broadcast_sync_parity_and_fallback_when_an_engine_dies(ray_session, ari
         infos = trainers.build(arithmetic_model_dir, recipe.train.lr)
         assert [i["threads"] for i in infos] == [3, 3], "train.num_threads sets every rank's torch threads"
         engines = RolloutGroup(recipe, arithmetic_model_dir)
-        assert engines.weight_sync == "broadcast"
+        sync = SyncCoordinator(trainers, engines, resolve_weight_sync(recipe, gpus=False), recipe.rollout.sync_timeout_s)
+        assert sync.route == "broadcast"
         prompts = ["3+4=", "12-5=", "7+7=", "20-1="]
         batch = engines.generate(prompts, SamplingSettings(n=2, max_new_tokens=5, seed=1))
         exp = ExperienceBatch(input_ids=batch.input_ids(), attention_mask=batch.attention_mask(),
-                              completion_mask=batch.completion_mask.float(),
+                              loss_mask=batch.loss_mask.float(),
                               advantages=torch.linspace(-1, 1, batch.batch_size), prompt_len=batch.prompt_ids.shape[1])
         trainers.train_rl(exp)
 
-        payload = sync_weights(trainers, engines, version=1)
+        payload = sync.sync(version=1)
         assert payload.transport == "broadcast" and payload.buckets == [] and payload.error is None
         assert payload.num_bytes > 0 and payload.num_params > 0
         assert engines.fingerprints() == [payload.fingerprint] * 2
-        assert engines.sync_fallbacks == 0
+        assert sync.fallbacks == 0
         trainer_lp = trainers.policy_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
         engine_lp = engines.completion_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
-        mask = exp.completion_mask.bool()
+        mask = exp.loss_mask.bool()
         assert torch.allclose(trainer_lp[mask], engine_lp[mask], atol=1e-5, rtol=0)
 
         # an engine dies between syncs: this sync falls back to the object store and still lands everywhere
         trainers.train_rl(exp)
         _kill(engines.actors[1])
-        payload2 = sync_weights(trainers, engines, version=2)
-        assert engines.sync_fallbacks == 1 and "engine 1 died" in engines.last_sync_failure
+        payload2 = sync.sync(version=2)
+        assert sync.fallbacks == 1 and "engine 1 died" in sync.last_failure
         assert payload2.transport == "object_store" and payload2.fingerprint != payload.fingerprint
         assert engines.fingerprints() == [payload2.fingerprint] * 2 and engines.restarts == 1
 
         # the group is reopened with the new engine and broadcast works again
         trainers.train_rl(exp)
-        payload3 = sync_weights(trainers, engines, version=3)
-        assert payload3.transport == "broadcast" and engines.sync_fallbacks == 1
+        payload3 = sync.sync(version=3)
+        assert payload3.transport == "broadcast" and sync.fallbacks == 1
         assert engines.fingerprints() == [payload3.fingerprint] * 2
 
         # an engine that dies while generating is restarted with the current weights, fetched from the trainer
@@ -75,7 +76,7 @@ def test_broadcast_sync_parity_and_fallback_when_an_engine_dies(ray_session, ari
         engines.generate(prompts, SamplingSettings(n=2, max_new_tokens=5, seed=2))
         assert engines.restarts == 2 and engines.fingerprints() == [payload3.fingerprint] * 2
         trainers.train_rl(exp)
-        payload4 = sync_weights(trainers, engines, version=4)
+        payload4 = sync.sync(version=4)
         assert payload4.transport == "broadcast" and engines.fingerprints() == [payload4.fingerprint] * 2
     finally:
         trainers.shutdown()
@@ -84,7 +85,7 @@ def test_broadcast_sync_parity_and_fallback_when_an_engine_dies(ray_session, ari
 
 
 def test_broadcast_with_a_lora_adapter_engine_is_refused(tmp_path):
-    from rlhf.rollout.group import resolve_weight_sync
+    from rlhf.runtime.sync import resolve_weight_sync
 
     d = _recipe(tmp_path).model_dump()
     d["model"]["lora"] = {"r": 4}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rlhf.config.schema import Recipe, RewardComponentConfig
+from rlhf.runtime.sync import SyncCoordinator
 from rlhf.types import SamplingSettings
 
 
@@ -54,7 +55,7 @@ def test_killed_engine_is_restarted_with_the_synced_weights(ray_session, arithme
         named = list(model.named_parameters())
         payload = WeightPayload(version=3, fingerprint=fingerprint_module(model),
                                 buckets=[ray.put(pack_bucket(named[:4])), ray.put(pack_bucket(named[4:]))])
-        engines.sync(payload)
+        SyncCoordinator(None, engines).deliver(payload)
         prompts = ["1+2=", "3+4=", "5+6=", "7+8="]
         settings = SamplingSettings(n=2, max_new_tokens=5, seed=7)
         before = engines.generate(prompts, settings)
@@ -66,7 +67,7 @@ def test_killed_engine_is_restarted_with_the_synced_weights(ray_session, arithme
         assert torch.equal(before.completion_ids, after.completion_ids), "same weights, same seed, same samples"
 
         _kill(engines.actors[0])
-        assert engines.sync(payload) == [(3, payload.fingerprint)] * 2  # a sync also survives a dead engine
+        assert SyncCoordinator(None, engines).deliver(payload) == [(3, payload.fingerprint)] * 2  # survives a death
         assert engines.restarts == 2
     finally:
         engines.shutdown()
@@ -102,7 +103,7 @@ def test_dead_training_worker_stops_the_run_with_a_resume_message(ray_session, a
     trainers.build(arithmetic_model_dir, 1e-3)
     ray.kill(trainers.workers[1], no_restart=True)
     ids = torch.randint(4, 20, (8, 10))
-    exp = ExperienceBatch(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=torch.ones(8, 4),
+    exp = ExperienceBatch(input_ids=ids, attention_mask=torch.ones_like(ids), loss_mask=torch.ones(8, 4),
                           advantages=torch.randn(8), prompt_len=6)
     with pytest.raises(TrainWorkerDied, match="--resume") as e:
         trainers.train_rl(exp)

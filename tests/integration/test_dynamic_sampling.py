@@ -1,5 +1,6 @@
-"""The controller's generate-and-score step: DAPO dynamic sampling (zero-variance groups are dropped and refilled
-from new prompts) and the recipe's sampling settings reaching the engine (rollout.ignore_eos)."""
+"""The on-policy stage's collector (prompts -> rollout function -> scorer): DAPO dynamic sampling (zero-variance
+groups are dropped and refilled from new prompts) and the recipe's sampling settings reaching the engine
+(rollout.ignore_eos)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import pytest
 from rewards.api import register_plugin
 from rlhf.config.load import validate_dict
 from rlhf.data import PromptSampler
+from rlhf.config.registry import capabilities
+from rlhf.rollout.functions import SingleTurn
 from rlhf.rollout.hf import HFEngine
-from rlhf.runtime.onpolicy import generate_and_score
+from rlhf.runtime.collect import Collector, RewardScorer, training_sampling
 from rlhf.scoring.group import RewardGroup
 from rlhf.weighting import build_weighting
 
@@ -26,6 +29,18 @@ register_plugin("test_constant_for_plus", "reward", _constant_for_plus)
 def parts(arithmetic_model_dir):
     engine = HFEngine(arithmetic_model_dir)
     yield engine
+
+
+def generate_and_score(recipe, step, sampler, engine, rewards, weighting):
+    """One collected batch as the on-policy stage makes it: (rollout, reward vector, metrics)."""
+    rollout_fn = SingleTurn(engine)
+    collector = Collector(sampler, rollout_fn, RewardScorer(rewards, rollout_fn.tokenizer),
+                          lambda step, round_: training_sampling(recipe, step, round_),
+                          rounds=capabilities(recipe.objective).sampling_rounds, weighting=weighting,
+                          prompts_per_step=recipe.rollout.prompts_per_step)
+    c = collector.collect(step)
+    assert [r["prompt"] for r in c.rows for _ in range(recipe.rollout.group_size)] == c.rollout.prompts
+    return c.rollout, c.rewards, c.metrics
 
 
 def _setup(dynamic: bool, rounds: int = 4, ignore_eos: bool = False):
@@ -45,7 +60,7 @@ def test_dynamic_sampling_keeps_only_informative_groups(parts):
     engine = parts
     recipe, sampler, rewards = _setup(dynamic=True, rounds=8)
     weighting = build_weighting(recipe.weighting, recipe.rewards)
-    rollout, rv, metrics, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
+    rollout, rv, metrics = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
     assert rollout.batch_size == 16 and rv.batch_size == 16
     assert sorted(set(rollout.group_ids.tolist())) == [0, 1, 2, 3]
     assert not any("+" in p for p in rollout.prompts), "constant-reward '+' groups must be dropped"
@@ -60,7 +75,7 @@ def test_dynamic_sampling_fills_when_rounds_run_out(parts):
     engine = parts
     recipe, sampler, rewards = _setup(dynamic=True, rounds=1)
     weighting = build_weighting(recipe.weighting, recipe.rewards)
-    rollout, rv, metrics, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
+    rollout, rv, metrics = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
     assert rollout.batch_size == 16 and metrics["dynamic_sampling/rounds"] == 1
     n_plus = sum("+" in p for p in rollout.prompts) // 4
     assert metrics["dynamic_sampling/filled_groups"] >= n_plus
@@ -71,7 +86,7 @@ def test_without_dynamic_sampling_batch_is_as_generated(parts):
     recipe, sampler, rewards = _setup(dynamic=False)
     weighting = build_weighting(recipe.weighting, recipe.rewards)
     first = sampler.state_dict()
-    rollout, rv, metrics, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
+    rollout, rv, metrics = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
     sampler.load_state_dict(first)
     assert rollout.prompts == [r["prompt"] for r in sampler.next_batch() for _ in range(4)]
     assert "dynamic_sampling/rounds" not in metrics
@@ -83,7 +98,7 @@ def test_ignore_eos_makes_every_training_rollout_full_length(parts):
     for ignore in (False, True):
         recipe, sampler, rewards = _setup(dynamic=False, ignore_eos=ignore)
         weighting = build_weighting(recipe.weighting, recipe.rewards)
-        rollout, _, _, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
+        rollout, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
         lengths[ignore] = rollout.completion_mask.sum(dim=1).tolist()  # (B,)
     assert lengths[True] == [6] * 16
     assert min(lengths[False]) < 6, "the arithmetic model answers in fewer than 6 tokens and stops at EOS"
@@ -100,7 +115,7 @@ def test_hf_training_rollouts_skip_the_logprob_pass_unless_needed(parts):
         recipe, sampler, rewards = _setup(dynamic=False)
         recipe = recipe.model_copy(update={"rollout": recipe.rollout.model_copy(update={"tis_cap": tis})})
         weighting = build_weighting(recipe.weighting, recipe.rewards)
-        out[tis], _, _, _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
+        out[tis], _, _ = generate_and_score(recipe, 1, sampler, engine, rewards, weighting)
     assert torch.isnan(out[None].logprobs).all()
     on = out[2.0].completion_mask.bool()
     assert torch.isfinite(out[2.0].logprobs).all() and (out[2.0].logprobs[on] < 0).all()

@@ -39,7 +39,7 @@ def _batch(model_dir: str, seed: int) -> tuple[ExperienceBatch, torch.Tensor]:
     engine = HFEngine(model_dir)
     rollout = engine.generate(["3+4=", "12-5=", "7+7=", "20-1="], SamplingSettings(n=4, max_new_tokens=6, seed=seed))
     exp = ExperienceBatch(input_ids=rollout.input_ids(), attention_mask=rollout.attention_mask(),
-                          completion_mask=rollout.completion_mask.float(), advantages=torch.zeros(16),
+                          loss_mask=rollout.loss_mask.float(), advantages=torch.zeros(16),
                           prompt_len=rollout.prompt_ids.shape[1])
     g = torch.Generator().manual_seed(seed)
     return exp, torch.randn(16, 3, generator=g)  # three components' advantages
@@ -52,7 +52,7 @@ def _reference_gram(model_dir: str, exp: ExperienceBatch, adv: torch.Tensor) -> 
     model = load_causal_lm(model_dir, "float32", False)
     params = [p for p in model.parameters() if p.requires_grad]
     lp = completion_logprobs(model, exp.input_ids, exp.attention_mask, exp.prompt_len, 1.0)
-    mask = exp.completion_mask
+    mask = exp.loss_mask
     rows = []
     for k in range(adv.shape[1]):
         loss = -(adv[:, k : k + 1] * lp * mask).sum() / mask.sum()

@@ -24,6 +24,7 @@ pytest.importorskip("peft")
 
 from rlhf.config.load import validate_dict  # noqa: E402
 from rlhf.config.schema import Recipe  # noqa: E402
+from rlhf.runtime.sync import SyncCoordinator
 from rlhf.types import ExperienceBatch, SamplingSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,10 +72,10 @@ def test_adapter_sync_parity_reference_and_corruption(ray_session, arithmetic_mo
         assert 0 < info[0]["trainable_params"] < info[0]["params"] / 5
         trainers.load_reference(arithmetic_model_dir)
         engines = RolloutGroup(recipe, arithmetic_model_dir)
-        engines.sync(trainers.export_weights(version=0))
+        SyncCoordinator(None, engines).deliver(trainers.export_weights(version=0))
         batch = engines.generate(["3+4=", "12-5=", "7+7=", "20-1="], SamplingSettings(n=4, max_new_tokens=6, seed=1))
         exp = ExperienceBatch(input_ids=batch.input_ids(), attention_mask=batch.attention_mask(),
-                              completion_mask=batch.completion_mask.float(),
+                              loss_mask=batch.loss_mask.float(),
                               advantages=torch.randn(batch.batch_size, generator=torch.Generator().manual_seed(0)),
                               prompt_len=batch.prompt_ids.shape[1])
         metrics = trainers.train_rl(exp)
@@ -84,9 +85,9 @@ def test_adapter_sync_parity_reference_and_corruption(ray_session, arithmetic_mo
         assert payload.adapter is not None and len(payload.buckets) > 1
         full_bytes = sum(p.numel() * 4 for p in load_causal_lm(arithmetic_model_dir, "float32").parameters())
         assert payload.num_bytes < full_bytes / 5, (payload.num_bytes, full_bytes)
-        assert engines.sync(payload) == [(1, payload.fingerprint)]
+        assert SyncCoordinator(None, engines).deliver(payload) == [(1, payload.fingerprint)]
 
-        mask = exp.completion_mask.bool()
+        mask = exp.loss_mask.bool()
         trainer_lp = trainers.policy_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
         engine_lp = engines.completion_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
         assert torch.allclose(trainer_lp[mask], engine_lp[mask], atol=1e-5, rtol=0)
@@ -105,7 +106,7 @@ def test_adapter_sync_parity_reference_and_corruption(ray_session, arithmetic_mo
         tensors[name] = tensors[name] + 1e-3
         bad.buckets[-1] = ray.put(pack_bucket(list(tensors.items())))
         with pytest.raises(WeightSyncError, match="LoRA adapter"):
-            engines.sync(bad)
+            SyncCoordinator(None, engines).deliver(bad)
     finally:
         trainers.shutdown()
         if engines is not None:
@@ -118,8 +119,9 @@ def test_merged_sync_and_save_hf_for_engines_without_adapters(ray_session, arith
     import ray
 
     from rlhf.models.load import load_causal_lm
-    from rlhf.transport.weights import check_sync, load_buckets_into
+    from rlhf.train.settings import worker_settings
     from rlhf.train.worker import TrainWorker
+    from rlhf.transport.weights import check_sync, load_buckets_into
 
     recipe = Recipe.model_validate({
         "model": {"path": arithmetic_model_dir, "lora": LORA},
@@ -127,7 +129,7 @@ def test_merged_sync_and_save_hf_for_engines_without_adapters(ray_session, arith
         "rollout": {"engine": "vllm", "prompts_per_step": 2, "group_size": 2},
         "train": {"backend": "torch", "num_ranks": 1, "sync_bucket_mb": 0.01},
     })
-    worker = TrainWorker(0, 1, recipe.model_dump(mode="json"), 1)
+    worker = TrainWorker(0, 1, worker_settings(recipe), 1)
     worker.build(arithmetic_model_dir, 1e-2)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a trained-looking adapter (lora_B starts at zero)
@@ -141,7 +143,7 @@ def test_merged_sync_and_save_hf_for_engines_without_adapters(ray_session, arith
     check_sync(payload, [(1, fingerprint)])
     assert count == len(list(plain.named_parameters()))
     ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
-    exp = ExperienceBatch(input_ids=ids, attention_mask=torch.ones_like(ids), completion_mask=torch.ones(1, 5),
+    exp = ExperienceBatch(input_ids=ids, attention_mask=torch.ones_like(ids), loss_mask=torch.ones(1, 5),
                           advantages=torch.zeros(1), prompt_len=3)
     want = worker.logprobs(exp, reference=False)
     assert torch.allclose(_completion_logprobs(plain, exp), want, atol=1e-5, rtol=0)
@@ -216,9 +218,10 @@ def test_grpo_lora_train_export_resume(ray_session, tmp_path, train):
         from safetensors.torch import load_file
 
         from rlhf.models import lora
+        from rlhf.train.settings import worker_settings
         from rlhf.train.worker import TrainWorker
 
-        worker = TrainWorker(0, 1, _grpo(out, 2, train).model_dump(mode="json"), 1)
+        worker = TrainWorker(0, 1, worker_settings(_grpo(out, 2, train)), 1)
         worker.build(str(model_dir), 1e-2)
         worker.load_optimizer(str(ckpt))
         saved = load_file(model_dir / "adapter_model.safetensors")

@@ -109,17 +109,13 @@ def test_ppo_with_dense_step_rewards_and_mrt_progress(ray_session, tmp_path):
 
 
 def test_ppo_step_rewards_land_on_step_ends():
-    from types import SimpleNamespace
-
-    from rlhf.runtime.ppo import PPOStage
+    from rlhf.runtime.estimators import step_rewards
     from rlhf.types import RewardVector
 
     rv = RewardVector(("correct", "steps"), ("reward", "process"), torch.tensor([[1.0, 0.5]]),
                       torch.tensor([[[1.0], [0.0]]]), torch.tensor([[1, 3]]))
-    fake = SimpleNamespace(cfg=SimpleNamespace(critic=SimpleNamespace(vector=True)),
-                           weighting=SimpleNamespace(weights={"correct": 1.0, "steps": 2.0}))
-    out = PPOStage._step_rewards(fake, rv, torch.Size([1, 5, 2]))
+    weights = {"correct": 1.0, "steps": 2.0}
+    out = step_rewards(rv, torch.Size([1, 5, 2]), True, weights, None)
     assert out[0, :, 1].tolist() == [0.0, 1.0, 0.0, 0.0, 0.0] and out[0, :, 0].abs().sum() == 0
-    fake.cfg.critic.vector = False
-    out = PPOStage._step_rewards(fake, rv, torch.Size([1, 5, 1]))
+    out = step_rewards(rv, torch.Size([1, 5, 1]), False, weights, None)
     assert out[0, :, 0].tolist() == [0.0, 2.0, 0.0, 0.0, 0.0]  # weighted by the component's weight

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlhf.config.schema import Recipe
+from rlhf.runtime.sync import SyncCoordinator
 from rlhf.types import ExperienceBatch, SamplingSettings
 
 
@@ -46,7 +47,7 @@ def _experience(engines, seed: int) -> tuple[ExperienceBatch, object]:
     exp = ExperienceBatch(
         input_ids=batch.input_ids(),
         attention_mask=batch.attention_mask(),
-        completion_mask=batch.completion_mask.float(),
+        loss_mask=batch.loss_mask.float(),
         advantages=torch.randn(batch.batch_size, generator=g),
         prompt_len=batch.prompt_ids.shape[1],
     )
@@ -59,7 +60,7 @@ def test_train_step_sync_and_parity(actors):
     recipe, trainers, engines = actors
     exp, batch = _experience(engines, seed=1)
     before = trainers.export_weights(version=0)
-    engines.sync(before)
+    SyncCoordinator(None, engines).deliver(before)
 
     metrics = trainers.train_rl(exp)
     assert metrics["grad_norm"] > 0
@@ -68,13 +69,13 @@ def test_train_step_sync_and_parity(actors):
     payload = trainers.export_weights(version=1)
     assert payload.fingerprint != before.fingerprint, "an optimizer step must change the weights"
     assert len(payload.buckets) > 1, "a 0.05 MB bucket size must split the model into several buckets"
-    reports = engines.sync(payload)
+    reports = SyncCoordinator(None, engines).deliver(payload)
     assert reports == [(1, payload.fingerprint)]
 
     # the engine now scores sequences exactly as the trainer's policy does (float32)
     trainer_lp = trainers.policy_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
     engine_lp = engines.completion_logprobs(exp.input_ids, exp.attention_mask, exp.prompt_len)
-    mask = exp.completion_mask.bool()
+    mask = exp.loss_mask.bool()
     assert torch.allclose(trainer_lp[mask], engine_lp[mask], atol=1e-5, rtol=0)
     # ... and differently from the weights before the step
     assert not torch.allclose(torch.as_tensor(batch.logprobs)[mask], engine_lp[mask], atol=1e-4)
@@ -104,7 +105,7 @@ def test_corrupted_sync_is_detected(actors):
     tensors[name] = tensors[name] + 1e-3  # a silent corruption in transit
     payload.buckets[0] = ray.put(pack_bucket(list(tensors.items())))
     with pytest.raises(WeightSyncError, match="fingerprint"):
-        engines.sync(payload)
+        SyncCoordinator(None, engines).deliver(payload)
 
 
 def test_version_mismatch_is_detected(actors):

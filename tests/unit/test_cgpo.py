@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rlhf.config.registry import build_objective, capabilities
+from rlhf.config.schema import CGPOConfig
 from rlhf.objectives.cgpo import (
     CGPO,
     calibrated_reward,
@@ -24,8 +26,8 @@ from rlhf.objectives.cgpo import (
     task_reward,
     task_scale,
 )
+from rlhf.objectives import PairObjective, Surrogate
 from rlhf.objectives.dpo import DPO
-from rlhf.objectives.grpo import GRPO
 
 NAN = float("nan")
 
@@ -97,8 +99,6 @@ def test_codpo_loss_is_dpo_plus_length_normalised_nll():
 
 
 def _cgpo_cfg(**tasks):
-    from rlhf.config.schema import CGPOConfig
-
     return CGPOConfig(tasks=tasks, beta=0.5)
 
 
@@ -168,7 +168,7 @@ def test_task_scale():
 
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean"])
 def test_crraft_rows_take_the_nll_form_even_after_the_policy_moved(loss_agg):
-    """CGPO.policy_loss with nll_rows: the CRRAFT rows' gradient is advantage x NLL's (no ratio, no clipping) even
+    """CGPO's surrogate with nll_rows: the CRRAFT rows' gradient is advantage x NLL's (no ratio, no clipping) even
     when pi_old != pi (a later mini-batch or epoch), the other rows keep the clipped surrogate; at pi_old = pi the
     whole loss has the gradient of the plain surrogate (so one update per batch is unchanged)."""
     torch.manual_seed(0)
@@ -177,7 +177,7 @@ def test_crraft_rows_take_the_nll_form_even_after_the_policy_moved(loss_agg):
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     selected = torch.tensor([True, False, True, False])
     adv = torch.tensor([1.5, -0.7, 1.5, 0.4])
-    obj = CGPO(policy=GRPO(loss_agg=loss_agg, clip_eps=0.2))
+    obj = CGPO(surrogate=Surrogate(loss_agg=loss_agg, clip_eps=0.2))
 
     def logprobs() -> torch.Tensor:
         return torch.log_softmax(theta, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (4, 3)
@@ -188,28 +188,89 @@ def test_crraft_rows_take_the_nll_form_even_after_the_policy_moved(loss_agg):
         return theta.grad.clone()
 
     old = (logprobs() + 0.5).detach()  # the policy has moved: ratios far outside the clip range
-    g = grad(lambda: obj.policy_loss(logprobs(), old, None, adv, mask, nll_rows=selected).loss)
-    agg = GRPO(loss_agg=loss_agg).aggregate
-    by_hand = grad(lambda: GRPO(loss_agg=loss_agg, clip_eps=0.2).loss(
+    g = grad(lambda: obj.surrogate.loss(logprobs(), old, None, adv, mask, nll_rows=selected).loss)
+    agg = Surrogate(loss_agg=loss_agg).aggregate
+    by_hand = grad(lambda: Surrogate(loss_agg=loss_agg, clip_eps=0.2).loss(
         logprobs(), old, None, torch.where(selected, 0.0, adv), mask).loss
         + agg(-(torch.where(selected, adv, 0.0).unsqueeze(1)) * logprobs(), mask, None))
     assert torch.allclose(g, by_hand, atol=1e-6)
-    surrogate_only = grad(lambda: obj.policy_loss(logprobs(), old, None, adv, mask).loss)
+    surrogate_only = grad(lambda: obj.surrogate.loss(logprobs(), old, None, adv, mask).loss)
     assert not torch.allclose(g, surrogate_only, atol=1e-4), "the clipped surrogate would differ here"
-    at_start = grad(lambda: obj.policy_loss(logprobs(), None, None, adv, mask, nll_rows=selected).loss)
-    assert torch.allclose(at_start, grad(lambda: obj.policy_loss(logprobs(), None, None, adv, mask).loss), atol=1e-6)
+    at_start = grad(lambda: obj.surrogate.loss(logprobs(), None, None, adv, mask, nll_rows=selected).loss)
+    assert torch.allclose(at_start, grad(lambda: obj.surrogate.loss(logprobs(), None, None, adv, mask).loss),
+                          atol=1e-6)
 
 
-def test_cgpo_objective_dispatches_both_losses():
-    obj = CGPO(policy=GRPO(kl_coef=0.0), pair=DPO(beta=0.1), nll_coef=0.5, uses_pairs=True)
-    assert obj.needs_reference and obj.on_policy and obj.needs_lengths
+def test_crraft_nll_rows_by_hand():
+    # rows 0 (CRRAFT, A = 2) and 1 (CRPG, A = -1, ratios [1.5, 0.5], both clipped at 0.2), 2 + 1 tokens, token_mean:
+    #   row 0: -A * logp = -2 * (-1) and -2 * (-3) -> 2 + 6 = 8 (no ratio: its old logprobs do not matter)
+    #   row 1: -min(rho A, clip(rho) A): rho 1.5 -> -min(-1.5, -1.2) = 1.5; rho 0.5 -> -min(-0.5, -0.8) = 0.8
+    #          but the second token is masked -> 1.5
+    # loss = (8 + 1.5) / 3 tokens; CRRAFT part 8 / 3
+    lp = torch.tensor([[-1.0, -3.0], [-2.0, -2.0]], requires_grad=True)
+    old = torch.tensor([[-5.0, 0.0], [-2.0 - math.log(1.5), -2.0 - math.log(0.5)]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    out = Surrogate(clip_eps=0.2).loss(lp, old, None, torch.tensor([2.0, -1.0]), mask,
+                                       nll_rows=torch.tensor([True, False]))
+    assert out.loss.item() == pytest.approx((8 + 1.5) / 3, abs=1e-6)
+    assert out.metrics["loss/crraft_nll"] == pytest.approx(8 / 3, abs=1e-6)
+    assert out.metrics["loss/total"] == pytest.approx((8 + 1.5) / 3, abs=1e-6)
+    out.loss.backward()
+    # d/dlogp: CRRAFT tokens -A / 3; row 1 token 0: -rho A / 3 (unclipped side is the min) = 1.5 / 3
+    torch.testing.assert_close(lp.grad, torch.tensor([[-2 / 3, -2 / 3], [1.5 / 3, 0.0]]), atol=1e-6, rtol=0)
+    # seq_mean: each row's own token mean, then the mean over rows: (8 / 2 + 1.5 / 1) / 2
+    seq = Surrogate(clip_eps=0.2, loss_agg="seq_mean").loss(lp, old, None, torch.tensor([2.0, -1.0]), mask,
+                                                           nll_rows=torch.tensor([True, False]))
+    assert seq.loss.item() == pytest.approx((8 / 2 + 1.5) / 2, abs=1e-6)
+
+
+def test_cgpo_surrogate_loss():
+    obj = CGPO(surrogate=Surrogate(kl_coef=0.0), pair=DPO(beta=0.1), nll_coef=0.5, uses_pairs=True)
     lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
-    pg = obj.loss(lp, None, None, torch.tensor([2.0]), torch.ones(1, 2))
+    pg = obj.surrogate.loss(lp, None, None, torch.tensor([2.0]), torch.ones(1, 2))
     assert pg.loss.item() == pytest.approx(-2.0)  # -A * ratio(=1), token mean
+    pg.loss.backward()
+    torch.testing.assert_close(lp.grad, torch.tensor([[-1.0, -1.0]]))  # -A / 2 tokens
+
+
+def test_cgpo_pair_loss():
+    obj = CGPO(surrogate=Surrogate(kl_coef=0.0), pair=DPO(beta=0.1), nll_coef=0.5, uses_pairs=True)
+    assert isinstance(obj, PairObjective)
     pc, pr = torch.tensor([-2.0]), torch.tensor([-3.0])
-    pair = obj.loss(pc, pr, torch.tensor([-2.0]), torch.tensor([-3.0]), chosen_lengths=torch.tensor([4.0]),
-                    rejected_lengths=torch.tensor([2.0]))
+    pair = obj.pair_loss(pc, pr, torch.tensor([-2.0]), torch.tensor([-3.0]), chosen_lengths=torch.tensor([4.0]),
+                         rejected_lengths=torch.tensor([2.0]))
+    # h = 0 -> -log sigmoid(0) = log 2; NLL term 0.5 * 2 / 4
     assert pair.loss.item() == pytest.approx(-F.logsigmoid(torch.tensor(0.0)).item() + 0.5 * 2.0 / 4.0)
-    assert not CGPO(policy=GRPO(kl_coef=0.0), uses_pairs=False).needs_reference
+    assert pair.loss.item() == pytest.approx(math.log(2) + 0.25)
+    # the NLL term is length-normalised: the chosen completions' lengths are required
+    with pytest.raises(TypeError, match="chosen_lengths"):
+        obj.pair_loss(pc, pr, torch.tensor([-2.0]), torch.tensor([-3.0]))
+    # per-pair [weight, beta] reach the DPO term and weight the NLL term: ref chosen -2.5 -> h = 0.5, beta 0.7,
+    # weight 3: 3 * (-log s(0.35) + 0.5 * 2 / 4)
+    info = obj.pair_loss(pc, pr, torch.tensor([-2.5]), torch.tensor([-3.0]), chosen_lengths=torch.tensor([4.0]),
+                         pair_info=torch.tensor([[3.0, 0.7]]))
+    assert info.loss.item() == pytest.approx(3 * (-math.log(sig(0.35)) + 0.25), rel=1e-6)
+
+
+def test_cgpo_needs_reference_and_loss_agg():
+    assert CGPO(surrogate=Surrogate(kl_coef=0.0), pair=DPO(beta=0.1), uses_pairs=True).needs_reference
+    assert not CGPO(surrogate=Surrogate(kl_coef=0.0), uses_pairs=False).needs_reference
+    assert not CGPO(surrogate=Surrogate(kl_coef=0.0), pair=DPO(reference_free=True), uses_pairs=True).needs_reference
+    assert CGPO(surrogate=Surrogate(kl_coef=0.1), uses_pairs=False).needs_reference
     with pytest.raises(ValueError, match="loss_agg"):
-        CGPO(policy=GRPO(loss_agg="dr_grpo"))
+        CGPO(surrogate=Surrogate(loss_agg="dr_grpo"))
+    with pytest.raises(ValueError, match="loss_agg"):
+        CGPOConfig(tasks={"a": {"rewards": ["r"]}}, loss_agg="dr_grpo")
+
+
+def test_cgpo_from_config():
+    tasks = {"a": {"rewards": ["r"], "optimizer": "crpg"}, "b": {"rewards": ["r"], "optimizer": "codpo"}}
+    cfg = CGPOConfig(tasks=tasks, beta=0.5, clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.0, loss_agg="seq_mean",
+                     nll_coef=0.25)
+    obj = build_objective(cfg)
+    assert isinstance(obj, CGPO)
+    assert obj.surrogate == Surrogate(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.0, loss_agg="seq_mean")
+    assert obj.pair == DPO(beta=0.5) and obj.nll_coef == 0.25 and obj.uses_pairs
+    assert obj.needs_reference and capabilities(cfg).needs_reference  # the CODPO pairs read the reference
+    crpg_only = build_objective(_cgpo_cfg(a={"rewards": ["r"]}))
+    assert not crpg_only.uses_pairs and not crpg_only.needs_reference

@@ -23,6 +23,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rlhf.config.registry import build_objective, capabilities
+from rlhf.config.schema import DPOConfig, OnlineDPOConfig
+from rlhf.objectives import PairObjective
 from rlhf.objectives.dpo import DPO, sequence_logps
 
 BETA = 0.5
@@ -143,7 +146,11 @@ def test_normalizer_sums_shards_to_the_mean():
 
 
 def test_validation():
-    assert DPO.name == "dpo" and DPO.on_policy is False
+    assert DPO.name == "dpo"
+    # offline pairs (the preference stage) vs. pairs of fresh samples (the online-pairs stage)
+    dpo_caps, online_caps = capabilities(DPOConfig()), capabilities(OnlineDPOConfig())
+    assert (dpo_caps.stage, dpo_caps.data, dpo_caps.rollouts) == ("preference", "pairs", False)
+    assert (online_caps.stage, online_caps.data, online_caps.rollouts) == ("online_pairs", "prompts", True)
     with pytest.raises(ValueError, match="loss_type"):
         DPO(loss_type="hinge")
     with pytest.raises(ValueError, match="cdpo"):
@@ -154,8 +161,35 @@ def test_validation():
         DPO(beta=0.0)
     with pytest.raises(ValueError, match="shape"):
         DPO().loss(POL_C, POL_R[:2], REF_C, REF_R)
-    cfg = SimpleNamespace(beta=0.2, loss_type="cdpo", label_smoothing=0.05, reference_free=False)
+    cfg = DPOConfig(beta=0.2, loss_type="cdpo", label_smoothing=0.05)
     assert DPO.from_config(cfg) == DPO(beta=0.2, loss_type="cdpo", label_smoothing=0.05)
+    assert build_objective(cfg) == DPO(beta=0.2, loss_type="cdpo", label_smoothing=0.05)
+    online = OnlineDPOConfig(beta=0.3, loss_type="ipo", ipo_average=False, reference_free=True)
+    assert build_objective(online) == DPO(beta=0.3, loss_type="ipo", ipo_average=False, reference_free=True)
+    assert isinstance(build_objective(online), PairObjective)
+
+
+def test_pair_loss_is_the_loss_with_per_pair_weight_and_beta():
+    dpo = DPO(beta=BETA)
+    close(dpo.pair_loss(*_args()).loss, 0.7002001197388509)  # test_sigmoid_by_hand
+    margin = torch.tensor([0.5, 0.0, -1.0])
+    close(dpo.pair_loss(*_args(), margin=margin).loss, (SP[-0.5] + SP[1.0] + SP[-1.5]) / 3)
+    ipo = DPO(beta=BETA, loss_type="ipo")
+    lengths = dict(chosen_lengths=torch.tensor([2, 4, 1]), rejected_lengths=torch.tensor([1, 2, 5]))
+    close(ipo.pair_loss(*_args(), **lengths).loss, 1.1575)  # test_ipo_by_hand
+    # pair_info (B, 2) [weight, beta]: h = [2, -2, 1]; betas [0.5, 1, 0.25] -> logits [1, -2, 0.25];
+    # weights [2, 1, 0]: (2 softplus(-1) + softplus(2) + 0) / 3
+    info = torch.tensor([[2.0, 0.5], [1.0, 1.0], [0.0, 0.25]])
+    out = dpo.pair_loss(*_args(), pair_info=info)
+    close(out.loss, (2 * SP[-1.0] + math.log1p(math.exp(2.0))) / 3)
+    # the logged loss is the unweighted mean; the implicit rewards use each pair's beta
+    assert out.metrics["loss/dpo"] == pytest.approx((SP[-1.0] + math.log1p(math.exp(2.0))
+                                                     + math.log1p(math.exp(-0.25))) / 3, abs=1e-6)
+    assert out.metrics["rewards/chosen"] == pytest.approx((0.5 * 1 + 1.0 * -1 + 0.25 * 0.5) / 3, abs=1e-6)
+    # the normalizer passes through: two shards sum to the mean
+    a = dpo.pair_loss(*(t[:2] for t in _args()), normalizer=3).loss
+    b = dpo.pair_loss(*(t[2:] for t in _args()), normalizer=3).loss
+    close(a + b, 0.7002001197388509)
 
 
 def test_sequence_logps():

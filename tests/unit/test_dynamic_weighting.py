@@ -74,6 +74,27 @@ def test_hypervolume_rule_moves_weight_to_the_component_that_expands_the_front()
     assert metrics["weights/hv_scale"] == pytest.approx(1.0)  # the last step gained nothing
 
 
+def test_hypervolume_gain_scale_is_the_advantage_scale_by_hand():
+    cfg = WeightingConfig(kind="hypervolume", hypervolume={"reference": [0.0, 0.0], "lr": 0.0, "gain_scale": 1.0,
+                                                            "max_scale": 3.0})
+    w = build_weighting(cfg, COMPS)
+    assert w.advantage_scale == 1.0
+    w.observe(rv([0.9, 0.9], [0.1, 0.1]))  # the first point: the front starts at HV 0.09, nothing gained relative
+    assert w.hv_scale == pytest.approx(1.0)
+    w.observe(rv([0.4, 0.6], [0.1, 0.3]))  # (0.5, 0.2) joins: HV 0.09 -> 0.14, gain 0.05 -> 1 + 0.05 / 0.09
+    assert w.hv_scale == pytest.approx(1 + 0.05 / 0.09)
+    assert w.advantage_scale == w.hv_scale  # what RLOO / REINFORCE++ multiply their advantages by
+    # scalarize applies the same factor to GRPO's advantages: weighted sums [1, 0] -> [+R, -R] times the scale
+    adv, metrics = w.scalarize(rv([1.0, 0.0], [0.0, 0.0]), torch.tensor([0, 0]), scale_std=True, eps=0.0)
+    r = 1 / 2 ** 0.5
+    torch.testing.assert_close(adv, torch.tensor([r, -r]) * (1 + 0.05 / 0.09))
+    assert metrics["weights/hv_scale"] == pytest.approx(1 + 0.05 / 0.09)
+    w.hv_scale = 1.5
+    assert w.advantage_scale == 1.5
+    adv15, _ = w.scalarize(rv([1.0, 0.0], [0.0, 0.0]), torch.tensor([0, 0]), scale_std=True, eps=0.0)
+    torch.testing.assert_close(adv15, torch.tensor([1.5 * r, -1.5 * r]))
+
+
 def test_hypervolume_rule_values_a_component_that_lags_the_front():
     cfg = WeightingConfig(kind="hypervolume", hypervolume={"reference": [0.0, 0.0], "lr": 1.0, "delta": 0.5,
                                                             "min_weight": 0.0})

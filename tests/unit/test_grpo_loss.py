@@ -1,5 +1,6 @@
-"""GRPO loss and advantages: hand-computed values, then TRL's GRPOTrainer as an oracle on identical tensors,
-then ``completion_logprobs`` on tiny random HF models with left-padded prompts.
+"""GRPO's loss (the shared clipped surrogate, ``rlhf.objectives.common.Surrogate``) and advantages: hand-computed
+values, then TRL's GRPOTrainer as an oracle on identical tensors, then ``completion_logprobs`` on tiny random HF
+models with left-padded prompts.
 
 Run: pytest tests/unit/test_grpo_loss.py -q
 
@@ -15,8 +16,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlhf.config.schema import GRPOConfig, RewardComponentConfig, WeightingConfig
-from rlhf.objectives import GRPO, PolicyGradientObjective, build_objective, completion_logprobs
+from rlhf.config.registry import build_objective, capabilities
+from rlhf.config.schema import GRPOConfig, PPOConfig, ReinforcePPConfig, RewardComponentConfig, WeightingConfig
+from rlhf.objectives import GRPO, PolicyGradientObjective, Surrogate, completion_logprobs
 from rlhf.types import RewardVector
 from rlhf.weighting import build_weighting
 
@@ -31,14 +33,27 @@ def close(a, b, tol=1e-5):
 
 
 def test_build_from_config():
-    obj = build_objective(GRPOConfig(kl_coef=0.04, clip_eps=0.1, clip_eps_high=0.3, loss_agg="seq_mean"))
+    cfg = GRPOConfig(kl_coef=0.04, clip_eps=0.1, clip_eps_high=0.3, loss_agg="seq_mean", scale_std=False, eps=1e-4)
+    obj = build_objective(cfg)
     assert isinstance(obj, GRPO) and isinstance(obj, PolicyGradientObjective)
-    assert (obj.name, obj.on_policy, obj.needs_reference) == ("grpo", True, True)
-    assert (obj.clip_eps, obj.eps_high, obj.loss_agg) == (0.1, 0.3, "seq_mean")
+    assert (obj.name, obj.needs_reference, obj.scale_std, obj.eps) == ("grpo", True, False, 1e-4)
+    assert obj.surrogate == Surrogate(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.04, loss_agg="seq_mean")
+    assert (obj.surrogate.clip_eps, obj.surrogate.eps_high, obj.surrogate.loss_agg) == (0.1, 0.3, "seq_mean")
+    # trained by the on-policy (policy-gradient) stage, with the reference loaded for the KL term
+    caps = capabilities(cfg)
+    assert (caps.stage, caps.data, caps.needs_reference, caps.rollouts) == ("policy_gradient", "prompts", True, True)
     plain = build_objective(GRPOConfig())
-    assert plain.needs_reference is False and plain.eps_high == 0.2
+    assert plain.needs_reference is False and plain.surrogate.eps_high == 0.2
+    assert plain.surrogate == Surrogate() and capabilities(GRPOConfig()).needs_reference is False
     with pytest.raises(ValueError, match="nope"):
         build_objective(SimpleNamespace(kind="nope"))
+
+
+def test_surrogate_validates_loss_agg():
+    with pytest.raises(ValueError, match="loss_agg"):
+        Surrogate(loss_agg="sum")
+    with pytest.raises(ValueError, match="loss_agg"):
+        GRPOConfig(loss_agg="sum")
 
 
 # --------------------------------------------------------------------------- loss by hand
@@ -60,7 +75,7 @@ MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
 def _hand_loss(loss_agg):
     logprobs = torch.log(torch.tensor([[0.3, 0.2, 0.4], [0.1, 0.3, 0.2]])).requires_grad_(True)
     old = logprobs.detach() - torch.log(RATIOS)
-    obj = GRPO(clip_eps=0.2, clip_eps_high=0.28, loss_agg=loss_agg)
+    obj = Surrogate(clip_eps=0.2, clip_eps_high=0.28, loss_agg=loss_agg)
     return obj.loss(logprobs, old, None, ADV, MASK), logprobs
 
 
@@ -85,7 +100,7 @@ def test_seq_mean_differs_on_ragged_mask():
 
 def test_symmetric_clip_cuts_1_25():
     logprobs = torch.zeros(1, 1)
-    out = GRPO(clip_eps=0.2).loss(logprobs, -torch.log(torch.tensor([[1.25]])), None, torch.tensor([1.0]),
+    out = Surrogate(clip_eps=0.2).loss(logprobs, -torch.log(torch.tensor([[1.25]])), None, torch.tensor([1.0]),
                                   torch.ones(1, 1))
     assert float(out.loss) == pytest.approx(-1.2, abs=1e-6)
     assert out.metrics["clip_frac"] == 1.0
@@ -96,14 +111,55 @@ def test_k3_kl_by_hand():
     # mean k3 = (0.193147 + 0.306853) / 2 = 0.25; A = 0 so the loss is kl_coef * 0.25
     logprobs = torch.log(torch.tensor([[0.4, 0.1]]))
     ref = logprobs + torch.log(torch.tensor([[0.5, 2.0]]))
-    out = GRPO(kl_coef=0.1).loss(logprobs, logprobs, ref, torch.tensor([0.0]), torch.ones(1, 2))
+    out = Surrogate(kl_coef=0.1).loss(logprobs, logprobs, ref, torch.tensor([0.0]), torch.ones(1, 2))
     assert float(out.loss) == pytest.approx(0.025, abs=1e-6)
     assert out.metrics["kl"] == pytest.approx(0.25, abs=1e-6)
     # kl_coef = 0: KL is still reported, but not in the loss
-    out0 = GRPO(kl_coef=0.0).loss(logprobs, logprobs, ref, torch.tensor([0.0]), torch.ones(1, 2))
+    out0 = Surrogate(kl_coef=0.0).loss(logprobs, logprobs, ref, torch.tensor([0.0]), torch.ones(1, 2))
     assert float(out0.loss) == 0.0 and out0.metrics["kl"] == pytest.approx(0.25, abs=1e-6)
     with pytest.raises(ValueError, match="ref_logprobs"):
-        GRPO(kl_coef=0.1).loss(logprobs, logprobs, None, torch.tensor([0.0]), torch.ones(1, 2))
+        Surrogate(kl_coef=0.1).loss(logprobs, logprobs, None, torch.tensor([0.0]), torch.ones(1, 2))
+
+
+def test_kl_ratio_correction_from_the_recipe_by_hand():
+    # objective.kl_ratio_correction reaches the surrogate the trainer uses
+    assert build_objective(GRPOConfig(kl_coef=0.1, kl_ratio_correction=True)).surrogate.kl_ratio_correction is True
+    assert build_objective(GRPOConfig(kl_coef=0.1)).surrogate.kl_ratio_correction is False
+    surrogate = build_objective(GRPOConfig(kl_coef=0.1, kl_ratio_correction=True)).surrogate
+    # one row, two tokens, A = 0 (no policy term); ratios rho = pi / pi_old = [2, 0.5]; ref - logp = [log 0.5, log 2]
+    #   k3 = [0.5 - log 0.5 - 1, 2 - log 2 - 1] = [0.193147, 0.306853]
+    #   k3 * rho = [0.386294, 0.153426]: mean 0.269860 -> loss = 0.1 * 0.269860 = 0.0269860
+    # gradient: d(k3 rho)/dlogp = rho (1 - e^d) + k3 rho = -d rho with d = ref - logp, so
+    #   0.1 / 2 * [log 2 * 2, -log 2 * 0.5] = [0.0693147, -0.0173287]   (without the correction: 0.05 (1 - e^d))
+    logprobs = torch.log(torch.tensor([[0.4, 0.1]])).requires_grad_(True)
+    old = logprobs.detach() - torch.log(torch.tensor([[2.0, 0.5]]))
+    ref = logprobs.detach() + torch.log(torch.tensor([[0.5, 2.0]]))
+    out = surrogate.loss(logprobs, old, ref, torch.tensor([0.0]), torch.ones(1, 2))
+    k3 = torch.tensor([0.5 - math.log(0.5) - 1, 2 - math.log(2) - 1])
+    assert float(k3.mean()) == pytest.approx(0.25, abs=1e-7)
+    assert float(out.loss) == pytest.approx(0.1 * float((k3 * torch.tensor([2.0, 0.5])).mean()), abs=1e-7)
+    assert float(out.loss) == pytest.approx(0.0269860, abs=1e-6)
+    assert out.metrics["kl"] == pytest.approx(0.269860, abs=1e-6)
+    out.loss.backward()
+    close(logprobs.grad, [[0.05 * 2 * math.log(2), -0.05 * 0.5 * math.log(2)]], tol=1e-6)
+    # the uncorrected surrogate on the same tensors: k3 alone (0.1 * 0.25) and gradient 0.05 * (1 - e^d)
+    lp = logprobs.detach().clone().requires_grad_(True)
+    plain = Surrogate(kl_coef=0.1).loss(lp, old, ref, torch.tensor([0.0]), torch.ones(1, 2))
+    assert float(plain.loss) == pytest.approx(0.025, abs=1e-6)
+    plain.loss.backward()
+    close(lp.grad, [[0.05 * (1 - 0.5), 0.05 * (1 - 2.0)]], tol=1e-6)
+
+
+def test_kl_ratio_correction_is_refused_where_the_kl_is_in_the_reward():
+    with pytest.raises(ValueError, match="kl_ratio_correction"):
+        ReinforcePPConfig(kl_ratio_correction=True)
+    with pytest.raises(ValueError, match="kl_ratio_correction"):
+        PPOConfig(kl_ratio_correction=True)  # kl_mode defaults to reward
+    with pytest.raises(ValueError, match="kl_ratio_correction"):
+        PPOConfig(kl_mode="reward", kl_ratio_correction=True)
+    # PPO with the KL as a loss term takes it, into the surrogate
+    ppo = build_objective(PPOConfig(kl_mode="loss", kl_coef=0.05, kl_ratio_correction=True))
+    assert ppo.surrogate.kl_ratio_correction is True and ppo.surrogate.kl_coef == 0.05
 
 
 def test_padding_garbage_does_not_leak():
@@ -111,7 +167,7 @@ def test_padding_garbage_does_not_leak():
     old = torch.tensor([[-1.0, 100.0], [-2.0, float("inf")]])  # exp(logp - old) would under/overflow on padding
     ref = torch.tensor([[-1.0, -1000.0], [-2.0, float("nan")]])
     mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    out = GRPO(kl_coef=0.5).loss(logprobs, old, ref, torch.tensor([1.0, 3.0]), mask)
+    out = Surrogate(kl_coef=0.5).loss(logprobs, old, ref, torch.tensor([1.0, 3.0]), mask)
     assert out.loss.item() == pytest.approx(-2.0)  # ratio 1 on both real tokens: -(1 + 3) / 2
     out.loss.backward()
     assert torch.isfinite(logprobs.grad).all()
@@ -121,14 +177,14 @@ def test_padding_garbage_does_not_leak():
 def test_no_old_logprobs_and_token_level_advantages():
     logprobs = torch.randn(2, 3, requires_grad=True)
     adv = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 5.0]])
-    out = GRPO().loss(logprobs, None, None, adv, MASK)
+    out = Surrogate().loss(logprobs, None, None, adv, MASK)
     assert out.loss.item() == pytest.approx(-(1 + 2 + 3 - 1 + 0) / 5)
     assert out.metrics["ratio/mean"] == pytest.approx(1.0)
 
 
 def test_token_normalizer():
     out, _ = _hand_loss("token_mean")
-    obj = GRPO(clip_eps=0.2, clip_eps_high=0.28)
+    obj = Surrogate(clip_eps=0.2, clip_eps_high=0.28)
     logprobs = torch.log(torch.tensor([[0.3, 0.2, 0.4], [0.1, 0.3, 0.2]]))
     scaled = obj.loss(logprobs, logprobs - torch.log(RATIOS), None, ADV, MASK, token_normalizer=20.0)
     assert float(scaled.loss) == pytest.approx(0.314 * 5 / 20, abs=1e-6)
@@ -295,9 +351,10 @@ def test_trl_oracle_loss(trl_trainer, loss_type, loss_agg, beta):
     logprobs, old, ref, adv, mask = _loss_inputs()
     trl_loss, trl_grad, trl_metrics = _trl_loss(trl_trainer, loss_type, beta, logprobs, old, ref, adv, mask)
     lp = logprobs.clone().requires_grad_(True)
-    out = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta, loss_agg=loss_agg).loss(
-        lp, old, ref if beta > 0 else None, adv, mask
-    )
+    # the surrogate a recipe section builds is the one TRL's loss is compared with
+    surrogate = build_objective(GRPOConfig(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta, loss_agg=loss_agg)).surrogate
+    assert surrogate == Surrogate(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta, loss_agg=loss_agg)
+    out = surrogate.loss(lp, old, ref if beta > 0 else None, adv, mask)
     out.loss.backward()
     assert out.metrics["clip_frac"] > 0  # the test exercises clipping
     torch.testing.assert_close(out.loss.detach(), trl_loss, atol=1e-6, rtol=1e-5)
@@ -313,7 +370,7 @@ def test_trl_oracle_dapo_global_token_count(trl_trainer):
     n_global = mask.sum() * 3
     trl_loss, trl_grad, _ = _trl_loss(trl_trainer, "dapo", 0.04, logprobs, old, ref, adv, mask, n_global)
     lp = logprobs.clone().requires_grad_(True)
-    out = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04).loss(lp, old, ref, adv, mask, float(n_global))
+    out = Surrogate(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04).loss(lp, old, ref, adv, mask, float(n_global))
     out.loss.backward()
     torch.testing.assert_close(out.loss.detach(), trl_loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(lp.grad, trl_grad, atol=1e-6, rtol=1e-5)
@@ -376,12 +433,16 @@ def test_trl_oracle_kl_ratio_correction(trl_trainer):
         trl_trainer, "bnpo", 0.04, logprobs, old, ref, adv, mask, kl_correction=True
     )
     lp = logprobs.clone().requires_grad_(True)
-    out = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04, kl_ratio_correction=True).loss(lp, old, ref, adv, mask)
+    # reached from the recipe: objective.kl_ratio_correction
+    cfg = GRPOConfig(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04, kl_ratio_correction=True)
+    surrogate = build_objective(cfg).surrogate
+    assert surrogate == Surrogate(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04, kl_ratio_correction=True)
+    out = surrogate.loss(lp, old, ref, adv, mask)
     out.loss.backward()
     torch.testing.assert_close(out.loss.detach(), trl_loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(lp.grad, trl_grad, atol=1e-6, rtol=1e-5)
     assert out.metrics["kl"] == pytest.approx(trl_metrics["kl"][-1], abs=1e-6)
-    plain = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04).loss(logprobs, old, ref, adv, mask)
+    plain = Surrogate(clip_eps=0.2, clip_eps_high=0.28, kl_coef=0.04).loss(logprobs, old, ref, adv, mask)
     assert abs(float(plain.loss) - float(trl_loss)) > 1e-5  # the correction changes the number
 
 
@@ -393,12 +454,14 @@ def test_trl_oracle_dr_grpo(trl_trainer, beta):
     trl_trainer.max_completion_length = 8  # longer than the padded C=5: the constant, not the batch, decides
     trl_loss, trl_grad, _ = _trl_loss(trl_trainer, "dr_grpo", beta, logprobs, old, ref, adv, mask)
     lp = logprobs.clone().requires_grad_(True)
-    out = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta, loss_agg="dr_grpo").loss(
+    out = Surrogate(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta, loss_agg="dr_grpo").loss(
         lp, old, ref if beta > 0 else None, adv, mask, float(B * 8)
     )
     out.loss.backward()
     torch.testing.assert_close(out.loss.detach(), trl_loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(lp.grad, trl_grad, atol=1e-6, rtol=1e-5)
     # and it is not token_mean: the denominators differ on this ragged batch
-    tm = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta).loss(logprobs, old, ref if beta > 0 else None, adv, mask)
+    tm = Surrogate(clip_eps=0.2, clip_eps_high=0.28, kl_coef=beta).loss(
+        logprobs, old, ref if beta > 0 else None, adv, mask
+    )
     assert not torch.isclose(tm.loss, out.loss.detach())

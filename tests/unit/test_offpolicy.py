@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf.objectives.grpo import GRPO
+from rlhf.objectives.common import Surrogate
 from rlhf.objectives.offpolicy import apply_tis, mismatch_metrics, tis_weights
 
 
@@ -47,7 +47,7 @@ def test_tis_scales_each_tokens_policy_gradient_term():
     w = tis_weights(old, rollout, mask, 1.5)
     assert torch.allclose(weighted, adv.unsqueeze(1) * w)
     assert 0 <= metrics["mismatch/tis_clip_frac"] <= 1
-    obj = GRPO(clip_eps=0.2, loss_agg="token_mean")
+    obj = Surrogate(clip_eps=0.2, loss_agg="token_mean")
     out = obj.loss(logprobs, old, None, weighted, mask)
     (grad,) = torch.autograd.grad(out.loss, logprobs)
     plain = torch.zeros_like(logprobs)

@@ -1,16 +1,17 @@
-"""PPO parts (rlhf.objectives.ppo): the clipped value loss by hand, the KL controllers, PPO.loss = GRPO.loss.
+"""PPO parts (rlhf.objectives.ppo): the clipped value loss by hand, the KL controllers, and PPO's policy loss:
+the shared clipped surrogate (``rlhf.objectives.common.Surrogate``) built from its section, checked by hand.
 
 Run: pytest tests/unit/test_ppo_parts.py -q
 
 TRL 1.16 ships no PPO trainer, so the value loss is checked against numbers worked out by hand below.
 """
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from rlhf.objectives.grpo import GRPO
+from rlhf.config.registry import build_objective, capabilities
+from rlhf.config.schema import CriticConfig, PPOConfig
+from rlhf.objectives import Surrogate
 from rlhf.objectives.ppo import PPO, AdaptiveKLController, FixedKLController, value_loss
 
 
@@ -58,6 +59,15 @@ def test_value_loss_unclipped_and_normalizer():
     close(out.loss, 0.5 * 2.19 / (4 * 2))
     with pytest.raises(ValueError, match="old_values"):
         value_loss(values, None, torch.tensor(RETURNS), MASK, clip=0.2)
+
+
+def test_ppo_value_loss_uses_the_critic_clip():
+    values = torch.tensor(VALUES)
+    clipped = PPO.from_config(PPOConfig()).value_loss(values, torch.tensor(OLD), torch.tensor(RETURNS), MASK)
+    close(clipped.loss, 0.27375)  # the default critic.value_clip 0.2, by hand above
+    plain = PPO.from_config(PPOConfig(critic=CriticConfig(value_clip=None)))
+    assert plain.value_clip is None
+    close(plain.value_loss(values, None, torch.tensor(RETURNS), MASK).loss, 0.5 * (1 + 0 + 0.25 + 0.25) / 4)
 
 
 def test_value_loss_ignores_nan_on_padding_and_constant_returns():
@@ -113,30 +123,53 @@ def _policy_tensors():
 
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean", "dr_grpo"])
 @pytest.mark.parametrize("kl_coef", [0.0, 0.05])
-def test_ppo_loss_equals_grpo_loss_on_token_advantages(loss_agg, kl_coef):
+def test_ppo_loss_is_the_shared_surrogate_on_token_advantages(loss_agg, kl_coef):
     logprobs, old, ref, adv, mask = _policy_tensors()
-    ppo = PPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=kl_coef, loss_agg=loss_agg)
-    grpo = GRPO(clip_eps=0.2, clip_eps_high=0.28, kl_coef=kl_coef, loss_agg=loss_agg)
-    out = ppo.loss(logprobs, old, ref, adv, mask, token_normalizer=7.0)
-    expected = grpo.loss(logprobs, old, ref, adv, mask, token_normalizer=7.0)
-    close(out.loss, expected.loss, tol=1e-7)
-    assert out.metrics == expected.metrics
+    cfg = PPOConfig(clip_eps=0.2, clip_eps_high=0.28, kl_coef=kl_coef, kl_mode="loss", loss_agg=loss_agg)
+    ppo = PPO.from_config(cfg)
+    # the same surrogate as GRPO's / RLOO's, from the same section fields
+    assert ppo.surrogate == Surrogate(clip_eps=0.2, clip_eps_high=0.28, kl_coef=kl_coef, loss_agg=loss_agg)
+    assert build_objective(cfg) == ppo
+    out = ppo.surrogate.loss(logprobs, old, ref, adv, mask, token_normalizer=7.0)
     assert 0 < out.metrics["clip_frac"] < 1  # the clip is engaged on some tokens
 
-    # and by hand for token_mean without KL: -min(rho A, clip(rho) A) averaged over the 11 tokens
-    if loss_agg == "token_mean" and kl_coef == 0:
-        rho = torch.exp(logprobs.detach() - old)
-        per_token = -torch.min(rho * adv, rho.clamp(0.8, 1.28) * adv)
-        close(ppo.loss(logprobs, old, None, adv, mask).loss, (per_token * mask).sum() / 11, tol=1e-6)
+    # by hand: -min(rho A, clip(rho, 0.8, 1.28) A) + kl_coef * k3 per token, aggregated by loss_agg
+    lp = logprobs.detach()
+    rho = torch.exp(lp - old)
+    policy = -torch.min(rho * adv, rho.clamp(0.8, 1.28) * adv)
+    per_token = policy + kl_coef * (torch.exp(ref - lp) - (ref - lp) - 1)
+    m = mask.float()
+    if loss_agg == "seq_mean":  # the normalizer does not apply: mean over each sequence, then over the 3
+        expected = ((per_token * m).sum(1) / m.sum(1)).mean()
+    else:  # token_mean and dr_grpo: the token sum over the given normalizer
+        expected = (per_token * m).sum() / 7.0
+    close(out.loss, expected, tol=1e-6)
+    close(out.metrics["loss/total"], expected, tol=1e-6)
+    clip_out = ((rho < 0.8) & (adv < 0)) | ((rho > 1.28) & (adv > 0))
+    close(out.metrics["clip_frac"], (clip_out.float() * m).sum() / 11)
+
+    # and without a normalizer: token_mean over the 11 tokens, dr_grpo over the padded B * C = 15
+    if kl_coef == 0 and loss_agg != "seq_mean":
+        denom = 11 if loss_agg == "token_mean" else 15
+        close(ppo.surrogate.loss(logprobs, old, None, adv, mask).loss, (policy * m).sum() / denom, tol=1e-6)
 
 
 def test_ppo_from_config_and_reference():
-    cfg = SimpleNamespace(clip_eps=0.1, clip_eps_high=0.3, loss_agg="seq_mean", kl_coef=0.05, kl_mode="loss")
+    cfg = PPOConfig(clip_eps=0.1, clip_eps_high=0.3, loss_agg="seq_mean", kl_coef=0.05, kl_mode="loss")
     ppo = PPO.from_config(cfg)
-    assert (ppo.clip_eps, ppo.clip_eps_high, ppo.loss_agg, ppo.kl_coef) == (0.1, 0.3, "seq_mean", 0.05)
-    assert ppo.needs_reference and ppo.name == "ppo" and ppo.on_policy
-    cfg.kl_mode = "reward"
+    s = ppo.surrogate
+    assert (s.clip_eps, s.clip_eps_high, s.loss_agg, s.kl_coef) == (0.1, 0.3, "seq_mean", 0.05)
+    assert ppo.needs_reference and ppo.name == "ppo" and ppo.value_clip == 0.2
+    # trained by the on-policy stage with a critic beside the policy
+    caps = capabilities(cfg)
+    assert (caps.stage, caps.critic, caps.needs_reference, caps.grouped) == ("policy_gradient", True, True, False)
+    cfg = PPOConfig(clip_eps=0.1, clip_eps_high=0.3, loss_agg="seq_mean", kl_coef=0.05, kl_mode="reward")
     ppo = PPO.from_config(cfg)
-    assert ppo.kl_coef == 0.0 and not ppo.needs_reference
+    # the KL sits in the reward: no loss term, but the runtime still loads the reference for the penalty
+    assert ppo.surrogate.kl_coef == 0.0 and not ppo.needs_reference
+    assert capabilities(cfg).needs_reference is True
+    assert capabilities(PPOConfig(kl_coef=0.0)).needs_reference is False
     with pytest.raises(ValueError, match="loss_agg"):
-        PPO(loss_agg="sum")
+        PPO(surrogate=Surrogate(loss_agg="sum"))
+    with pytest.raises(ValueError, match="loss_agg"):
+        PPOConfig(loss_agg="sum")

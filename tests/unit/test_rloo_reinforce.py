@@ -1,5 +1,6 @@
-"""RLOO and REINFORCE++ objectives (rlhf.objectives.rloo / reinforce_pp): hand-computed advantages and losses,
-then TRL's RLOOTrainer as an oracle for the RLOO advantages on identical rewards.
+"""RLOO and REINFORCE++ objectives (rlhf.objectives.rloo / reinforce_pp): hand-computed advantages and losses
+(both train with the shared clipped surrogate, ``rlhf.objectives.common.Surrogate``), the hypervolume gain
+scaling of their advantages, then TRL's RLOOTrainer as an oracle for the RLOO advantages on identical rewards.
 
 Run: pytest tests/unit/test_rloo_reinforce.py -q
 
@@ -15,11 +16,13 @@ import math
 import pytest
 import torch
 
-from rlhf.objectives.grpo import GRPO
+from rlhf.config.registry import build_objective, capabilities
+from rlhf.config.schema import ReinforcePPConfig, RewardComponentConfig, RLOOConfig, WeightingConfig
+from rlhf.objectives import PolicyGradientObjective, Surrogate
 from rlhf.objectives.reinforce_pp import ReinforcePP
 from rlhf.objectives.rloo import RLOO
 from rlhf.types import RewardVector
-from rlhf.weighting import StaticWeighting
+from rlhf.weighting import StaticWeighting, build_weighting
 
 NAN = float("nan")
 
@@ -81,27 +84,42 @@ def _loss_inputs(seed=0):
     return logprobs, old, ref, mask
 
 
-def test_rloo_loss_is_grpo_surrogate_with_kl_term():
+def test_rloo_loss_is_the_shared_surrogate_with_kl_term():
     lp, old, ref, mask = _loss_inputs()
     adv = torch.tensor([1.0, -0.5, 2.0])
-    obj = RLOO(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.04, loss_agg="seq_mean")
-    assert (obj.name, obj.on_policy, obj.needs_reference) == ("rloo", True, True)
-    assert RLOO().needs_reference is False
-    out = obj.loss(lp, old, ref, adv, mask)
-    want = GRPO(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.04, loss_agg="seq_mean").loss(lp, old, ref, adv, mask)
-    assert out.loss.item() == pytest.approx(want.loss.item(), abs=1e-7)
+    cfg = RLOOConfig(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.04, loss_agg="seq_mean", per_component=True)
+    obj = RLOO.from_config(cfg)
+    # the same clipped surrogate as GRPO's, built from the same fields of the recipe section
+    assert obj.surrogate == Surrogate(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.04, loss_agg="seq_mean")
+    assert build_objective(cfg) == obj and isinstance(obj, PolicyGradientObjective)
+    assert (obj.name, obj.needs_reference, obj.per_component) == ("rloo", True, True)
+    assert RLOO().needs_reference is False and RLOO().surrogate == Surrogate()
+    caps = capabilities(cfg)  # trained by the on-policy stage, with the reference loaded for the KL term
+    assert (caps.stage, caps.needs_reference, caps.grouped, caps.token_level) == ("policy_gradient", True, True, False)
+    out = obj.surrogate.loss(lp, old, ref, adv, mask)
     assert out.metrics["kl"] > 0
-    no_kl = RLOO(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.0, loss_agg="seq_mean").loss(lp, old, ref, adv, mask)
+    no_kl = Surrogate(clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.0, loss_agg="seq_mean").loss(lp, old, ref, adv, mask)
     assert abs(out.loss.item() - no_kl.loss.item()) > 1e-4  # the KL term is in the loss
+    # by hand: seq_mean of -min(rho A, clip(rho, 0.9, 1.3) A) + 0.04 k3 per token
+    lpd = lp.detach()
+    rho = torch.exp(lpd - old)
+    a = adv.unsqueeze(1)
+    k3 = torch.exp(ref - lpd) - (ref - lpd) - 1
+    per_token = -torch.min(rho * a, rho.clamp(0.9, 1.3) * a) + 0.04 * k3
+    m = mask.float()
+    want = ((per_token * m).sum(1) / m.sum(1)).mean()
+    assert out.loss.item() == pytest.approx(want.item(), abs=1e-6)
     with pytest.raises(ValueError, match="loss_agg"):
-        RLOO(loss_agg="sum")
+        RLOOConfig(loss_agg="sum")
+    with pytest.raises(ValueError, match="loss_agg"):
+        RLOO(surrogate=Surrogate(loss_agg="sum"))
 
 
 def test_rloo_loss_by_hand_ratio_one():
     # old = logprobs -> ratio 1, no clipping: token_mean loss = -sum_tokens A_i / tokens
     # tokens: row 0 (A = 1) x 2, row 1 (A = -3) x 1 -> -(1 + 1 - 3) / 3 = 1/3
     lp = torch.zeros(2, 2, requires_grad=True)
-    out = RLOO().loss(lp, None, None, torch.tensor([1.0, -3.0]), torch.tensor([[1, 1], [1, 0]]))
+    out = RLOO().surrogate.loss(lp, None, None, torch.tensor([1.0, -3.0]), torch.tensor([[1, 1], [1, 0]]))
     assert out.loss.item() == pytest.approx(1 / 3)
 
 
@@ -126,7 +144,9 @@ def test_token_advantages_without_kl():
     # tokens {1, 1, -1}: mean 1/3, var (4/9 + 4/9 + 16/9) / 3 = 8/9, std 2 sqrt(2) / 3
     # -> (2/3) / std = 1/sqrt(2), (-4/3) / std = -sqrt(2)
     obj = ReinforcePP(eps=0.0)
-    assert obj.needs_reference is False and obj.token_level_advantages
+    assert obj.needs_reference is False
+    # its advantages are finished on the trainer, after the logprobs: a capability of the kind
+    assert capabilities(ReinforcePPConfig(kl_coef=0.0)).token_level is True
     adv = obj.token_advantages(torch.tensor([1.0, -1.0]), torch.zeros(2, 3), None, torch.tensor([[1, 1, 0], [1, 0, 0]]))
     r = 1 / math.sqrt(2)
     close(adv, [[r, r, 0.0], [-2 * r, 0.0, 0.0]])
@@ -167,19 +187,31 @@ def test_token_advantages_gamma_and_reduce():
 def test_reinforce_pp_loss_has_no_kl_term():
     lp, old, ref, mask = _loss_inputs(1)
     adv = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))  # (B, C) token-level
-    obj = ReinforcePP(kl_coef=0.5, clip_eps=0.2)
-    out = obj.loss(lp, old, ref, adv, mask)
-    want = GRPO(clip_eps=0.2, kl_coef=0.0).loss(lp, old, ref, adv, mask)
-    assert out.loss.item() == pytest.approx(want.loss.item(), abs=1e-7)
+    cfg = ReinforcePPConfig(kl_coef=0.5, clip_eps=0.2, clip_eps_high=0.3, loss_agg="seq_mean")
+    obj = ReinforcePP.from_config(cfg)
+    # the shared surrogate without its KL term: the KL (kl_coef 0.5) is in the token rewards instead
+    assert obj.surrogate == Surrogate(clip_eps=0.2, clip_eps_high=0.3, kl_coef=0.0, loss_agg="seq_mean")
+    assert build_objective(cfg) == obj and obj.kl_coef == 0.5 and obj.needs_reference
+    out = obj.surrogate.loss(lp, old, ref, adv, mask)
     assert out.metrics["loss/total"] == pytest.approx(out.metrics["loss/policy"])
     assert "kl" in out.metrics  # reported, not optimised
+    # by hand: seq_mean of -min(rho A, clip(rho, 0.8, 1.3) A) per token, no KL
+    rho = torch.exp(lp.detach() - old)
+    per_token = -torch.min(rho * adv, rho.clamp(0.8, 1.3) * adv)
+    m = mask.float()
+    want = ((per_token * m).sum(1) / m.sum(1)).mean()
+    assert out.loss.item() == pytest.approx(want.item(), abs=1e-6)
+    with_kl = Surrogate(clip_eps=0.2, clip_eps_high=0.3, kl_coef=0.5, loss_agg="seq_mean").loss(lp, old, ref, adv, mask)
+    assert abs(with_kl.loss.item() - out.loss.item()) > 1e-4  # a KL term would change it
+    with pytest.raises(ValueError, match="KL"):
+        ReinforcePP(surrogate=Surrogate(kl_coef=0.1))
 
 
 def test_reinforce_pp_loss_by_hand():
     # ratio 1: token_mean loss = -(1.2 - 1.6 + 0.5) / 3 = -0.1/3
     lp = torch.zeros(2, 2, requires_grad=True)
     adv = torch.tensor([[1.2, -1.6], [0.5, 9.0]])
-    out = ReinforcePP().loss(lp, None, None, adv, torch.tensor([[1, 1], [1, 0]]))
+    out = ReinforcePP().surrogate.loss(lp, None, None, adv, torch.tensor([[1, 1], [1, 0]]))
     assert out.loss.item() == pytest.approx(-0.1 / 3)
 
 
@@ -188,6 +220,51 @@ def test_reinforce_pp_validates():
         ReinforcePP(kl_estimator="k5")
     with pytest.raises(ValueError, match="baseline"):
         ReinforcePP(baseline="mean")
+
+
+# --------------------------------------------------------------------------- hypervolume gain scaling
+
+COMPS = [RewardComponentConfig(name="a", plugin="p", weight=1.0),
+         RewardComponentConfig(name="b", plugin="p", weight=0.5)]
+
+
+def _hypervolume(hv_scale):
+    w = build_weighting(WeightingConfig(kind="hypervolume"), COMPS)
+    w.hv_scale = hv_scale
+    return w
+
+
+@pytest.mark.parametrize("per_component", [False, True])
+def test_hypervolume_gain_scales_rloo_advantages(per_component):
+    # RLOO does not use scalarize's advantages, so it applies the weighting's advantage_scale itself
+    base, _ = RLOO(per_component=per_component).advantages(RV, GROUPS, _hypervolume(1.0))
+    scaled, m = RLOO(per_component=per_component).advantages(RV, GROUPS, _hypervolume(1.5))
+    # the simplex starts uniform: the weights are the recipe's (1, 0.5), so the hand values above hold at 1.0
+    close(base, [-1.0, -0.5, 1.5, 0.0, -2.0, 2.0] if per_component else [-0.5, -0.5, 1.0, 0.0, -2.0, 2.0])
+    close(scaled, 1.5 * base)
+    assert _hypervolume(1.5).advantage_scale == 1.5 and m["weights/hv_scale"] == 1.5
+    assert m["adv/std"] == pytest.approx(1.5 * RLOO(per_component=per_component).advantages(
+        RV, GROUPS, _hypervolume(1.0))[1]["adv/std"], rel=1e-6)
+
+
+def test_hypervolume_gain_scales_reinforce_pp_token_advantages():
+    # the scale multiplies the whitened advantages (whitening would undo a scale applied to the scores before it)
+    obj = ReinforcePP(eps=0.0)
+    scores, mask = torch.tensor([1.0, -1.0]), torch.tensor([[1, 1, 0], [1, 0, 0]])
+    w = _hypervolume(1.5)
+    hv1 = build_weighting(WeightingConfig(kind="hypervolume"),
+                          [RewardComponentConfig(name="a", plugin="p", weight=2.0)])
+    hv1.hv_scale = 1.5
+    scores_hv, _ = obj.sequence_scores(RV1, G1, hv1)
+    close(scores_hv, [2.0, 6.0, 4.0, 0.0])  # the scores are not scaled (test_sequence_scores_none_and_group)
+    plain = obj.token_advantages(scores, torch.zeros(2, 3), None, mask)
+    scaled = obj.token_advantages(scores, torch.zeros(2, 3), None, mask, scale=w.advantage_scale)
+    r = 1 / math.sqrt(2)
+    close(plain, [[r, r, 0.0], [-2 * r, 0.0, 0.0]])  # test_token_advantages_without_kl's hand values
+    close(scaled, 1.5 * plain)
+    close(scaled, [[1.5 * r, 1.5 * r, 0.0], [-3 * r, 0.0, 0.0]])
+    # scaling the scores instead would be whitened away
+    close(obj.token_advantages(1.5 * scores, torch.zeros(2, 3), None, mask), plain)
 
 
 # --------------------------------------------------------------------------- TRL oracle (RLOO advantages)

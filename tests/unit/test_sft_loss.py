@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
+from rlhf.config.registry import build_objective
 from rlhf.config.schema import SFTObjectiveConfig
-from rlhf.objectives import SFT, SupervisedObjective, build_objective, sft_loss
+from rlhf.objectives import SFT, SupervisedObjective, sft_loss
 from rlhf.types import SFTBatch
 
 LN2, LN3 = math.log(2), math.log(3)
@@ -62,9 +63,12 @@ def test_gradient_is_softmax_minus_onehot_over_tokens():
 
 
 def test_build_from_config():
-    obj = build_objective(SFTObjectiveConfig())
-    assert isinstance(obj, SFT) and isinstance(obj, SupervisedObjective)
-    assert (obj.name, obj.on_policy, obj.needs_reference) == ("sft", False, False)
+    # SFT is the warm-up's loss, built directly; it is not a kind of the objective registry
+    for obj in (SFT(), SFT.from_config(None), SFT.from_config(SFTObjectiveConfig())):
+        assert isinstance(obj, SFT) and isinstance(obj, SupervisedObjective)
+        assert obj.name == "sft"
+    with pytest.raises(ValueError, match="sft"):
+        build_objective(SFTObjectiveConfig())
 
 
 def test_loss_sft_matches_hf_causal_lm_loss():

@@ -38,6 +38,13 @@ def test_build_weighting_returns_protocol():
     assert isinstance(w, DynamicWeighting) and isinstance(w, Weighting)
 
 
+def test_advantage_scale_is_one_without_a_hypervolume_gain():
+    # fixed weights never scale the advantages; a built weighting's scale is the hypervolume gain (1 until then)
+    assert StaticWeighting(("a", "b"), ("reward", "reward"), (1.0, 0.5)).advantage_scale == 1.0
+    assert make("sum_then_normalize").advantage_scale == 1.0
+    assert make("component_then_sum").advantage_scale == 1.0
+
+
 def test_component_then_sum_by_hand():
     # a: group0 [1,0] -> [+R,-R], group1 [1,0] -> [+R,-R]   (pair: dev +-0.5, unbiased std 0.5*sqrt2)
     # b: group0 [0,1] -> [-R,+R], group1 [1,0] -> [+R,-R]

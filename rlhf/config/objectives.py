@@ -1,0 +1,242 @@
+"""The recipe's `objective:` sections, one per objective kind (a discriminated union on `kind`).
+
+Every policy-gradient objective (GRPO, RLOO, REINFORCE++, PPO, CGPO) shares one section of fields, declared once
+in ``PolicyGradientConfig``: the clipped surrogate's (clip, clip-higher, KL loss term, aggregation; see
+``rlhf.objectives.common.Surrogate``) and the update loop's (epochs, mini-batches). What each kind needs from the
+runtime is stated by the objective registry (``rlhf.config.registry``), not here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import Field, model_validator
+
+from rlhf.config.base import Strict
+
+
+class PolicyGradientConfig(Strict):
+    """The fields every policy-gradient objective shares: the clipped surrogate and the update loop."""
+
+    kind: str
+    clip_eps: float = Field(0.2, gt=0, description="PPO clip: ratios outside [1 - clip_eps, 1 + clip_eps_high] "
+                            "stop the gradient")
+    clip_eps_high: Optional[float] = Field(None, gt=0, description="asymmetric upper clip (DAPO clip-higher); "
+                                           "default = clip_eps")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference as a loss term")
+    kl_ratio_correction: bool = Field(
+        False, description="multiply the k3 KL term by the ratio pi/pi_old: the unbiased estimate under "
+        "off-policy samples (DeepSeek-V3.2; TRL's use_bias_correction_kl)")
+    loss_agg: Literal["token_mean", "seq_mean", "dr_grpo"] = Field(
+        "token_mean", description="token_mean (DAPO), seq_mean (GRPO paper), dr_grpo (sum / (rows * max_new_tokens))"
+    )
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
+
+
+def _kl_in_reward(cfg: PolicyGradientConfig, where: str) -> None:
+    """kl_ratio_correction corrects a KL loss term: an error where the KL sits in the reward."""
+    if cfg.kl_ratio_correction:
+        raise ValueError(f"objective.kl_ratio_correction corrects the KL loss term; {where} the KL is a penalty in "
+                         "the reward (set kl_ratio_correction: false)")
+
+
+class GRPOConfig(PolicyGradientConfig):
+    kind: Literal["grpo"] = "grpo"
+    scale_std: bool = Field(True, description="divide group-centred rewards by the group std (false: Dr. GRPO)")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: drop groups whose reward has zero variance and generate more prompts to refill"
+    )
+    max_sampling_rounds: int = Field(4, ge=1, description="generate() rounds per step at most, with dynamic_sampling")
+    mask_truncated: bool = Field(False, description="DAPO overlong filtering: truncated completions get no loss")
+    eps: float = Field(1e-6, gt=0)
+
+
+class RLOOConfig(PolicyGradientConfig):
+    """RLOO (Ahmadian et al. 2024): leave-one-out baseline within each prompt's group, PPO-clip loss."""
+
+    kind: Literal["rloo"] = "rloo"
+    per_component: bool = Field(False, description="leave-one-out per reward component, then weight and sum")
+
+
+class ReinforcePPConfig(PolicyGradientConfig):
+    """REINFORCE++ (Hu et al. 2025): KL-shaped token rewards, reward-to-go, global batch normalisation."""
+
+    kind: Literal["reinforce_pp"] = "reinforce_pp"
+    kl_coef: float = Field(0.01, ge=0, description="KL penalty inside the token rewards")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0, le=1)
+    baseline: Literal["none", "group"] = Field("none", description="group: REINFORCE++-baseline (group mean)")
+    eps: float = Field(1e-6, gt=0)
+
+    @model_validator(mode="after")
+    def _kl(self) -> "ReinforcePPConfig":
+        _kl_in_reward(self, "under reinforce_pp")
+        return self
+
+
+class CriticConfig(Strict):
+    """The value model of PPO, trained by its own DeepSpeed worker group."""
+
+    lr: float = Field(1e-5, gt=0)
+    num_ranks: Optional[int] = Field(None, ge=1, description="defaults to train.num_ranks")
+    vector: bool = Field(
+        False, description="one value head per reward component (+1 for the KL stream): per-component GAE, "
+        "combined by the weights afterwards, so weights can change without retraining the critic"
+    )
+    value_clip: Optional[float] = Field(0.2, gt=0, description="clip values to old_value +- this; null: no clip")
+    init_from: Optional[str] = Field(None, description="causal LM dir for the critic backbone; default: the policy's")
+
+
+class PPOConfig(PolicyGradientConfig):
+    """PPO (Schulman et al. 2017) with GAE and a learned critic, as in RLHF (Ouyang et al. 2022)."""
+
+    kind: Literal["ppo"] = "ppo"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0)
+    kl_mode: Literal["reward", "loss"] = Field(
+        "reward", description="reward: -kl_coef * (logp - ref) on every token's reward; loss: a k3 loss term"
+    )
+    adaptive_kl: bool = Field(False, description="Ziegler et al. 2019 controller towards kl_target")
+    kl_target: float = Field(0.1, gt=0)
+    kl_horizon: int = Field(10000, ge=1)
+    whiten_advantages: bool = True
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+
+    @model_validator(mode="after")
+    def _adaptive(self) -> "PPOConfig":
+        if self.adaptive_kl and self.kl_mode != "reward":
+            raise ValueError("adaptive_kl controls the KL penalty in the reward: set kl_mode: reward")
+        if self.kl_mode == "reward":
+            _kl_in_reward(self, "with kl_mode: reward")
+        return self
+
+
+class DPOConfig(Strict):
+    """Offline preference optimisation on (prompt, chosen, rejected) pairs: DPO, IPO, conservative DPO."""
+
+    kind: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: probability that a label is flipped")
+    reference_free: bool = False
+    ipo_average: bool = Field(True, description="ipo: per-token averaged log-ratios (as TRL)")
+    batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step")
+    max_length: int = Field(512, ge=4, description="tokens per prompt + completion; longer pairs lose their tail")
+
+    @model_validator(mode="after")
+    def _smoothing(self) -> "DPOConfig":
+        if self.label_smoothing and self.loss_type != "cdpo":
+            raise ValueError("label_smoothing is used by loss_type: cdpo only")
+        return self
+
+
+class OnlineDPOConfig(Strict):
+    """Online DPO: per prompt, the best and the worst of its fresh samples (ranked by the weighted reward vector)
+    form a (chosen, rejected) pair; ties are skipped. DPO/IPO/cDPO loss against the frozen reference."""
+
+    kind: Literal["online_dpo"] = "online_dpo"
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    reference_free: bool = False
+    ipo_average: bool = True
+
+
+class MODPOConfig(Strict):
+    """MODPO: DPO on one objective's preference pairs with a margin from the other objectives' reward components.
+
+    The weight vector is (preference_weight, rewards[*].weight); it must lie on the simplex (sum to 1)."""
+
+    kind: Literal["modpo"] = "modpo"
+    beta: float = Field(0.1, gt=0)
+    preference_weight: float = Field(0.5, gt=0, le=1, description="w_k: weight of the preference data's objective")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(512, ge=4)
+
+
+class CGPOTaskConfig(Strict):
+    """One CGPO task: its reward components, its judges and its constrained optimiser (rlhf/objectives/cgpo.py)."""
+
+    rewards: list[str] = Field(..., min_length=1, description="names of reward components (in `rewards:`) summed "
+                               "with their weights into the task's reward")
+    judges: list[str] = Field(default_factory=list, description="names of constraint components (judges) a sample "
+                              "of this task must satisfy")
+    optimizer: Literal["crpg", "codpo", "crraft"] = "crpg"
+    weight: float = Field(1.0, gt=0, description="the task's weight in the combined update: sum over tasks of "
+                          "weight x the task's own mean loss (crpg / crraft tasks in one step, codpo tasks in "
+                          "another)")
+    beta: Optional[float] = Field(None, gt=0, description="codpo: this task's DPO beta (default: objective.beta)")
+    share: Optional[float] = Field(None, gt=0, description="relative share of each step's prompts (default: the "
+                                   "task's share of the training rows)")
+    baseline_column: Optional[str] = Field(
+        None, description="dataset column holding a baseline response (e.g. the reference answer) for the "
+        "calibrated reward sigmoid(r(a) - r(baseline)); default: the mean reward of the prompt's samples")
+    top_k: int = Field(1, ge=1, description="crraft: best satisfying samples kept per prompt")
+    threshold: Optional[float] = Field(None, gt=0, lt=1, description="crraft: keep a sample only if its "
+                                       "calibrated reward exceeds this")
+
+
+class CGPOConfig(PolicyGradientConfig):
+    """CGPO (Xu et al. 2024): tasks with their own rewards, judges and constrained optimiser (CRPG, CODPO, CRRAFT);
+    prompts are stratified by task; calibrated rewards; violating samples are negatives."""
+
+    kind: Literal["cgpo"] = "cgpo"
+    tasks: dict[str, CGPOTaskConfig] = Field(..., min_length=1)
+    task_column: str = Field("task", description="dataset column naming each prompt's task")
+    default_task: Optional[str] = Field(None, description="task of rows that have no task column (default: such "
+                                        "rows are an error)")
+    # CRPG / CRRAFT: the clipped policy-gradient update (the shared fields; mini_batches are stratified: each
+    # task is normalised within each optimizer step)
+    scale_std: bool = True
+    eps: float = Field(1e-6, gt=0)
+    # CODPO: DPO loss on (best satisfying, violating) pairs + nll_coef x length-normalised NLL of the chosen one
+    beta: float = Field(0.1, gt=0, description="codpo: DPO beta of the codpo tasks that set none")
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    reference_free: bool = False
+    nll_coef: float = Field(1.0, ge=0, description="codpo: lambda of the chosen response's NLL / length term")
+
+    @model_validator(mode="after")
+    def _tasks(self) -> "CGPOConfig":
+        if self.default_task is not None and self.default_task not in self.tasks:
+            raise ValueError(f"objective.default_task {self.default_task!r} is not a task; tasks are "
+                             f"{sorted(self.tasks)}")
+        if self.label_smoothing and self.loss_type != "cdpo":
+            raise ValueError("objective.label_smoothing is used by loss_type: cdpo only")
+        if self.loss_agg == "dr_grpo":
+            raise ValueError("objective.loss_agg: CGPO normalises each task's term by its own tokens or sequences; "
+                             "use token_mean or seq_mean")
+        for name, task in self.tasks.items():
+            if task.optimizer != "codpo" and task.beta is not None:
+                raise ValueError(f"objective.tasks.{name}.beta: a DPO beta applies to optimizer codpo only")
+            if task.optimizer != "crraft" and (task.top_k != 1 or task.threshold is not None):
+                raise ValueError(f"objective.tasks.{name}: top_k / threshold apply to optimizer crraft only")
+        return self
+
+
+class PRMObjectiveConfig(Strict):
+    """Train a process reward model on step-labelled rows (prompt, steps, labels), step-tag style."""
+
+    kind: Literal["prm"] = "prm"
+    batch_size: int = Field(32, ge=1, description="rows per optimizer step")
+    step_tag: str = Field("\n", min_length=1, description="appended after every step; its last token is scored")
+    good: str = Field("+", min_length=1, description="the single token meaning 'this step is correct'")
+    bad: str = Field("-", min_length=1, description="the single token meaning 'this step is wrong'")
+    max_length: int = Field(256, ge=8)
+    steps_column: str = "steps"
+    labels_column: str = "labels"
+    error_rate: float = Field(0.5, ge=0, le=1, description="synthetic data: share of rows with one wrong step")
+
+
+ObjectiveConfig = Union[
+    GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig, CGPOConfig,
+    PRMObjectiveConfig,
+]
+
+
+class SFTObjectiveConfig(Strict):
+    """Supervised fine-tuning (used by the warm-up stage; not yet a main `objective:`)."""
+
+    kind: Literal["sft"] = "sft"

@@ -1,0 +1,155 @@
+"""What an on-policy stage's ``produce`` is made of: prompts -> rollout function -> scorer -> reward vector.
+
+    collector = Collector(prompts, rollout_fn, scorer, sampling, rounds=caps.sampling_rounds, weighting=weighting)
+    batch = collector.collect(step)       # Collected: rows, rollout, reward vector, scorer context, metrics, times
+
+With ``rounds`` set (DAPO's dynamic sampling) groups whose scalar reward has zero variance carry no signal: they
+are dropped and more prompts are generated, up to ``rounds`` rounds; if still short, dropped groups fill the
+batch (their advantages are 0) so the batch keeps its size. ``rounds=None``: one round, every group kept. Also here: the sampling settings of training and
+evaluation rollouts, and the rollout metrics every on-policy step logs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from rlhf.types import RewardVector, RolloutBatch, SamplingSettings
+
+
+@dataclass
+class Collected:
+    rows: list[dict]  # (G,) the prompt rows, in group order
+    rollout: RolloutBatch  # (B,) rows grouped by prompt
+    rewards: RewardVector  # (B, K)
+    context: dict[str, Any] = field(default_factory=dict)  # what the scorer adds (CGPO: the baselines' vector)
+    metrics: dict[str, float] = field(default_factory=dict)
+    t_generate: float = 0.0
+    t_score: float = 0.0
+
+
+class Scorer(Protocol):
+    def __call__(self, rows: list[dict], rollout: RolloutBatch) -> tuple[RewardVector, dict[str, float],
+                                                                        dict[str, Any]]:
+        """(reward vector (B, K), metrics, context) of a rollout of the given prompt rows."""
+
+
+class RewardScorer:
+    """Every reward component on every sample (the reward group); process components' steps are located on the
+    rollout's token ids with the rollout function's tokenizer."""
+
+    def __init__(self, rewards: Any, tokenizer: Any) -> None:
+        self.rewards, self.tokenizer = rewards, tokenizer
+
+    def __call__(self, rows: list[dict], rollout: RolloutBatch) -> tuple[RewardVector, dict[str, float], dict]:
+        from rlhf.advantages.process import StepLocator
+        from rlhf.scoring.group import rollout_columns
+
+        locate = StepLocator(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
+        rv, metrics = self.rewards.score(rollout.prompts, rollout.completions, rollout_columns(rollout), locate=locate)
+        return rv, metrics, {}
+
+
+class Collector:
+    def __init__(self, prompts: Any, rollout_fn: Any, scorer: Scorer,
+                 sampling: Callable[[int, int], SamplingSettings], rounds: int | None = None, weighting: Any = None,
+                 prompts_per_step: int = 0) -> None:
+        self.prompts, self.rollout_fn, self.scorer, self.sampling = prompts, rollout_fn, scorer, sampling
+        self.rounds, self.weighting, self.prompts_per_step = rounds, weighting, prompts_per_step
+        if rounds is not None and (weighting is None or prompts_per_step < 1):
+            raise ValueError("Collector: dynamic sampling (rounds) needs the weighting and prompts_per_step")
+
+    def collect(self, step: int) -> Collected:
+        """One training batch of rollouts and their reward vector."""
+        kept: list[Collected] = []
+        dropped: list[Collected] = []
+        n_kept, metrics = 0, {}
+        t_generate = t_score = 0.0
+        for round_ in range(self.rounds or 1):
+            rows = self.prompts.next_batch()
+            t0 = time.perf_counter()
+            rollout = self.rollout_fn(rows, self.sampling(step, round_))
+            t_generate += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            rv, reward_metrics, context = self.scorer(rows, rollout)
+            t_score += time.perf_counter() - t0
+            if round_ == 0:
+                metrics.update(reward_metrics)
+            if self.rounds is None:
+                return Collected(rows, rollout, rv, context, metrics, t_generate, t_score)
+            informative = informative_groups(self.weighting.weighted_sum(rv), rollout.group_ids)
+            rest = [g for g in range(len(rows)) if g not in informative]
+            kept.append(_groups(rows, rollout, rv, informative))
+            dropped.append(_groups(rows, rollout, rv, rest))
+            n_kept += len(informative)
+            if n_kept >= self.prompts_per_step:
+                break
+        metrics["dynamic_sampling/rounds"] = round_ + 1
+        metrics["dynamic_sampling/filled_groups"] = max(0, self.prompts_per_step - n_kept)
+        parts = [p for p in kept + dropped if p.rollout.batch_size]
+        rollout = RolloutBatch.cat([p.rollout for p in parts], self.rollout_fn.pad_token_id)
+        rv = RewardVector.cat([p.rewards for p in parts])
+        rows = [row for p in parts for row in p.rows]
+        groups = list(range(self.prompts_per_step))  # kept groups first, then the fill
+        final = _groups(rows, rollout, rv, groups)
+        return Collected(final.rows, final.rollout, final.rewards, {}, metrics, t_generate, t_score)
+
+
+def _groups(rows: list[dict], rollout: RolloutBatch, rv: RewardVector, groups: list[int]) -> Collected:
+    """The given prompt groups (in that order) of a scored rollout."""
+    index = [i for g in groups for i in (rollout.group_ids == g).nonzero().flatten().tolist()]
+    return Collected([rows[g] for g in groups], rollout.select_groups(groups), rv.select(index))
+
+
+def informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[int]:
+    """Groups whose applicable scalar rewards are not all equal."""
+    out = []
+    for g in group_ids.unique().tolist():
+        vals = reward[group_ids == g]
+        vals = vals[~torch.isnan(vals)]
+        if vals.numel() > 1 and bool((vals != vals[0]).any()):
+            out.append(int(g))
+    return out
+
+
+# --------------------------------------------------------------------------- sampling settings
+
+
+def track_mismatch(recipe: Any) -> bool:
+    """Rollout logprobs go to the trainer when they can differ from its own (vllm) or TIS is on. The `hf` engine
+    recomputes them with the trainer's own code on the same weights, so there the mismatch is exactly zero."""
+    return recipe.rollout.engine != "hf" or recipe.rollout.tis_cap is not None
+
+
+def training_sampling(recipe: Any, step: int, round_: int = 0) -> SamplingSettings:
+    """The recipe's sampling settings for a training rollout: seeded per step (and sampling round), rollout
+    logprobs asked for only when the trainer uses them (`track_mismatch`)."""
+    r = recipe.rollout
+    return SamplingSettings(
+        n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+        top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
+        ignore_eos=r.ignore_eos, logprobs=track_mismatch(recipe),  # hf without TIS: not needed
+    )
+
+
+def eval_sampling(recipe: Any) -> SamplingSettings:
+    """Held-out evaluation: one greedy completion per prompt, the recipe's length and stop strings."""
+    return SamplingSettings(n=1, max_new_tokens=recipe.rollout.max_new_tokens, greedy=True,
+                            stop=tuple(recipe.rollout.stop))
+
+
+def rollout_metrics(rollout: RolloutBatch, payload: Any, timings: dict[str, float]) -> dict[str, float]:
+    """Generation and throughput numbers every on-policy step logs, plus the phase timings."""
+    n_tokens = int(rollout.completion_mask.sum())
+    return {
+        "rollout/completion_tokens_mean": n_tokens / rollout.batch_size,
+        "rollout/finished_rate": float(rollout.finished.float().mean()),
+        "throughput/gen_tokens_per_s": n_tokens / max(timings["time/generate"], 1e-9),
+        "throughput/samples_per_s": rollout.batch_size / max(timings["time/step"], 1e-9),
+        "sync/bytes": payload.num_bytes,
+        "sync/fast_route": float(payload.transport != "object_store"),  # 0 on a broadcast/IPC run: it fell back
+        **timings,
+    }

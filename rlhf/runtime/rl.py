@@ -1,0 +1,136 @@
+"""The on-policy stage, written once: every objective that learns from fresh rollouts is this stage with other
+components (GRPO, RLOO, REINFORCE++, PPO, online DPO, CGPO; rlhf/runtime/stages.py builds them).
+
+    produce(step):  weighting.begin_step -> collector: prompts -> rollout function -> scorer -> reward vector
+                    -> weighting.observe (constraints, hypervolume) [-> MRT progress bonus]
+    consume(exp):   engines release memory -> update.prepare (signals: advantages, pairs, task terms)
+                    -> update.train (trainer groups) -> sync coordinator (weights to the engines, checked)
+
+The update component decides what is trained: ``PolicyGradientUpdate`` (an advantage estimator + the surrogate),
+``OnlinePairsUpdate`` (rlhf/runtime/online_dpo.py), ``CGPOUpdate`` (rlhf/runtime/cgpo.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from rlhf.runtime.collect import rollout_metrics
+from rlhf.runtime.pipeline import Experience, timed
+from rlhf.types import ExperienceBatch
+
+
+@dataclass
+class Prepared:
+    """An update's signals for one step: what its ``train`` sends to the trainers, and their metrics."""
+
+    metrics: dict[str, float]
+    batch: ExperienceBatch | None = None  # the policy-gradient batch
+    pairs: ExperienceBatch | None = None  # (chosen, rejected) row pairs, interleaved
+
+
+class RLStage:
+    phase = "rl"
+
+    def __init__(self, *, collector: Any, weighting: Any, update: Any, sync: Any, engines: Any,
+                 evaluator: Callable[[], dict[str, float]], summary: dict[str, str],
+                 progress: Callable[[Any, Any, int], dict[str, float]] | None = None) -> None:
+        self.collector, self.weighting, self.update, self.sync = collector, weighting, update, sync
+        self.engines, self._evaluate, self._summary, self.progress = engines, evaluator, summary, progress
+
+    # ------------------------------------------------------------------ the step
+
+    def produce(self, step: int) -> Experience:
+        started = time.perf_counter()
+        self.weighting.begin_step(step)  # schedules
+        c = self.collector.collect(step)
+        metrics = dict(c.metrics)
+        metrics.update(self.weighting.observe(c.rewards))  # constraints' multipliers, hypervolume-guided weights
+        timings = {"time/generate": c.t_generate, "time/score": c.t_score}
+        if self.progress is not None:  # MRT: dense bonus from success estimates at every step end
+            t0 = time.perf_counter()
+            metrics.update(self.progress(c.rollout, c.rewards, step))
+            metrics["time/progress"] = time.perf_counter() - t0
+            timings["time/generate"] += metrics["time/progress"]
+        return Experience(step, c.rollout, c.rewards, c.rows, context=c.context, metrics=metrics, timings=timings,
+                          started=started)
+
+    def consume(self, exp: Experience) -> dict[str, float]:
+        timings = dict(exp.timings)
+        self.engines.sleep()  # colocated vllm with sleep mode frees its memory while training runs (no-op otherwise)
+        with timed(timings, "time/advantages"):
+            prepared = self.update.prepare(exp)
+        with timed(timings, "time/train"):
+            train_metrics = self.update.train(prepared)
+        with timed(timings, "time/sync"):
+            payload = self.sync.sync(version=exp.step)
+        timings["time/step"] = time.perf_counter() - exp.started
+        return {**exp.metrics, **prepared.metrics, **train_metrics, **rollout_metrics(exp.rollout, payload, timings),
+                "events/rollout_restarts": float(self.engines.restarts)}  # cumulative
+
+    # ------------------------------------------------------------------ around the steps
+
+    def start(self, version: int) -> None:
+        """Engines start from the trainer's exact weights (checked by fingerprint)."""
+        self.sync.sync(version)
+
+    def evaluate(self) -> dict[str, float]:
+        return self._evaluate()
+
+    def summary_keys(self) -> dict[str, str]:
+        return dict(self._summary)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.collector.prompts.state_dict(), "weighting": self.weighting.state_dict(),
+                **self.update.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.collector.prompts.load_state_dict(state["sampler"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.update.load_state_dict(state)
+
+    def save_checkpoint(self, staged_dir: str) -> None:
+        self.update.save_checkpoint(staged_dir)
+
+
+class PolicyGradientUpdate:
+    """The estimator's advantages (and old/ref logprobs, values), one policy-gradient update of the objective's
+    surrogate, then whatever the estimator trains itself (PPO's critic)."""
+
+    def __init__(self, trainers: Any, estimator: Any, mask_truncated: bool, rollout_logprobs: bool) -> None:
+        self.trainers, self.estimator = trainers, estimator
+        self.mask_truncated = mask_truncated  # DAPO overlong filtering: truncated completions get no loss
+        self.rollout_logprobs = rollout_logprobs  # the engine's logprobs go to the trainer (mismatch, TIS)
+
+    def prepare(self, exp: Experience) -> Prepared:
+        rollout = exp.rollout
+        loss_mask = rollout.loss_mask.float()  # (B, C)
+        if self.mask_truncated:
+            loss_mask = loss_mask * rollout.finished.float().unsqueeze(1)
+        batch = ExperienceBatch.from_rollout(rollout, torch.zeros(rollout.batch_size), loss_mask,
+                                             rollout_logprobs=rollout.logprobs if self.rollout_logprobs else None)
+        metrics = self.estimator.prepare(batch, exp.rewards, rollout.group_ids, exp.step)
+        return Prepared(metrics, batch)
+
+    def train(self, prepared: Prepared) -> dict[str, float]:
+        metrics = self.trainers.train_rl(prepared.batch)
+        metrics.update(self.estimator.after_update(prepared.batch))
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.estimator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.estimator.load_state_dict(state)
+
+    def save_checkpoint(self, staged_dir: str) -> None:
+        self.estimator.save_checkpoint(staged_dir)
+
+
+def interleaved_pairs(rollout: Any, pairs: list[tuple[int, int]]) -> ExperienceBatch:
+    """(2P, ...) rows chosen_0, rejected_0, chosen_1, ...; advantages unused (zeros)."""
+    idx = torch.tensor([i for pair in pairs for i in pair], dtype=torch.long)
+    return ExperienceBatch.from_rollout(rollout.select(idx), torch.zeros(len(idx)))

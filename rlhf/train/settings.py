@@ -1,0 +1,69 @@
+"""What a training rank is told: its own settings, built from the recipe on the driver (``worker_settings``).
+
+A training worker never reads the recipe. It gets the model and train sections, its objective section (the
+objective is built once per worker from it), and two small sections of its own: what the per-batch step functions
+need (``StepSettings``) and what weight export needs (``ExportSettings``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What the per-batch step functions (rlhf/train/steps.py) read."""
+
+    temperature: float  # logprobs are of the sampling distribution (rollout.temperature)
+    micro_batch_size: int  # sequences per forward/backward on one rank
+    epochs: int = 1  # passes over a rollout batch (policy gradient, critic)
+    mini_batches: int = 1  # optimizer steps per epoch
+    tis_cap: float | None = None  # truncated importance sampling of the rollout engine's mismatch
+    max_new_tokens: int = 1  # dr_grpo's constant denominator per micro-batch (rows x max_new_tokens)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What weight export (rlhf/train/export.py) reads."""
+
+    bucket_bytes: int  # weight-sync bucket size
+    dtype: str  # saved models are written in the model's dtype
+    adapter_only: bool = False  # model.lora with engines that load adapters: sync only the adapter
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    role: str  # "policy" | "critic"
+    model: Any  # rlhf.config.schema.ModelConfig
+    train: Any  # rlhf.config.schema.TrainConfig
+    seed: int
+    objective: Any  # the recipe's objective section; the worker builds its objective from it once
+    steps: StepSettings
+    export: ExportSettings
+
+    @property
+    def lora(self) -> Any:
+        """The LoRA config when this rank trains an adapter (model.lora enabled; never the critic), else None."""
+        cfg = self.model.lora
+        return cfg if self.role == "policy" and cfg is not None and cfg.enabled else None
+
+
+def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
+    """A training rank's settings from the recipe (driver side)."""
+    from rlhf.config.objectives import PolicyGradientConfig
+    from rlhf.models import lora
+
+    objective = recipe.objective
+    loop = objective if isinstance(objective, PolicyGradientConfig) else None  # epochs / mini-batches of updates
+    steps = StepSettings(
+        temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
+        epochs=loop.epochs if loop else 1, mini_batches=loop.mini_batches if loop else 1,
+        tis_cap=recipe.rollout.tis_cap, max_new_tokens=recipe.rollout.max_new_tokens,
+    )
+    export = ExportSettings(
+        bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,
+        adapter_only=recipe.rollout.engine in lora.ENGINES_WITH_ADAPTERS,
+    )
+    return WorkerSettings(role=role, model=recipe.model, train=recipe.train, seed=recipe.run.seed,
+                          objective=objective, steps=steps, export=export)
