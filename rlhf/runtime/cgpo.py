@@ -5,7 +5,7 @@ generate -> score (with baselines: ``BaselineScorer``) -> per-task constrained s
 One step:
 
 1. ``TaskSampler`` draws each task's share of ``rollout.prompts_per_step`` prompts (``objective.tasks.T.share``).
-2. The rollout engines generate ``group_size`` samples per prompt.
+2. The rollout function generates ``group_size`` samples per prompt.
 3. The reward group scores every component for every sample, and in the same call the baseline response of each
    prompt whose task sets ``baseline_column`` (the dataset's reference answer), as extra (prompt, baseline) rows.
 4. Per task (``rlhf.objectives.cgpo``): the task reward r = sum of its components' weight x value; the baseline
