@@ -27,23 +27,8 @@ import random
 import tempfile
 from typing import Any, Sequence
 
-from bench.common import (
-    header,
-    machine_info,
-    md_table,
-    median,
-    parse_args,
-    print_result,
-    ratio,
-    ray_running,
-    repeat_times,
-    save_figure,
-    setup_env,
-    summary,
-    timed,
-    tiny_recipe,
-    write_results,
-)
+from bench.common import (header, machine_info, md_table, median, parse_args, print_result, ratio, ray_running,
+                          repeat_times, save_figure, setup_env, summary, timed, tiny_recipe, write_results)
 
 NAME = "reward_width"
 GOAL = 1.05  # a K=16 step within 5% of a K=1 step
@@ -225,9 +210,10 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
     from rlhf.runtime.data import load_data
     from rlhf.runtime.estimators import RewardAdvantages
     from rlhf.runtime.rl import PolicyGradientUpdate, RLStage
-    from rlhf.runtime.sync import SyncCoordinator
+    from rlhf.runtime.sync import SyncCoordinator, resolve_weight_sync
     from rlhf.scoring.group import RewardGroup
     from rlhf.train.group import TrainGroup
+    from rlhf.transport.placement import has_gpus
     from rlhf.weighting import build_weighting
 
     def edit(data: dict) -> None:
@@ -274,7 +260,7 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
         trainers.build(model_dir, recipe.train.lr)
         trainers.load_reference(model_dir)
         engines = RolloutGroup(recipe, model_dir)
-        sync = SyncCoordinator(trainers, engines)
+        sync = SyncCoordinator(trainers, engines, resolve_weight_sync(recipe, has_gpus()), recipe.rollout.sync_timeout_s)
         sync.sync(0)
         add_group(1)
         one_step(1, None)  # warm-up

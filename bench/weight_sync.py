@@ -5,8 +5,9 @@
 
 What is timed, in one run on one machine:
   1. the real sync: ``TrainGroup.export_weights`` on 2 DeepSpeed ranks (gloo; ZeRO-2, then ZeRO-3) +
-     ``RolloutGroup.sync`` into one hf engine, with the recipe's default bucket size; then the same weights by
-     ``RolloutGroup.sync_broadcast`` (rollout.weight_sync=broadcast: a gloo group, rank 0 -> the engine);
+     ``SyncCoordinator.deliver`` into one hf engine (load + fingerprint check), with the recipe's default bucket
+     size; then the same weights by the coordinator's broadcast route (rollout.weight_sync=broadcast: a gloo
+     group, rank 0 -> the engine);
   2. the peers: ``Tensor.copy_`` of a float32 tensor of the same byte count into a preallocated one, and a
      ``bytes`` copy (``bytearray(blob)``) of one packed blob of the same size;
   3. the parts of the sync, by calling the functions of ``rlhf/transport/weights.py`` directly on the same
@@ -74,6 +75,7 @@ def bench_real_sync(model_dir: str, workdir: str, stages: Sequence[int], repeats
     from concurrent.futures import ThreadPoolExecutor
 
     from rlhf.rollout.group import RolloutGroup
+    from rlhf.runtime.sync import SyncCoordinator
     from rlhf.train.group import TrainGroup
 
     out: dict[str, Any] = {}
@@ -88,12 +90,13 @@ def bench_real_sync(model_dir: str, workdir: str, stages: Sequence[int], repeats
                 try:
                     build_s, _ = timed(lambda: trainers.build(model_dir, recipe.train.lr))
                     engines = engine_future.result()
+                    sync = SyncCoordinator(trainers, engines, "object_store", gpus=False)
                     export_s, sync_s, total_s = [], [], []
                     info: dict[str, Any] = {}
                     for i in range(repeats + 1):  # the first round warms up (allocations, first ray.put)
                         version += 1
                         t_export, payload = timed(lambda: trainers.export_weights(version))
-                        t_sync, _ = timed(lambda: engines.sync(payload))
+                        t_sync, _ = timed(lambda: sync.deliver(payload))
                         info = {"num_bytes": payload.num_bytes, "num_params": payload.num_params,
                                 "num_buckets": len(payload.buckets)}
                         del payload
@@ -103,14 +106,16 @@ def bench_real_sync(model_dir: str, workdir: str, stages: Sequence[int], repeats
                             total_s.append(t_export + t_sync)
                     # rollout.weight_sync=broadcast on the same trainers and engine: rank 0 -> engine over gloo
                     bcast_s: list[float] = []
+                    broadcast = SyncCoordinator(trainers, engines, "broadcast", recipe.rollout.sync_timeout_s,
+                                                gpus=False)
                     for i in range(repeats + 1):  # the first round also opens the group
                         version += 1
-                        t_b, payload = timed(lambda: engines.sync_broadcast(trainers, version))
+                        t_b, payload = timed(lambda: broadcast.sync(version))
                         if payload.transport != "broadcast":
-                            raise RuntimeError(f"broadcast sync fell back: {engines.last_sync_failure}")
+                            raise RuntimeError(f"broadcast sync fell back: {broadcast.last_failure}")
                         if i:
                             bcast_s.append(t_b)
-                    engines._close_sync_group(trainers)
+                    broadcast.close()
                 finally:
                     trainers.shutdown()
                 total, bcast = summary(total_s), summary(bcast_s)

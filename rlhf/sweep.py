@@ -113,7 +113,7 @@ def generated_scores(recipe: Recipe, checkpoint: str) -> dict[str, float]:
     engine = HFEngine(os.path.join(checkpoint, "model"), dtype=recipe.model.dtype,
                       trust_remote_code=recipe.model.trust_remote_code, chat_template=recipe.data.chat_template,
                       max_prompt_tokens=recipe.data.max_prompt_tokens)
-    rollout_fn = SingleTurn(engine, skip_columns=("prompt", "chosen", "rejected", "completion"))
+    rollout_fn = SingleTurn(engine, skip_columns=("prompt", "chosen", "rejected", "completion"), skip_private=True)
     group = RewardGroup(recipe.rewards, use_ray=False)
     try:
         scores = evaluate_generated(rollout_fn, group, rows, eval_sampling(recipe))

@@ -246,7 +246,7 @@ class RolloutBatch:
     @staticmethod
     def cat(parts: Sequence["RolloutBatch"], pad_token_id: int) -> "RolloutBatch":
         """Rows of every part in order: token fields re-padded to the widest part, group ids offset so the parts'
-        groups stay apart, per-row columns joined (every part must carry the same column names)."""
+        groups stay apart, per-row columns joined (a column some part lacks is None on that part's rows)."""
         if len(parts) == 1:
             return parts[0]
         if not parts:
@@ -257,11 +257,10 @@ class RolloutBatch:
             fill = pad_token_id if f.metadata["fill"] == PAD else f.metadata["fill"]
             if kind == "rows":
                 out[f.name] = [x for v in values for x in v]
-            elif kind == "columns":
-                keys = list(values[0])
-                if any(list(v) != keys for v in values[1:]):
-                    raise ValueError(f"RolloutBatch.cat: the parts carry different columns {[list(v) for v in values]}")
-                out[f.name] = {k: [x for v in values for x in v[k]] for k in keys}
+            elif kind == "columns":  # every part's columns; a part without one has None in it for its rows
+                keys = list(dict.fromkeys(k for v in values for k in v))
+                out[f.name] = {k: [x for p, v in zip(parts, values) for x in v.get(k, [None] * p.batch_size)]
+                               for k in keys}
             elif kind == "groups":
                 offsets = [0]
                 for v in values[:-1]:

@@ -31,6 +31,7 @@ class Capabilities:
     data: str  # what its rows are (one of DATA)
     needs_reference: bool  # the frozen reference model is loaded (a KL term or penalty, DPO-family pairs)
     grouped: bool = False  # its baseline is group-relative: rollout.group_size >= 2
+    epochs: int = 1  # passes of the update over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch on a rollout batch (rows split over ranks x this)
     dynamic_weighting: bool = False  # weighting.kind hypervolume / gradient can drive it
     step_level: bool = False  # uses step rewards and MRT's progress bonus token by token
@@ -146,7 +147,7 @@ def _policy_gradient(cfg: Any, *, token_level: bool = False, critic: bool = Fals
                      mask_truncated: bool = False, sampling_rounds: int | None = None) -> Capabilities:
     """Capabilities of a policy-gradient objective (the shared section: kl_coef, mini_batches)."""
     return Capabilities(stage="policy_gradient", data="prompts", needs_reference=cfg.kl_coef > 0, grouped=grouped,
-                        mini_batches=cfg.mini_batches, token_level=token_level, critic=critic,
+                        epochs=cfg.epochs, mini_batches=cfg.mini_batches, token_level=token_level, critic=critic,
                         mask_truncated=mask_truncated, sampling_rounds=sampling_rounds)
 
 
@@ -165,7 +166,7 @@ REGISTRY: dict[str, ObjectiveSpec] = {spec.kind: spec for spec in (
                   step_level=True, sweep_weights="rewards"),
     ObjectiveSpec("cgpo", cfgs.CGPOConfig, obj.CGPO.from_config,
                   lambda c: Capabilities(
-                      stage="cgpo", data="prompts", grouped=True, mini_batches=c.mini_batches,
+                      stage="cgpo", data="prompts", grouped=True, epochs=c.epochs, mini_batches=c.mini_batches,
                       needs_reference=c.kl_coef > 0 or (not c.reference_free and any(
                           t.optimizer == "codpo" for t in c.tasks.values()))),
                   check=_check_cgpo),
@@ -210,8 +211,9 @@ def kinds_where(flag: str) -> list[str]:
     return [kind for kind, spec in REGISTRY.items() if getattr(spec, flag)]
 
 
-def check_recipe(recipe: Any) -> None:
-    """The cross-checks between the objective and the rest of the recipe (raise ValueError naming the key)."""
+def check_objective(recipe: Any) -> None:
+    """The objective against the rest of the recipe: what its capabilities need, then its own checks (raise
+    ValueError naming the key)."""
     kind, caps = recipe.objective.kind, capabilities(recipe.objective)
     r = recipe.rollout
     if caps.rollouts:
@@ -227,11 +229,20 @@ def check_recipe(recipe: Any) -> None:
                 f"by train.num_ranks * objective.mini_batches = {shards}"
             )
     spec_of(kind).check(recipe)
-    w = recipe.weighting
-    if w.kind != "static" and not caps.dynamic_weighting:
+
+
+def check_weighting(recipe: Any) -> None:
+    """weighting.kind hypervolume / gradient only where the objective's capabilities allow it."""
+    kind, w = recipe.objective.kind, recipe.weighting
+    if w.kind != "static" and not capabilities(recipe.objective).dynamic_weighting:
         raise ValueError(f"weighting.kind={w.kind} works with {_listed(kinds_where('dynamic_weighting'))}, "
                          f"not {kind}")
-    if recipe.process.progress.enabled and not caps.step_level:
+
+
+def check_progress(recipe: Any) -> None:
+    """process.progress (MRT) only for objectives with step-level advantages."""
+    kind = recipe.objective.kind
+    if recipe.process.progress.enabled and not capabilities(recipe.objective).step_level:
         raise ValueError(f"process.progress works with {_listed(kinds_where('step_level'))} (step-level "
                          f"advantages), not {kind}")
 
@@ -240,5 +251,5 @@ def _listed(kinds: list[str]) -> str:
     return kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
 
 
-__all__ = ["Capabilities", "ObjectiveSpec", "REGISTRY", "build_objective", "capabilities", "check_recipe",
-           "kinds_where", "spec_of"]
+__all__ = ["Capabilities", "ObjectiveSpec", "REGISTRY", "build_objective", "capabilities", "check_objective",
+           "check_progress", "check_weighting", "kinds_where", "spec_of"]

@@ -438,13 +438,13 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":
-        from rlhf.config.registry import check_recipe
+        from rlhf.config.registry import check_objective, check_progress, check_weighting
 
         names = [c.name for c in self.rewards]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"rewards: duplicate component names {dup}")
-        check_recipe(self)  # the objective against the rest (its capabilities, and the checks of its own)
+        check_objective(self)  # the objective against the rest (its capabilities, and the checks of its own)
         if self.warmup.steps and self.warmup.batch_size % self.train.num_ranks:
             raise ValueError(
                 f"warmup.batch_size {self.warmup.batch_size} must be divisible by train.num_ranks {self.train.num_ranks}"
@@ -458,6 +458,7 @@ class Recipe(Strict):
         if w.hypervolume.reference is not None and len(w.hypervolume.reference) != len(names):
             raise ValueError(f"weighting.hypervolume.reference has {len(w.hypervolume.reference)} values; "
                              f"one per reward component ({len(names)}: {names}) is needed")
+        check_weighting(self)
         if w.kind == "gradient" and self.train.zero_stage == 3 and self.train.backend == "deepspeed":
             raise ValueError("weighting.kind=gradient: per-component gradients are computed on full parameters; "
                              "ZeRO-3 partitions them. Use train.zero_stage 0-2")
@@ -469,6 +470,7 @@ class Recipe(Strict):
             if prog.component not in names:
                 raise ValueError(f"process.progress.component {prog.component!r} is not a reward component; "
                                  f"components are {names}")
+            check_progress(self)
         acc = self.eval.accuracy_component
         if acc is not None and acc not in names:
             raise ValueError(f"eval.accuracy_component {acc!r} is not a reward component; components are {names}")

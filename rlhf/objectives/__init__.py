@@ -49,6 +49,8 @@ class PolicyGradientObjective(Protocol):
 class PairObjective(Protocol):
     """A loss over (chosen, rejected) pairs of summed completion log-probs."""
 
+    pairs_need_reference: bool  # online pairs: the trainer computes the reference's logprobs first
+
     def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                   ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, **kwargs: Any) -> LossOutput: ...
 

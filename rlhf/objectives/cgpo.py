@@ -247,7 +247,12 @@ class CGPO:
     @property
     def needs_reference(self) -> bool:
         """Its updates read reference logprobs: the surrogate's KL term, or CODPO pairs that are not reference-free."""
-        return self.surrogate.needs_reference or (self.uses_pairs and self.pair.needs_reference)
+        return self.surrogate.needs_reference or self.pairs_need_reference
+
+    @property
+    def pairs_need_reference(self) -> bool:
+        """The CODPO pair update reads reference logprobs (not with ``reference_free``, whatever the KL term)."""
+        return self.uses_pairs and self.pair.needs_reference
 
     def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                   ref_chosen_logps: Tensor | None, ref_rejected_logps: Tensor | None, *,

@@ -111,6 +111,11 @@ class DPO:
         return not self.reference_free
 
     @property
+    def pairs_need_reference(self) -> bool:
+        """The pair update reads reference logprobs (the trainer computes them for online pairs)."""
+        return self.needs_reference
+
+    @property
     def needs_lengths(self) -> bool:
         """True when ``loss`` needs ``chosen_lengths`` / ``rejected_lengths`` (IPO on averaged log-probs)."""
         return self.loss_type == "ipo" and self.ipo_average

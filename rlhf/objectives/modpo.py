@@ -47,6 +47,7 @@ class MODPO:
     dpo: DPO = field(init=False)
 
     name: ClassVar[str] = "modpo"
+    pairs_need_reference: ClassVar[bool] = True  # its pairs are scored against the reference (cached offline)
 
     def __post_init__(self) -> None:
         if not 0 < self.preference_weight <= 1:

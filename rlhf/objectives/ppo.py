@@ -52,7 +52,7 @@ def value_loss(
     values (B, C, S) with grad; old_values (B, C, S) the critic's values at rollout time (may be None when
     clip is None); returns (B, C, S) GAE targets; mask (B, C). clip None -> the plain 1/2 (V - R)^2.
     token_normalizer: divide the sum by token_normalizer * S instead of this batch's unmasked-token count * S
-    (micro-batch shards that sum to one mean, as ``GRPO.loss``).
+    (micro-batch shards that sum to one mean, as ``Surrogate.loss``).
     Metrics: loss/value, value/clip_frac (share of token-streams where the clipped branch is the larger loss),
     value/mean, value/explained_variance = 1 - Var(R - V) / Var(R) over unmasked tokens of all streams (NaN when
     Var(R) = 0; NaN metrics are skipped by the trainer's averaging).

@@ -2,7 +2,7 @@
 
 Token-level advantages, computed in two stages because the KL reward needs the logprobs:
 
-    1. sequence_scores (controller, whole batch):   s_i = sum_k w_k r_ik   (the weighting's weighted_sum)
+    1. sequence_scores (runtime, whole batch):      s_i = sum_k w_k r_ik   (the weighting's weighted_sum)
                                                     s_i = s_i - mean_group(s)          baseline="group"
                                                     ("REINFORCE++-baseline"; no std division)
     2. token_advantages (train worker, its shard):  r_it = -beta * KL_it + [t = last_i] s_i

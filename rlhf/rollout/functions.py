@@ -32,25 +32,28 @@ class RolloutFn(Protocol):
 class SingleTurn:
     """One completion per sample from the engines (a RolloutGroup of Ray actors, or one engine in-process)."""
 
-    def __init__(self, engines: Any, skip_columns: Sequence[str] = ("prompt", "completion")) -> None:
+    def __init__(self, engines: Any, skip_columns: Sequence[str] = ("prompt", "completion"),
+                 skip_private: bool = False) -> None:
         self.engines = engines
         self.skip_columns = tuple(skip_columns)
+        self.skip_private = skip_private  # leave out "_"-prefixed columns (caches kept on the rows)
         self.tokenizer = engines.tokenizer
         self.pad_token_id = int(engines.pad_token_id)
 
     def __call__(self, rows: list[dict], settings: SamplingSettings) -> RolloutBatch:
         batch = self.engines.generate([row["prompt"] for row in rows], settings)
-        batch.extras = row_columns(rows, batch.batch_size // len(rows), self.skip_columns)
+        batch.extras = row_columns(rows, batch.batch_size // len(rows), self.skip_columns, self.skip_private)
         return batch
 
     def continue_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
         return self.engines.generate_ids(prefixes, settings)
 
 
-def row_columns(rows: list[dict], per_row: int, skip: Sequence[str]) -> dict[str, list[Any]]:
-    """The rows' dataset columns (all but ``skip``), each repeated for the ``per_row`` samples of its row (rows of
-    a group are adjacent)."""
-    keys = [k for k in rows[0] if k not in skip]
+def row_columns(rows: list[dict], per_row: int, skip: Sequence[str], skip_private: bool = False
+                ) -> dict[str, list[Any]]:
+    """The rows' dataset columns (all but ``skip``, and ``_``-prefixed ones with ``skip_private``), each repeated
+    for the ``per_row`` samples of its row (rows of a group are adjacent)."""
+    keys = [k for k in rows[0] if k not in skip and not (skip_private and k.startswith("_"))]
     return {k: [row.get(k) for row in rows for _ in range(per_row)] for k in keys}
 
 

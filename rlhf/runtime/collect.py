@@ -1,6 +1,7 @@
 """What an on-policy stage's ``produce`` is made of: prompts -> rollout function -> scorer -> reward vector.
 
-    collector = Collector(prompts, rollout_fn, scorer, sampling, rounds=caps.sampling_rounds, weighting=weighting)
+    collector = Collector(prompts, rollout_fn, scorer, sampling, rounds=caps.sampling_rounds, weighting=weighting,
+                          prompts_per_step=recipe.rollout.prompts_per_step)
     batch = collector.collect(step)       # Collected: rows, rollout, reward vector, scorer context, metrics, times
 
 With ``rounds`` set (DAPO's dynamic sampling) groups whose scalar reward has zero variance carry no signal: they
@@ -80,6 +81,9 @@ class Collector:
                 metrics.update(reward_metrics)
             if self.rounds is None:
                 return Collected(rows, rollout, rv, context, metrics, t_generate, t_score)
+            if context:  # per-round context (e.g. CGPO's baselines) cannot follow groups across rounds
+                raise ValueError("dynamic sampling: the scorer adds per-batch context "
+                                 f"({sorted(context)}), which cannot be kept across sampling rounds")
             informative = informative_groups(self.weighting.weighted_sum(rv), rollout.group_ids)
             rest = [g for g in range(len(rows)) if g not in informative]
             kept.append(_groups(rows, rollout, rv, informative))

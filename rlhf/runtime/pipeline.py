@@ -10,10 +10,13 @@ resumed run needs: data position, weighting, controllers) and ``save_checkpoint`
 policy: a critic). Stages are compositions of components (prompts, a rollout function, a scorer, an update with
 its estimator, the sync coordinator), never subclasses that override the step (rlhf/runtime/stages.py).
 
-The **pipeline** drives a stage through steps. ``SyncPipeline`` produces then consumes each step in order; an
-asynchronous driver that lets production run ahead of consumption by a bounded number of policy versions slots in
-with the same interface, without touching the stages: every sample records the policy version(s) that generated
-it (``Experience.versions``, from ``RolloutBatch.versions``).
+The **pipeline** drives a stage through steps. ``SyncPipeline`` produces then consumes each step in order. An
+asynchronous driver, production running ahead of consumption by a bounded number of policy versions, takes the
+same stage halves: ``produce`` touches only the engines, the reward workers and driver-side state (the prompt
+position, the weighting's per-step schedule and observation); ``consume`` touches the trainers and syncs the
+engines to version ``exp.step``. Every sample records the policy version(s) that generated it
+(``Experience.versions``, from ``RolloutBatch.versions``). What an async driver must still decide: whether the
+weighting observes a batch when it is produced (today) or when it is trained.
 """
 
 from __future__ import annotations

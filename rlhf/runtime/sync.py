@@ -1,6 +1,7 @@
 """The sync coordinator: how the trainer's weights reach the rollout engines, and the proof that they did.
 
-    sync = SyncCoordinator(trainers, engines, resolve_weight_sync(recipe, has_gpus()), recipe.rollout.sync_timeout_s)
+    route = resolve_weight_sync(recipe, has_gpus())
+    sync = SyncCoordinator(trainers, engines, route, recipe.rollout.sync_timeout_s)
     payload = sync.sync(version=step)       # export -> deliver -> every engine's (version, fingerprint) checked
 
 It owns the route (object store, broadcast over a weight-sync group, CUDA IPC on colocated GPUs), the weight-sync
@@ -46,7 +47,9 @@ def resolve_weight_sync(recipe: Any, gpus: bool) -> str:
 
 class SyncCoordinator:
     def __init__(self, trainers: Any, engines: Any, route: str = "object_store", timeout_s: float = 600.0,
-                 gpus: bool = False) -> None:
+                 gpus: bool | None = None) -> None:
+        """gpus: whether the weight-sync group runs over NCCL (GPUs) or gloo; None asks Ray's cluster when the
+        group first opens."""
         if route not in ROUTES:
             raise ValueError(f"weight sync route {route!r}; expected one of {ROUTES}")
         self.trainers, self.engines, self.route = trainers, engines, route
@@ -138,6 +141,10 @@ class SyncCoordinator:
         """Training rank 0 (rank 0) and every engine worker (ranks 1..) meet at rank 0's address."""
         host, port = self.trainers.sync_group_address()
         world = 1 + sum(self.engines.sync_ranks())
+        if self.gpus is None:
+            from rlhf.transport.placement import has_gpus
+
+            self.gpus = has_gpus()
         backend = "nccl" if self.gpus else "gloo"
         refs = [self.trainers.open_sync_group(host, port, world, backend, self.timeout_s)]
         refs += self.engines.join_sync_group(host, port, world, backend, self.timeout_s)
@@ -149,6 +156,11 @@ class SyncCoordinator:
         self._group_world = 0
         self.trainers.close_sync_group()
         self.engines.leave_sync_group()
+
+    def close(self) -> None:
+        """Close the weight-sync group if it is open (the next broadcast sync reopens it)."""
+        if self._group_world:
+            self._close_group()
 
     # ------------------------------------------------------------------ restarts
 

@@ -37,13 +37,16 @@ def worker_names(components: Sequence[Any], plugins: Sequence[PluginInfo]) -> li
     names = []
     for component, plugin in zip(components, plugins):
         heavy = plugin.is_class and callable(getattr(plugin.obj, "setup", None))
-        names.append(getattr(component, "worker", None) or (f"component:{component.name}" if heavy else SHARED_WORKER))
+        names.append(component.worker or (f"component:{component.name}" if heavy else SHARED_WORKER))
     return names
 
 
 class ThreadBackend:
     """In-process: every component runs in its own daemon thread per call; safe to call from several threads
     (``serialize``: see ``PooledRewardWorker``)."""
+
+    workers: list[str] = []  # no Ray actors
+    restarts = 0  # nothing to restart in-process
 
     def __init__(self, components: Sequence[Any], plugins: Sequence[PluginInfo], serialize: bool = True) -> None:
         specs = [WorkerSpec.of(c, p) for c, p in zip(components, plugins)]

@@ -72,7 +72,7 @@ class RewardGroup:
     @property
     def workers(self) -> list[str]:
         """Names of the reward workers (one Ray actor each) hosting the components; [] in-process."""
-        return list(getattr(self._backend, "workers", []))
+        return list(self._backend.workers) if self._backend is not None else []
 
     @property
     def timeouts(self) -> list[float]:
@@ -120,7 +120,7 @@ class RewardGroup:
                 errors.append(error)
         if errors:
             raise _combined(errors)
-        metrics["events/reward_worker_restarts"] = float(getattr(backend, "restarts", 0))  # cumulative
+        metrics["events/reward_worker_restarts"] = float(backend.restarts)  # cumulative
         rv = RewardVector(names=self.names, kinds=self.kinds, values=values)
         if self.process:
             self._attach_steps(rv, outcomes, spans, locate, metrics)
@@ -221,9 +221,8 @@ class RewardGroup:
             for i, scores in enumerate(raw):
                 if scores:
                     steps[i, : len(scores), k] = torch.tensor(scores, dtype=torch.float32)
-                    rv.values[i, j] = summarize_steps(scores, getattr(component, "outcome", "min"))
-            steps[..., k] = transform_steps(steps[..., k], getattr(component, "transform", "none"),
-                                            getattr(component, "clip_threshold", 0.0))
+                    rv.values[i, j] = summarize_steps(scores, component.outcome)
+            steps[..., k] = transform_steps(steps[..., k], component.transform, component.clip_threshold)
         metrics.update(step_metrics([self.names[j] for j in self.process], raw_all))
         rv.steps = steps
         if locate is not None:

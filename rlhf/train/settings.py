@@ -51,14 +51,14 @@ class WorkerSettings:
 
 def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
     """A training rank's settings from the recipe (driver side)."""
-    from rlhf.config.objectives import PolicyGradientConfig
+    from rlhf.config.registry import capabilities
     from rlhf.models import lora
 
     objective = recipe.objective
-    loop = objective if isinstance(objective, PolicyGradientConfig) else None  # epochs / mini-batches of updates
+    caps = capabilities(objective)
     steps = StepSettings(
         temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
-        epochs=loop.epochs if loop else 1, mini_batches=loop.mini_batches if loop else 1,
+        epochs=caps.epochs, mini_batches=caps.mini_batches,
         tis_cap=recipe.rollout.tis_cap, max_new_tokens=recipe.rollout.max_new_tokens,
     )
     export = ExportSettings(

@@ -259,7 +259,7 @@ def online_pair_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -
 
     s = ctx.settings
     exp = exp.to(ctx.device)  # (2P, ...) rows: chosen, rejected, chosen, ...
-    if objective.needs_reference:
+    if objective.pairs_need_reference:
         with torch.no_grad():
             exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.micro_batch_size)  # (2P, C)
     n_pairs = exp.batch_size // 2

@@ -1,6 +1,6 @@
 """Weight sync over a process group of its own: training rank 0 broadcasts each bucket to every engine worker.
 
-    # controller: open the group once (every member at the same time: the rendezvous blocks)
+    # the sync coordinator (rlhf/runtime/sync.py) opens the group once (every member at once: the rendezvous blocks)
     rank 0 of the trainers: SyncGroup(host, port, rank=0, world_size=1 + engine workers, backend)
     engine worker w:         SyncGroup(host, port, rank=1 + w, world_size, backend)
     # each sync: engines call `receive()` while rank 0 calls `send(bucket)` per bucket, then `finish()`
@@ -18,8 +18,8 @@ A receiver allocates from the header, splits the payload by the metadata and yie
 is one allocation and one transfer whatever its number of tensors.
 
 Failures: a send that fails (an engine died, a timeout) closes the group on rank 0, which makes every receiver's
-pending broadcast fail too; the controller then restarts what died and re-syncs through the object store (see
-`RolloutGroup.sync`). Nothing here retries by itself.
+pending broadcast fail too; the sync coordinator then restarts what died and re-syncs through the object store
+(``SyncCoordinator._fall_back`` in rlhf/runtime/sync.py). Nothing here retries by itself.
 """
 
 from __future__ import annotations

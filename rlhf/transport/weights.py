@@ -4,7 +4,8 @@ Protocol (CPU and any machine without a faster path):
   1. every training rank enters `export_weights` (ZeRO-3 gathers are collective); rank 0 packs each bucket of
      full float32 tensors into safetensors bytes, `ray.put`s it, and returns the refs + a fingerprint;
   2. each engine loads every bucket in place (no restart) and reports the fingerprint of what it now holds;
-  3. the controller compares the fingerprints and the version: a mismatch raises `WeightSyncError`.
+  3. the sync coordinator (rlhf/runtime/sync.py) compares the fingerprints and the version (`check_sync`): a
+     mismatch raises `WeightSyncError`.
 
 The fingerprint is a 128-bit XXH3 hash of every parameter's name, shape and float32 bytes, combined in name
 order, so the same weights give the same digest on both sides whatever the bucket layout. It guards against bugs
@@ -45,7 +46,7 @@ class WeightPayload:
     num_bytes: int = 0
     adapter: dict[str, Any] | None = None  # model.lora config when the buckets hold only a LoRA adapter
     transport: str = "object_store"  # or "broadcast" (no buckets: sent over the sync group) / "cuda_ipc"
-    error: str | None = None  # broadcast: why sending failed on rank 0 (the controller falls back)
+    error: str | None = None  # broadcast: why sending failed on rank 0 (the sync coordinator falls back)
 
 
 def tensor_digest(name: str, t: torch.Tensor) -> bytes:

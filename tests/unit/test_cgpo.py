@@ -263,6 +263,18 @@ def test_cgpo_needs_reference_and_loss_agg():
         CGPOConfig(tasks={"a": {"rewards": ["r"]}}, loss_agg="dr_grpo")
 
 
+def test_reference_free_codpo_pairs_get_no_reference_under_a_kl_term():
+    """The pair step reads reference logprobs only when the CODPO loss needs them: a reference-free CODPO next to a
+    KL term on the CRPG rows must not be handed reference logprobs (DPO refuses them when reference_free)."""
+    obj = CGPO(surrogate=Surrogate(kl_coef=0.1), pair=DPO(reference_free=True), uses_pairs=True)
+    assert obj.needs_reference and not obj.pairs_need_reference  # the KL term needs it, the pairs do not
+    assert CGPO(surrogate=Surrogate(kl_coef=0.1), pair=DPO(), uses_pairs=True).pairs_need_reference
+    assert DPO().pairs_need_reference and not DPO(reference_free=True).pairs_need_reference
+    with pytest.raises(ValueError, match="reference_free=True but reference log-probs were passed"):
+        obj.pair_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-2.5]),
+                      chosen_lengths=torch.tensor([3]))
+
+
 def test_cgpo_from_config():
     tasks = {"a": {"rewards": ["r"], "optimizer": "crpg"}, "b": {"rewards": ["r"], "optimizer": "codpo"}}
     cfg = CGPOConfig(tasks=tasks, beta=0.5, clip_eps=0.1, clip_eps_high=0.3, kl_coef=0.0, loss_agg="seq_mean",

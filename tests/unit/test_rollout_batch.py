@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
 import torch
 
 from rlhf.types import ExperienceBatch, RolloutBatch, token_versions
@@ -70,8 +69,8 @@ def test_cat_pads_each_field_by_its_layout_and_offsets_groups():
     assert c.extras == {"answer": ["x", "y", "z"]} and c.prompts == ["p0", "p1", "p0"]
     assert c.segments.tolist() == [[[0, 1]], [[0, 1]], [[0, 3]]]
     assert c.weight_version == 1  # the oldest version among the generated tokens
-    with pytest.raises(ValueError, match="different columns"):
-        RolloutBatch.cat([a, _batch([[4]], [[11]], [0], extras={"other": [1]})], PAD)
+    mixed = RolloutBatch.cat([a, _batch([[4]], [[11]], [0], extras={"other": [1]})], PAD)
+    assert mixed.extras == {"answer": ["x", "y", None], "other": [None, None, 1]}
 
 
 def test_select_keeps_rows_aligned_and_renumbers_groups():
