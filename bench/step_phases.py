@@ -7,9 +7,10 @@ Runs ``rlhf.runtime.controller.run`` on recipes/grpo_tiny_cpu.yaml (warm-up off,
 dir) and reads ``time/*`` from metrics.jsonl (step 1 dropped: it warms caches up). Reports, per step, medians:
 
   - each phase's share of ``time/step``: generate, score, advantages, train, sync;
-  - glue = (step - sum of phases) / step: what the loop does between the timed phases;
-  - the loop outside ``time/step`` (the controller's set_lr call and logging): the gap between consecutive
-    metrics records minus the step;
+  - glue = (step - sum of phases) / step: what the step does between its timed phases (since 2026-12-06 this
+    includes the learning-rate call to every rank, which the pipeline makes between produce and consume);
+  - the loop outside ``time/step`` (logging, checkpoints, evals): the gap between consecutive metrics records
+    minus the step;
   - inside train: the workers' own ``time/ref_old_logprobs`` + ``time/update`` vs the Ray call around them,
     next to the round trip of a no-op Ray call carrying one rank's shard of the same shape (measured here).
 
@@ -126,7 +127,7 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
     glue = [r["time/step"] - sum(r[f"time/{p}"] for p in PHASES) for r in steps]
     out["glue_s"] = summary(glue)
     out["glue_share"] = median([g / r["time/step"] for g, r in zip(glue, steps)])
-    # outside time/step: the controller's set_lr (a Ray call on every rank) and logging, between two records
+    # outside time/step: logging (and checkpoints or evals, none here), between two records
     gaps = [b["time"] - a["time"] - b["time/step"] for a, b in zip(records, records[1:])
             if "time" in a and "time" in b]
     gaps = gaps[1:] if len(gaps) > 2 else gaps
@@ -224,7 +225,7 @@ def render(result: dict[str, Any], quick: bool) -> str:
     lines.append("")
     lines.append("With warm-up off the policy is random, so `correct` (math-verify) parses 8 tokens of noise per "
                  "sample, which is slower than parsing the short answers a warmed-up policy writes.\n")
-    lines.append(f"Outside `time/step` (the controller's per-step `set_lr` Ray call and the metrics log): "
+    lines.append(f"Outside `time/step` (the metrics log; the `set_lr` Ray call is inside the step since 2026-12-06): "
                  f"{a['loop_outside_step_s']['median'] * 1e3:.1f} ms per step "
                  f"({a['loop_outside_share']:.1%} of the loop).\n")
     lines.append("## Ratios\n")
@@ -239,8 +240,8 @@ def verdict(result: dict[str, Any]) -> str:
     glue = a["glue_share"]
     top = max(PHASES, key=lambda p: a[f"{p}_share"])
     text = (f"**{'Meets' if glue < GOAL else 'Misses'} the goal** (glue under 10%): glue is {glue:.1%} of the step "
-            f"({a['glue_s']['median'] * 1e3:.1f} ms): sampling the prompts, building the reward columns and the "
-            "ExperienceBatch, and the metrics dict. ")
+            f"({a['glue_s']['median'] * 1e3:.1f} ms): sampling the prompts, the weighting's observation, the "
+            "learning-rate call to every rank (between produce and consume) and the metrics dict. ")
     if glue >= GOAL:
         text += ("That is above the goal: look at the collector (rlhf/runtime/collect.py: prompt sampling, the rows' "
                  "columns) and the `ExperienceBatch` construction of the policy-gradient update (rlhf/runtime/rl.py), "
@@ -262,7 +263,7 @@ def verdict(result: dict[str, Any]) -> str:
     else:
         text += "The two are of the same size: that gap is the Ray call itself. "
     text += (f"Outside the step, the loop spends {a['loop_outside_step_s']['median'] * 1e3:.0f} ms per step "
-             f"({a['loop_outside_share']:.1%}) on `set_lr` and logging.")
+             f"({a['loop_outside_share']:.1%}) on logging.")
     return text
 
 

@@ -132,6 +132,7 @@ class RolloutGroup:
         self.max_restarts = MAX_RESTARTS_PER_CALL
         self.restarts = 0  # engines restarted after dying (logged as events/rollout_restarts)
         self.on_restart: Callable[[int], None] | None = None  # gives a restarted engine i the current weights
+        self.sleeps = r.engine == "vllm" and r.vllm.sleep  # engines free their memory while training runs
 
     def _get(self, refs: Any) -> Any:
         import ray
@@ -249,7 +250,10 @@ class RolloutGroup:
         return self._get(self.actors[0].completion_logprobs.remote(input_ids, attention_mask, prompt_len, temperature))
 
     def sleep(self) -> None:
-        self._get([a.sleep.remote() for a in self.actors])
+        """Engines that sleep (vllm with rollout.vllm.sleep) free their memory until the next generate or sync;
+        for the others this is not even a Ray call."""
+        if self.sleeps:
+            self._get([a.sleep.remote() for a in self.actors])
 
     def fingerprints(self) -> list[str]:
         return self._get([a.fingerprint.remote() for a in self.actors])
