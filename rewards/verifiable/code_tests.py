@@ -5,6 +5,8 @@ Recipe use::
     rewards:
       - {name: tests, plugin: code_tests}                                   # 1.0 if every test passes, else 0.0
       - {name: tests, plugin: code_tests, args: {partial: true, parallel: 4, wall_seconds: 10}}
+      - {name: tests, plugin: code_tests, args: {python_paths: [/opt/task-env/site-packages]}}  # packages tests use
+      - {name: tests, plugin: code_tests, args: {filesystem: host_readonly}}  # the weaker view, by name only
 
 The dataset needs a ``tests`` column. Each value is one of:
 
@@ -19,7 +21,14 @@ The program is the last fenced ```python (or ```py) block of the completion, els
 language, else the whole completion; an unterminated last fence (a truncated generation) counts as a block.
 Every run is a separate sandboxed process (see ``rlhf.sandbox``): a hostile, crashing or endless program is a
 failed sample (0.0), never an exception. Args: cpu_seconds, wall_seconds, memory_mb, max_processes (per run; see
-``SandboxLimits``), partial, parallel (sandboxes run at once; each uses about one CPU core while it runs).
+``SandboxLimits``), partial, parallel (sandboxes run at once; each uses about one CPU core while it runs),
+python_paths (package directories the tests may import: read-only, on ``sys.path``), readonly_paths (more host
+files the program may read), filesystem.
+
+The program sees a private file-system view: its working directory, a private /tmp, the Python runtime (read-only)
+and nothing else of the host, so it cannot read the tests, the dataset or anything else on the machine. Where the
+kernel refuses that view (no user or mount namespaces), building the reward fails with an error naming the opt-in:
+``filesystem: host_readonly`` shows the host's files read-only (writes stay confined) and is the only other value.
 Keep the component's ``timeout_s`` above (batch size / parallel) x wall_seconds x runs per sample.
 """
 
@@ -31,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from rewards.api import reward
-from rlhf.sandbox import SandboxLimits, SandboxResult, run_tests
+from rlhf.sandbox import SandboxLimits, SandboxResult, isolation_layers, run_tests
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +53,7 @@ class CodeTests:
 
     `tests` per sample: a str (one block), a list of str (independent cases; with partial=true the score is the
     fraction passed), or None/empty (not applicable). Args: cpu_seconds, wall_seconds, memory_mb, max_processes,
-    partial, parallel.
+    partial, parallel, python_paths, readonly_paths, filesystem ("private", the default, or "host_readonly").
     """
 
     def __init__(
@@ -55,14 +64,25 @@ class CodeTests:
         max_processes: int = 16,
         partial: bool = False,
         parallel: int = 2,
+        filesystem: str = "private",
+        python_paths: Sequence[str] = (),
+        readonly_paths: Sequence[str] = (),
     ) -> None:
         if not isinstance(partial, bool):
             raise ValueError(f"partial must be true or false, got {partial!r}")
         if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
             raise ValueError(f"parallel must be an integer >= 1, got {parallel!r}")
         self.limits = SandboxLimits(  # raises ValueError naming the bad limit
-            cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb, max_processes=max_processes
+            cpu_seconds=cpu_seconds, wall_seconds=wall_seconds, memory_mb=memory_mb, max_processes=max_processes,
+            filesystem=filesystem, python_paths=_paths(python_paths, "python_paths"),
+            readonly_paths=_paths(readonly_paths, "readonly_paths"),
         )
+        if filesystem == "private" and "private_root" not in isolation_layers():
+            raise ValueError(
+                "code_tests: the kernel refuses the sandbox's private file-system view here (no user or mount "
+                "namespace), so model-written programs could read every file this process can read; set "
+                "`args: {filesystem: host_readonly}` to run them anyway with the host's files visible (read-only)"
+            )
         self.partial = partial
         self.parallel = parallel
 
@@ -140,6 +160,14 @@ def _test_cases(value: Any, index: int) -> str | list[str] | None:
         f"code_tests: sample {index}: the `tests` column must hold a str, a list of str, or None; "
         f"got {type(value).__name__}"
     )
+
+
+def _paths(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):  # a single path written without brackets
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of absolute paths, got {value!r}")
+    return tuple(value)
 
 
 def _last_line(result: SandboxResult) -> str:

@@ -1,7 +1,9 @@
 """The program that runs inside the sandboxed child: ``_BOOTSTRAP``, the source text passed to ``python -c``.
 
 It is program text, not code of this process: the parent starts ``python -S -s -B -c _BOOTSTRAP <workdir>
-<nonce_fd> <done_fd> <script>...`` in the working directory (see :mod:`rlhf.sandbox.supervision`). In the child:
+<nonce_fd> <done_fd> <writable> <import paths> <script>...`` in the working directory (see
+:mod:`rlhf.sandbox.supervision`); ``<writable>`` and ``<import paths>`` are ``os.pathsep``-joined lists (the
+directories the write guard allows; directories appended to ``sys.path``). In the child:
 
 * the outer process forks an init process and, once init ends, ends as the program ended (same signal or exit code);
 * init (pid 1 of the PID namespace, where there is one) forks the program's process and reaps every process until
@@ -13,13 +15,16 @@ It is program text, not code of this process: the parent starts ``python -S -s -
   ``sys.exit(0)``.
 """
 
-# Runs as `python -S -s -B -c _BOOTSTRAP <workdir> <nonce_fd> <done_fd> <script>...` with cwd = workdir.
+# Runs as `python -S -s -B -c _BOOTSTRAP <workdir> <nonce_fd> <done_fd> <writable> <import paths> <script>...`
+# with cwd = workdir.
 _BOOTSTRAP = r'''
 def _sandbox_bootstrap():
     import os, sys
 
     workdir, nonce_fd, done_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    scripts = sys.argv[4:]
+    writable = [path for path in sys.argv[4].split(os.pathsep) if path]
+    imports = [path for path in sys.argv[5].split(os.pathsep) if path]
+    scripts = sys.argv[6:]
     nonce = b""
     while True:
         chunk = os.read(nonce_fd, 256)
@@ -78,7 +83,8 @@ def _sandbox_bootstrap():
 
     os.close(status_w)  # the program's process from here on
     os.set_inheritable(done_fd, False)
-    _sandbox_guards(os.path.realpath(workdir))
+    sys.path.extend(imports)
+    _sandbox_guards([os.path.realpath(path) for path in writable])
     bootstrap_code = sys._getframe().f_code
     import __main__
     namespace = __main__.__dict__
@@ -105,7 +111,7 @@ def _sandbox_bootstrap():
     os.close(done_fd)
 
 
-def _sandbox_guards(root):
+def _sandbox_guards(roots):
     import builtins, errno, io, os, posix, socket, _io, _socket
 
     def refuse(what, target=None):
@@ -144,7 +150,7 @@ def _sandbox_guards(root):
             if hasattr(module, name):
                 setattr(module, name, no_network)
 
-    # -- file system: no writes outside the working directory
+    # -- file system: no writes outside the working directory (and, in the private view, /tmp and /dev/shm)
     allowed = {"/dev/null", "/dev/stdout", "/dev/stderr"}
     realpath, abspath = os.path.realpath, os.path.abspath
 
@@ -157,7 +163,9 @@ def _sandbox_guards(root):
         if absolute in allowed:
             return True
         resolved = realpath(absolute)
-        return resolved == root or resolved.startswith(root + os.sep) or resolved in allowed
+        if resolved in allowed:
+            return True
+        return any(resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
     def check(path, what):
         if not isinstance(path, int) and not inside(path):

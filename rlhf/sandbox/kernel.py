@@ -1,13 +1,17 @@
 """What the kernel offers the sandbox, and the isolation set up in the child between fork and exec (Linux).
 
-* The probe: :class:`_Kernel` holds the libc entry points (``unshare``, ``mount``, ``prctl``) and the prebuilt
-  seccomp program, loaded once at import as ``_KERNEL`` (tests replace it to run without namespaces or seccomp).
+* The probe: :class:`_Kernel` holds the libc entry points (``unshare``, ``mount``, ``umount2``, ``prctl``, the
+  ``pivot_root`` syscall) and the prebuilt seccomp program, loaded once at import as ``_KERNEL`` (tests replace it
+  to run without namespaces or seccomp).
 * The seccomp filter (classic BPF, x86-64 and aarch64): which syscalls fail with EPERM/ENOSYS.
 * Resource limits: :func:`_rlimits` computes the child's (soft, hard) pairs in the parent.
-* The preexec function (:func:`_make_preexec`), run in the forked child: rlimits, then namespaces, uid/gid maps,
-  read-only mounts, a private /dev/shm, a hidden /proc, the capability drop, ``no_new_privs`` and seccomp, each
-  where the kernel allows it. It makes only syscalls (no imports, no locks): the parent may be multi-threaded.
-  Everything it needs is computed in the parent (:class:`_ChildPlan`).
+* The preexec function (:func:`_make_preexec`), run in the forked child: namespaces, uid/gid maps, the
+  file-system view (the private root of :mod:`rlhf.sandbox.rootfs`, built by :func:`_build_private_root`; or, in
+  the "host_readonly" view, the host's mounts remounted read-only, a private /dev/shm and a hidden /proc), the
+  rlimits (after the view: the scripts it writes may exceed RLIMIT_FSIZE), the capability drop, ``no_new_privs``
+  and seccomp, each where the kernel allows it, except the private root: when it is asked for and cannot be
+  built, the preexec raises and the program never starts. It makes only syscalls (no imports, no locks): the
+  parent may be multi-threaded. Everything it needs is computed in the parent (:class:`_ChildPlan`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ _CLONE_NAMESPACE_FLAGS = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEW
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND = 0x20, 0x400, 0x800, 0x1000
 _MS_REC, _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 0x4000, 0x40000, 0x200000, 0x1000000
+_MNT_DETACH = 2
 _MOUNT_OPTION_FLAGS = {  # per-mount options that must be kept when remounting inside a user namespace
     b"nosuid": _MS_NOSUID,
     b"nodev": _MS_NODEV,
@@ -141,6 +146,8 @@ class _Kernel:
     seccomp_prog: _SockFprog | None
     seccomp_buffer: ctypes.Array | None  # keeps the program's memory alive
     cap_last: int
+    umount2: Callable[..., int] | None = None
+    pivot_root: Callable[[bytes, bytes], int] | None = None  # the raw syscall (glibc has no wrapper)
 
 
 def _load_kernel() -> _Kernel:
@@ -156,6 +163,17 @@ def _load_kernel() -> _Kernel:
     mount.restype = ctypes.c_int
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
+    umount2 = pivot_root = None
+    try:
+        umount2 = libc.umount2
+        umount2.argtypes, umount2.restype = [ctypes.c_char_p, ctypes.c_int], ctypes.c_int
+        syscall = libc.syscall
+        syscall.argtypes, syscall.restype = [ctypes.c_long, ctypes.c_char_p, ctypes.c_char_p], ctypes.c_long
+        number = _SYSCALLS.get(platform.machine(), (0, {}))[1].get("pivot_root")
+        if number is not None:
+            pivot_root = _pivot_root_call(syscall, number)
+    except AttributeError:
+        pass
     program = _seccomp_filter(platform.machine())
     buffer = prog = None
     if program is not None:
@@ -166,13 +184,36 @@ def _load_kernel() -> _Kernel:
             cap_last = int(f.read())
     except (OSError, ValueError):
         cap_last = 40
-    return _Kernel(unshare, mount, prctl, prog, buffer, cap_last)
+    return _Kernel(unshare, mount, prctl, prog, buffer, cap_last, umount2, pivot_root)
+
+
+def _pivot_root_call(syscall: Callable[..., int], number: int) -> Callable[[bytes, bytes], int]:
+    def pivot_root(new_root: bytes, put_old: bytes) -> int:
+        return syscall(number, new_root, put_old)
+
+    return pivot_root
 
 
 _KERNEL = _load_kernel()
 
 
 # --------------------------------------------------------------------------- what runs between fork and exec
+
+
+# The operations that build the private root (see rlhf.sandbox.rootfs): (op, path, argument, number).
+_OP_MKDIR, _OP_SYMLINK, _OP_TOUCH, _OP_TMPFS, _OP_BIND, _OP_READONLY, _OP_WRITE = range(7)
+_OP_NAMES = (b"mkdir", b"symlink", b"create", b"mount tmpfs on", b"bind-mount", b"remount read-only", b"write")
+
+
+@dataclass(frozen=True)
+class _RootPlan:
+    """The private root: built on ``staging`` (a host directory) by ``ops`` in order, then pivoted into."""
+
+    staging: bytes
+    workdir: bytes  # where the program starts, inside the new root
+    ops: tuple[tuple[int, bytes, bytes, int], ...]
+    # _OP_MKDIR (path), _OP_SYMLINK (path, target), _OP_TOUCH (path: an empty file), _OP_TMPFS (path, options,
+    # flags), _OP_BIND (target, source, recursive), _OP_READONLY (path, flags to keep), _OP_WRITE (path, content)
 
 
 @dataclass(frozen=True)
@@ -185,6 +226,11 @@ class _ChildPlan:
     report_fd: int
     uid: int  # the parent's effective uid and gid, mapped to nobody (65534) inside the user namespace
     gid: int
+    root: _RootPlan | None = None  # the private root to build; None: the host_readonly view
+
+
+class _RootRefused(Exception):
+    """Raised by the preexec when the private root was asked for and could not be built (the run is refused)."""
 
 
 def _mount_table() -> tuple[tuple[bytes, int, bool], ...]:
@@ -222,24 +268,38 @@ def _unescape_mount_path(raw: bytes) -> bytes:
 
 
 def _make_preexec(plan: _ChildPlan, kernel: _Kernel) -> Callable[[], None]:
-    """The preexec_fn: rlimits (mandatory), then namespaces, mounts, capabilities and seccomp (each if possible).
+    """The preexec_fn: namespaces, the file-system view, rlimits (mandatory), capabilities and seccomp.
 
     It runs in the forked child of a possibly multi-threaded parent, so it makes only syscalls (no imports, no
     locks). It writes the names of the layers that took effect to ``plan.report_fd``.
     """
 
+    def refuse(layers: list[str], reason: bytes) -> None:
+        os.write(plan.report_fd, ",".join(layers).encode() + b"!" + reason)
+        raise _RootRefused()
+
     def preexec() -> None:
-        for which, value in plan.rlimits:
-            resource.setrlimit(which, value)
-        layers = ["rlimits"]
+        layers = ["rlimits"]  # set below, once the file-system view is built (RLIMIT_FSIZE would cap the scripts)
         namespaces = _enter_namespaces(kernel)
         layers += namespaces
-        if "user_ns" in namespaces:
-            _map_ids(plan)
-        if "mount_ns" in namespaces:
+        mapped = "user_ns" in namespaces and _map_ids(plan)
+        if plan.root is not None:
+            if "mount_ns" not in namespaces:
+                refuse(layers, b"the kernel refused a mount namespace (unshare)")
+            if "user_ns" in namespaces and not mapped:
+                refuse(layers, b"the kernel refused the uid/gid map of the user namespace")
+            reason = _build_private_root(kernel, plan.root)
+            if reason:
+                refuse(layers, reason)
+            layers += ["private_root", "readonly_fs", "private_shm", "proc_hidden"]
+        elif "mount_ns" in namespaces:
             layers += _lock_down_mounts(kernel, plan)
+        for which, value in plan.rlimits:
+            resource.setrlimit(which, value)
         if kernel.prctl is not None:
             layers += _drop_privileges(kernel)
+        if plan.root is not None and "user_ns" not in layers and "caps_dropped" not in layers:
+            refuse(layers, b"the program would keep root's capabilities (no user namespace, no capability drop)")
         os.write(plan.report_fd, ",".join(layers).encode())
 
     return preexec
@@ -260,12 +320,13 @@ def _enter_namespaces(kernel: _Kernel) -> list[str]:
     return []
 
 
-def _map_ids(plan: _ChildPlan) -> None:
+def _map_ids(plan: _ChildPlan) -> bool:
     """Map the parent's uid/gid to 65534 inside the new user namespace (not 0: exec then grants no capabilities).
 
-    Without a mapping the program could not create files on file systems mounted inside the namespace (the private
-    /dev/shm: EOVERFLOW). Failure is harmless: the program then runs with an unmapped uid.
+    Without a mapping nothing can create files on file systems mounted inside the namespace (the private root,
+    /dev/shm: EOVERFLOW). Returns whether both maps were written; the host_readonly view runs unmapped if not.
     """
+    mapped = True
     for path, text in ((b"/proc/self/setgroups", b"deny"), (b"/proc/self/uid_map", b"65534 %d 1" % plan.uid),
                        (b"/proc/self/gid_map", b"65534 %d 1" % plan.gid)):
         try:
@@ -275,7 +336,60 @@ def _map_ids(plan: _ChildPlan) -> None:
             finally:
                 os.close(fd)
         except OSError:
-            pass
+            if path != b"/proc/self/setgroups":  # absent on kernels before 3.19
+                mapped = False
+    return mapped
+
+
+def _build_private_root(kernel: _Kernel, root: _RootPlan) -> bytes:
+    """Build the private root (see :mod:`rlhf.sandbox.rootfs`) and pivot into it; b"" on success, else the reason.
+
+    Runs in the forked child, in its own mount namespace: syscalls only. A failure leaves a half-built tree in a
+    namespace that dies with the child.
+    """
+    mount, umount2, pivot_root = kernel.mount, kernel.umount2, kernel.pivot_root
+    if mount is None or umount2 is None or pivot_root is None:
+        return b"mount, umount2 or pivot_root is not available"
+    if mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return b"making the mounts private (MS_REC|MS_PRIVATE on /): errno %d" % ctypes.get_errno()
+    for op, path, argument, number in root.ops:
+        status = 0
+        try:
+            if op == _OP_MKDIR:
+                os.mkdir(path, 0o755)
+            elif op == _OP_SYMLINK:
+                os.symlink(argument, path)
+            elif op == _OP_TOUCH:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            elif op == _OP_WRITE:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    view = memoryview(argument)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+            elif op == _OP_TMPFS:
+                status = mount(b"tmpfs", path, b"tmpfs", number, argument)
+            elif op == _OP_BIND:
+                status = mount(argument, path, None, _MS_BIND | (_MS_REC if number else 0), None)
+            elif op == _OP_READONLY:
+                status = mount(None, path, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | number, None)
+        except OSError as exc:
+            return _OP_NAMES[op] + b" " + path + b": errno %d" % (exc.errno or 0)
+        if status != 0:
+            return _OP_NAMES[op] + b" " + path + b": errno %d" % ctypes.get_errno()
+    try:
+        os.chdir(root.staging)
+        if pivot_root(b".", b".") != 0:
+            return b"pivot_root: errno %d" % ctypes.get_errno()
+        if umount2(b".", _MNT_DETACH) != 0:
+            return b"detaching the old root: errno %d" % ctypes.get_errno()
+        os.chdir(b"/")
+        os.chdir(root.workdir)
+    except OSError as exc:
+        return b"entering the new root: errno %d" % (exc.errno or 0)
+    return b""
 
 
 def _lock_down_mounts(kernel: _Kernel, plan: _ChildPlan) -> list[str]:
@@ -360,6 +474,7 @@ def _rlimits(limits: SandboxLimits) -> tuple[tuple[int, tuple[int, int]], ...]:
         (resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes)),
         (resource.RLIMIT_CORE, (0, 0)),
         (resource.RLIMIT_NPROC, (nproc, nproc)),
+        (resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files)),
     )
     clamped = []
     for which, (soft, hard) in wanted:

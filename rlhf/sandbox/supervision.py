@@ -1,10 +1,13 @@
 """The parent side of a sandboxed run: launching, supervising, capturing output, killing, classifying the result.
 
-:func:`run_python` and :func:`run_tests` write the program into a fresh temporary directory, start the bootstrap
-(:mod:`rlhf.sandbox.bootstrap`) there with a scrubbed environment and the preexec function of
+:func:`run_python` and :func:`run_tests` write the program into a fresh temporary directory, plan the file-system
+view (the private root of :mod:`rlhf.sandbox.rootfs`, built on that directory, or the host_readonly view), start
+the bootstrap (:mod:`rlhf.sandbox.bootstrap`) with a scrubbed environment and the preexec function of
 :mod:`rlhf.sandbox.kernel`, pump stdout/stderr through bounded captures, enforce the wall-clock limit, SIGKILL the
 whole process group (on timeout, and again after a normal exit), reap, classify the outcome into a
-:class:`~rlhf.sandbox.records.SandboxResult` and delete the directory.
+:class:`~rlhf.sandbox.records.SandboxResult` (whose text follows the output contract written there: see
+:func:`rlhf.sandbox.output.clean_text`) and delete the directory. A private view the kernel refuses is a refused run: status "error",
+the program never started, and a warning logged once per process.
 """
 
 from __future__ import annotations
@@ -18,17 +21,16 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
-from collections import deque
 from dataclasses import replace
 from functools import lru_cache
 from typing import Callable, Sequence
 
-from rlhf.sandbox import kernel
+from rlhf.sandbox import kernel, rootfs
 from rlhf.sandbox.bootstrap import _BOOTSTRAP
-from rlhf.sandbox.records import SandboxLimits, SandboxResult
+from rlhf.sandbox.output import TOKEN_PLACEHOLDER, Capture, clean_text
+from rlhf.sandbox.records import WORKDIR, SandboxLimits, SandboxResult
 
 __all__ = ["group_processes", "isolation_layers", "run_python", "run_tests"]
 
@@ -99,8 +101,15 @@ def group_processes(pgid: int) -> list[int]:
 
 @lru_cache(maxsize=1)
 def isolation_layers() -> frozenset[str]:
-    """The kernel isolation layers a sandboxed run gets on this machine (probed once with a trivial program)."""
-    return frozenset(run_python("pass", limits=SandboxLimits(wall_seconds=30.0)).isolation)
+    """The kernel isolation layers a sandboxed run gets on this machine with the default (private) view, probed
+    once with a trivial program. Without "private_root" default runs are refused (a warning is logged once).
+    A launch that fails for another reason (e.g. no free process slot) is retried, since the answer is cached."""
+    for attempt in range(3):
+        result = run_python("pass", limits=SandboxLimits(wall_seconds=30.0))
+        if result.status != "error" or "refused to run" in result.stderr:
+            break
+        time.sleep(0.2 * (attempt + 1))
+    return frozenset(result.isolation)
 
 
 # --------------------------------------------------------------------------- the parent side
@@ -116,8 +125,8 @@ _BASE_ENV = {
 }
 
 
-def _child_env(workdir: str, extra: dict[str, str] | None) -> dict[str, str]:
-    env = dict(_BASE_ENV, HOME=workdir, TMPDIR=workdir)
+def _child_env(workdir: str, tmpdir: str, extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(_BASE_ENV, HOME=workdir, TMPDIR=tmpdir)
     for key, value in (extra or {}).items():
         if not isinstance(key, str) or not isinstance(value, str) or "\0" in key + value or "=" in key or not key:
             raise ValueError(f"sandbox env entries must be str -> str without NUL or '=' in the name, got {key!r}")
@@ -125,38 +134,6 @@ def _child_env(workdir: str, extra: dict[str, str] | None) -> dict[str, str]:
             raise ValueError(f"sandbox env may not set {key!r}: it would change how the interpreter or loader runs")
         env[key] = value
     return env
-
-
-class _Capture:
-    """Keeps the first ``limit`` bytes of a stream (and, optionally, its last ``tail`` bytes); drops the rest."""
-
-    def __init__(self, limit: int, tail: int = 0) -> None:
-        self.head = bytearray()
-        self.limit = limit
-        self.total = 0
-        self.tail: deque[bytes] = deque()
-        self._tail_limit, self._tail_size = tail, 0
-
-    def feed(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = self.limit - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-        if self._tail_limit:
-            self.tail.append(chunk[-self._tail_limit :])
-            self._tail_size += len(self.tail[-1])
-            while self._tail_size - len(self.tail[0]) >= self._tail_limit:
-                self._tail_size -= len(self.tail.popleft())
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > self.limit
-
-    def text(self) -> str:
-        return bytes(self.head).decode("utf-8", "replace")
-
-    def tail_text(self) -> str:
-        return b"".join(self.tail).decode("utf-8", "replace")
 
 
 def _run_files(
@@ -169,21 +146,54 @@ def _run_files(
         raise TypeError(f"stdin must be a str, got {type(stdin).__name__}")
     start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="rlhf-sandbox-")
+    private = limits.filesystem == "private"
     try:
-        child_env = _child_env(workdir, env)
+        child_env = _child_env(WORKDIR if private else workdir, "/tmp" if private else workdir, env)
         for name, source in files:
             with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
                 f.write(source)
-        return _launch_and_supervise([name for name, _ in files], workdir, child_env, stdin, limits, start)
+        if private and not _can_build_private_root(kernel._KERNEL):
+            return _refused(("rlimits",), "the kernel offers no unshare/mount/pivot_root here", start)
+        root = rootfs.plan_root(workdir, limits, files) if private else None
+        return _launch_and_supervise([name for name, _ in files], workdir, root, child_env, stdin, limits, start)
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("sandbox failed to run a program: %s: %s", type(exc).__name__, exc)
-        return SandboxResult("error", None, "", f"[sandbox] {type(exc).__name__}: {exc}\n", time.monotonic() - start)
+        message = str(exc).replace(workdir, WORKDIR)
+        return SandboxResult("error", None, "", f"[sandbox] {type(exc).__name__}: {message}\n",
+                             time.monotonic() - start)
     finally:
         _remove_tree(workdir)
 
 
+def _can_build_private_root(k: kernel._Kernel) -> bool:
+    return None not in (k.unshare, k.mount, k.umount2, k.pivot_root)
+
+
+_OPT_IN = ("to run it with the host's files visible (read-only where the kernel allows), opt in by name: "
+           "SandboxLimits(filesystem='host_readonly'), or in a recipe "
+           "`{plugin: code_tests, args: {filesystem: host_readonly}}`")
+_warned_refused = False
+
+
+def _refused(isolation: tuple[str, ...], reason: str, start: float) -> SandboxResult:
+    """The result of a run refused because the private file-system view could not be set up."""
+    global _warned_refused
+    if not _warned_refused:
+        _warned_refused = True
+        logger.warning("sandbox: the private file-system view is not available on this machine (%s); untrusted "
+                       "programs are refused; %s", reason, _OPT_IN)
+    stderr = f"[sandbox] refused to run the program: the private file-system view failed ({reason}); {_OPT_IN}\n"
+    return SandboxResult("error", None, "", stderr, time.monotonic() - start, isolation=isolation)
+
+
 def _launch_and_supervise(
-    scripts: list[str], workdir: str, env: dict[str, str], stdin: str, limits: SandboxLimits, start: float
+    scripts: list[str],
+    workdir: str,
+    root: kernel._RootPlan | None,
+    env: dict[str, str],
+    stdin: str,
+    limits: SandboxLimits,
+    start: float,
 ) -> SandboxResult:
     nonce = secrets.token_hex(16).encode()
     fds: list[int] = []  # parent-side pipe ends to close at the end
@@ -209,26 +219,39 @@ def _launch_and_supervise(
             stdin_file = tempfile.TemporaryFile()
             stdin_file.write(stdin.encode("utf-8"))
             stdin_file.seek(0)
-        rlimits, mounts = kernel._rlimits(limits), kernel._mount_table()
-        plan = kernel._ChildPlan(rlimits, os.fsencode(workdir), mounts, report_w, os.geteuid(), os.getegid())
-        argv = [sys.executable, "-S", "-s", "-B", "-c", _BOOTSTRAP, workdir, str(nonce_r), str(done_w), *scripts]
-        proc = subprocess.Popen(
-            argv,
-            stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=workdir,
-            env=env,
-            start_new_session=True,
-            preexec_fn=kernel._make_preexec(plan, kernel._KERNEL),
-            pass_fds=(nonce_r, done_w),
-            close_fds=True,
-        )
+        rlimits = kernel._rlimits(limits)
+        mounts = kernel._mount_table() if root is None else ()
+        plan = kernel._ChildPlan(rlimits, os.fsencode(workdir), mounts, report_w, os.geteuid(), os.getegid(), root)
+        inner = WORKDIR if root is not None else workdir
+        writable = os.pathsep.join([inner, "/tmp", "/dev/shm"] if root is not None else [inner])
+        imports = os.pathsep.join(limits.python_paths)
+        argv = [rootfs.interpreter(), "-S", "-s", "-B", "-c", _BOOTSTRAP, inner, str(nonce_r), str(done_w),
+                writable, imports, *scripts]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+                preexec_fn=kernel._make_preexec(plan, kernel._KERNEL),
+                pass_fds=(nonce_r, done_w),
+                close_fds=True,
+            )
+        except subprocess.SubprocessError:
+            report = _read_available(report_r, wait=0.0).decode(errors="replace")
+            if "!" not in report:
+                raise
+            layers, reason = report.split("!", 1)
+            return _refused(tuple(x for x in layers.split(",") if x), reason.replace(workdir, "<new root>"), start)
         for fd in (nonce_r, done_w, report_w):
             close(fd)
         isolation = tuple(x for x in _read_available(report_r, wait=2.0).decode().split(",") if x)
         _warn_if_privileged(isolation)
-        return _supervise(proc, limits, start, done_r, nonce, isolation)
+        scrub = {workdir: WORKDIR, os.path.realpath(workdir): WORKDIR, nonce.decode(): TOKEN_PLACEHOLDER}
+        return _supervise(proc, limits, start, done_r, nonce, isolation, scrub)
     finally:
         if stdin_file is not None:
             stdin_file.close()
@@ -251,13 +274,19 @@ def _warn_if_privileged(isolation: tuple[str, ...]) -> None:
 
 
 def _supervise(
-    proc: subprocess.Popen, limits: SandboxLimits, start: float, done_r: int, nonce: bytes, isolation: tuple[str, ...]
+    proc: subprocess.Popen,
+    limits: SandboxLimits,
+    start: float,
+    done_r: int,
+    nonce: bytes,
+    isolation: tuple[str, ...],
+    scrub: dict[str, str],
 ) -> SandboxResult:
     """Pump the output pipes, enforce the wall-clock limit, kill the group, reap, classify."""
     assert proc.stdout is not None and proc.stderr is not None
     pid = pgid = proc.pid  # start_new_session: the child leads its own group
-    out = _Capture(limits.max_output_bytes)
-    err = _Capture(limits.max_output_bytes, tail=_STDERR_TAIL_BYTES)
+    out = Capture(limits.max_output_bytes)
+    err = Capture(limits.max_output_bytes, tail=_STDERR_TAIL_BYTES)
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout.fileno(), selectors.EVENT_READ, out)
     selector.register(proc.stderr.fileno(), selectors.EVENT_READ, err)
@@ -313,18 +342,19 @@ def _supervise(
     except ChildProcessError:  # reaped behind our back (someone called waitpid(-1)): the status is lost
         proc.returncode = -1
         note = "[sandbox] the program's exit status was lost (reaped elsewhere)\n"
-        return SandboxResult("error", None, out.text(), err.text() + note, time.monotonic() - start, pgid=pgid)
+        return SandboxResult("error", None, clean_text(out, "stdout", scrub),
+                             clean_text(err, "stderr", scrub) + note, time.monotonic() - start, pgid=pgid)
     proc.returncode = returncode = os.waitstatus_to_exitcode(status)
     completed = _read_available(done_r, wait=0.0) == nonce
     cpu = usage.ru_utime + usage.ru_stime
-    stderr = err.text()
+    stderr = clean_text(err, "stderr", scrub)
     verdict = _classify(timed_out, returncode, cpu, limits, err.tail_text() if err.truncated else stderr)
     if timed_out:
         stderr += f"[sandbox] killed after the wall-clock limit of {limits.wall_seconds:g} s\n"
     return SandboxResult(
         status=verdict,
         returncode=returncode,
-        stdout=out.text(),
+        stdout=clean_text(out, "stdout", scrub),
         stderr=stderr,
         wall_seconds=time.monotonic() - start,
         cpu_seconds=cpu,
