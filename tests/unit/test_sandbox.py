@@ -36,6 +36,7 @@ from rlhf.sandbox import SandboxLimits, SandboxResult, group_processes, isolatio
 from rlhf.sandbox import kernel as sandbox_kernel
 from rlhf.sandbox import rootfs
 from rlhf.sandbox import supervision as sandbox_supervision
+from rlhf.sandbox.corpus import processes_with
 
 FAST = SandboxLimits(cpu_seconds=1, wall_seconds=3, memory_mb=256, max_processes=16)
 HOST = dataclasses.replace(FAST, filesystem="host_readonly")
@@ -83,20 +84,6 @@ def live_members(pgid: int) -> list[int]:
     return pids
 
 
-def processes_with(marker: str) -> list[int]:
-    """Live processes whose command line contains ``marker``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (entry / "cmdline").read_bytes():
-                state = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-                if state not in (b"Z", b"X"):
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def assert_contained(result: SandboxResult) -> None:
