@@ -214,10 +214,11 @@ class RolloutGroup:
                                       lambda a, call_args: a.load_weights.remote(*call_args))
         return [results[i] for i in range(len(self.actors))]
 
-    def join_sync_group(self, host: str, port: int, world: int, backend: str, timeout_s: float) -> list[Any]:
-        """Refs of every engine's workers joining the weight-sync group as ranks 1.. (training rank 0 joins at
-        the same time: the rendezvous blocks until all have)."""
-        ranks = self.sync_ranks()
+    def join_sync_group(self, host: str, port: int, world: int, backend: str, timeout_s: float,
+                        ranks: list[int]) -> list[Any]:
+        """Refs of every engine's workers (``ranks``: each engine's count, from `sync_ranks`) joining the
+        weight-sync group as ranks 1.. (training rank 0 joins at the same time: the rendezvous blocks until all
+        have)."""
         refs, offset = [], 1
         for actor, n in zip(self.actors, ranks):
             refs.append(actor.join_sync_group.remote(host, port, offset, world, backend, timeout_s))

@@ -105,7 +105,7 @@ class Collector:
 def _groups(rows: list[dict], rollout: RolloutBatch, rv: RewardVector, groups: list[int]) -> Collected:
     """The given prompt groups (in that order) of a scored rollout."""
     index = [i for g in groups for i in (rollout.group_ids == g).nonzero().flatten().tolist()]
-    return Collected([rows[g] for g in groups], rollout.select_groups(groups), rv.select(index))
+    return Collected([rows[g] for g in groups], rollout.select(index), rv.select(index))  # groups renumbered 0..
 
 
 def informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[int]:

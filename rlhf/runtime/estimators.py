@@ -115,7 +115,8 @@ class CriticAdvantages:
         outcome = sequence_part(rv) if rv.has_steps else rv  # step rewards go in densely, not as outcome too
         if cfg.critic.vector:
             seq = torch.nan_to_num(outcome.values, nan=0.0)  # (B, K)
-            weights = [float(self.weighting.weights[n]) for n in rv.names]
+            current = self.weighting.weights  # a copy of the weights; read once
+            weights = [float(current[n]) for n in rv.names]
         else:
             seq = torch.nan_to_num(self.weighting.weighted_sum(outcome), nan=0.0).unsqueeze(1)  # (B, 1)
             weights = [1.0]

@@ -140,14 +140,15 @@ class SyncCoordinator:
     def _open_group(self) -> None:
         """Training rank 0 (rank 0) and every engine worker (ranks 1..) meet at rank 0's address."""
         host, port = self.trainers.sync_group_address()
-        world = 1 + sum(self.engines.sync_ranks())
+        ranks = self.engines.sync_ranks()  # weight-sync members of each engine (its workers)
+        world = 1 + sum(ranks)
         if self.gpus is None:
             from rlhf.transport.placement import has_gpus
 
             self.gpus = has_gpus()
         backend = "nccl" if self.gpus else "gloo"
         refs = [self.trainers.open_sync_group(host, port, world, backend, self.timeout_s)]
-        refs += self.engines.join_sync_group(host, port, world, backend, self.timeout_s)
+        refs += self.engines.join_sync_group(host, port, world, backend, self.timeout_s, ranks)
         self.engines.get(refs)
         self._group_world = world
 
