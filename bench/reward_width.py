@@ -246,8 +246,8 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
         comps = [RewardComponentConfig(**d) for d in component_dicts(k)]
         groups[k] = RewardGroup(comps)
         weightings[k] = build_weighting(recipe.weighting, comps)
-        rollout_fn = build_rollout_fn(recipe.rollout, engines)
-        collector = Collector(sampler, rollout_fn, RewardScorer(groups[k], rollout_fn.tokenizer),
+        rollout_fn = build_rollout_fn(recipe, engines)
+        collector = Collector(sampler, rollout_fn, RewardScorer(groups[k], rollout_fn),
                               lambda step, round_: training_sampling(recipe, step, round_))
         estimator = RewardAdvantages(objective, weightings[k], trainers, False, recipe.weighting.gradient.max_samples)
         stages[k] = RLStage(collector=collector, weighting=weightings[k], engines=engines, sync=sync,

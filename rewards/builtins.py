@@ -3,7 +3,8 @@
 Built-ins: math_answer, exact_match, regex_format, length_penalty, overlong_penalty, code_tests (sandboxed
 unit tests of model-written code); judges (constraints): forbidden_pattern, required_pattern, max_length, and
 llm_judge (a model served by a rollout engine gives the verdict); process (step-level) rewards: arithmetic_steps
-(a rule-based step checker), prm (a process reward model scoring each step) (see ``rlhf rewards list``).
+(a rule-based step checker), prm (a process reward model scoring each step); agent environments' rewards:
+env_reward (episode) and env_turn_reward (per turn, a process reward) (see ``rlhf rewards list``).
 """
 
 from rewards import remote  # noqa: F401  (the client of `rlhf serve-rewards`)
@@ -12,6 +13,7 @@ from rewards.models import prm  # noqa: F401  (imports torch only in setup())
 from rewards.verifiable import (  # noqa: F401
     arithmetic_steps,
     code_tests,
+    environment,
     exact_match,
     judges,
     length_penalty,

@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rewards", help="reward plugins: `rlhf rewards list` shows every plugin a recipe can name")
     r.add_argument("action", choices=["list"])
+    e = sub.add_parser("envs", help="agent environments: `rlhf envs list` shows the built-in ones and their tools")
+    e.add_argument("action", choices=["list"])
 
     w = sub.add_parser(
         "sweep",
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args)
     if args.command == "rewards":
         return _rewards_list()
+    if args.command == "envs":
+        return _envs_list()
     if args.command == "plot":
         return _plot(args)
     if args.command == "export":
@@ -166,7 +170,7 @@ def _load(args):
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
-    problems = _check_plugins(recipe, args.recipe)
+    problems = _check_plugins(recipe, args.recipe) + _check_environment(recipe, args.recipe)
     if problems:
         print("error: invalid recipe:\n  " + "\n  ".join(problems), file=sys.stderr)
         return None
@@ -194,6 +198,19 @@ def _check_plugins(recipe, source: str) -> list[str]:
         except RewardPluginError as e:
             problems.append(f"{source}: rewards.{i}: {e}")
     return problems
+
+
+def _check_environment(recipe, source: str) -> list[str]:
+    """An agent recipe's environment resolves (rollout.agent.env), checked before any actor starts."""
+    if recipe.rollout.kind != "agent":
+        return []
+    from rlhf.agents import AgentEnvError, resolve_environment
+
+    try:
+        resolve_environment(recipe.rollout.agent.env)
+    except AgentEnvError as e:
+        return [f"{source}: {e}"]
+    return []
 
 
 def _launch(args) -> int:
@@ -288,6 +305,25 @@ def _rewards_list() -> int:
     for info in list_plugins():
         doc = (info.doc or "").strip().splitlines()
         table.add_row(info.name, info.kind, info.source, doc[0] if doc else "")
+    Console().print(table)
+    return 0
+
+
+def _envs_list() -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from rlhf.agents import list_environments, tool_specs
+
+    table = Table(title="agent environments (rollout.agent.env)")
+    for col in ("name", "class", "tools", "step", "description"):
+        table.add_column(col)
+    for name, cls in sorted(list_environments().items()):
+        tools = ", ".join(spec["function"]["name"] for spec in tool_specs(cls))
+        doc = (cls.__doc__ or "").strip().splitlines()
+        table.add_row(name, f"{cls.__module__}:{cls.__qualname__}", tools or "-",
+                      "yes" if callable(getattr(cls, "step", None)) else "-", escape(doc[0]) if doc else "")
     Console().print(table)
     return 0
 

@@ -38,6 +38,9 @@ class RewardVector:
     steps: Tensor | None = None  # (B, S, Kp) per-step rewards of the process components, in order; NaN-padded
     step_ends: Tensor | None = None  # (B, S) completion token index of each step's last token; -1 padded
     bonus: Tensor | None = None  # (B, S) dense per-step bonus, already weighted (MRT progress); 0 padded
+    # (B, S) long: an id of the state each step (turn) was taken from, equal across a group's episodes when their
+    # states are identical (GiGPO's anchor states); -1 where a step has no state (padding, single-turn)
+    step_keys: Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.kinds):
@@ -89,6 +92,7 @@ class RewardVector:
             steps=None if self.steps is None else self.steps[idx],
             step_ends=None if self.step_ends is None else self.step_ends[idx],
             bonus=None if self.bonus is None else self.bonus[idx],
+            step_keys=None if self.step_keys is None else self.step_keys[idx],
         )
 
     def means(self) -> dict[str, float]:
@@ -107,18 +111,25 @@ class RewardVector:
             if v.names != first.names or v.kinds != first.kinds:
                 raise ValueError("RewardVector.cat: component names/kinds differ")
         values = torch.cat([v.values for v in vectors], dim=0)
-        if all(v.steps is None for v in vectors):
+        if all(v.steps is None and v.step_ends is None for v in vectors):
             return RewardVector(first.names, first.kinds, values)
-        if any(v.steps is None or v.step_ends is None for v in vectors):
+        if any(v.step_ends is None or (v.steps is None) != (first.steps is None) for v in vectors):
             raise ValueError("RewardVector.cat: some vectors have step rewards and step ends, others not")
-        width = max(int(v.steps.shape[1]) for v in vectors)  # S
-        steps = torch.cat([_pad_dim(v.steps, 1, width, math.nan, left=False) for v in vectors], dim=0)  # (B, S, Kp)
+        width = max(int(v.step_ends.shape[1]) for v in vectors)  # S
         ends = torch.cat([_pad_dim(v.step_ends, 1, width, -1, left=False) for v in vectors], dim=0)  # (B, S)
+        steps = None
+        if first.steps is not None:
+            steps = torch.cat([_pad_dim(v.steps, 1, width, math.nan, left=False) for v in vectors], dim=0)  # (B,S,Kp)
         bonus = None
         if any(v.bonus is not None for v in vectors):
             zero = [torch.zeros(v.step_ends.shape) if v.bonus is None else v.bonus for v in vectors]
             bonus = torch.cat([_pad_dim(b, 1, width, 0.0, left=False) for b in zero], dim=0)  # (B, S)
-        return RewardVector(first.names, first.kinds, values, steps, ends, bonus)
+        keys = None
+        if any(v.step_keys is not None for v in vectors):
+            filled = [torch.full(v.step_ends.shape, -1, dtype=torch.long) if v.step_keys is None else v.step_keys
+                      for v in vectors]
+            keys = torch.cat([_pad_dim(k, 1, width, -1, left=False) for k in filled], dim=0)  # (B, S)
+        return RewardVector(first.names, first.kinds, values, steps, ends, bonus, keys)
 
 
 @dataclass

@@ -374,9 +374,9 @@ def _check_context(recipe: Recipe, source: str) -> None:
         need, what = recipe.objective.max_length, f"objective.max_length = {recipe.objective.max_length}"
     else:
         d, r = recipe.data, recipe.rollout
-        need = d.max_prompt_tokens + r.max_new_tokens
-        what = (f"data.max_prompt_tokens ({d.max_prompt_tokens}) + rollout.max_new_tokens ({r.max_new_tokens}) "
-                f"= {need}")
+        need = d.max_prompt_tokens + r.completion_tokens
+        budget = "rollout.agent.max_tokens" if r.completion_tokens != r.max_new_tokens else "rollout.max_new_tokens"
+        what = f"data.max_prompt_tokens ({d.max_prompt_tokens}) + {budget} ({r.completion_tokens}) = {need}"
     limits = []
     context = _model_context(recipe)
     if context is not None:

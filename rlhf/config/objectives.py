@@ -1,7 +1,7 @@
 """The recipe's `objective:` sections, one per objective kind (a discriminated union on `kind`).
 
-Every policy-gradient objective (GRPO, RLOO, REINFORCE++, PPO, CGPO) shares one section of fields, declared once
-in ``PolicyGradientConfig``: the clipped surrogate's (clip, clip-higher, KL loss term, aggregation; see
+Every policy-gradient objective (GRPO, GiGPO, RLOO, REINFORCE++, PPO, CGPO) shares one section of fields, declared
+once in ``PolicyGradientConfig``: the clipped surrogate's (clip, clip-higher, KL loss term, aggregation; see
 ``rlhf.objectives.common.Surrogate``) and the update loop's (epochs, mini-batches). What each kind needs from the
 runtime is stated by the objective registry (``rlhf.config.registry``), not here.
 """
@@ -50,6 +50,22 @@ class GRPOConfig(PolicyGradientConfig):
     max_sampling_rounds: int = Field(4, ge=1, description="generate() rounds per step at most, with dynamic_sampling")
     mask_truncated: bool = Field(False, description="DAPO overlong filtering: truncated completions get no loss")
     eps: float = Field(1e-6, gt=0)
+
+
+class GiGPOConfig(PolicyGradientConfig):
+    """GiGPO (Feng et al. 2025): episode-level group advantage plus a step-level advantage from the turns of
+    agent episodes taken from the same environment state (rlhf/objectives/gigpo.py); needs rollout.kind: agent."""
+
+    kind: Literal["gigpo"] = "gigpo"
+    scale_std: bool = Field(True, description="divide group-centred episode returns and step returns by their "
+                            "group's std (false: only centre, as Dr. GRPO)")
+    eps: float = Field(1e-6, gt=0, description="added to the std of each group")
+    omega: float = Field(1.0, ge=0, description="weight of the step-level (anchor-state) advantage next to the "
+                         "episode-level one; 0 gives episode-level GRPO")
+    gamma: float = Field(0.95, ge=0, le=1, description="discount of the turn rewards in the step returns")
+    step_groups: Literal["anchor", "group"] = Field(
+        "anchor", description="anchor: turns taken from the same environment state within a group are compared "
+        "(GiGPO); group: all turns of a group are compared (turn-level returns with a group baseline)")
 
 
 class RLOOConfig(PolicyGradientConfig):
@@ -231,8 +247,8 @@ class PRMObjectiveConfig(Strict):
 
 
 ObjectiveConfig = Union[
-    GRPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig, CGPOConfig,
-    PRMObjectiveConfig,
+    GRPOConfig, GiGPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig,
+    CGPOConfig, PRMObjectiveConfig,
 ]
 
 

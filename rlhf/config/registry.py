@@ -117,6 +117,11 @@ def _check_ppo(recipe: Any) -> None:
                          f"objective.mini_batches = {ranks * recipe.objective.mini_batches}")
 
 
+def _check_gigpo(recipe: Any) -> None:
+    if recipe.rollout.kind != "agent":
+        raise ValueError("objective gigpo needs rollout.kind: agent (its step groups are the turns of agent episodes)")
+
+
 def _check_batch_over_ranks(recipe: Any) -> None:
     if recipe.objective.batch_size % recipe.train.num_ranks:
         raise ValueError(f"objective.batch_size {recipe.objective.batch_size} must be divisible by "
@@ -156,6 +161,8 @@ REGISTRY: dict[str, ObjectiveSpec] = {spec.kind: spec for spec in (
                   lambda c: _policy_gradient(c, mask_truncated=c.mask_truncated,
                                              sampling_rounds=c.max_sampling_rounds if c.dynamic_sampling else None),
                   dynamic_weighting=True, step_level=True, sweep_weights="rewards"),
+    ObjectiveSpec("gigpo", cfgs.GiGPOConfig, obj.GiGPO.from_config, _policy_gradient, check=_check_gigpo,
+                  sweep_weights="rewards"),
     ObjectiveSpec("rloo", cfgs.RLOOConfig, obj.RLOO.from_config, _policy_gradient, dynamic_weighting=True,
                   sweep_weights="rewards"),
     ObjectiveSpec("reinforce_pp", cfgs.ReinforcePPConfig, obj.ReinforcePP.from_config,

@@ -274,10 +274,38 @@ class VLLMConfig(Strict):
     )
 
 
+class AgentConfig(Strict):
+    """Multi-turn episodes against an environment (rollout.kind: agent; rlhf/rollout/agent.py)."""
+
+    env: Optional[str] = Field(None, description="the environment class: a registered name (rlhf envs list), "
+                               "'package.module:Class' or an entry point of the group rlhf.environments")
+    env_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the class's "
+                                     "constructor (one instance per episode)")
+    max_turns: int = Field(4, ge=1, description="model turns per episode at most")
+    max_tokens: int = Field(256, ge=1, description="tokens after the prompt per episode at most (model turns and "
+                            "observations); each turn generates at most min(rollout.max_new_tokens, what is left)")
+    tool_parser: Literal["hermes", "call", "none"] = Field(
+        "hermes", description="how tool calls are written: hermes (<tool_call>{json}</tool_call>), call "
+        "(<call>name(args)</call>), none (no tools: every turn goes to the environment's step)")
+    stop: list[str] = Field(default_factory=list, description="strings that end a model turn besides EOS and the "
+                            "tool parser's closing tag (e.g. a newline for one-line actions)")
+    observation_format: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="how observations are written into the episode: chat (a tool message in the "
+        "tokenizer's chat template), plain (observation_template), auto (chat when the tokenizer has a template)")
+    observation_template: str = Field("<obs>{observation}</obs>\n", description="plain format: the text "
+                                      "appended after a model turn; {observation} is the environment's text")
+    describe_tools: bool = Field(True, description="put the tools' schemas in the prompt (chat: the template's "
+                                 "tools argument; plain: the parser's description before the first observation)")
+    max_concurrency: int = Field(16, ge=1, description="environment calls run at once (threads)")
+    call_timeout_s: float = Field(10.0, gt=0, description="each reset / step / tool / score call at most; a tool "
+                                  "that times out gives an error observation, a step or score ends the episode")
+
+
 class RolloutConfig(Strict):
-    kind: Literal["single_turn"] = Field(
+    kind: Literal["single_turn", "agent"] = Field(
         "single_turn", description="the rollout function (rlhf/rollout/functions.py): single_turn, one completion "
-        "per sample")
+        "per sample; agent, multi-turn episodes against rollout.agent.env (rlhf/rollout/agent.py)")
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     engine: Literal["hf", "vllm"] = "hf"
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     tis_cap: Optional[float] = Field(
@@ -310,6 +338,27 @@ class RolloutConfig(Strict):
                              "ignored (stop strings still apply), so every step does equal work (benchmarks); "
                              "evaluation still stops at EOS")
     batch_size: int = Field(64, ge=1, description="sequences per generate() call inside an engine")
+
+    @property
+    def completion_tokens(self) -> int:
+        """The longest completion a rollout builds: an agent episode's max_tokens (model turns and observations),
+        else max_new_tokens."""
+        return self.agent.max_tokens if self.kind == "agent" else self.max_new_tokens
+
+    @property
+    def demonstration_template(self) -> str | None:
+        """The observation template of multi-turn demonstrations (an agent's plain observations), else None."""
+        plain = self.kind == "agent" and self.agent.observation_format != "chat"
+        return self.agent.observation_template if plain else None
+
+    @model_validator(mode="after")
+    def _agent(self) -> "RolloutConfig":
+        if self.kind == "agent" and not self.agent.env:
+            raise ValueError("rollout.kind: agent needs rollout.agent.env (an environment name, 'module:Class' or an "
+                             "entry point; `rlhf envs list` lists the built-in ones)")
+        if self.kind != "agent" and self.agent.env:
+            raise ValueError("rollout.agent.env is set but rollout.kind is single_turn; set rollout.kind: agent")
+        return self
 
 
 class WarmupConfig(Strict):

@@ -51,10 +51,14 @@ def _row_texts(rows: Sequence[dict], i: int) -> tuple[str, str]:
     return row["prompt"], row["completion"]
 
 
-def collate_sft(tokenizer, rows: Sequence[dict], max_len: int) -> SFTBatch:
+def collate_sft(tokenizer, rows: Sequence[dict], max_len: int, observation_template: str | None = None) -> SFTBatch:
     """Right-padded ``prompt + completion + eos`` with ``loss_mask`` = 1 on completion tokens and the eos only.
 
-    Sequences longer than ``max_len`` lose their tail (a warning gives the count).
+    ``observation_template`` (an agent's demonstrations, e.g. ``"<obs>{observation}</obs>\n"``): the completion
+    is a multi-turn transcript; its observations (the template's matches) are encoded on their own, as the agent
+    rollout appends them, and get no loss, and each model turn between them is encoded on its own too, so no
+    token spans a turn and an observation. Sequences longer than ``max_len`` lose their tail (a warning gives the
+    count).
     """
     if not rows:
         raise ValueError("collate_sft: no rows")
@@ -64,8 +68,13 @@ def collate_sft(tokenizer, rows: Sequence[dict], max_len: int) -> SFTBatch:
     n_truncated = 0
     for i in range(len(rows)):
         prompt, completion = _row_texts(rows, i)
-        p_ids, c_ids = prompt_token_ids(tokenizer, prompt), completion_token_ids(tokenizer, completion)
-        ids, tgt = p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids)
+        p_ids = prompt_token_ids(tokenizer, prompt)
+        if observation_template is None:
+            c_ids = completion_token_ids(tokenizer, completion)
+            c_tgt = [1] * len(c_ids)
+        else:
+            c_ids, c_tgt = _transcript_ids(tokenizer, completion, observation_template)
+        ids, tgt = p_ids + c_ids, [0] * len(p_ids) + c_tgt
         if len(ids) > max_len:
             n_truncated += 1
             ids, tgt = ids[:max_len], tgt[:max_len]
@@ -83,6 +92,36 @@ def collate_sft(tokenizer, rows: Sequence[dict], max_len: int) -> SFTBatch:
         attention_mask[b, : len(ids)] = 1
         loss_mask[b, : len(ids)] = torch.tensor(tgt, dtype=torch.float32)
     return SFTBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask)
+
+
+def transcript_pieces(text: str, observation_template: str) -> list[tuple[str, bool]]:
+    """A multi-turn transcript as (piece, is_model) in order: the template's matches are observations."""
+    import re
+
+    if "{observation}" not in observation_template:
+        raise ValueError(f"observation template {observation_template!r} has no {{observation}} field")
+    before, after = observation_template.split("{observation}", 1)
+    pattern = re.compile(re.escape(before) + r"(.*?)" + re.escape(after), re.DOTALL)
+    pieces, pos = [], 0
+    for m in pattern.finditer(text):
+        if m.start() > pos:
+            pieces.append((text[pos:m.start()], True))
+        pieces.append((m.group(0), False))
+        pos = m.end()
+    if pos < len(text):
+        pieces.append((text[pos:], True))
+    return pieces
+
+
+def _transcript_ids(tokenizer, text: str, observation_template: str) -> tuple[list[int], list[int]]:
+    """(ids, targets) of a transcript + eos: each piece encoded on its own; observations are not targets."""
+    ids: list[int] = []
+    targets: list[int] = []
+    for piece, is_model in transcript_pieces(text, observation_template):
+        piece_ids = list(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        ids += piece_ids
+        targets += [int(is_model)] * len(piece_ids)
+    return ids + [_require(tokenizer, "eos_token_id", "collate_sft")], targets + [1]
 
 
 def _truncate_left(ids: list[int], max_tokens: int, bos: int | None) -> list[int]:

@@ -4,9 +4,9 @@ An objective is built from its recipe section by the objective registry (``rlhf.
 states what each one needs from the runtime: its capabilities). What the trainer and the runtime read of it
 depends on its role, never on its name:
 
-    policy gradient (GRPO, RLOO, REINFORCE++, PPO, CGPO):
+    policy gradient (GRPO, GiGPO, RLOO, REINFORCE++, PPO, CGPO):
         objective.surrogate.loss(logprobs, old, ref, advantages, mask)      # the one clipped surrogate
-        objective.advantages(rv, group_ids, weighting, width)               # GRPO, RLOO
+        objective.advantages(rv, group_ids, weighting, width)               # GRPO, GiGPO, RLOO
         objective.sequence_scores(...) / .token_advantages(...)             # REINFORCE++ (token level)
     pairs (DPO, IPO, cDPO, MODPO, online DPO, CGPO's CODPO):
         objective.pair_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_lengths=...)
@@ -25,6 +25,7 @@ from torch import Tensor
 from rlhf.objectives.cgpo import CGPO
 from rlhf.objectives.common import Surrogate, completion_logprobs, masked_mean, masked_sum
 from rlhf.objectives.dpo import DPO
+from rlhf.objectives.gigpo import GiGPO
 from rlhf.objectives.grpo import GRPO
 from rlhf.objectives.modpo import MODPO
 from rlhf.objectives.ppo import PPO
@@ -71,6 +72,7 @@ __all__ = [
     "PRM",
     "RLOO",
     "SFT",
+    "GiGPO",
     "PairObjective",
     "PolicyGradientObjective",
     "ReinforcePP",

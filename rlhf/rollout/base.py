@@ -1,4 +1,4 @@
-"""The rollout-engine protocol every engine implements (hf now; vllm behind the same methods).
+"""The rollout-engine protocol every engine implements (hf, vllm), and helpers the rollout functions share.
 
 An engine turns prompt strings into a `RolloutBatch` (token ids + per-token logprobs of the sampled tokens),
 takes weight updates in place and reports a fingerprint of the weights it holds.
@@ -6,7 +6,7 @@ takes weight updates in place and reports a fingerprint of the weights it holds.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 
@@ -42,3 +42,11 @@ def eos_ids(tokenizer: Any, generation_eos: int | list[int] | None) -> set[int]:
     if not ids:
         raise ValueError("the tokenizer and the model define no EOS token; completions could never finish")
     return ids
+
+
+def row_columns(rows: list[dict], per_row: int, skip: Sequence[str], skip_private: bool = False
+                ) -> dict[str, list[Any]]:
+    """The rows' dataset columns (all but ``skip``, and ``_``-prefixed ones with ``skip_private``), each repeated
+    for the ``per_row`` samples of its row (rows of a group are adjacent)."""
+    keys = [k for k in rows[0] if k not in skip and not (skip_private and k.startswith("_"))]
+    return {k: [row.get(k) for row in rows for _ in range(per_row)] for k in keys}

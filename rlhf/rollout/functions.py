@@ -1,20 +1,21 @@
 """Rollout functions: the only callers of the rollout engines, built by name from ``rollout.kind``.
 
-    rollout_fn = build_rollout_fn(recipe.rollout, engines)      # "single_turn"
+    rollout_fn = build_rollout_fn(recipe, engines)              # recipe.rollout.kind: single_turn | agent
     batch = rollout_fn(rows, settings)                          # RolloutBatch for the rows' prompts
     more = rollout_fn.continue_ids(prefixes, settings)          # continue token-id prefixes (MRT progress)
 
 A rollout function turns prompt rows (each a dict with ``prompt`` and the dataset's other columns) into
 trajectories: token ids kept as the engine produced them, masks, per-token policy versions, and the rows' columns
 carried along as ``extras`` for the reward plugins. Training rollouts, evaluation, CGPO and MRT's progress
-estimates all go through one. ``single_turn`` is one completion per sample; a multi-turn ``agent`` function
-(environments, tools) slots in here under its own ``rollout.kind``.
+estimates all go through one. ``single_turn`` is one completion per sample; ``agent`` runs multi-turn episodes
+against an environment (rlhf/rollout/agent.py): its turns are the reward vector's steps (``turns``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
 
+from rlhf.rollout.base import row_columns
 from rlhf.types import RolloutBatch, SamplingSettings
 
 
@@ -27,6 +28,13 @@ class RolloutFn(Protocol):
 
     def continue_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
         """Continue token-id prefixes (a prompt plus part of a completion); completions hold only the new text."""
+
+    def turns(self, rollout: RolloutBatch) -> tuple[list[list[tuple[int, int]]], Any, Any] | None:
+        """Multi-turn rollouts: (character spans of each row's turns, step_ends (B, S), step_keys (B, S)), the
+        steps of the reward vector; None: steps come from the recipe's segmenter (process rewards)."""
+
+    def metrics(self, rollout: RolloutBatch) -> dict[str, float]:
+        """What this function logs about a batch it produced (agent: turns, tool calls, end reasons)."""
 
 
 class SingleTurn:
@@ -48,22 +56,30 @@ class SingleTurn:
     def continue_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
         return self.engines.generate_ids(prefixes, settings)
 
+    def turns(self, rollout: RolloutBatch) -> None:
+        return None
 
-def row_columns(rows: list[dict], per_row: int, skip: Sequence[str], skip_private: bool = False
-                ) -> dict[str, list[Any]]:
-    """The rows' dataset columns (all but ``skip``, and ``_``-prefixed ones with ``skip_private``), each repeated
-    for the ``per_row`` samples of its row (rows of a group are adjacent)."""
-    keys = [k for k in rows[0] if k not in skip and not (skip_private and k.startswith("_"))]
-    return {k: [row.get(k) for row in rows for _ in range(per_row)] for k in keys}
+    def metrics(self, rollout: RolloutBatch) -> dict[str, float]:
+        return {}
 
 
-ROLLOUT_FNS: dict[str, Callable[..., RolloutFn]] = {"single_turn": SingleTurn}
+def _agent(recipe: Any, engines: Any) -> RolloutFn:
+    from rlhf.rollout.agent import AgentRollout
+
+    return AgentRollout(engines, recipe.rollout.agent, recipe.data.chat_template, recipe.data.max_prompt_tokens)
 
 
-def build_rollout_fn(cfg: Any, engines: Any) -> RolloutFn:
-    """The rollout function named by ``cfg.kind`` (the recipe's ``rollout`` section) over ``engines``."""
+ROLLOUT_FNS: dict[str, Callable[[Any, Any], RolloutFn]] = {
+    "single_turn": lambda recipe, engines: SingleTurn(engines),
+    "agent": _agent,
+}
+
+
+def build_rollout_fn(recipe: Any, engines: Any) -> RolloutFn:
+    """The rollout function named by ``recipe.rollout.kind`` over ``engines``."""
+    kind = recipe.rollout.kind
     try:
-        factory = ROLLOUT_FNS[cfg.kind]
+        factory = ROLLOUT_FNS[kind]
     except KeyError:
-        raise ValueError(f"rollout.kind: unknown rollout function {cfg.kind!r}; known: {sorted(ROLLOUT_FNS)}") from None
-    return factory(engines)
+        raise ValueError(f"rollout.kind: unknown rollout function {kind!r}; known: {sorted(ROLLOUT_FNS)}") from None
+    return factory(recipe, engines)

@@ -39,19 +39,31 @@ class Scorer(Protocol):
 
 
 class RewardScorer:
-    """Every reward component on every sample (the reward group); process components' steps are located on the
-    rollout's token ids with the rollout function's tokenizer."""
+    """Every reward component on every sample (the reward group). Steps: a multi-turn rollout's turns (its rollout
+    function says where they are, with each turn's state id), else the recipe's segmenter's steps of process
+    components, located on the rollout's token ids with the rollout function's tokenizer."""
 
-    def __init__(self, rewards: Any, tokenizer: Any) -> None:
-        self.rewards, self.tokenizer = rewards, tokenizer
+    def __init__(self, rewards: Any, rollout_fn: Any) -> None:
+        self.rewards, self.rollout_fn = rewards, rollout_fn
 
     def __call__(self, rows: list[dict], rollout: RolloutBatch) -> tuple[RewardVector, dict[str, float], dict]:
-        from rlhf.advantages.process import StepLocator
-        from rlhf.scoring.group import rollout_columns
+        return (*score_rollout(self.rewards, self.rollout_fn, rollout), {})
 
-        locate = StepLocator(self.tokenizer, rollout.completion_ids, rollout.completion_mask)
-        rv, metrics = self.rewards.score(rollout.prompts, rollout.completions, rollout_columns(rollout), locate=locate)
-        return rv, metrics, {}
+
+def score_rollout(rewards: Any, rollout_fn: Any, rollout: RolloutBatch) -> tuple[RewardVector, dict[str, float]]:
+    """The reward vector of a rollout, with its steps: turns (agent) or the segmenter's steps (process rewards)."""
+    from rlhf.advantages.process import StepLocator
+    from rlhf.scoring.group import rollout_columns
+
+    columns = rollout_columns(rollout)
+    turns = rollout_fn.turns(rollout)
+    if turns is None:
+        locate = StepLocator(rollout_fn.tokenizer, rollout.completion_ids, rollout.completion_mask)
+        return rewards.score(rollout.prompts, rollout.completions, columns, locate=locate)
+    spans, step_ends, step_keys = turns
+    rv, metrics = rewards.score(rollout.prompts, rollout.completions, columns, step_spans=spans)
+    rv.step_ends, rv.step_keys = step_ends, step_keys  # (B, S) each: turns are the steps
+    return rv, metrics
 
 
 class Collector:
@@ -79,6 +91,7 @@ class Collector:
             t_score += time.perf_counter() - t0
             if round_ == 0:
                 metrics.update(reward_metrics)
+                metrics.update(self.rollout_fn.metrics(rollout))
             if self.rounds is None:
                 return Collected(rows, rollout, rv, context, metrics, t_generate, t_score)
             if context:  # per-round context (e.g. CGPO's baselines) cannot follow groups across rounds

@@ -18,11 +18,12 @@ def evaluate_generated(rollout_fn: Any, rewards: Any, rows: list[dict], settings
                        ) -> dict[str, float]:
     """Every component's mean over the completions of ``rows``; ``accuracy`` is the accuracy component's mean;
     ``breakdown(rows, rv)`` adds more (CGPO: per task)."""
-    from rlhf.scoring.group import rollout_columns
+    from rlhf.runtime.collect import score_rollout
 
     rollout = rollout_fn(rows, settings)
-    rv, _ = rewards.score(rollout.prompts, rollout.completions, rollout_columns(rollout))
+    rv, _ = score_rollout(rewards, rollout_fn, rollout)
     out = dict(rv.means())
+    out.update(rollout_fn.metrics(rollout))  # agent: turns, tool calls, end reasons
     if accuracy_component:
         out["accuracy"] = out[accuracy_component]
     out["completion_tokens_mean"] = float(rollout.completion_lengths.float().mean())

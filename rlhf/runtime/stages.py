@@ -75,7 +75,7 @@ def _on_policy_parts(i: StageInputs) -> OnPolicyParts:
     weighting = build_weighting(r.weighting, r.rewards, total_steps=r.run.steps)
     gpus = has_gpus()
     sync = SyncCoordinator(i.trainers, engines, resolve_weight_sync(r, gpus), r.rollout.sync_timeout_s, gpus)
-    return OnPolicyParts(engines, build_rollout_fn(r.rollout, engines), rewards, weighting, sync)
+    return OnPolicyParts(engines, build_rollout_fn(r, engines), rewards, weighting, sync)
 
 
 def _assemble(i: StageInputs, parts: OnPolicyParts, prompts: Any, update: Any, scorer: Any,
@@ -127,7 +127,7 @@ def policy_gradient_stage(i: StageInputs) -> RLStage:
         estimator = RewardAdvantages(i.objective, parts.weighting, i.trainers, i.caps.token_level,
                                      r.weighting.gradient.max_samples)
     update = PolicyGradientUpdate(i.trainers, estimator, i.caps.mask_truncated, track_mismatch(r))
-    return _assemble(i, parts, prompts, update, RewardScorer(parts.rewards, parts.rollout_fn.tokenizer))
+    return _assemble(i, parts, prompts, update, RewardScorer(parts.rewards, parts.rollout_fn))
 
 
 def online_pairs_stage(i: StageInputs) -> RLStage:
@@ -139,7 +139,7 @@ def online_pairs_stage(i: StageInputs) -> RLStage:
     parts = _on_policy_parts(i)
     prompts = PromptSampler(i.train_rows, r.rollout.prompts_per_step, r.run.seed)
     update = OnlinePairsUpdate(i.trainers, parts.weighting)
-    return _assemble(i, parts, prompts, update, RewardScorer(parts.rewards, parts.rollout_fn.tokenizer))
+    return _assemble(i, parts, prompts, update, RewardScorer(parts.rewards, parts.rollout_fn))
 
 
 def cgpo_stage(i: StageInputs) -> RLStage:

@@ -40,7 +40,8 @@ class SFTStage(NoState):
         rows = self.sampler.next_batch()
         prompts = format_prompts(self.tokenizer, [row["prompt"] for row in rows], r.data.chat_template)
         batch = collate_sft(self.tokenizer, [{**row, "prompt": p} for row, p in zip(rows, prompts)],
-                            r.data.max_prompt_tokens + r.rollout.max_new_tokens)
+                            r.data.max_prompt_tokens + r.rollout.completion_tokens,
+                            r.rollout.demonstration_template)  # agents: observations get no loss
         return Experience(step, batch=batch)
 
     def consume(self, exp: Experience) -> dict[str, float]:

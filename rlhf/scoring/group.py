@@ -85,12 +85,14 @@ class RewardGroup:
         completions: Sequence[str],
         columns: Mapping[str, Sequence] | None = None,
         locate: Callable[[list[list[int]]], Any] | None = None,
+        step_spans: Sequence[Sequence[tuple[int, int]]] | None = None,
     ) -> tuple["RewardVector", dict[str, float]]:
         """Score B samples with every component -> (RewardVector with values (B, K) float32, metrics).
 
         With process components, completions are segmented into steps first (the ``steps`` column) and the
         vector carries ``steps`` (B, S, Kp), transformed as each component says; ``locate`` (a StepLocator for
-        the batch's token ids) turns the steps' character ends into ``step_ends`` (B, S) token indices.
+        the batch's token ids) turns the steps' character ends into ``step_ends`` (B, S) token indices. ``step_spans``
+        (per completion, the steps' character spans: an agent episode's turns) replaces the segmenter.
         """
         import torch
 
@@ -104,7 +106,8 @@ class RewardGroup:
             if "steps" in columns:
                 raise ValueError("dataset column 'steps' clashes with the step texts the runtime gives process "
                                  "reward plugins; rename it")
-            spans = [self.segmenter(c) for c in completions]
+            spans = ([list(sp) for sp in step_spans] if step_spans is not None
+                     else [self.segmenter(c) for c in completions])
             columns["steps"] = [[c[a:b] for a, b in sp] for c, sp in zip(completions, spans)]
         payload = (list(prompts), list(completions), columns)
         outcomes = backend.run(payload, self.timeouts)

@@ -59,7 +59,7 @@ def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
     steps = StepSettings(
         temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
         epochs=caps.epochs, mini_batches=caps.mini_batches,
-        tis_cap=recipe.rollout.tis_cap, max_new_tokens=recipe.rollout.max_new_tokens,
+        tis_cap=recipe.rollout.tis_cap, max_new_tokens=recipe.rollout.completion_tokens,
     )
     export = ExportSettings(
         bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,

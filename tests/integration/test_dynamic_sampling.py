@@ -34,7 +34,7 @@ def parts(arithmetic_model_dir):
 def generate_and_score(recipe, step, sampler, engine, rewards, weighting):
     """One collected batch as the on-policy stage makes it: (rollout, reward vector, metrics)."""
     rollout_fn = SingleTurn(engine)
-    collector = Collector(sampler, rollout_fn, RewardScorer(rewards, rollout_fn.tokenizer),
+    collector = Collector(sampler, rollout_fn, RewardScorer(rewards, rollout_fn),
                           lambda step, round_: training_sampling(recipe, step, round_),
                           rounds=capabilities(recipe.objective).sampling_rounds, weighting=weighting,
                           prompts_per_step=recipe.rollout.prompts_per_step)

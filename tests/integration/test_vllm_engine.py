@@ -98,6 +98,30 @@ def test_generate_layout_seeding_and_logprobs(engine_actor, trainer_model):
     assert texts == a.completions
 
 
+def test_multi_turn_agent_episodes_on_vllm(engine_actor, trainer_model):
+    """An agent episode continues from its own ids on vllm (no re-tokenisation); the trainer's logprobs of the model
+    tokens equal the engine's to 1e-4, and the observations in between are masked out."""
+    from rlhf.config.schema import AgentConfig
+    from rlhf.rollout.agent import AgentRollout
+    from rlhf.types import SamplingSettings
+
+    class ActorEngine:  # the rollout function's view of one engine actor
+        tokenizer, pad_token_id = trainer_model.tokenizer, trainer_model.pad_token_id
+
+        def generate_ids(self, prefixes, settings):
+            return _call(engine_actor.generate_ids.remote(prefixes, settings))
+
+    fn = AgentRollout(ActorEngine(), AgentConfig(env="guess_number", tool_parser="none", stop=["\n"], max_turns=3,
+                                                 max_tokens=40, observation_format="plain"), max_prompt_tokens=16)
+    rows = [{"prompt": p, "target": 5, "low": 1, "high": 16} for p in PROMPTS[:3]]
+    batch = fn(rows, SamplingSettings(n=2, max_new_tokens=8, seed=3))
+    model = batch.loss_mask.bool()
+    assert max(batch.extras["num_turns"]) >= 2 and (batch.completion_mask.bool() & ~model).any()
+    lp = trainer_model.completion_logprobs(batch.input_ids(), batch.attention_mask(), batch.prompt_ids.shape[1])
+    assert (lp[model] - batch.logprobs[model]).abs().max() < 1e-4
+    assert (batch.versions[~model & batch.completion_mask.bool()] == -1).all()
+
+
 def test_stop_strings_and_greedy(engine_actor, trainer_model):
     from rlhf.types import SamplingSettings
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from rlhf.config.objectives import GiGPOConfig
 from rlhf.config.registry import REGISTRY, Capabilities, build_objective, capabilities, spec_of
 from rlhf.config.schema import (
     CGPOConfig,
@@ -30,6 +31,7 @@ from rlhf.objectives import (
     PPO,
     PRM,
     RLOO,
+    GiGPO,
     PairObjective,
     PolicyGradientObjective,
     ReinforcePP,
@@ -44,6 +46,7 @@ def _cgpo(**tasks):
 
 SECTIONS = {
     "grpo": (GRPOConfig(), GRPO),
+    "gigpo": (GiGPOConfig(), GiGPO),
     "rloo": (RLOOConfig(), RLOO),
     "reinforce_pp": (ReinforcePPConfig(), ReinforcePP),
     "ppo": (PPOConfig(), PPO),
@@ -67,9 +70,9 @@ def test_build_objective_returns_the_kinds_class(kind):
     obj = build_objective(cfg)
     assert type(obj) is cls
     # the role protocols the trainer reads
-    if kind in ("grpo", "rloo", "reinforce_pp", "ppo", "cgpo"):
+    if kind in ("grpo", "gigpo", "rloo", "reinforce_pp", "ppo", "cgpo"):
         assert isinstance(obj.surrogate, Surrogate)
-    if kind in ("grpo", "rloo"):
+    if kind in ("grpo", "gigpo", "rloo"):
         assert isinstance(obj, PolicyGradientObjective)
     if kind in ("cgpo", "online_dpo", "dpo", "modpo"):
         assert isinstance(obj, PairObjective)
@@ -98,6 +101,15 @@ def test_grpo_capabilities():
     assert (caps.needs_reference, caps.mini_batches, caps.mask_truncated) == (True, 4, True)
     assert caps.sampling_rounds == 6  # DAPO dynamic sampling: up to max_sampling_rounds generate() rounds
     assert capabilities(GRPOConfig(max_sampling_rounds=6)).sampling_rounds is None  # dynamic sampling off
+
+
+def test_gigpo_capabilities():
+    # grouped like GRPO; no dynamic weighting or step-level MRT bonus (its steps are agent turns)
+    assert capabilities(GiGPOConfig(mini_batches=2)) == Capabilities(
+        stage="policy_gradient", data="prompts", needs_reference=False, grouped=True, mini_batches=2,
+        dynamic_weighting=False, step_level=False, sweep_weights="rewards",
+    )
+    assert capabilities(GiGPOConfig(kl_coef=0.02)).needs_reference is True
 
 
 def test_rloo_capabilities():
@@ -165,7 +177,7 @@ def test_prm_capabilities():
     assert caps.rollouts is False
 
 
-@pytest.mark.parametrize("kind", ["grpo", "rloo", "reinforce_pp", "cgpo", "online_dpo", "dpo"])
+@pytest.mark.parametrize("kind", ["grpo", "gigpo", "rloo", "reinforce_pp", "cgpo", "online_dpo", "dpo"])
 def test_objective_and_capabilities_agree_on_the_reference(kind):
     cfg, _ = SECTIONS[kind]
     assert build_objective(cfg).needs_reference is capabilities(cfg).needs_reference
