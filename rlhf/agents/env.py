@@ -16,15 +16,16 @@ An environment is a plain class (no base class), one instance per episode::
 
 or gym-like, with ``step(action) -> Step | (observation, rewards, done)`` called with each model turn that holds
 no tool call. Optional: ``setup()`` as a classmethod (once per run, for state shared by all episodes), ``close()``
-(once per episode, at its end), ``async def`` methods (run to completion in the calling worker thread).
+(once per episode, at its end), ``async def`` methods (run on an event loop of the episode's own).
 
 A recipe names the class by registered name, ``package.module:attr`` or the ``rlhf.environments`` entry-point
 group, like reward plugins. Tools: every public method that is not part of the protocol (reset, step, score,
 setup, close) is a tool; its JSON schema comes from the signature's annotations and the docstring (the first
 paragraph describes the tool; ``Args:`` lines ``name: text`` describe parameters).
 
-``EnvCaller`` runs one call with a timeout in a daemon thread, so a hanging environment cannot hang the run; the
-rollout decides what a failure means for the episode (rlhf/rollout/agent.py).
+``EnvCaller`` runs one call with a timeout in a daemon thread, so an environment that sleeps or waits cannot hang the
+run (one that holds the GIL can only be bounded by a process of its own: see EnvCaller); the rollout decides what
+a failure means for the episode (rlhf/rollout/agent.py).
 """
 
 from __future__ import annotations
@@ -246,12 +247,25 @@ class CallResult:
 
 
 class EnvCaller:
-    """Runs ``fn(*args, **kwargs)`` in a daemon thread and waits at most ``timeout_s``; a coroutine result is run
-    to completion in that thread. A call that times out keeps its thread (Python cannot kill it); the caller
-    abandons the episode's environment."""
+    """Runs ``fn(*args, **kwargs)`` in a daemon thread and waits at most ``timeout_s``. One caller per episode: a
+    coroutine (``async def`` methods) runs on the episode's own event loop, kept for its whole life (so what
+    ``reset`` ties to the loop still works in ``step``), started on first use and stopped by ``close``.
+
+    A call that times out keeps its thread (Python cannot kill it): the rollout then abandons the episode's
+    environment. A call that holds the GIL (a C extension, a catastrophic regex) cannot be preempted; it is marked
+    timed out once it returns late, but it delays the turn meanwhile: run such environments behind a process
+    boundary (a subprocess, a server) of their own."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _episode_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True, name="env-loop").start()
+            self._loop = loop
+        return self._loop
 
     def __call__(self, fn: Callable, *args: Any, **kwargs: Any) -> CallResult:
         result = CallResult()
@@ -261,7 +275,7 @@ class EnvCaller:
             try:
                 value = fn(*args, **kwargs)
                 if inspect.iscoroutine(value):
-                    value = asyncio.run(value)
+                    value = asyncio.run_coroutine_threadsafe(value, self._episode_loop()).result()
                 result.value = value
             except BaseException as exc:  # noqa: BLE001  (reported to the episode, never swallowed silently)
                 result.error = exc
@@ -270,9 +284,15 @@ class EnvCaller:
         thread.start()
         thread.join(self.timeout_s)
         result.seconds = time.perf_counter() - start
-        if thread.is_alive():
+        if thread.is_alive() or result.seconds > self.timeout_s:
             result.timed_out = True
         return result
+
+    def close(self) -> None:
+        """Stop the episode's event loop (if one was started)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
 
 
 def as_step(value: Any, env_name: str, episode: int) -> Step:

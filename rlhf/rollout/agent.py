@@ -55,8 +55,9 @@ class Episode:
     index: int  # row-major: row * n + sample
     row: dict
     env: Any
-    prompt: str  # the first observation's text (reward plugins' `prompts`)
+    prompt: str  # the row's prompt (the first observation when the row has none): reward plugins' `prompts`
     prompt_ids: list[int]
+    caller: Any = None  # the episode's EnvCaller (its own event loop for async environments)
     ids: list[int] = field(default_factory=list)  # everything after the prompt
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
@@ -78,6 +79,8 @@ class Episode:
     env_errors: int = 0
     env_seconds: float = 0.0
     error: str = ""  # why the environment ended the episode (end == "error")
+    stopped: bool = False  # the last turn ended on EOS or a stop string (not cut by a token budget)
+    abandoned: bool = False  # a call timed out and may still run: the environment is not called again
 
 
 class AgentRollout:
@@ -121,7 +124,23 @@ class AgentRollout:
 
     def __call__(self, rows: list[dict], settings: SamplingSettings) -> RolloutBatch:
         n = 1 if settings.greedy else settings.n
-        episodes = [self._start(i * n + k, row) for i, row in enumerate(rows) for k in range(n)]
+        episodes: list[Episode] = []
+        try:
+            for i, row in enumerate(rows):
+                episodes += [self._start(i * n + k, row) for k in range(n)]
+            self._run_turns(episodes, settings)
+        except BaseException:
+            self._close_all(episodes)  # the error propagates; environments still get their close()
+            raise
+        list(self.pool.map(self._finish, episodes))
+        failed = [ep for ep in episodes if ep.error]
+        if failed:  # counted in agent/env_errors; said once per call, with the first cause
+            warnings.warn(f"environment {self.env_name!r}: {len(failed)}/{len(episodes)} episodes ended by an "
+                          f"environment error, first: {failed[0].error}", stacklevel=2)
+        return self._batch(rows, n, episodes)
+
+    def _run_turns(self, episodes: list[Episode], settings: SamplingSettings) -> None:
+        """Every live episode takes a turn, in one engine call per turn, then the environments answer."""
         stops = tuple(dict.fromkeys((*settings.stop, *self.parser.stop, *self.cfg.stop)))
         for turn in range(self.cfg.max_turns):
             live = [ep for ep in episodes if ep.end is None]
@@ -136,12 +155,15 @@ class AgentRollout:
                 self._add_turn(ep, out, b)
             last = turn == self.cfg.max_turns - 1
             list(self.pool.map(lambda ep: self._act(ep, last), [ep for ep in live if ep.end is None]))
-        list(self.pool.map(self._finish, episodes))
-        failed = [ep for ep in episodes if ep.error]
-        if failed:  # counted in agent/env_errors; said once per call, with the first cause
-            warnings.warn(f"environment {self.env_name!r}: {len(failed)}/{len(episodes)} episodes ended by an "
-                          f"environment error, first: {failed[0].error}", stacklevel=2)
-        return self._batch(rows, n, episodes)
+
+    def _close_all(self, episodes: list[Episode]) -> None:
+        for ep in episodes:
+            if self.has_close and not ep.abandoned:
+                result = ep.caller(ep.env.close)
+                if result.error is not None or result.timed_out:
+                    warnings.warn(f"environment {self.env_name!r}: close() of episode {ep.index} failed: "
+                                  f"{_describe(result, self.cfg.call_timeout_s)}", stacklevel=3)
+            ep.caller.close()
 
     def continue_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
         return self.engines.generate_ids(prefixes, settings)
@@ -151,7 +173,7 @@ class AgentRollout:
         reward vector's steps."""
         spans = [list(map(tuple, s)) for s in rollout.extras["turn_spans"]]
         seg = rollout.segments  # (B, N, 2)
-        ends = torch.where(seg[..., 1] > 0, seg[..., 1] - 1, torch.full_like(seg[..., 1], -1))  # (B, N)
+        ends = torch.where(seg[..., 1] > seg[..., 0], seg[..., 1] - 1, torch.full_like(seg[..., 1], -1))  # (B, N)
         keys = torch.full(ends.shape, -1, dtype=torch.long)  # (B, N)
         for b, row_keys in enumerate(rollout.extras["state_keys"]):
             keys[b, : len(row_keys)] = torch.tensor(row_keys, dtype=torch.long)
@@ -189,7 +211,8 @@ class AgentRollout:
                                 f"{_describe(made, self.cfg.call_timeout_s)}") from made.error
         env = made.value
         columns = _reset_columns(self.env_cls, row, self.env_name)
-        reset = self.caller(env.reset, **columns)
+        caller = EnvCaller(self.cfg.call_timeout_s)
+        reset = caller(env.reset, **columns)
         if reset.error is not None or reset.timed_out:
             raise AgentEnvError(f"environment {self.env_name!r}: reset() of episode {index} (row with prompt "
                                 f"{str(row.get('prompt'))[:60]!r}) failed: "
@@ -205,7 +228,7 @@ class AgentRollout:
             raise AgentEnvError(f"environment {self.env_name!r}: episode {index}'s prompt is {len(ids)} tokens, over "
                                 f"data.max_prompt_tokens={self.max_prompt_tokens} (prompt {first[:60]!r}); raise "
                                 "the limit or shorten the first observation")
-        return Episode(index, row, env, row.get("prompt", first), ids, state=first)
+        return Episode(index, row, env, row.get("prompt", first), ids, caller, state=first)
 
     def _prompt_text(self, first: str) -> str:
         describe = self.cfg.describe_tools and self.specs and self.cfg.tool_parser != "none"
@@ -222,6 +245,10 @@ class AgentRollout:
         ids = out.completion_ids[b, :k].tolist()[:room]
         lps = out.logprobs[b, :k].tolist()[:room]
         versions = out.versions[b, :k].tolist()[:room]
+        stopped = bool(ids) and len(ids) == k and (ids[-1] in self.eos or bool(out.finished[b]))
+        if not ids:  # no room left (or nothing generated): no turn
+            ep.end = "max_tokens"
+            return
         piece = self.tokenizer.decode(ids, skip_special_tokens=True)
         ep.keys.append(_key(ep.state))
         ep.turns.append((len(ep.ids), len(ep.ids) + len(ids)))
@@ -233,7 +260,7 @@ class AgentRollout:
         ep.text += piece
         ep.response = piece
         ep.turn_rewards.append({})
-        stopped = bool(ids) and (ids[-1] in self.eos or bool(out.finished[b]))
+        ep.stopped = stopped
         if len(ids) < k or (len(ep.ids) >= self.cfg.max_tokens and not stopped):
             ep.end = "max_tokens"
 
@@ -243,11 +270,13 @@ class AgentRollout:
         observation: str | None = None
         if parsed.calls or parsed.errors:
             observation = self._run_tools(ep, parsed)
+            if ep.end is not None:  # a tool timed out: the environment is abandoned
+                return
         elif self.has_step:
-            result = self.caller(ep.env.step, ep.response)
+            result = ep.caller(ep.env.step, ep.response)
             ep.env_seconds += result.seconds
             if result.error is not None or result.timed_out:
-                self._env_failed(ep, "step", result)
+                self._env_failed(ep, "step()", result)
                 return
             step = as_step(result.value, self.env_name, ep.index)
             ep.turn_rewards[-1] = step.rewards
@@ -255,14 +284,18 @@ class AgentRollout:
             if step.done:
                 ep.end = "done"
                 return
-        else:
-            ep.end = "done"  # a turn without a tool call is the answer
+        else:  # a turn without a tool call is the answer, unless a token budget cut it short
+            ep.end = "done" if ep.stopped else "max_tokens"
             return
         if last:
             ep.end = "max_turns"
             return
-        if observation:
+        if observation is not None:
             self._observe(ep, observation)
+        elif self.chat:  # no observation: the template still opens the next assistant turn
+            self._append(ep, self._after_eos(ep, self.obs_delimiters[2]), None)
+        if ep.end is None and len(ep.ids) >= self.cfg.max_tokens:
+            ep.end = "max_tokens"  # no room for another turn
 
     def _run_tools(self, ep: Episode, parsed: Any) -> str:
         results = [f"error: {message}" for message in parsed.errors]
@@ -276,11 +309,12 @@ class AgentRollout:
                 ep.tool_errors += 1
                 results.append(f"error: {problem}")
                 continue
-            result = self.caller(getattr(ep.env, call.name), *call.args, **call.kwargs)
+            result = ep.caller(getattr(ep.env, call.name), *call.args, **call.kwargs)
             ep.env_seconds += result.seconds
-            if result.timed_out:
+            if result.timed_out:  # the call may still be running: the environment is not called again
                 ep.tool_timeouts += 1
-                results.append(f"error: {call.name} timed out after {self.cfg.call_timeout_s:g} s")
+                self._env_failed(ep, f"tool {call.name!r}", result)
+                return ""
             elif isinstance(result.error, SandboxError):  # the sandbox cannot run here: no observation hides it
                 raise AgentEnvError(f"environment {self.env_name!r}, episode {ep.index}: tool {call.name!r}: "
                                     f"{result.error}") from result.error
@@ -294,47 +328,61 @@ class AgentRollout:
     def _observe(self, ep: Episode, observation: str) -> None:
         """Encode the observation once and append it (masked out of the loss), if it fits the budget."""
         if self.chat:
-            prefix, suffix = self.obs_delimiters
-            if ep.ids and ep.ids[-1] in self.eos:
-                prefix = prefix[len(self.tokenizer.decode([ep.ids[-1]])):] if prefix.startswith(
-                    self.tokenizer.decode([ep.ids[-1]])) else prefix
-            text = prefix + observation + suffix
+            prefix, suffix, _ = self.obs_delimiters
+            text = self._after_eos(ep, prefix) + observation + suffix
         else:
             text = self.cfg.observation_template.format(observation=observation)
+        self._append(ep, text, observation)
+
+    def _after_eos(self, ep: Episode, text: str) -> str:
+        """The template's text after a model turn, without the end-of-turn token the model already sampled."""
+        if ep.stopped and ep.ids:
+            said = self.tokenizer.decode([ep.ids[-1]], skip_special_tokens=False)
+            if said and text.startswith(said):
+                return text[len(said):]
+        return text
+
+    def _append(self, ep: Episode, text: str, observation: str | None) -> None:
+        """Append environment text as ids (loss_mask 0, version -1); an episode it would overflow ends."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ep.ids) + len(ids) >= self.cfg.max_tokens:
             ep.end = "max_tokens"
             return
-        piece = self.tokenizer.decode(ids, skip_special_tokens=True)
         ep.ids += ids
         ep.logprobs += [0.0] * len(ids)
         ep.versions += [-1] * len(ids)
         ep.model += [0] * len(ids)
-        ep.text += piece
-        ep.state = observation
-        ep.observations.append(observation)
+        ep.text += self.tokenizer.decode(ids, skip_special_tokens=True)
+        if observation is not None:
+            ep.state = observation
+            ep.observations.append(observation)
 
     def _env_failed(self, ep: Episode, method: str, result: Any) -> None:
         ep.env_errors += 1
         ep.end = "error"
         ep.score = {}
         ep.turn_rewards[-1] = {}
-        ep.error = f"{method}() of episode {ep.index}: {_describe(result, self.cfg.call_timeout_s)}"
+        ep.error = f"{method} of episode {ep.index}: {_describe(result, self.cfg.call_timeout_s)}"
+        ep.abandoned = ep.abandoned or result.timed_out
 
     def _finish(self, ep: Episode) -> None:
-        """score(response) and close() at the episode's end."""
+        """score(response) and close() at the episode's end (not on an abandoned environment)."""
         if ep.end is None:
             ep.end = "max_turns"
         if self.has_score and ep.end != "error":
             args = (ep.response,) if takes_response(self.env_cls) else ()
-            result = self.caller(ep.env.score, *args)
+            result = ep.caller(ep.env.score, *args)
             ep.env_seconds += result.seconds
             if result.error is not None or result.timed_out:
-                self._env_failed(ep, "score", result)
+                self._env_failed(ep, "score()", result)
             else:
                 ep.score = as_rewards(result.value, self.env_name, "score", ep.index)
-        if self.has_close:
-            self.caller(ep.env.close)
+        if self.has_close and not ep.abandoned:
+            result = ep.caller(ep.env.close)
+            if result.error is not None or result.timed_out:
+                ep.env_errors += 1
+                ep.error = ep.error or f"close() of episode {ep.index}: {_describe(result, self.cfg.call_timeout_s)}"
+        ep.caller.close()
 
     # ------------------------------------------------------------------ the batch
 
@@ -385,7 +433,9 @@ class AgentRollout:
             completion_mask=right([[1] * k for k in lengths], 0, torch.long),
             logprobs=right([ep.logprobs for ep in episodes], 0.0, torch.float32),
             group_ids=torch.arange(len(rows)).repeat_interleave(n),
-            finished=torch.tensor([ep.end == "done" for ep in episodes], dtype=torch.bool),
+            # not cut by a token budget: the last turn ended on EOS or a stop string, and no budget ended it
+            finished=torch.tensor([ep.stopped and ep.end in ("done", "max_turns") for ep in episodes],
+                                  dtype=torch.bool),
             loss_mask=right([ep.model for ep in episodes], 0, torch.long),
             versions=right([ep.versions for ep in episodes], -1, torch.long),
             segments=segments,
@@ -399,23 +449,24 @@ class AgentRollout:
 # --------------------------------------------------------------------------- helpers
 
 
-def chat_delimiters(tokenizer: Any) -> tuple[str, str]:
-    """The text a chat template puts around a tool message that follows an assistant turn: (prefix, suffix), the
-    suffix ending with the next assistant turn's header. Found by rendering with sentinels."""
+def chat_delimiters(tokenizer: Any) -> tuple[str, str, str]:
+    """The text a chat template writes after an assistant turn: around a tool message (prefix, suffix; the suffix
+    ends with the next assistant turn's header), and, with no message between, up to the next assistant turn's
+    header (again). Found by rendering with sentinels."""
     said, seen = "\x00ASSISTANT\x00", "\x00TOOL\x00"
     base = [{"role": "user", "content": "u"}, {"role": "assistant", "content": said}]
     try:
         text = tokenizer.apply_chat_template(base + [{"role": "tool", "content": seen}], tokenize=False,
                                              add_generation_prompt=True)
+        again = tokenizer.apply_chat_template(base, tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # a template without a tool role
         raise AgentEnvError(f"rollout.agent.observation_format: chat: the tokenizer's chat template cannot render a "
                             f"tool message ({type(exc).__name__}: {exc}); use observation_format: plain") from exc
-    if said not in text or seen not in text:
+    if said not in text or seen not in text or said not in again:
         raise AgentEnvError("rollout.agent.observation_format: chat: the chat template drops message contents; use "
                             "observation_format: plain")
-    after = text.split(said, 1)[1]
-    prefix, suffix = after.split(seen, 1)
-    return prefix, suffix
+    prefix, suffix = text.split(said, 1)[1].split(seen, 1)
+    return prefix, suffix, again.split(said, 1)[1]
 
 
 def _reset_columns(cls: type, row: dict, env_name: str) -> dict:

@@ -302,11 +302,11 @@ def _check_batch(
 
 def rollout_columns(batch: "RolloutBatch") -> dict[str, list]:
     """The columns a rollout batch gives reward plugins: its dataset extras plus `finished` (bool: ended with EOS)
-    and `num_tokens` (int: generated tokens)."""
+    and `num_tokens` (int: tokens the policy generated; an agent episode's observations are not counted)."""
     clash = [c for c in RUNTIME_COLUMNS if c in batch.extras]
     if clash:
         raise ValueError(f"dataset column {clash[0]!r} clashes with a column the runtime adds; rename it")
     columns = {name: list(values) for name, values in batch.extras.items()}
     columns["finished"] = [bool(x) for x in batch.finished.tolist()]
-    columns["num_tokens"] = [int(x) for x in batch.completion_lengths.tolist()]
+    columns["num_tokens"] = [int(x) for x in batch.loss_mask.sum(dim=1).tolist()]
     return columns

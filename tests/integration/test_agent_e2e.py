@@ -22,12 +22,22 @@ def _records(out: Path, phase: str) -> list[dict]:
     return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["phase"] == phase]
 
 
+def _game(overrides: list[str]):
+    """The game recipe, small, plus a length component: a barely warmed-up policy never solves a game, and the
+    update should still have a signal to follow."""
+    from rlhf.config.schema import Recipe
+
+    data = load_recipe(RECIPES / "agent_game_tiny_cpu.yaml", overrides).model_dump(mode="json")
+    data["rewards"].append({"name": "short", "plugin": "length_penalty", "args": {"target": 8}, "weight": 0.5})
+    return Recipe.model_validate(data)
+
+
 def test_gigpo_game_runs_checkpoints_and_resumes(ray_session, tmp_path):
     from rlhf.runtime.controller import run
 
     out = tmp_path / "game"
     overrides = [*SMALL, f"run.output_dir={out}", "run.steps=2"]
-    summary = run(load_recipe(RECIPES / "agent_game_tiny_cpu.yaml", overrides))
+    summary = run(_game(overrides))
     rl = _records(out, "rl")
     assert [r["step"] for r in rl] == [1, 2]
     for r in rl:
@@ -38,7 +48,7 @@ def test_gigpo_game_runs_checkpoints_and_resumes(ray_session, tmp_path):
     before = load_file(out / "sft" / "model.safetensors")
     after = load_file(f"{summary['checkpoint']}/model/model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    resumed = run(load_recipe(RECIPES / "agent_game_tiny_cpu.yaml", [*overrides[:-1], "run.steps=3"]), resume=True)
+    resumed = run(_game([*overrides[:-1], "run.steps=3"]), resume=True)
     assert [r["step"] for r in _records(out, "rl")] == [1, 2, 3] and resumed["checkpoint"].endswith("step_000003")
 
 

@@ -231,6 +231,7 @@ def test_contract_violations_are_clear_errors(engine):
 
 
 def test_bad_tool_calls_become_error_observations(engine):
+    from rlhf.agents.env import EnvCaller
     from rlhf.rollout.agent import Episode
 
     fn = _rollout(engine, env="test_agent_tools", tool_parser="call", call_timeout_s=0.3)
@@ -242,17 +243,55 @@ def test_bad_tool_calls_become_error_observations(engine):
         "<call>add(2)</call>": ("error: bad arguments for add", 1),
         "<call>add('2', 3)</call>": ("error: bad arguments for add: a must be integer", 1),
         "<call>boom()</call>": ("error: ValueError: no such file", 1),
-        "<call>slow()</call>": ("error: slow timed out after 0.3 s", 0),
     }
     for text, (observation, tool_errors) in cases.items():
-        ep = Episode(0, {}, env, "p", [1], response=text, turn_rewards=[{}])
+        ep = Episode(0, {}, env, "p", [1], EnvCaller(0.3), response=text, turn_rewards=[{}], stopped=True)
         fn._act(ep, last=False)
         assert ep.end is None and ep.ids and ep.model == [0] * len(ep.ids), text  # goes on; nothing trained
         assert ep.observations[-1].startswith(observation), (text, ep.observations)
         assert ep.tool_errors == tool_errors, text
-    ep = Episode(0, {}, env, "p", [1], response="the answer is 5", turn_rewards=[{}])
+    ep = Episode(0, {}, env, "p", [1], EnvCaller(0.3), response="the answer is 5", turn_rewards=[{}], stopped=True)
     fn._act(ep, last=False)
     assert ep.end == "done" and ep.ids == []  # no tool call: the answer
+    ep = Episode(0, {}, env, "p", [1], EnvCaller(0.3), response="the answer is 5", turn_rewards=[{}], stopped=False)
+    fn._act(ep, last=False)
+    assert ep.end == "max_tokens"  # an answer cut short by the turn's token budget is not "done"
+    # a tool that hangs: the call may still be running, so the environment is abandoned and the episode ends
+    ep = Episode(0, {}, env, "p", [1], EnvCaller(0.3), response="<call>slow()</call>", turn_rewards=[{}],
+                 stopped=True)
+    fn._act(ep, last=False)
+    assert ep.end == "error" and ep.abandoned and ep.tool_timeouts == 1 and "timed out" not in ep.error
+    assert "call_timeout_s=0.3" in ep.error and ep.ids == []
+
+
+@environment("test_agent_async")
+class AsyncOnOneLoop:
+    """Async methods; what reset ties to the event loop must still work in step and score."""
+
+    async def reset(self, **row):
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.ready = self.loop.create_future()
+        self.loop.call_soon(self.ready.set_result, "ok")
+        return None
+
+    async def step(self, action: str) -> Step:
+        import asyncio
+
+        same = asyncio.get_running_loop() is self.loop and await self.ready == "ok"
+        return Step("x", {"same_loop": float(same)}, done=True)
+
+    def close(self):
+        raise OSError("the simulator is already gone")
+
+
+def test_async_environments_keep_one_loop_per_episode_and_close_failures_are_counted(engine):
+    fn = _rollout(engine, env="test_agent_async", tool_parser="none", stop=["\n"])
+    with pytest.warns(UserWarning, match="close\\(\\) of episode .*OSError: the simulator is already gone"):
+        batch = fn(_rows("game", 2), SamplingSettings(n=2, max_new_tokens=6, seed=4))
+    assert [t[0] for t in batch.extras["env_turn_rewards"]] == [{"same_loop": 1.0}] * 4
+    assert batch.extras["end_reason"] == ["done"] * 4 and fn.metrics(batch)["agent/env_errors"] == 4.0
 
 
 def test_budgets_end_episodes(engine):

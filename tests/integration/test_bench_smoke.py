@@ -48,7 +48,8 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
                                   marks=SLOWISH), "step_phases", pytest.param("rollout_engines", marks=SLOWISH),
                                   pytest.param("grpo_vs_trl", marks=SLOWISH),
                                   pytest.param("engine_curves", marks=SLOW),
-                                  pytest.param("scaling", marks=SLOW), "sandbox_corpus"])
+                                  pytest.param("scaling", marks=SLOW), pytest.param("agents", marks=SLOW),
+                                  "sandbox_corpus"])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
 
