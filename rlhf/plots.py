@@ -3,7 +3,8 @@
     rlhf plot runs/grpo_tiny_cpu            # -> runs/grpo_tiny_cpu/curves.png
 
 Panels: every reward component's batch mean (a smoothed line over the raw points) with the held-out evals; KL and
-the policy loss; the step time split by phase. Needs matplotlib (the `plot` or `dev` extra).
+the policy loss; the step time split by phase; for agent runs (rollout.kind: agent), the episodes: turns per
+episode, tool calls, how episodes ended. Needs matplotlib (the `plot` or `dev` extra).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def plot_run(run_dir: str, out_path: str | None = None) -> str:
         raise ValueError(f"{run_dir}: metrics.jsonl has no training steps yet")
     components = sorted({k.split("/")[1] for r in train for k in r if k.startswith("reward/") and k.endswith("/mean")
                          and k.count("/") == 2})
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    agent = any("agent/turns_mean" in r for r in train)
+    fig, axes = plt.subplots(1, 4 if agent else 3, figsize=(21 if agent else 16, 4.5))
     window = max(1, len(train) // 20)
 
     ax = axes[0]
@@ -104,9 +106,35 @@ def plot_run(run_dir: str, out_path: str | None = None) -> str:
     if phases:
         ax.legend(fontsize=8)
 
+    if agent:
+        _agent_panel(axes[3], train, evals, window)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
     out_path = out_path or os.path.join(run_dir, "curves.png")
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
     return out_path
+
+
+def _agent_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any]], window: int) -> None:
+    """Agent episodes: turns per episode (left axis), rates of tool use and of how episodes ended (right axis)."""
+    steps, vals = _series(train, "agent/turns_mean")
+    ax.plot(steps, _smooth(vals, window), color="black", label="turns per episode")
+    steps, vals = _series(evals, "eval/agent/turns_mean")
+    if steps:
+        ax.plot(steps, vals, "o--", color="black", label="held-out turns")
+    ax.set_ylabel("turns")
+    rates = ax.twinx()
+    for key, label in (("agent/episodes_with_tool_call", "episodes with a tool call"),
+                       ("agent/end/done", "ended: done"), ("agent/end/max_turns", "ended: max_turns"),
+                       ("agent/end/max_tokens", "ended: max_tokens"), ("agent/end/error", "ended: error")):
+        steps, vals = _series(train, key)
+        if steps and any(vals):
+            rates.plot(steps, _smooth(vals, window), label=label, alpha=0.8)
+    rates.set_ylim(-0.02, 1.02)
+    rates.set_ylabel("rate")
+    ax.set_title("agent episodes")
+    ax.set_xlabel("step")
+    lines = ax.get_legend_handles_labels()
+    more = rates.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)

@@ -272,6 +272,10 @@ class VLLMConfig(Strict):
         True, description="run vLLM's engine core inside the rollout actor (CPU: fastest; the actor is its own "
         "process); false: vLLM's own EngineCore/worker processes"
     )
+    prefix_caching: bool = Field(
+        False, description="reuse the KV cache of prompt prefixes seen before (an agent episode sends its whole "
+        "history every turn); the cache is reset after every weight sync"
+    )
 
 
 class AgentConfig(Strict):

@@ -123,7 +123,7 @@ class VLLMEngine:
             worker_extension_cls=EXTENSION,
             logprobs_mode="processed_logprobs",
             generation_config="vllm",  # the recipe's sampling settings alone, not the model's shipped defaults
-            enable_prefix_caching=False,
+            enable_prefix_caching=cfg.prefix_caching,  # reset after every weight update (_loaded)
         )
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len

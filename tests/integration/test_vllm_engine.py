@@ -98,18 +98,28 @@ def test_generate_layout_seeding_and_logprobs(engine_actor, trainer_model):
     assert texts == a.completions
 
 
-def test_multi_turn_agent_episodes_on_vllm(engine_actor, trainer_model):
+@pytest.mark.parametrize("prefix_caching", [False, True], ids=["no-cache", "prefix-cache"])
+def test_multi_turn_agent_episodes_on_vllm(ray_session, engine_actor, vllm_model_dir, trainer_model, prefix_caching):
     """An agent episode continues from its own ids on vllm (no re-tokenisation); the trainer's logprobs of the model
-    tokens equal the engine's to 1e-4, and the observations in between are masked out."""
-    from rlhf.config.schema import AgentConfig
+    tokens equal the engine's to 1e-4, and the observations in between are masked out; with prefix caching (each
+    turn re-sends the episode's history) as without."""
+    import ray
+
+    from rlhf.config.schema import AgentConfig, VLLMConfig
     from rlhf.rollout.agent import AgentRollout
+    from rlhf.rollout.group import RolloutActor
     from rlhf.types import SamplingSettings
+
+    actor = engine_actor
+    if prefix_caching:
+        kwargs = dict(max_prompt_tokens=16, batch_size=64, vllm=VLLMConfig(prefix_caching=True).model_dump(), seed=0)
+        actor = ray.remote(RolloutActor).options(num_cpus=0.01).remote("vllm", vllm_model_dir, kwargs)
 
     class ActorEngine:  # the rollout function's view of one engine actor
         tokenizer, pad_token_id = trainer_model.tokenizer, trainer_model.pad_token_id
 
         def generate_ids(self, prefixes, settings):
-            return _call(engine_actor.generate_ids.remote(prefixes, settings))
+            return _call(actor.generate_ids.remote(prefixes, settings))
 
     fn = AgentRollout(ActorEngine(), AgentConfig(env="guess_number", tool_parser="none", stop=["\n"], max_turns=3,
                                                  max_tokens=40, observation_format="plain"), max_prompt_tokens=16)
@@ -120,6 +130,8 @@ def test_multi_turn_agent_episodes_on_vllm(engine_actor, trainer_model):
     lp = trainer_model.completion_logprobs(batch.input_ids(), batch.attention_mask(), batch.prompt_ids.shape[1])
     assert (lp[model] - batch.logprobs[model]).abs().max() < 1e-4
     assert (batch.versions[~model & batch.completion_mask.bool()] == -1).all()
+    if prefix_caching:
+        ray.kill(actor)
 
 
 def test_stop_strings_and_greedy(engine_actor, trainer_model):

@@ -28,3 +28,26 @@ def test_plot_errors(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "phase": "sft", "loss/sft": 1.0}))
     assert main(["plot", str(tmp_path)]) == 1
     assert "no training steps yet" in capsys.readouterr().err
+
+
+def test_agent_runs_get_an_episodes_panel(tmp_path, monkeypatch):
+    from rlhf import plots
+
+    lines = [{"step": s, "phase": "rl", "reward/solved/mean": s / 10, "agent/turns_mean": 4 - s / 10,
+              "agent/end/done": s / 10, "agent/end/max_turns": 1 - s / 10, "agent/episodes_with_tool_call": 0.0,
+              "time/generate": 0.5} for s in range(1, 11)]
+    lines += [{"step": 10, "phase": "eval", "eval/solved": 0.9, "eval/agent/turns_mean": 3.1}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    drawn = {}
+    real = plots._agent_panel
+
+    def spy(ax, train, evals, window):
+        real(ax, train, evals, window)
+        drawn["titles"] = ax.get_title()
+        drawn["labels"] = [line.get_label() for a in ax.figure.axes for line in a.get_lines()]
+
+    monkeypatch.setattr(plots, "_agent_panel", spy)
+    plots.plot_run(str(tmp_path))
+    assert drawn["titles"] == "agent episodes"
+    assert {"turns per episode", "held-out turns", "ended: done", "ended: max_turns"} <= set(drawn["labels"])
+    assert "episodes with a tool call" not in drawn["labels"]  # never non-zero: left out
