@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -52,6 +53,7 @@ def test_gigpo_game_runs_checkpoints_and_resumes(ray_session, tmp_path):
     assert [r["step"] for r in _records(out, "rl")] == [1, 2, 3] and resumed["checkpoint"].endswith("step_000003")
 
 
+@pytest.mark.extended  # tool calls are tested on the rollout function (test_agent_rollout.py)
 def test_calculator_tools_run_inside_training(ray_session, tmp_path):
     from rlhf.runtime.controller import run
 
@@ -62,3 +64,18 @@ def test_calculator_tools_run_inside_training(ray_session, tmp_path):
     assert {"reward/correct/mean", "reward/used_tool/mean", "agent/tool_calls_per_turn",
             "agent/parse_errors", "agent/tool_errors", "agent/env_seconds"} <= set(r)
     assert r["reward/used_tool/mean"] <= r["agent/episodes_with_tool_call"] + 1e-9  # a call may fail
+
+
+@pytest.mark.extended  # the trainer sees the same batch layout as single-turn runs; these check it end to end
+@pytest.mark.parametrize("train", [
+    ["train.zero_stage=3"],
+    ["train.zero_stage=0", "model.lora.enabled=true", "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]"],
+], ids=["zero3", "lora-zero0"])
+def test_agent_episodes_train_under_zero3_and_lora(ray_session, tmp_path, train):
+    from rlhf.runtime.controller import run
+
+    out = tmp_path / "game"
+    run(_game([*SMALL, f"run.output_dir={out}", "run.steps=2", *train]))
+    rl = _records(out, "rl")
+    assert [r["step"] for r in rl] == [1, 2] and all("loss/policy" in r and r["agent/turns_mean"] >= 1 for r in rl)
+    assert all(r["grad_norm"] > 0 for r in rl if "grad_norm" in r)  # DeepSpeed reports no norm at ZeRO-0
