@@ -98,7 +98,8 @@ def test_generate_layout_seeding_and_logprobs(engine_actor, trainer_model):
     assert texts == a.completions
 
 
-@pytest.mark.parametrize("prefix_caching", [False, True], ids=["no-cache", "prefix-cache"])
+@pytest.mark.parametrize("prefix_caching", [False, pytest.param(True, marks=pytest.mark.extended)],
+                         ids=["no-cache", "prefix-cache"])  # prefix-cache: a second engine (~30 s)
 def test_multi_turn_agent_episodes_on_vllm(ray_session, engine_actor, vllm_model_dir, trainer_model, prefix_caching):
     """An agent episode continues from its own ids on vllm (no re-tokenisation); the trainer's logprobs of the model
     tokens equal the engine's to 1e-4, and the observations in between are masked out; with prefix caching (each
