@@ -14,12 +14,8 @@ Per row, ``n`` episodes, each with its own environment instance (rlhf/agents/env
         rollout.agent.observation_template) and appended as ids (loss_mask 0, version -1)
     until done, max_turns, or the episode's token budget (max_tokens after the prompt); then score(response)
 
-The batch's completion is everything after the prompt (model turns and observations); ``segments`` are the model
-turns' token spans; per-row columns the reward plugins can read: ``env_rewards`` (episode: per key the sum of its
-turn rewards, then score()'s values), ``env_turn_rewards`` (per turn), ``final_response``, ``num_turns``,
-``tool_calls``, ``end_reason`` (done | max_turns | max_tokens | error), ``turn_spans`` (character spans of the model
-turns in the completion text) and ``state_keys`` (an id of the observation each turn was taken from: GiGPO's
-anchor states).
+The batch layout and the columns reward plugins can read (``env_rewards``, ``env_turn_rewards``, ``end_reason``,
+``state_keys``, ...) are in rlhf/rollout/episode.py, with the Episode state.
 
 Failures: a malformed tool call, an unknown tool, bad arguments, a tool that raises or times out -> an error
 observation (counted; the episode goes on); a step() or score() that raises or times out -> the episode ends
@@ -30,10 +26,8 @@ fails, or a return value of the wrong type -> a clear error naming the environme
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -42,45 +36,10 @@ from rlhf.agents.env import (AgentEnvError, EnvCaller, as_rewards, as_step, reso
                              tool_names, tool_specs)
 from rlhf.agents.parsers import build_parser
 from rlhf.agents.tools import SandboxError
-from rlhf.rollout.base import eos_ids, row_columns
+from rlhf.rollout.base import eos_ids
+from rlhf.rollout.episode import (AGENT_COLUMNS, END_REASONS, Episode, chat_delimiters, describe, episode_metrics,
+                                  episodes_batch, reset_columns, state_key, tool_text)
 from rlhf.types import RolloutBatch, SamplingSettings
-
-END_REASONS = ("done", "max_turns", "max_tokens", "error")
-AGENT_COLUMNS = ("env_rewards", "env_turn_rewards", "final_response", "num_turns", "tool_calls", "end_reason",
-                 "turn_spans", "state_keys")
-
-
-@dataclass
-class Episode:
-    index: int  # row-major: row * n + sample
-    row: dict
-    env: Any
-    prompt: str  # the row's prompt (the first observation when the row has none): reward plugins' `prompts`
-    prompt_ids: list[int]
-    caller: Any = None  # the episode's EnvCaller (its own event loop for async environments)
-    ids: list[int] = field(default_factory=list)  # everything after the prompt
-    logprobs: list[float] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)
-    model: list[int] = field(default_factory=list)  # 1 on tokens the policy generated
-    text: str = ""  # the decoded completion, piece by piece
-    turns: list[tuple[int, int]] = field(default_factory=list)  # model turns' token spans [start, end)
-    turn_chars: list[tuple[int, int]] = field(default_factory=list)  # their character spans in `text`
-    keys: list[int] = field(default_factory=list)  # state id each turn was taken from
-    state: str = ""  # the last observation's text (the state of the next turn)
-    turn_rewards: list[dict[str, float]] = field(default_factory=list)
-    observations: list[str] = field(default_factory=list)  # the environment's texts, as appended
-    score: dict[str, float] = field(default_factory=dict)
-    response: str = ""  # the last model turn's text
-    end: str | None = None
-    tool_calls: int = 0
-    tool_errors: int = 0
-    tool_timeouts: int = 0
-    parse_errors: int = 0
-    env_errors: int = 0
-    env_seconds: float = 0.0
-    error: str = ""  # why the environment ended the episode (end == "error")
-    stopped: bool = False  # the last turn ended on EOS or a stop string (not cut by a token budget)
-    abandoned: bool = False  # a call timed out and may still run: the environment is not called again
 
 
 class AgentRollout:
@@ -118,7 +77,7 @@ class AgentRollout:
             result = self.caller(setup)
             if result.error is not None or result.timed_out:
                 raise AgentEnvError(f"environment {self.env_name!r}: setup() failed: "
-                                    f"{_describe(result, cfg.call_timeout_s)}") from result.error
+                                    f"{describe(result, cfg.call_timeout_s)}") from result.error
 
     # ------------------------------------------------------------------ the RolloutFn protocol
 
@@ -137,7 +96,7 @@ class AgentRollout:
         if failed:  # counted in agent/env_errors; said once per call, with the first cause
             warnings.warn(f"environment {self.env_name!r}: {len(failed)}/{len(episodes)} episodes ended by an "
                           f"environment error, first: {failed[0].error}", stacklevel=2)
-        return self._batch(rows, n, episodes)
+        return episodes_batch(rows, n, episodes, self.pad_token_id, self.skip_columns)
 
     def _run_turns(self, episodes: list[Episode], settings: SamplingSettings) -> None:
         """Every live episode takes a turn, in one engine call per turn, then the environments answer."""
@@ -162,7 +121,7 @@ class AgentRollout:
                 result = ep.caller(ep.env.close)
                 if result.error is not None or result.timed_out:
                     warnings.warn(f"environment {self.env_name!r}: close() of episode {ep.index} failed: "
-                                  f"{_describe(result, self.cfg.call_timeout_s)}", stacklevel=3)
+                                  f"{describe(result, self.cfg.call_timeout_s)}", stacklevel=3)
             ep.caller.close()
 
     def continue_ids(self, prefixes: list[list[int]], settings: SamplingSettings) -> RolloutBatch:
@@ -181,23 +140,7 @@ class AgentRollout:
 
     def metrics(self, rollout: RolloutBatch) -> dict[str, float]:
         """Episode statistics of a batch this function produced."""
-        x = rollout.extras
-        n = max(1, rollout.batch_size)
-        turns = sum(x["num_turns"])
-        out = {
-            "agent/turns_mean": turns / n,
-            "agent/tool_calls_per_turn": sum(x["tool_calls"]) / max(1, turns),
-            "agent/episodes_with_tool_call": sum(c > 0 for c in x["tool_calls"]) / n,
-            "agent/tool_errors": float(sum(x["_tool_errors"])),
-            "agent/tool_timeouts": float(sum(x["_tool_timeouts"])),
-            "agent/parse_errors": float(sum(x["_parse_errors"])),
-            "agent/env_errors": float(sum(x["_env_errors"])),
-            "agent/env_seconds": float(sum(x["_env_seconds"])),
-            "agent/model_token_fraction": float(rollout.loss_mask.sum()) / max(1, int(rollout.completion_mask.sum())),
-        }
-        for reason in END_REASONS:
-            out[f"agent/end/{reason}"] = sum(r == reason for r in x["end_reason"]) / n
-        return out
+        return episode_metrics(rollout)
 
     # ------------------------------------------------------------------ one episode
 
@@ -208,15 +151,15 @@ class AgentRollout:
         made = self.caller(self.env_cls, **env_kwargs)
         if made.error is not None or made.timed_out:
             raise AgentEnvError(f"environment {self.env_name!r}: constructing episode {index} failed: "
-                                f"{_describe(made, self.cfg.call_timeout_s)}") from made.error
+                                f"{describe(made, self.cfg.call_timeout_s)}") from made.error
         env = made.value
-        columns = _reset_columns(self.env_cls, row, self.env_name)
+        columns = reset_columns(self.env_cls, row, self.env_name)
         caller = EnvCaller(self.cfg.call_timeout_s)
         reset = caller(env.reset, **columns)
         if reset.error is not None or reset.timed_out:
             raise AgentEnvError(f"environment {self.env_name!r}: reset() of episode {index} (row with prompt "
                                 f"{str(row.get('prompt'))[:60]!r}) failed: "
-                                f"{_describe(reset, self.cfg.call_timeout_s)}") from reset.error
+                                f"{describe(reset, self.cfg.call_timeout_s)}") from reset.error
         first = reset.value if reset.value is not None else row.get("prompt")
         if not isinstance(first, str):
             raise AgentEnvError(f"environment {self.env_name!r}: reset() of episode {index} returned "
@@ -250,7 +193,7 @@ class AgentRollout:
             ep.end = "max_tokens"
             return
         piece = self.tokenizer.decode(ids, skip_special_tokens=True)
-        ep.keys.append(_key(ep.state))
+        ep.keys.append(state_key(ep.state))
         ep.turns.append((len(ep.ids), len(ep.ids) + len(ids)))
         ep.turn_chars.append((len(ep.text), len(ep.text) + len(piece)))
         ep.ids += ids
@@ -322,7 +265,7 @@ class AgentRollout:
                 ep.tool_errors += 1
                 results.append(f"error: {type(result.error).__name__}: {str(result.error)[:200]}")
             else:
-                results.append(_tool_text(result.value))
+                results.append(tool_text(result.value))
         return "\n".join(results)
 
     def _observe(self, ep: Episode, observation: str) -> None:
@@ -362,7 +305,7 @@ class AgentRollout:
         ep.end = "error"
         ep.score = {}
         ep.turn_rewards[-1] = {}
-        ep.error = f"{method} of episode {ep.index}: {_describe(result, self.cfg.call_timeout_s)}"
+        ep.error = f"{method} of episode {ep.index}: {describe(result, self.cfg.call_timeout_s)}"
         ep.abandoned = ep.abandoned or result.timed_out
 
     def _finish(self, ep: Episode) -> None:
@@ -381,143 +324,13 @@ class AgentRollout:
             result = ep.caller(ep.env.close)
             if result.error is not None or result.timed_out:
                 ep.env_errors += 1
-                ep.error = ep.error or f"close() of episode {ep.index}: {_describe(result, self.cfg.call_timeout_s)}"
+                ep.error = ep.error or f"close() of episode {ep.index}: {describe(result, self.cfg.call_timeout_s)}"
         ep.caller.close()
 
     # ------------------------------------------------------------------ the batch
-
-    def _batch(self, rows: list[dict], n: int, episodes: list[Episode]) -> RolloutBatch:
-        from rlhf.data.collate import left_pad
-
-        prompt_ids, prompt_mask = left_pad([ep.prompt_ids for ep in episodes], self.pad_token_id)  # (B, P)
-        width = max(1, max(len(ep.ids) for ep in episodes))  # C
-
-        def right(values: Sequence[Sequence[float]], fill: float, dtype: torch.dtype) -> torch.Tensor:
-            out = torch.full((len(values), width), fill, dtype=dtype)  # (B, C)
-            for b, v in enumerate(values):
-                if len(v):
-                    out[b, : len(v)] = torch.tensor(list(v), dtype=dtype)
-            return out
-
-        lengths = [len(ep.ids) for ep in episodes]
-        n_turns = max(1, max(len(ep.turns) for ep in episodes))
-        segments = torch.full((len(episodes), n_turns, 2), -1, dtype=torch.long)  # (B, N, 2)
-        for b, ep in enumerate(episodes):
-            if ep.turns:
-                segments[b, : len(ep.turns)] = torch.tensor(ep.turns, dtype=torch.long)
-        extras = row_columns(rows, n, self.skip_columns)
-        clash = [c for c in AGENT_COLUMNS if c in extras]
-        if clash:
-            raise AgentEnvError(f"dataset column {clash[0]!r} clashes with a column the agent rollout adds; rename it")
-        extras.update({
-            "env_rewards": [_episode_rewards(ep) for ep in episodes],
-            "env_turn_rewards": [list(ep.turn_rewards) for ep in episodes],
-            "final_response": [ep.response for ep in episodes],
-            "num_turns": [len(ep.turns) for ep in episodes],
-            "tool_calls": [ep.tool_calls for ep in episodes],
-            "end_reason": [ep.end for ep in episodes],
-            "turn_spans": [list(ep.turn_chars) for ep in episodes],
-            "state_keys": [list(ep.keys) for ep in episodes],
-            "_tool_errors": [ep.tool_errors for ep in episodes],
-            "_tool_timeouts": [ep.tool_timeouts for ep in episodes],
-            "_parse_errors": [ep.parse_errors for ep in episodes],
-            "_env_errors": [ep.env_errors for ep in episodes],
-            "_env_seconds": [ep.env_seconds for ep in episodes],
-        })
-        return RolloutBatch(
-            prompts=[ep.prompt for ep in episodes],
-            completions=[ep.text for ep in episodes],
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-            completion_ids=right([ep.ids for ep in episodes], self.pad_token_id, torch.long),
-            completion_mask=right([[1] * k for k in lengths], 0, torch.long),
-            logprobs=right([ep.logprobs for ep in episodes], 0.0, torch.float32),
-            group_ids=torch.arange(len(rows)).repeat_interleave(n),
-            # not cut by a token budget: the last turn ended on EOS or a stop string, and no budget ended it
-            finished=torch.tensor([ep.stopped and ep.end in ("done", "max_turns") for ep in episodes],
-                                  dtype=torch.bool),
-            loss_mask=right([ep.model for ep in episodes], 0, torch.long),
-            versions=right([ep.versions for ep in episodes], -1, torch.long),
-            segments=segments,
-            extras=extras,
-        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def chat_delimiters(tokenizer: Any) -> tuple[str, str, str]:
-    """The text a chat template writes after an assistant turn: around a tool message (prefix, suffix; the suffix
-    ends with the next assistant turn's header), and, with no message between, up to the next assistant turn's
-    header (again). Found by rendering with sentinels."""
-    said, seen = "\x00ASSISTANT\x00", "\x00TOOL\x00"
-    base = [{"role": "user", "content": "u"}, {"role": "assistant", "content": said}]
-    try:
-        text = tokenizer.apply_chat_template(base + [{"role": "tool", "content": seen}], tokenize=False,
-                                             add_generation_prompt=True)
-        again = tokenizer.apply_chat_template(base, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # a template without a tool role
-        raise AgentEnvError(f"rollout.agent.observation_format: chat: the tokenizer's chat template cannot render a "
-                            f"tool message ({type(exc).__name__}: {exc}); use observation_format: plain") from exc
-    if said not in text or seen not in text or said not in again:
-        raise AgentEnvError("rollout.agent.observation_format: chat: the chat template drops message contents; use "
-                            "observation_format: plain")
-    prefix, suffix = text.split(said, 1)[1].split(seen, 1)
-    return prefix, suffix, again.split(said, 1)[1]
-
-
-def _reset_columns(cls: type, row: dict, env_name: str) -> dict:
-    """The row's columns reset() takes: all public ones with **kwargs, else the ones it names (missing -> error)."""
-    import inspect
-
-    public = {k: v for k, v in row.items() if not k.startswith("_")}
-    params = list(inspect.signature(cls.reset).parameters.values())[1:]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return public
-    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    missing = [p.name for p in params if p.default is p.empty and p.name not in public
-               and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if missing:
-        raise AgentEnvError(f"environment {env_name!r}: reset() needs the column {missing[0]!r}, which the dataset "
-                            f"rows do not have (columns: {sorted(public)})")
-    return {k: public[k] for k in names if k in public}
-
-
-def _episode_rewards(ep: Episode) -> dict[str, float]:
-    """Per key, the sum of the turn rewards; score()'s values replace them (an error: nothing)."""
-    if ep.end == "error":
-        return {}
-    out: dict[str, float] = {}
-    for rewards in ep.turn_rewards:
-        for k, v in rewards.items():
-            out[k] = out.get(k, 0.0) + v
-    out.update(ep.score)
-    return out
-
-
-def _tool_text(value: Any) -> str:
-    import json
-
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _key(state: str) -> int:
-    """A 62-bit id of a state's text (GiGPO anchor states: equal texts, equal ids)."""
-    return int.from_bytes(hashlib.blake2b(state.encode("utf-8"), digest_size=8).digest(), "big") >> 2
-
-
-def _describe(result: Any, timeout_s: float) -> str:
-    if result.timed_out:
-        return f"no answer within rollout.agent.call_timeout_s={timeout_s:g} s"
-    return f"{type(result.error).__name__}: {result.error}"
-
-
-__all__ = ["AGENT_COLUMNS", "AgentRollout", "END_REASONS", "chat_delimiters"]
+__all__ = ["AGENT_COLUMNS", "AgentRollout", "END_REASONS", "Episode", "chat_delimiters"]
