@@ -154,6 +154,22 @@ def _figure(calc: list[dict], game: list[dict[str, dict]], out_dir: str) -> str:
     return save_figure(plt, fig, out_dir, NAME)
 
 
+def _kept_part(args: Any) -> dict[str, Any]:
+    """With --only: the other part of the last full (not --quick) results in --out, to keep beside the new one."""
+    import json
+
+    path = os.path.join(args.out, f"{NAME}.json")
+    if args.quick or not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    if earlier.get("quick"):
+        return {}
+    other = "game" if args.only == "calculator" else "calculator"
+    return {other: earlier.get(other) or [], "command": earlier.get("command") or f"python -m bench.{NAME}",
+            "machine": earlier["machine"]}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv, __doc__.splitlines()[0], **{
         "--seeds": {"type": int, "nargs": "+", "default": [0, 1, 2]},
@@ -173,7 +189,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 calc.append(run_calculator(seed, tmp, args.quick))
             if args.only in (None, "game"):
                 game.append(run_game(seed, tmp, args.quick))
+    kept = _kept_part(args) if args.only else {}
+    calc, game = calc or kept.get("calculator", []), game or kept.get("game", [])
     md = header("Multi-turn agents: a calculator tool, and GiGPO vs GRPO on a game", command, info, args.quick)
+    if kept:
+        other = "game" if args.only == "calculator" else "calculator"
+        md += (f"\nThe {other} part is kept from the earlier full run `{kept['command']}` "
+               f"({kept['machine'].get('date')}); this command re-ran the {args.only} part.\n")
     ratios: dict[str, float] = {}
     if calc:
         rows = [[r["seed"], f"{r['success_before']:.3f}", f"{r['success_after']:.3f}",
@@ -209,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     figure = _figure(calc, game, args.out)
     md += f"\n![curves]({NAME}.png)\n"
     result = {"bench": NAME, "machine": info, "quick": args.quick, "seeds": args.seeds, "ratios": ratios,
+              "command": kept.get("command", command) if kept else command, "rerun": command if kept else None,
               "required_ratios": [f"game_{k}_turns_after" for k in ("grpo", "gigpo") if game], "calculator": calc, "game": game, "figure": figure}
     result["paths"] = write_results(args.out, NAME, result, md)
     print(md)
