@@ -22,7 +22,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from bench.common import REPO_ROOT, header, machine_info, md_table, parse_args, ray_running, read_metrics, \
+from bench.common import REPO_ROOT, curve, header, machine_info, md_table, parse_args, ray_running, read_metrics, \
     save_figure, setup_env, write_results
 
 NAME = "agents"
@@ -53,10 +53,6 @@ def _eval(records: list[dict], key: str) -> tuple[float, float]:
     return (values[0], values[-1]) if values else (float("nan"), float("nan"))
 
 
-def _curve(records: list[dict], key: str) -> list[tuple[int, float]]:
-    return [(r["step"], r[key]) for r in records if r.get(key) is not None]
-
-
 def _smooth(points: list[tuple[int, float]], k: int = 5) -> list[tuple[int, float]]:
     out = []
     for i in range(len(points)):
@@ -79,8 +75,8 @@ def run_calculator(seed: int, tmp: str, quick: bool) -> dict[str, Any]:
     tool_before, tool_after = _eval(evals, "eval/agent/episodes_with_tool_call")
     return {"seed": seed, "success_before": before, "success_after": after, "tool_rate_before": tool_before,
             "tool_rate_after": tool_after, "minutes": minutes,
-            "success_curve": _curve(rl, "reward/correct/mean"),
-            "tool_curve": _curve(rl, "agent/episodes_with_tool_call")}
+            "success_curve": curve(rl, "reward/correct/mean"),
+            "tool_curve": curve(rl, "agent/episodes_with_tool_call")}
 
 
 def run_game(seed: int, tmp: str, quick: bool) -> dict[str, dict[str, Any]]:
@@ -101,9 +97,9 @@ def run_game(seed: int, tmp: str, quick: bool) -> dict[str, dict[str, Any]]:
         before, after = _eval(evals, "eval/accuracy")
         turns_before, turns_after = _eval(evals, "eval/agent/turns_mean")
         out[kind] = {"seed": seed, "success_before": before, "success_after": after, "turns_before": turns_before,
-                     "eval_curve": _curve(evals, "eval/accuracy"),
+                     "eval_curve": curve(evals, "eval/accuracy"),
                      "turns_after": turns_after, "minutes": minutes,
-                     "success_curve": _curve(rl, "reward/solved/mean"), "turns_curve": _curve(rl, "agent/turns_mean")}
+                     "success_curve": curve(rl, "reward/solved/mean"), "turns_curve": curve(rl, "agent/turns_mean")}
     return out
 
 
@@ -232,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     md += f"\n![curves]({NAME}.png)\n"
     result = {"bench": NAME, "machine": info, "quick": args.quick, "seeds": args.seeds, "ratios": ratios,
               "command": kept.get("command", command) if kept else command, "rerun": command if kept else None,
-              "required_ratios": [f"game_{k}_turns_after" for k in ("grpo", "gigpo") if game], "calculator": calc, "game": game, "figure": figure}
+              "required_ratios": [f"game_{k}_turns_after" for k in ("grpo", "gigpo") if game], "calculator": calc,
+              "game": game, "figure": figure}
     result["paths"] = write_results(args.out, NAME, result, md)
     print(md)
     return result

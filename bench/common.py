@@ -221,6 +221,11 @@ def read_metrics(path: str, phase: str = "rl") -> list[dict[str, Any]]:
         return [r for r in (json.loads(line) for line in f if line.strip()) if r.get("phase") == phase]
 
 
+def curve(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(step, value) of every record that has ``key``."""
+    return [(r["step"], r[key]) for r in records if r.get(key) is not None]
+
+
 def tiny_recipe(overrides: Sequence[str], output_dir: str, edit: Callable[[dict], None] | None = None):
     """recipes/grpo_tiny_cpu.yaml with `overrides`, writing into `output_dir`, optionally edited as a dict
     (e.g. to replace the reward list) and validated again."""

@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from typing import Any, Sequence
 
-from bench.common import header, machine_info, md_table, parse_args, ratio, ray_running, read_metrics, save_figure, \
+from bench.common import curve, header, machine_info, md_table, parse_args, ratio, ray_running, read_metrics, save_figure, \
     setup_env, tiny_recipe, without_vllm, write_results
 
 NAME = "engine_curves"
@@ -43,10 +43,6 @@ def recipe_for(engine: str, steps: int, eval_every: int, out: str, sft_dir: str 
             d["model"] = {"path": sft_dir}
 
     return tiny_recipe(overrides, out, edit)
-
-
-def curve(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
-    return [(r["step"], r[key]) for r in records if r.get(key) is not None]
 
 
 def quarter_mean(points: list[tuple[int, float]], last: bool = True) -> float:

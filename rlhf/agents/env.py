@@ -151,15 +151,10 @@ _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", 
 
 
 def tool_names(cls: type) -> list[str]:
-    """The public methods of ``cls`` that are tools (not part of the protocol), in definition order."""
-    names = []
-    for name, member in vars(cls).items():
-        if name.startswith("_") or name in PROTOCOL_METHODS or not inspect.isfunction(member):
-            continue
-        names.append(name)
-    for base in cls.__mro__[1:]:  # inherited tools (a mixin providing `python`, say)
-        if base is object:
-            continue
+    """The public methods of ``cls`` that are tools (not part of the protocol), in definition order: its own, then
+    inherited ones (a mixin providing `python`, say)."""
+    names: list[str] = []
+    for base in cls.__mro__[:-1]:  # the class, then its bases; not `object`
         for name, member in vars(base).items():
             if (not name.startswith("_") and name not in PROTOCOL_METHODS and inspect.isfunction(member)
                     and name not in names):
@@ -218,14 +213,14 @@ def _arg_docs(doc: str) -> dict[str, str]:
 
 def bind_call(cls: type, name: str, args: tuple, kwargs: dict) -> str | None:
     """None when ``name(*args, **kwargs)`` fits the tool's signature, else a short message for the model."""
-    if name not in tool_names(cls):
-        return f"unknown tool {name!r}; tools: {', '.join(tool_names(cls)) or 'none'}"
-    signature = inspect.signature(getattr(cls, name))
+    tools = tool_names(cls)
+    if name not in tools:
+        return f"unknown tool {name!r}; tools: {', '.join(tools) or 'none'}"
     try:
-        signature.bind(None, *args, **kwargs)
+        bound = inspect.signature(getattr(cls, name)).bind(None, *args, **kwargs)
     except TypeError as exc:
         return f"bad arguments for {name}: {exc}"
-    for param, value in signature.bind(None, *args, **kwargs).arguments.items():
+    for param, value in bound.arguments.items():
         want = _annotation(getattr(cls, name), param)
         if want in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
                                      or (want is int and not isinstance(value, int))):

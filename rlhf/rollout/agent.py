@@ -32,8 +32,8 @@ from typing import Any, Sequence
 
 import torch
 
-from rlhf.agents.env import (AgentEnvError, EnvCaller, as_rewards, as_step, resolve_environment, takes_response,
-                             tool_names, tool_specs)
+from rlhf.agents.env import (AgentEnvError, EnvCaller, as_rewards, as_step, bind_call, resolve_environment,
+                             takes_response, tool_names, tool_specs)
 from rlhf.agents.parsers import build_parser
 from rlhf.agents.tools import SandboxError
 from rlhf.rollout.base import eos_ids
@@ -245,8 +245,6 @@ class AgentRollout:
         ep.parse_errors += len(parsed.errors)
         for call in parsed.calls:
             ep.tool_calls += 1
-            from rlhf.agents.env import bind_call
-
             problem = bind_call(self.env_cls, call.name, tuple(call.args), dict(call.kwargs))
             if problem is not None:
                 ep.tool_errors += 1
