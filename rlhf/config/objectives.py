@@ -1,9 +1,10 @@
 """The recipe's `objective:` sections, one per objective kind (a discriminated union on `kind`).
 
 Every policy-gradient objective (GRPO, GiGPO, RLOO, REINFORCE++, PPO, CGPO) shares one section of fields, declared
-once in ``PolicyGradientConfig``: the clipped surrogate's (clip, clip-higher, KL loss term, aggregation; see
-``rlhf.objectives.common.Surrogate``) and the update loop's (epochs, mini-batches). What each kind needs from the
-runtime is stated by the objective registry (``rlhf.config.registry``), not here.
+once in ``PolicyGradientConfig``: the clipped surrogate's (clip, clip-higher, KL loss term, aggregation, the
+off-policy correction in ``off_policy``; see ``rlhf.objectives.common.Surrogate``) and the update loop's (epochs,
+mini-batches). What each kind needs from the runtime is stated by the objective registry
+(``rlhf.config.registry``), not here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,39 @@ from typing import Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from rlhf.config.base import Strict
+
+
+class OffPolicyConfig(Strict):
+    """`objective.off_policy`: how the surrogate corrects for samples drawn by a behaviour policy other than the
+    trainer's (stale weights under asynchronous training, another engine's kernels); see
+    ``rlhf.objectives.offpolicy`` for each correction's definition and bias / variance."""
+
+    correction: Literal["auto", "none", "behaviour", "tis", "mis", "decoupled"] = Field(
+        "auto", description="auto: resolved by the driver (none when training is synchronous, decoupled when "
+        "asynchronous); none: no correction; behaviour: coupled PPO, the clip ratio is taken against the rollout "
+        "engine's logprobs; tis: truncated importance sampling min(p/b, cap); mis: masked importance sampling "
+        "(IcePop), tokens whose p/b leaves [low, high] are dropped; decoupled: decoupled PPO (AReaL), clip against "
+        "the trainer's proximal logprobs, weight p/b, tokens with p/b > cap dropped")
+    level: Literal["token", "sequence"] = Field(
+        "token", description="token: one weight per token; sequence (tis, mis only): tis truncates the sample's "
+        "likelihood ratio exp(sum (p - b)), mis keeps or drops whole samples by their geometric-mean ratio")
+    cap: float = Field(2.0, gt=0, description="tis: truncation cap of the weights; decoupled: tokens whose weight "
+                       "exceeds it are dropped")
+    low: float = Field(0.5, gt=0, description="mis: lower end of the band of kept ratios p/b")
+    high: float = Field(2.0, gt=0, description="mis: upper end of the band of kept ratios p/b")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OffPolicyConfig":
+        if self.low >= self.high:
+            raise ValueError(f"objective.off_policy.low ({self.low}) must be below objective.off_policy.high "
+                             f"({self.high})")
+        if not self.low <= 1.0 <= self.high:
+            raise ValueError(f"objective.off_policy.low / objective.off_policy.high: the band [{self.low}, "
+                             f"{self.high}] must contain 1 (the ratio of on-policy tokens)")
+        if self.correction in ("behaviour", "decoupled") and self.level != "token":
+            raise ValueError(f"objective.off_policy.correction: {self.correction} is token-level only; "
+                             "objective.off_policy.level must be token")
+        return self
 
 
 class PolicyGradientConfig(Strict):
@@ -32,6 +66,8 @@ class PolicyGradientConfig(Strict):
     )
     epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch")
+    off_policy: OffPolicyConfig = Field(default_factory=OffPolicyConfig, description="off-policy correction of "
+                                        "stale or mismatched samples (asynchronous training, rollout engines)")
 
 
 def _kl_in_reward(cfg: PolicyGradientConfig, where: str) -> None:

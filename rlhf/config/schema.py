@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from rlhf.config.base import Strict
+from rlhf.config.pipeline import PipelineConfig, check_pipeline
 from rlhf.config.objectives import (  # noqa: F401  (the objective sections are part of the schema)
     CGPOConfig,
     CGPOTaskConfig,
@@ -452,6 +453,7 @@ class Recipe(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _placement_checks(self) -> "Recipe":
@@ -524,6 +526,7 @@ class Recipe(Strict):
                 raise ValueError(f"process.progress.component {prog.component!r} is not a reward component; "
                                  f"components are {names}")
             check_progress(self)
+        check_pipeline(self)
         acc = self.eval.accuracy_component
         if acc is not None and acc not in names:
             raise ValueError(f"eval.accuracy_component {acc!r} is not a reward component; components are {names}")

@@ -18,8 +18,14 @@ defaults to eps_low; a larger one is DAPO's clip-higher. Rows marked in ``nll_ro
                                                          ``token_normalizer`` = rows * max_new_tokens (TRL
                                                          "dr_grpo"); defaults to the padded B * C
 
-Off-policy correction of the rollout engine's mismatch (TIS) is applied to the advantages before the surrogate
-(``rlhf.objectives.offpolicy``).
+Off-policy correction (``correction``, ``rlhf.objectives.offpolicy``): with ``behaviour_logprobs`` b (the rollout
+engine's) and the proximal p (``old_logprobs``), kind behaviour takes the ratio against b (pi_old := b); kinds tis,
+mis and decoupled keep pi_old := p and multiply each token's policy term (and each NLL-row term) by a detached
+weight w >= 0 derived from p / b; the KL term is never reweighted:
+
+    l_it = -w_it min(rho A, clip(rho) A) + kl_coef * D_KL,it
+
+Since w >= 0, this is the clipped term with w folded into A (the former advantage-folding TIS), computed once.
 
 ``completion_logprobs`` computes log pi(o_t | q, o_<t) for each completion token, the quantity every
 policy-gradient loss here is written in (e.g. the ratio in DeepSeekMath eq. 3, Shao et al. 2024):
@@ -40,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rlhf.objectives.offpolicy import Correction
 from rlhf.types import LossOutput
 
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "dr_grpo")
@@ -132,6 +139,7 @@ class Surrogate:
     kl_coef: float = 0.0  # beta of the k3 KL loss term
     loss_agg: str = "token_mean"
     kl_ratio_correction: bool = False  # multiply k3 by the ratio rho
+    correction: Correction = Correction()  # off-policy correction; kind none ignores behaviour_logprobs
 
     def __post_init__(self) -> None:
         if self.loss_agg not in LOSS_AGGREGATIONS:
@@ -140,10 +148,11 @@ class Surrogate:
     @classmethod
     def from_config(cls, cfg: Any, kl_coef: float | None = None) -> "Surrogate":
         """From an objective config's shared policy-gradient fields; ``kl_coef`` overrides the config's (0 when
-        the KL sits in the reward instead of the loss)."""
+        the KL sits in the reward instead of the loss). The correction comes from ``cfg.off_policy``; an
+        unresolved "auto" is kept and refused by ``loss``."""
         return cls(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
                    kl_coef=cfg.kl_coef if kl_coef is None else kl_coef, loss_agg=cfg.loss_agg,
-                   kl_ratio_correction=cfg.kl_ratio_correction)
+                   kl_ratio_correction=cfg.kl_ratio_correction, correction=Correction.from_config(cfg.off_policy))
 
     @property
     def needs_reference(self) -> bool:
@@ -154,28 +163,52 @@ class Surrogate:
         return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
     def loss(self, logprobs: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None, advantages: Tensor,
-             mask: Tensor, token_normalizer: float | None = None, nll_rows: Tensor | None = None) -> LossOutput:
-        """Clipped surrogate + kl_coef * k3 KL, aggregated by ``loss_agg``.
+             mask: Tensor, token_normalizer: float | None = None, nll_rows: Tensor | None = None,
+             behaviour_logprobs: Tensor | None = None) -> LossOutput:
+        """Clipped surrogate + kl_coef * k3 KL, aggregated by ``loss_agg``, with the off-policy ``correction``.
 
-        logprobs (B, C) with grad; old_logprobs (B, C) or None (= logprobs.detach(), one update per rollout);
-        ref_logprobs (B, C) or None; advantages (B,) or token-level (B, C); mask (B, C) 1 on counted tokens.
-        token_normalizer: for token_mean / dr_grpo, divide the token sum by this instead of this batch's token
-        count (e.g. the mini-batch's global token count / number of micro-batches, so summed shards equal one
-        mean). nll_rows (B,) bool: rows trained with -A * log pi (their A comes from ``advantages``).
+        logprobs (B, C) with grad; old_logprobs (B, C) or None (= logprobs.detach(), one update per rollout): the
+        proximal policy; ref_logprobs (B, C) or None; advantages (B,) or token-level (B, C); mask (B, C) 1 on
+        counted tokens. token_normalizer: for token_mean / dr_grpo, divide the token sum by this instead of this
+        batch's token count (e.g. the mini-batch's global token count / number of micro-batches, so summed shards
+        equal one mean). nll_rows (B,) bool: rows trained with -A * log pi (their A comes from ``advantages``).
+        behaviour_logprobs (B, C) or None: the rollout engine's logprobs, required unless the correction is none.
         """
+        kind = self.correction.resolved().kind
+        weights, extra = None, {}
+        if kind != "none":
+            if behaviour_logprobs is None:
+                raise ValueError(f"objective.off_policy.correction: {kind} needs behaviour_logprobs (the rollout "
+                                 "engine's logprobs of the sampled tokens)")
+            proximal = logprobs.detach() if old_logprobs is None else old_logprobs  # (B, C)
+            w, extra = self.correction.weights(proximal, behaviour_logprobs, mask)  # (B, C) detached
+            if kind == "behaviour":
+                old_logprobs = behaviour_logprobs  # coupled: the ratio and the clip are taken against b
+            else:
+                old_logprobs, weights = proximal, w.to(logprobs.dtype)
         if nll_rows is not None and bool(nll_rows.any()):
             rows = nll_rows.to(torch.bool)  # (B,)
+            rows = rows.unsqueeze(1) if advantages.dim() == 2 else rows  # (B, 1) against token-level advantages
             out = self._clipped(logprobs, old_logprobs, ref_logprobs, torch.where(rows, 0.0, advantages), mask,
-                                token_normalizer)  # the surrogate on the other rows, KL on all
-            weight = torch.where(rows, advantages, 0.0).unsqueeze(1)  # (B, 1)
-            nll = self.aggregate(-weight * logprobs, mask.to(logprobs.dtype), token_normalizer)
+                                token_normalizer, weights)  # the surrogate on the other rows, KL on all
+            weight = torch.where(rows, advantages, 0.0)  # (B,) or (B, C)
+            weight = weight.unsqueeze(1) if weight.dim() == 1 else weight  # (B, 1) or (B, C)
+            nll_term = -weight * logprobs  # (B, C)
+            if weights is not None:
+                nll_term = nll_term * weights  # (B, C)
+            nll = self.aggregate(nll_term, mask.to(logprobs.dtype), token_normalizer)
             out.metrics["loss/crraft_nll"] = float(nll.detach())
             out.metrics["loss/total"] = float((out.loss + nll).detach())
+            out.metrics.update(extra)
             return LossOutput(loss=out.loss + nll, metrics=out.metrics)
-        return self._clipped(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer)
+        out = self._clipped(logprobs, old_logprobs, ref_logprobs, advantages, mask, token_normalizer, weights)
+        out.metrics.update(extra)
+        return out
 
     def _clipped(self, logprobs: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None,
-                 advantages: Tensor, mask: Tensor, token_normalizer: float | None) -> LossOutput:
+                 advantages: Tensor, mask: Tensor, token_normalizer: float | None,
+                 weights: Tensor | None = None) -> LossOutput:
+        """weights (B, C) or None: detached off-policy weights of the policy term (not of the KL term)."""
         if self.kl_coef > 0 and ref_logprobs is None:
             raise ValueError("the surrogate's KL term (kl_coef > 0) needs ref_logprobs")
         on = mask != 0  # (B, C) bool
@@ -189,6 +222,8 @@ class Surrogate:
         ratio = torch.exp(log_ratio)  # (B, C)
         clipped = ratio.clamp(1 - self.clip_eps, 1 + self.eps_high)  # (B, C)
         policy_term = -torch.min(ratio * adv, clipped * adv)  # (B, C)
+        if weights is not None:
+            policy_term = weights * policy_term  # (B, C) off-policy weights, detached
 
         per_token = policy_term  # (B, C)
         kl = None

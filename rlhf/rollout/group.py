@@ -113,7 +113,7 @@ class RolloutGroup:
             chat_template=recipe.data.chat_template,
             max_prompt_tokens=recipe.data.max_prompt_tokens,
             batch_size=r.batch_size,
-            num_threads=max(1, (os.cpu_count() or 1) // r.num_engines),
+            num_threads=engine_threads(recipe),
         )
         actor_cls = ray.remote(RolloutActor)
         gpus = r.vllm.tensor_parallel_size if r.engine == "vllm" else 1
@@ -266,6 +266,20 @@ class RolloutGroup:
             ray.kill(a)
 
 
+def _cpu_split(recipe: Recipe) -> tuple[int, int, int]:
+    """(threads per engine, threads per training rank, cores the engines bind to): all cores when synchronous,
+    the engines' share under pipeline.max_staleness >= 1 (rlhf/transport/placement.py)."""
+    from rlhf.transport.placement import async_engine_cores, cpu_threads
+
+    cores = os.cpu_count() or 1
+    share = async_engine_cores(recipe.pipeline.max_staleness, recipe.pipeline.engine_cores, cores)
+    return cpu_threads(cores, recipe.rollout.num_engines, recipe.train.num_ranks, share)
+
+
+def engine_threads(recipe: Recipe) -> int:
+    return _cpu_split(recipe)[0]
+
+
 def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
     """Engine-specific constructor arguments (vllm: its recipe block, per-engine CPU cores, seed)."""
     r = recipe.rollout
@@ -273,6 +287,6 @@ def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
         return {}
     from rlhf.rollout.vllm import cpu_binding
 
-    return {"vllm": r.vllm.model_dump(), "cpu_bind": cpu_binding(index, r.num_engines),
+    return {"vllm": r.vllm.model_dump(), "cpu_bind": cpu_binding(index, r.num_engines, _cpu_split(recipe)[2]),
             "seed": recipe.run.seed + 1000 * index}
 

@@ -136,9 +136,12 @@ def informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[in
 
 
 def track_mismatch(recipe: Any) -> bool:
-    """Rollout logprobs go to the trainer when they can differ from its own (vllm) or TIS is on. The `hf` engine
+    """Rollout logprobs go to the trainer when they can differ from its own (vllm) or the surrogate corrects
+    towards them (rollout.tis_cap, objective.off_policy, async: rlhf/config/pipeline.py). The `hf` engine
     recomputes them with the trainer's own code on the same weights, so there the mismatch is exactly zero."""
-    return recipe.rollout.engine != "hf" or recipe.rollout.tis_cap is not None
+    from rlhf.config.pipeline import behaviour_logprobs
+
+    return behaviour_logprobs(recipe)
 
 
 def training_sampling(recipe: Any, step: int, round_: int = 0) -> SamplingSettings:
@@ -158,15 +161,39 @@ def eval_sampling(recipe: Any) -> SamplingSettings:
                             stop=tuple(recipe.rollout.stop))
 
 
-def rollout_metrics(rollout: RolloutBatch, payload: Any, timings: dict[str, float]) -> dict[str, float]:
-    """Generation and throughput numbers every on-policy step logs, plus the phase timings."""
+def rollout_metrics(rollout: RolloutBatch, payload: Any, timings: dict[str, float],
+                    trained_version: int | None = None) -> dict[str, float]:
+    """Generation and throughput numbers every on-policy step logs, plus the phase timings, each actor group's
+    busy share of the step and, given the version the trainers trained (step - 1), each sample's staleness."""
     n_tokens = int(rollout.completion_mask.sum())
-    return {
+    step = max(timings["time/step"], 1e-9)
+    out = {
         "rollout/completion_tokens_mean": n_tokens / rollout.batch_size,
         "rollout/finished_rate": float(rollout.finished.float().mean()),
         "throughput/gen_tokens_per_s": n_tokens / max(timings["time/generate"], 1e-9),
-        "throughput/samples_per_s": rollout.batch_size / max(timings["time/step"], 1e-9),
+        "throughput/samples_per_s": rollout.batch_size / step,
         "sync/bytes": payload.num_bytes,
         "sync/fast_route": float(payload.transport != "object_store"),  # 0 on a broadcast/IPC run: it fell back
+        # share of this step's wall time each actor group worked (async: the batch's production overlapped the
+        # previous step, so a share can pass 1 when a group is the bottleneck)
+        "busy/engines": timings["time/generate"] / step,
+        "busy/rewards": timings.get("time/score", 0.0) / step,
+        "busy/trainers": (timings.get("time/advantages", 0.0) + timings.get("time/train", 0.0)
+                          + timings.get("time/sync", 0.0)) / step,
         **timings,
     }
+    if trained_version is not None:
+        out.update(staleness_metrics(rollout.versions, trained_version))
+    return out
+
+
+def staleness_metrics(versions: torch.Tensor, trained_version: int) -> dict[str, float]:
+    """Per sample, the versions between the trainer's (``trained_version``) and the oldest that generated one of
+    its tokens: mean, max and the share of samples at each staleness (versions (B, C), -1 where not generated)."""
+    generated = versions >= 0  # (B, C)
+    oldest = torch.where(generated, versions, torch.full_like(versions, trained_version)).min(dim=1).values  # (B,)
+    staleness = (trained_version - oldest).clamp(min=0)  # (B,)
+    out = {"async/staleness_mean": float(staleness.float().mean()), "async/staleness_max": float(staleness.max())}
+    for k, n in zip(*torch.unique(staleness, return_counts=True)):
+        out[f"async/staleness_share/{int(k)}"] = float(n) / staleness.numel()
+    return out

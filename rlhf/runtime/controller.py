@@ -6,7 +6,8 @@
     build the training ranks (DeepSpeed in Ray actors)
     [warm-up]  the SFT stage on the data's completions, saved as OUT/sft
     build the stage that trains the objective (its capabilities name it: rlhf/runtime/stages.py)
-    eval (before); the pipeline drives the stage: produce -> consume per step, then log [-> eval] [-> checkpoint];
+    eval (before); the pipeline drives the stage: produce -> consume per step (in turn, or produce running ahead
+    with pipeline.max_staleness >= 1), then log [-> eval] [-> checkpoint, with the batches in flight];
     checkpoint, eval (after), summary
 """
 
@@ -76,12 +77,13 @@ class GracefulStop:
 
 def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says; returns the summary (also written to OUT/summary.json)."""
+    from rlhf.config.pipeline import trained_objective
     from rlhf.config.registry import build_objective, capabilities
     from rlhf.logging import MetricsLogger
     from rlhf.models.load import resolve_model_dir
     from rlhf.runtime.data import load_data
-    from rlhf.runtime.pipeline import SyncPipeline
-    from rlhf.runtime.resume import checkpoint_step, resume_point, truncate_metrics
+    from rlhf.runtime.pipeline import SyncPipeline, build_pipeline
+    from rlhf.runtime.resume import checkpoint_step, load_pending, resume_point, truncate_metrics
     from rlhf.runtime.stages import StageInputs, build_stage
     from rlhf.runtime.warmup import SFTStage
     from rlhf.train.group import TrainGroup
@@ -117,7 +119,6 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         headline=tuple(f"reward/{c.name}/mean" for c in recipe.rewards) + ("kl",),
         append=resume_from is not None,
     )
-    pipeline = SyncPipeline()
     actors: list[Any] = []
     stop: GracefulStop | None = None
     try:
@@ -131,7 +132,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
                 warmup = SFTStage(recipe, trainers, model_dir, train_rows)
                 trainers.build(model_dir, recipe.warmup.lr)
                 log.start_phase("sft warm-up", recipe.warmup.steps)
-                pipeline.run(warmup, range(1, recipe.warmup.steps + 1), before_consume=lambda step: None,
+                SyncPipeline().run(warmup, range(1, recipe.warmup.steps + 1), before_consume=lambda step: None,
                              after_step=lambda step, metrics: log.log(step, metrics, phase=warmup.phase))
                 trainers.save_hf(policy_dir)
                 state.warmup_done = True
@@ -140,7 +141,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         trainers.build(start_dir, recipe.train.lr)
         if resume_from:
             trainers.load_optimizer(str(resume_from))
-        objective = build_objective(recipe.objective)
+        objective = build_objective(trained_objective(recipe))  # objective.off_policy resolved
         if caps.needs_reference:
             trainers.load_reference(policy_dir)
         # model.lora resumes from an adapter checkpoint: engines (and a PPO critic) start from its base model and
@@ -157,6 +158,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         log.start_phase(objective.name, recipe.run.steps, state.step)
 
         stop = GracefulStop()  # SIGTERM (preemption, time limit) or a first Ctrl-C: finish the step, save, exit
+        pipeline = build_pipeline(recipe.pipeline.max_staleness)
 
         def set_lr(step: int) -> None:
             trainers.set_lr(lr_at(recipe, step))
@@ -167,15 +169,19 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             if step % recipe.run.log_every == 0 or step == recipe.run.steps:
                 log.log(step, metrics, phase=stage.phase)
             if recipe.eval.every and step % recipe.eval.every == 0 and step != recipe.run.steps:
-                log.log(step, {f"eval/{k}": v for k, v in stage.evaluate().items()}, phase="eval")
+                with pipeline.paused():  # the engines hold this step's weights; nothing else generates
+                    log.log(step, {f"eval/{k}": v for k, v in stage.evaluate().items()}, phase="eval")
             if stop.requested and step != recipe.run.steps:
-                path = _save(recipe, trainers, state, stage)
+                with pipeline.paused():
+                    path = _save(recipe, trainers, state, stage, pipeline.pending())
                 raise Stopped(f"stopped by {stop.requested} after step {step}; checkpoint {path} is complete: "
                               "continue with `rlhf train RECIPE --resume`")
             if recipe.run.save_every and step % recipe.run.save_every == 0 and step != recipe.run.steps:
-                _save(recipe, trainers, state, stage)
+                with pipeline.paused():
+                    _save(recipe, trainers, state, stage, pipeline.pending())
 
-        pipeline.run(stage, range(state.step + 1, recipe.run.steps + 1), set_lr, after_step)
+        pipeline.run(stage, range(state.step + 1, recipe.run.steps + 1), set_lr, after_step,
+                     pending=load_pending(resume_from))
 
         final_ckpt = (
             str(resume_from) if resume_from is not None and state.step == checkpoint_step(resume_from)
@@ -235,14 +241,17 @@ def _lora_base(model_dir: str) -> str:
     return adapter_base_dir(model_dir) if is_adapter_dir(model_dir) else model_dir
 
 
-def _save(recipe: Recipe, trainers: Any, state: Any, stage: Any) -> str:
-    from rlhf.train import checkpoint as ckpt
-
+def _save(recipe: Recipe, trainers: Any, state: Any, stage: Any, pending: list[Any] | None = None) -> str:
+    """A complete checkpoint: weights, optimizer, what the stage owns, the run state and (async) the batches
+    produced but not yet trained."""
     from rlhf.config import recipe_to_yaml
+    from rlhf.runtime.resume import save_pending
+    from rlhf.train import checkpoint as ckpt
 
     staged = ckpt.staging_dir(recipe.run.output_dir, state.step)
     trainers.save_checkpoint(str(staged))
     stage.save_checkpoint(str(staged))
+    save_pending(staged, pending or [])
     (staged / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     state.stage = stage.state_dict()
     final = ckpt.commit(recipe.run.output_dir, state.step, staged, state.__dict__, recipe.run.keep_checkpoints)

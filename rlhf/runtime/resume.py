@@ -33,7 +33,7 @@ class RunState:
 RESUMABLE_CHANGES = ("run.steps", "run.save_every", "run.keep_checkpoints", "run.log_every", "run.progress",
                      "run.tensorboard", "eval.every", "eval.max_samples",
                      # where it runs: a job preempted on one Slurm allocation resumes on another (a new head address)
-                     "ray.address", "ray.num_cpus")
+                     "ray.address", "ray.num_cpus", "pipeline.engine_cores")
 
 
 def resume_point(recipe: Recipe, resume: bool) -> tuple[RunState, Any]:
@@ -91,6 +91,35 @@ def _changed_keys(recipe: Recipe, saved_path: Any) -> list[str]:
         pass
     now, before = flat(recipe.model_dump(mode="json")), flat(saved)
     return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k)) or ["(unknown)"]
+
+
+PENDING = "pending.pt"  # an async run's batches produced but not yet trained
+
+
+def save_pending(staged_dir: Any, pending: list[Any]) -> None:
+    """The Experiences in flight (async), written into the staged checkpoint; nothing for a synchronous run."""
+    if pending:
+        import torch
+
+        torch.save(pending, os.path.join(str(staged_dir), PENDING))
+
+
+def load_pending(checkpoint: Any) -> list[Any]:
+    """The batches a checkpoint's run had produced but not trained ([] for none or a fresh run): the resumed run
+    trains exactly these before producing new ones (rlhf/runtime/pipeline.py)."""
+    if checkpoint is None or not os.path.exists(os.path.join(str(checkpoint), PENDING)):
+        return []
+    import time
+
+    import torch
+
+    try:
+        pending = torch.load(os.path.join(str(checkpoint), PENDING), weights_only=False)
+    except Exception as e:  # noqa: BLE001  (a torn or foreign file: name it)
+        raise ResumeMismatch(f"--resume: {checkpoint}/{PENDING} (the batches in flight) cannot be read: {e}") from e
+    for exp in pending:
+        exp.started = time.perf_counter()  # the clock of the process that produced them is gone
+    return pending
 
 
 def checkpoint_step(path: Any) -> int:

@@ -6,6 +6,11 @@ components (GRPO, RLOO, REINFORCE++, PPO, online DPO, CGPO; rlhf/runtime/stages.
     consume(exp):   engines release memory -> update.prepare (signals: advantages, pairs, task terms)
                     -> update.train (trainer groups) -> sync coordinator (weights to the engines, checked)
 
+Driven asynchronously (``run_async``, rlhf/runtime/pipeline.py ``AsyncPipeline``), ``produce`` runs in the
+pipeline's producer thread and touches only the prompts, the engines and the reward workers: the weighting's
+``begin_step`` and ``observe`` move to the start of ``consume`` (step order, when the batch is trained), and the
+weight sync waits at the pipeline's gate until the batches admitted with the older weights are produced.
+
 The update component decides what is trained: ``PolicyGradientUpdate`` (an advantage estimator + the surrogate),
 ``OnlinePairsUpdate`` (rlhf/runtime/online_dpo.py), ``CGPOUpdate`` (rlhf/runtime/cgpo.py).
 """
@@ -40,15 +45,22 @@ class RLStage:
                  progress: Callable[[Any, Any, int], dict[str, float]] | None = None) -> None:
         self.collector, self.weighting, self.update, self.sync = collector, weighting, update, sync
         self.engines, self._evaluate, self._summary, self.progress = engines, evaluator, summary, progress
+        self._sync_gate: Callable[[int], None] | None = None  # set when driven asynchronously
+
+    def run_async(self, sync_gate: Callable[[int], None]) -> None:
+        """Driven by the async pipeline: weighting in ``consume``, the sync to version v after ``sync_gate(v)``."""
+        self._sync_gate = sync_gate
 
     # ------------------------------------------------------------------ the step
 
     def produce(self, step: int) -> Experience:
         started = time.perf_counter()
-        self.weighting.begin_step(step)  # schedules
+        if self._sync_gate is None:
+            self.weighting.begin_step(step)  # schedules
         c = self.collector.collect(step)
         metrics = dict(c.metrics)
-        metrics.update(self.weighting.observe(c.rewards))  # constraints' multipliers, hypervolume-guided weights
+        if self._sync_gate is None:
+            metrics.update(self.weighting.observe(c.rewards))  # constraints' multipliers, hypervolume-guided weights
         timings = {"time/generate": c.t_generate, "time/score": c.t_score}
         if self.progress is not None:  # MRT: dense bonus from success estimates at every step end
             t0 = time.perf_counter()
@@ -60,15 +72,22 @@ class RLStage:
 
     def consume(self, exp: Experience) -> dict[str, float]:
         timings = dict(exp.timings)
+        observed = {}
+        if self._sync_gate is not None:  # async: the weighting follows the batches as they are trained
+            self.weighting.begin_step(exp.step)
+            observed = self.weighting.observe(exp.rewards)
         self.engines.sleep()  # colocated vllm with sleep mode frees its memory while training runs (no-op otherwise)
         with timed(timings, "time/advantages"):
             prepared = self.update.prepare(exp)
         with timed(timings, "time/train"):
             train_metrics = self.update.train(prepared)
+        if self._sync_gate is not None:
+            with timed(timings, "time/idle/sync_wait"):  # engines finish the batches admitted with older weights
+                self._sync_gate(exp.step)
         with timed(timings, "time/sync"):
             payload = self.sync.sync(version=exp.step)
         timings["time/step"] = time.perf_counter() - exp.started
-        return {**exp.metrics, **prepared.metrics, **train_metrics, **rollout_metrics(exp.rollout, payload, timings),
+        return {**exp.metrics, **observed, **prepared.metrics, **train_metrics, **rollout_metrics(exp.rollout, payload, timings, exp.step - 1),
                 "events/rollout_restarts": float(self.engines.restarts)}  # cumulative
 
     # ------------------------------------------------------------------ around the steps

@@ -19,7 +19,6 @@ class StepSettings:
     micro_batch_size: int  # sequences per forward/backward on one rank
     epochs: int = 1  # passes over a rollout batch (policy gradient, critic)
     mini_batches: int = 1  # optimizer steps per epoch
-    tis_cap: float | None = None  # truncated importance sampling of the rollout engine's mismatch
     max_new_tokens: int = 1  # dr_grpo's constant denominator per micro-batch (rows x max_new_tokens)
 
 
@@ -51,15 +50,16 @@ class WorkerSettings:
 
 def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
     """A training rank's settings from the recipe (driver side)."""
+    from rlhf.config.pipeline import trained_objective
     from rlhf.config.registry import capabilities
     from rlhf.models import lora
 
-    objective = recipe.objective
+    objective = trained_objective(recipe)  # objective.off_policy resolved (async, rollout.tis_cap)
     caps = capabilities(objective)
     steps = StepSettings(
         temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
         epochs=caps.epochs, mini_batches=caps.mini_batches,
-        tis_cap=recipe.rollout.tis_cap, max_new_tokens=recipe.rollout.completion_tokens,
+        max_new_tokens=recipe.rollout.completion_tokens,
     )
     export = ExportSettings(
         bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,

@@ -109,7 +109,7 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
     """COLLECTIVE. Reference/old logprobs, then epochs x mini-batches of optimizer steps of the objective's
     surrogate on this rank's shard. token_level: exp.advantages are the objective's sequence scores, finished into
     token advantages here once logprobs are known (REINFORCE++)."""
-    from rlhf.objectives.offpolicy import apply_tis, mismatch_metrics
+    from rlhf.objectives.offpolicy import mismatch_metrics
 
     s = ctx.settings
     exp = exp.to(ctx.device)
@@ -150,15 +150,11 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
                 logprobs = completion_logprobs(ctx.backend.module, part.input_ids, part.attention_mask,
                                                part.prompt_len, s.temperature)  # (b, C)
                 old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs  # pre-update
-                advantages, extra = part.advantages, {}
-                if part.rollout_logprobs is not None:  # rollout engine vs trainer: measure, optionally correct
+                extra = {}
+                if part.rollout_logprobs is not None:  # the engine's (behaviour) logprobs vs the trainer's
                     extra = mismatch_metrics(old, part.rollout_logprobs, part.loss_mask)
-                    if s.tis_cap is not None:
-                        advantages, tis = apply_tis(advantages, old, part.rollout_logprobs, part.loss_mask,
-                                                    s.tis_cap)  # (b, C)
-                        extra.update(tis)
-                out = surrogate.loss(logprobs, old, part.ref_logprobs, advantages, part.loss_mask, normalizer,
-                                     nll_rows=part.nll_rows)
+                out = surrogate.loss(logprobs, old, part.ref_logprobs, part.advantages, part.loss_mask, normalizer,
+                                     nll_rows=part.nll_rows, behaviour_logprobs=part.rollout_logprobs)
                 out.metrics.update(extra)
                 return out
 

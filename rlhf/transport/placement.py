@@ -68,3 +68,22 @@ def train_bundles(num_ranks: int, colocated: bool = False) -> list[dict[str, Any
 def rollout_options(gpus_per_engine: int = 1) -> dict[str, Any]:
     """Ray `.options(...)` per rollout engine (vllm with tensor parallelism takes several GPUs)."""
     return {"num_gpus": gpus_per_engine, "num_cpus": 1} if has_gpus() else {"num_cpus": 0.01}
+
+
+def cpu_threads(cores: int, num_engines: int, num_ranks: int, engine_cores: int | None) -> tuple[int, int, int]:
+    """Torch threads per engine, per training rank, and the first core after the engines' (vLLM's CPU binding).
+
+    engine_cores None (synchronous: the phases take turns): every engine and every rank spread over all the
+    cores. An integer (asynchronous: both run at once): the engines' threads take that many cores, the ranks
+    the rest, so neither group slows the other by oversubscription."""
+    if engine_cores is None:
+        return max(1, cores // num_engines), max(1, cores // num_ranks), cores
+    engine_cores = min(max(engine_cores, 1), max(cores - 1, 1))
+    return max(1, engine_cores // num_engines), max(1, (cores - engine_cores) // num_ranks), engine_cores
+
+
+def async_engine_cores(max_staleness: int, engine_cores: int | None, cores: int) -> int | None:
+    """The cores the engines take (pipeline.engine_cores, default half) under async; None when synchronous."""
+    if not max_staleness:
+        return None
+    return engine_cores or max(1, cores // 2)

@@ -1,4 +1,5 @@
-"""Rollout/trainer mismatch metrics and truncated importance sampling, against hand values."""
+"""Rollout/trainer mismatch metrics and truncated importance sampling (``Correction("tis")`` in the surrogate),
+against hand values. The other corrections: tests/unit/test_offpolicy_corrections.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from rlhf.objectives.common import Surrogate
-from rlhf.objectives.offpolicy import apply_tis, mismatch_metrics, tis_weights
+from rlhf.objectives.offpolicy import Correction, mismatch_metrics
 
 
 def test_mismatch_metrics_by_hand():
@@ -29,28 +30,32 @@ def test_tis_weights_are_truncated_ratios_and_one_off_mask():
     old = torch.tensor([[-1.0, -1.0, -1.0]])
     rollout = torch.tensor([[-1.0 - math.log(3.0), -1.0 + math.log(2.0), -50.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    w = tis_weights(old, rollout, mask, cap=2.0)
+    w, metrics = Correction("tis", cap=2.0).weights(old, rollout, mask)
     assert w.tolist()[0] == pytest.approx([2.0, 0.5, 1.0])  # 3 capped at 2; 1/2; padding -> 1
-    with pytest.raises(ValueError, match="tis_cap"):
-        tis_weights(old, rollout, mask, cap=0.0)
+    assert metrics["mismatch/tis_weight_mean"] == pytest.approx(1.25)  # (2 + 0.5) / 2, the former names
+    assert metrics["mismatch/tis_clip_frac"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="cap"):
+        Correction("tis", cap=0.0)
 
 
 def test_tis_scales_each_tokens_policy_gradient_term():
-    """w * A in a clipped surrogate = w times each token's loss term (w > 0), so gradients scale by w."""
+    """TIS in the surrogate = w times each token's clipped term (w > 0), so gradients scale by w: the sum of the
+    unweighted single-token gradients times their weights."""
     torch.manual_seed(0)
     logprobs = (torch.randn(2, 3) * 0.1 - 1.0).requires_grad_()
     old = logprobs.detach() + torch.randn(2, 3) * 0.05
     rollout = old + torch.randn(2, 3) * 0.5
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     adv = torch.tensor([1.0, -2.0])  # (B,)
-    weighted, metrics = apply_tis(adv, old, rollout, mask, cap=1.5)
-    w = tis_weights(old, rollout, mask, 1.5)
-    assert torch.allclose(weighted, adv.unsqueeze(1) * w)
+    tis = Correction("tis", cap=1.5)
+    w, metrics = tis.weights(old, rollout, mask)
     assert 0 <= metrics["mismatch/tis_clip_frac"] <= 1
-    obj = Surrogate(clip_eps=0.2, loss_agg="token_mean")
-    out = obj.loss(logprobs, old, None, weighted, mask)
+    out = Surrogate(clip_eps=0.2, loss_agg="token_mean", correction=tis).loss(logprobs, old, None, adv, mask,
+                                                                               behaviour_logprobs=rollout)
+    assert out.metrics["mismatch/tis_clip_frac"] == metrics["mismatch/tis_clip_frac"]
     (grad,) = torch.autograd.grad(out.loss, logprobs)
     plain = torch.zeros_like(logprobs)
+    obj = Surrogate(clip_eps=0.2, loss_agg="token_mean")
     for b in range(2):
         for t in range(3):
             if mask[b, t]:
