@@ -97,7 +97,7 @@ def trained_objective(recipe: Any) -> Any:
 
 def behaviour_logprobs(recipe: Any) -> bool:
     """The engine's logprobs go to the trainers: to measure the engine/trainer mismatch (any engine but `hf`,
-    which recomputes them with the trainer's own code) and whenever the surrogate corrects towards them."""
+    which samples with the trainer's own model code) and whenever the surrogate corrects towards them."""
     from rlhf.config.objectives import PolicyGradientConfig
 
     cfg = trained_objective(recipe)

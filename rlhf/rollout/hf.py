@@ -3,9 +3,10 @@
     engine = HFEngine(model_dir, dtype="float32")
     batch = engine.generate(["12+7="], SamplingSettings(n=4, max_new_tokens=8))
 
-Returns token ids and the logprob of every sampled token under the sampling temperature, recomputed with one
-forward pass over the finished sequences (the same computation the trainer does, so the two agree exactly on
-identical weights).
+Returns token ids and, when asked (``SamplingSettings.logprobs``), the logprob of every sampled token under the
+sampling temperature, recorded while sampling from the raw logits (log_softmax(logits / T), the trainer's formula;
+no second forward pass): on identical weights it differs from the trainer's by float rounding (~1e-6, the KV
+cache's incremental forward against the trainer's full one).
 """
 
 from __future__ import annotations
@@ -94,11 +95,14 @@ class HFEngine:
         tok = self.tokenizer
         n = 1 if s.greedy else s.n
         device = self.device
+        temperature = 1.0 if s.greedy else s.temperature
+        recorder = _SampledLogprobs(temperature) if s.logprobs else None
         out = self.model.generate(
             input_ids=prompt_ids.to(device),
             attention_mask=prompt_mask.to(device),
             generation_config=self._generation_config(s, n),
             stopping_criteria=_stop_criteria(tok, s.stop, prompt_ids.shape[1]),
+            logits_processor=[recorder] if recorder is not None else None,
         ).cpu()  # (B*n, P + C')
         P = prompt_ids.shape[1]
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # (B*n, P)
@@ -108,12 +112,8 @@ class HFEngine:
         if s.stop:
             completion_mask, finished = _cut_at_stop(tok, completion_ids, completion_mask, finished, s.stop)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
-        temperature = 1.0 if s.greedy else s.temperature
-        if s.logprobs:  # one more forward pass over prompt + completion, the trainer's own code
-            logprobs = self.completion_logprobs(
-                torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1), P,
-                temperature,
-            ) * completion_mask  # (B*n, C)
+        if recorder is not None:  # recorded while sampling: no second forward pass
+            logprobs = recorder.result(out[:, P:]) * completion_mask  # (B*n, C)
         else:
             logprobs = torch.full(completion_ids.shape, math.nan)  # (B*n, C): not asked for
         texts = tok.batch_decode(
@@ -329,3 +329,33 @@ def adapter_fingerprint(model: Any) -> str:
     from rlhf.models.lora import adapter_named_parameters
 
     return fingerprint_named(adapter_named_parameters(model))
+
+
+class _SampledLogprobs:
+    """A logits processor that records log pi(o_t) of each sampled token while ``generate`` samples: the raw
+    logits at step t (custom processors run before the temperature / top-k / top-p warpers) give
+    log_softmax(logits / temperature), the trainer's formula (rlhf/objectives/common.py), and the token sampled
+    from them is read at step t + 1 (or at the end). One (B, V) row of log-probabilities is kept at a time."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.last: torch.Tensor | None = None  # (B, V) log-probabilities of the step not yet read
+        self.steps: list[torch.Tensor] = []  # (B,) per generated token
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.steps.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1).cpu())  # (B,)
+        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
+        return scores
+
+    def result(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        """(B, C) logprobs of ``completion_ids`` (what generate returned after the prompt); 0 past the end."""
+        B, C = completion_ids.shape
+        steps = list(self.steps)
+        if self.last is not None and len(steps) < C:
+            steps.append(self.last.gather(-1, completion_ids[:, len(steps): len(steps) + 1].to(self.last.device))
+                         .squeeze(-1).cpu())
+        out = torch.zeros(B, C)
+        if steps:
+            out[:, : len(steps)] = torch.stack(steps, dim=1)[:, :C]
+        return out  # (B, C)

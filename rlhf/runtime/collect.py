@@ -137,8 +137,8 @@ def informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[in
 
 def track_mismatch(recipe: Any) -> bool:
     """Rollout logprobs go to the trainer when they can differ from its own (vllm) or the surrogate corrects
-    towards them (rollout.tis_cap, objective.off_policy, async: rlhf/config/pipeline.py). The `hf` engine
-    recomputes them with the trainer's own code on the same weights, so there the mismatch is exactly zero."""
+    towards them (rollout.tis_cap, objective.off_policy, async: rlhf/config/pipeline.py). The `hf` engine records
+    them while sampling with the trainer's formula on the same weights: its mismatch is float rounding (~1e-6)."""
     from rlhf.config.pipeline import behaviour_logprobs
 
     return behaviour_logprobs(recipe)

@@ -44,6 +44,11 @@ def test_generate_shapes_seeding_and_logprobs(arithmetic_model_dir):
     # padding after the end is pad, and lengths agree with `finished`
     assert (a.completion_ids[~m] == engine.tokenizer.pad_token_id).all()
     assert ((a.completion_lengths < 5) <= a.finished).all()
+    # recorded while sampling from the raw logits: the untruncated log_softmax(logits / T), with top-k on too
+    c = engine.generate(prompts, SamplingSettings(n=3, max_new_tokens=5, seed=3, temperature=0.7, top_k=4))
+    lp = engine.completion_logprobs(c.input_ids(), c.attention_mask(), c.prompt_ids.shape[1], temperature=0.7)
+    m = c.completion_mask.bool()
+    assert torch.allclose(lp[m], c.logprobs[m], atol=1e-5)
 
 
 def test_greedy_is_argmax_and_ignores_model_generation_config(arithmetic_model_dir, tmp_path):
