@@ -14,7 +14,6 @@ cross-check of this section against the rest.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 from pydantic import Field
@@ -68,15 +67,10 @@ def check_pipeline(recipe: Any) -> None:
         raise ValueError(f"{k} with objective.dynamic_sampling and weighting.kind: {recipe.weighting.kind}: the "
                          "group filter would read weights the trainer is changing at the same time; use "
                          "weighting.kind: static or pipeline.max_staleness: 0")
-    if p.engine_cores is not None:
-        cores = os.cpu_count() or 1
-        if p.engine_cores >= cores:
-            raise ValueError(f"pipeline.engine_cores: {p.engine_cores} leaves no core of this machine's {cores} "
-                             "for the training ranks")
-        if p.engine_cores < r.num_engines:
-            raise ValueError(f"pipeline.engine_cores: {p.engine_cores} is fewer than rollout.num_engines "
-                             f"({r.num_engines}): each engine needs a core")
-
+    if p.engine_cores is not None and p.engine_cores < r.num_engines:
+        raise ValueError(f"pipeline.engine_cores: {p.engine_cores} is fewer than rollout.num_engines "
+                         f"({r.num_engines}): each engine needs a core")
+    # engine_cores against the machine's cores is checked where the run starts (a login node may validate)
 
 def trained_objective(recipe: Any) -> Any:
     """The objective section the trainers build: for policy-gradient objectives, ``objective.off_policy`` with

@@ -185,7 +185,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
 
         final_ckpt = (
             str(resume_from) if resume_from is not None and state.step == checkpoint_step(resume_from)
-            else _save(recipe, trainers, state, stage)
+            else _save(recipe, trainers, state, stage, pipeline.pending())
         )
         eval_after = stage.evaluate()
         log.log(state.step, {f"eval/{k}": v for k, v in eval_after.items()}, phase="eval")

@@ -135,17 +135,20 @@ class AsyncPipeline:
     def run(self, stage: AsyncStage, steps: Iterable[int], before_consume: Callable[[int], None],
             after_step: Callable[[int, dict[str, float]], None], pending: Iterable[Experience] = ()) -> None:
         steps = list(steps)
+        self._ready = deque(pending)
         if not steps:
             return
-        self._ready = deque(pending)
-        if [e.step for e in self._ready] != steps[: len(self._ready)]:
-            raise ValueError(f"AsyncPipeline: the batches in flight are for steps {[e.step for e in self._ready]}, "
-                             f"not the next steps {steps[: len(self._ready)]}")
+        inflight = [e.step for e in self._ready]
+        expected = list(range(steps[0], steps[0] + len(inflight)))
+        if inflight != expected:
+            raise ValueError(f"AsyncPipeline: the batches in flight are for steps {inflight}, not the next steps "
+                             f"{expected}")
+        # batches in flight past the last step (a run resumed with fewer run.steps) stay pending, unconsumed
         self._synced, self._last = steps[0] - 1, steps[-1]
-        self._produced = self._ready[-1].step if self._ready else steps[0] - 1
+        self._produced = inflight[-1] if inflight else steps[0] - 1
         self._stop, self._error = False, None
         stage.run_async(self._wait_to_sync)
-        producer = threading.Thread(target=self._produce_all, args=(stage, steps[len(self._ready):]),
+        producer = threading.Thread(target=self._produce_all, args=(stage, [t for t in steps if t > self._produced]),
                                     name="rlhf-producer", daemon=True)
         producer.start()
         last_end = time.perf_counter()
@@ -231,7 +234,8 @@ class AsyncPipeline:
                 self._cv.notify_all()
 
     def pending(self) -> list[Experience]:
-        """The batches produced but not yet trained (take it inside ``paused()``)."""
+        """The batches produced but not yet trained (take it inside ``paused()``, or after ``run``: batches of a
+        resumed run's checkpoint past its last step)."""
         with self._cv:
             return list(self._ready)
 

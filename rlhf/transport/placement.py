@@ -83,7 +83,11 @@ def cpu_threads(cores: int, num_engines: int, num_ranks: int, engine_cores: int 
 
 
 def async_engine_cores(max_staleness: int, engine_cores: int | None, cores: int) -> int | None:
-    """The cores the engines take (pipeline.engine_cores, default half) under async; None when synchronous."""
+    """The cores the engines take (pipeline.engine_cores, default half) under async; None when synchronous.
+    Checked here, on the machine that runs (a recipe may be validated on a login node with other cores)."""
     if not max_staleness:
         return None
+    if engine_cores is not None and engine_cores >= cores:
+        raise ValueError(f"pipeline.engine_cores: {engine_cores} leaves no core of this machine's {cores} for the "
+                         "training ranks; lower it (or leave it unset: half the cores)")
     return engine_cores or max(1, cores // 2)
