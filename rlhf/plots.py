@@ -62,7 +62,9 @@ def plot_run(run_dir: str, out_path: str | None = None) -> str:
     components = sorted({k.split("/")[1] for r in train for k in r if k.startswith("reward/") and k.endswith("/mean")
                          and k.count("/") == 2})
     agent = any("agent/turns_mean" in r for r in train)
-    fig, axes = plt.subplots(1, 4 if agent else 3, figsize=(21 if agent else 16, 4.5))
+    asynchronous = any("async/queue_depth" in r for r in train)  # pipeline.max_staleness >= 1
+    extra = [panel for panel, on in ((_agent_panel, agent), (_async_panel, asynchronous)) if on]
+    fig, axes = plt.subplots(1, 3 + len(extra), figsize=(16 + 5 * len(extra), 4.5))
     window = max(1, len(train) // 20)
 
     ax = axes[0]
@@ -101,13 +103,13 @@ def plot_run(run_dir: str, out_path: str | None = None) -> str:
         vals = [float(r.get(f"time/{p}") or 0.0) for r in train]
         ax.bar(steps, vals, bottom=bottom, width=1.0, label=p)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_title("step time by phase (s)")
+    ax.set_title("step time by phase (s)" + (": phases overlap under async" if asynchronous else ""))
     ax.set_xlabel("step")
     if phases:
         ax.legend(fontsize=8)
 
-    if agent:
-        _agent_panel(axes[3], train, evals, window)
+    for i, panel in enumerate(extra):
+        panel(axes[3 + i], train, evals, window)
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
     out_path = out_path or os.path.join(run_dir, "curves.png")
@@ -137,4 +139,27 @@ def _agent_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any
     ax.set_xlabel("step")
     lines = ax.get_legend_handles_labels()
     more = rates.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+
+
+def _async_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any]], window: int) -> None:
+    """Async pipeline: each actor group's busy share of the step (left axis), the samples' staleness and the share
+    of tokens the off-policy correction dropped or truncated (right axis)."""
+    for key, label in (("busy/engines", "engines busy"), ("busy/rewards", "reward workers busy"),
+                       ("busy/trainers", "trainers busy")):
+        steps, vals = _series(train, key)
+        if steps:
+            ax.plot(steps, _smooth(vals, window), label=label)
+    ax.set_ylabel("share of the step")
+    right = ax.twinx()
+    for key, label, style in (("async/staleness_mean", "staleness (versions)", "k--"),
+                              ("offpolicy/masked_frac", "tokens dropped", "r:"),
+                              ("offpolicy/truncated_frac", "tokens truncated", "m:")):
+        steps, vals = _series(train, key)
+        if steps:
+            right.plot(steps, _smooth(vals, window), style, label=label)
+    right.set_ylabel("versions / share")
+    ax.set_title("async pipeline")
+    ax.set_xlabel("step")
+    lines, more = ax.get_legend_handles_labels(), right.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
