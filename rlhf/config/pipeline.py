@@ -44,11 +44,12 @@ def check_pipeline(recipe: Any) -> None:
     p, r = recipe.pipeline, recipe.rollout
     if p.max_staleness < 0:
         raise ValueError(f"pipeline.max_staleness must be >= 0 (0 = synchronous), got {p.max_staleness}")
-    if isinstance(recipe.objective, PolicyGradientConfig) and r.tis_cap is not None and \
-            recipe.objective.off_policy.correction not in ("auto", "tis"):
-        raise ValueError(f"rollout.tis_cap ({r.tis_cap}) asks for truncated importance sampling but "
-                         f"objective.off_policy.correction is {recipe.objective.off_policy.correction}; keep one "
-                         "(rollout.tis_cap: C is objective.off_policy: {correction: tis, cap: C})")
+    if isinstance(recipe.objective, PolicyGradientConfig) and r.tis_cap is not None:
+        off = recipe.objective.off_policy
+        if off.correction not in ("auto", "tis") or ("cap" in off.model_fields_set and off.cap != r.tis_cap):
+            raise ValueError(f"rollout.tis_cap ({r.tis_cap}) asks for truncated importance sampling but "
+                             f"objective.off_policy is {{correction: {off.correction}, cap: {off.cap}}}; keep one "
+                             "(rollout.tis_cap: C is objective.off_policy: {correction: tis, cap: C})")
     if not p.asynchronous:
         return
     k = f"pipeline.max_staleness: {p.max_staleness}"
@@ -62,11 +63,13 @@ def check_pipeline(recipe: Any) -> None:
     if r.engine == "vllm" and r.vllm.sleep:
         raise ValueError(f"{k} with rollout.vllm.sleep: true: a sleeping engine cannot generate while the "
                          "trainers train; set rollout.vllm.sleep: false or pipeline.max_staleness: 0")
-    caps = capabilities(recipe.objective)
-    if caps.sampling_rounds is not None and recipe.weighting.kind != "static":
-        raise ValueError(f"{k} with objective.dynamic_sampling and weighting.kind: {recipe.weighting.kind}: the "
-                         "group filter would read weights the trainer is changing at the same time; use "
-                         "weighting.kind: static or pipeline.max_staleness: 0")
+    caps, w = capabilities(recipe.objective), recipe.weighting
+    changing = ([f"weighting.kind: {w.kind}"] if w.kind != "static" else []) + \
+        (["weighting.schedules"] if w.schedules else []) + (["weighting.constraints"] if w.constraints else [])
+    if caps.sampling_rounds is not None and changing:
+        raise ValueError(f"{k} with objective.dynamic_sampling and {', '.join(changing)}: the group filter would "
+                         "read weights the trainer is changing at the same time; use fixed weights or "
+                         "pipeline.max_staleness: 0")
     if p.engine_cores is not None and p.engine_cores < r.num_engines:
         raise ValueError(f"pipeline.engine_cores: {p.engine_cores} is fewer than rollout.num_engines "
                          f"({r.num_engines}): each engine needs a core")

@@ -148,8 +148,9 @@ class Surrogate:
     @classmethod
     def from_config(cls, cfg: Any, kl_coef: float | None = None) -> "Surrogate":
         """From an objective config's shared policy-gradient fields; ``kl_coef`` overrides the config's (0 when
-        the KL sits in the reward instead of the loss). The correction comes from ``cfg.off_policy``; an
-        unresolved "auto" is kept and refused by ``loss``."""
+        the KL sits in the reward instead of the loss). The correction comes from ``cfg.off_policy``: a recipe's
+        trainers get it resolved (``rlhf.config.pipeline.trained_objective``); "auto" in a section used on its
+        own means none (``Correction.from_config``)."""
         return cls(clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,
                    kl_coef=cfg.kl_coef if kl_coef is None else kl_coef, loss_agg=cfg.loss_agg,
                    kl_ratio_correction=cfg.kl_ratio_correction, correction=Correction.from_config(cfg.off_policy))

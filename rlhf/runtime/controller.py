@@ -172,10 +172,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
                 with pipeline.paused():  # the engines hold this step's weights; nothing else generates
                     log.log(step, {f"eval/{k}": v for k, v in stage.evaluate().items()}, phase="eval")
             if stop.requested and step != recipe.run.steps:
-                with pipeline.paused():
+                with pipeline.paused():  # raising inside: the producer starts no other batch
                     path = _save(recipe, trainers, state, stage, pipeline.pending())
-                raise Stopped(f"stopped by {stop.requested} after step {step}; checkpoint {path} is complete: "
-                              "continue with `rlhf train RECIPE --resume`")
+                    raise Stopped(f"stopped by {stop.requested} after step {step}; checkpoint {path} is complete: "
+                                  "continue with `rlhf train RECIPE --resume`")
             if recipe.run.save_every and step % recipe.run.save_every == 0 and step != recipe.run.steps:
                 with pipeline.paused():
                     _save(recipe, trainers, state, stage, pipeline.pending())

@@ -152,6 +152,7 @@ class AsyncPipeline:
                                     name="rlhf-producer", daemon=True)
         producer.start()
         last_end = time.perf_counter()
+        interrupted = False
         try:
             for step in steps:
                 t0 = time.perf_counter()
@@ -166,11 +167,15 @@ class AsyncPipeline:
                     self._cv.notify_all()
                 after_step(step, metrics)
                 last_end = time.perf_counter()
+        except KeyboardInterrupt:
+            interrupted = True  # a second Ctrl-C: do not wait for the batch being produced (a daemon thread)
+            raise
         finally:
             with self._cv:
                 self._stop = True
                 self._cv.notify_all()
-            producer.join()
+            if not interrupted:
+                producer.join()
 
     # ------------------------------------------------------------------ the producer thread
 
@@ -206,8 +211,8 @@ class AsyncPipeline:
     def _next(self) -> tuple[Experience, int]:
         with self._cv:
             self._cv.wait_for(lambda: self._ready or self._error is not None)
-            if not self._ready:
-                raise self._error  # type: ignore[misc]
+            if self._error is not None:  # raised now: training the batch at hand could never be synced or saved
+                raise self._error
             depth = len(self._ready)
             return self._ready.popleft(), depth
 
@@ -228,6 +233,10 @@ class AsyncPipeline:
             self._cv.wait_for(lambda: not self._busy)
         try:
             yield
+        except BaseException:  # the run stops here (e.g. after a SIGTERM checkpoint): admit no other batch
+            with self._cv:
+                self._stop = True
+            raise
         finally:
             with self._cv:
                 self._pause = False

@@ -87,7 +87,8 @@ class RLStage:
         with timed(timings, "time/sync"):
             payload = self.sync.sync(version=exp.step)
         timings["time/step"] = time.perf_counter() - exp.started
-        return {**exp.metrics, **observed, **prepared.metrics, **train_metrics, **rollout_metrics(exp.rollout, payload, timings, exp.step - 1),
+        return {**exp.metrics, **observed, **prepared.metrics, **train_metrics,
+                **rollout_metrics(exp.rollout, payload, timings, trained_version=exp.step - 1),
                 "events/rollout_restarts": float(self.engines.restarts)}  # cumulative
 
     # ------------------------------------------------------------------ around the steps

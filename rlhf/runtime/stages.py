@@ -74,7 +74,8 @@ def _on_policy_parts(i: StageInputs) -> OnPolicyParts:
     i.actors.append(rewards)
     weighting = build_weighting(r.weighting, r.rewards, total_steps=r.run.steps)
     gpus = has_gpus()
-    sync = SyncCoordinator(i.trainers, engines, resolve_weight_sync(r, gpus), r.rollout.sync_timeout_s, gpus)
+    sync = SyncCoordinator(i.trainers, engines, resolve_weight_sync(r, gpus), r.rollout.sync_timeout_s, gpus,
+                           keep_copy=r.pipeline.asynchronous)
     return OnPolicyParts(engines, build_rollout_fn(r, engines), rewards, weighting, sync)
 
 

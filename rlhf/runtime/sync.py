@@ -47,9 +47,13 @@ def resolve_weight_sync(recipe: Any, gpus: bool) -> str:
 
 class SyncCoordinator:
     def __init__(self, trainers: Any, engines: Any, route: str = "object_store", timeout_s: float = 600.0,
-                 gpus: bool | None = None) -> None:
+                 gpus: bool | None = None, keep_copy: bool = False) -> None:
         """gpus: whether the weight-sync group runs over NCCL (GPUs) or gloo; None asks Ray's cluster when the
-        group first opens."""
+        group first opens. keep_copy (async training): after a fast-route sync, also export the same version to the
+        object store, so that an engine restarted while the trainers train (the pipeline's producer thread) gets
+        exactly the engines' version without calling the trainers (collective, and a newer version by then)."""
+        self.keep_copy = keep_copy
+        self._stale_group = False  # async: an engine restarted with the group open; closed by the next sync
         if route not in ROUTES:
             raise ValueError(f"weight sync route {route!r}; expected one of {ROUTES}")
         self.trainers, self.engines, self.route = trainers, engines, route
@@ -63,6 +67,9 @@ class SyncCoordinator:
 
     def sync(self, version: int) -> WeightPayload:
         """Training rank 0's weights into every engine by this run's route, fingerprint-checked."""
+        if self._stale_group:  # an engine was restarted (async): the group it is not a member of is reopened now
+            self._stale_group = False
+            self._close_group()
         if self.route == "broadcast":
             return self._broadcast(version)
         if self.route == "cuda_ipc":
@@ -107,7 +114,7 @@ class SyncCoordinator:
                 failures.append(f"engine {i}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
         if not failures:
             check_sync(payload, [reports[i] for i in range(len(refs))])
-            self._payload = None  # not in the object store: a restarted engine gets them through `_refetch`
+            self._keep(version)
             return payload
         self._close_group()
         return self._fall_back(version, failures, died)
@@ -121,9 +128,14 @@ class SyncCoordinator:
         died = [i for i, (_, _, dead) in enumerate(results) if dead]
         if not failures:
             check_sync(payload, [report for report, _, _ in results])
-            self._payload = None
+            self._keep(version)
             return payload
         return self._fall_back(version, failures, died)
+
+    def _keep(self, version: int) -> None:
+        """After a fast-route sync: a restarted engine gets these weights through `_refetch` (from the trainers,
+        synchronous training) or, with keep_copy, from an object-store copy of this version made now."""
+        self._payload = self.trainers.export_weights(version) if self.keep_copy else None
 
     def _fall_back(self, version: int, failures: list[str], died: list[int]) -> WeightPayload:
         """A fast-route sync failed: restart dead engines and redo the sync through the object store."""
@@ -168,7 +180,10 @@ class SyncCoordinator:
     def _restarted(self, i: int) -> None:
         """Engine i was restarted (it died): it gets the current weights, fingerprint-checked."""
         if self._group_world:  # the new process is not a member of the weight-sync group: reopen it at next sync
-            self._close_group()
+            if self.keep_copy:  # async: the trainers are busy in the other thread; the next sync closes it
+                self._stale_group = True
+            else:
+                self._close_group()
         if self._payload is None and self._refetch is not None:  # fast routes: the weights are not in the store
             self._payload = self._refetch()
         if self._payload is not None:

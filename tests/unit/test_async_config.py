@@ -128,7 +128,7 @@ def test_engine_cores_zero_is_a_range_error(tmp_path):
 def test_tis_cap_conflicts_with_another_correction(tmp_path, correction, staleness):
     msg = _error(tmp_path, rollout={"tis_cap": 3.0}, pipeline={"max_staleness": staleness},
                  objective={"kind": "grpo", "off_policy": {"correction": correction}})
-    assert "rollout.tis_cap (3.0)" in msg and f"objective.off_policy.correction is {correction}" in msg
+    assert "rollout.tis_cap (3.0)" in msg and f"objective.off_policy is {{correction: {correction}" in msg
 
 
 @pytest.mark.parametrize("correction", ["auto", "tis"])
@@ -171,8 +171,11 @@ def test_auto_resolves_to_none_sync_and_decoupled_async(kind):
 def test_tis_cap_resolves_to_tis_at_that_cap(staleness):
     for correction in ("auto", "tis"):
         r = _recipe(rollout={"tis_cap": 1.5}, pipeline={"max_staleness": staleness},
+                    objective={"kind": "grpo", "off_policy": {"correction": correction}})
+        assert _correction(r) == ("tis", 1.5)
+        with pytest.raises(ValueError, match=r"rollout.tis_cap \(1.5\).*cap: 4.0"):  # two caps: keep one
+            _recipe(rollout={"tis_cap": 1.5}, pipeline={"max_staleness": staleness},
                     objective={"kind": "grpo", "off_policy": {"correction": correction, "cap": 4.0}})
-        assert _correction(r) == ("tis", 1.5)  # rollout.tis_cap wins over off_policy.cap
 
 
 @pytest.mark.parametrize("correction", ["none", "behaviour", "tis", "mis", "decoupled"])
@@ -304,3 +307,15 @@ def test_resume_with_fewer_steps_than_batches_in_flight():
     pipe.run(stage, range(3, 4), lambda s: None, lambda s, m: None, pending=[Experience(3), Experience(4)])
     assert stage.consumed == [3] and stage.produced == []
     assert [e.step for e in pipe.pending()] == [4]  # kept for the final checkpoint (a longer resume trains it)
+
+
+@pytest.mark.parametrize("weighting, named", [
+    ({"schedules": {"brief": {"kind": "linear", "start": 0.0, "end": 1.0}}}, "weighting.schedules"),
+    ({"constraints": [{"component": "brief", "min": -0.1}]}, "weighting.constraints"),
+])
+def test_async_dynamic_sampling_refuses_changing_static_weights(tmp_path, weighting, named):
+    rewards = [{"name": "correct", "plugin": "exact_match"},
+               {"name": "brief", "plugin": "length_penalty", "args": {"target": 1}}]
+    msg = _error(tmp_path, pipeline={"max_staleness": 1}, objective={"kind": "grpo", "dynamic_sampling": True},
+                 weighting=weighting, rewards=rewards)
+    assert "pipeline.max_staleness: 1" in msg and "objective.dynamic_sampling" in msg and named in msg
