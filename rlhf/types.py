@@ -145,8 +145,8 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks: equal work per engine)
-    # the sampled tokens' logprobs in RolloutBatch.logprobs; False lets the hf engine skip the forward pass that
-    # computes them (the batch then holds NaN there). vllm returns them either way.
+    # the sampled tokens' logprobs in RolloutBatch.logprobs (the hf engine records them while sampling, a
+    # log_softmax per token); False: the batch holds NaN there. vllm returns them either way.
     logprobs: bool = True
 
 

@@ -96,7 +96,8 @@ class HFEngine:
         n = 1 if s.greedy else s.n
         device = self.device
         temperature = 1.0 if s.greedy else s.temperature
-        recorder = _SampledLogprobs(temperature) if s.logprobs else None
+        suppress = sorted(self.eos_ids) if s.ignore_eos else []  # EOS masked after its logprob is read
+        recorder = _SampledLogprobs(temperature, s.logprobs, suppress) if s.logprobs or suppress else None
         out = self.model.generate(
             input_ids=prompt_ids.to(device),
             attention_mask=prompt_mask.to(device),
@@ -112,7 +113,7 @@ class HFEngine:
         if s.stop:
             completion_mask, finished = _cut_at_stop(tok, completion_ids, completion_mask, finished, s.stop)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
-        if recorder is not None:  # recorded while sampling: no second forward pass
+        if s.logprobs:  # recorded while sampling: no second forward pass
             logprobs = recorder.result(out[:, P:]) * completion_mask  # (B*n, C)
         else:
             logprobs = torch.full(completion_ids.shape, math.nan)  # (B*n, C): not asked for
@@ -145,8 +146,8 @@ class HFEngine:
             use_cache=True,
             do_sample=not s.greedy,
         )
-        if s.ignore_eos:  # EOS logits masked until max_new_tokens
-            cfg.min_new_tokens = s.max_new_tokens
+        # ignore_eos: the EOS logits are masked by _SampledLogprobs (after it reads the logprobs), not by
+        # min_new_tokens, whose processor would run first and change the recorded distribution
         if not s.greedy:
             cfg.temperature, cfg.top_p, cfg.top_k = s.temperature, s.top_p, (s.top_k or None)
         return cfg
@@ -335,17 +336,23 @@ class _SampledLogprobs:
     """A logits processor that records log pi(o_t) of each sampled token while ``generate`` samples: the raw
     logits at step t (custom processors run before the temperature / top-k / top-p warpers) give
     log_softmax(logits / temperature), the trainer's formula (rlhf/objectives/common.py), and the token sampled
-    from them is read at step t + 1 (or at the end). One (B, V) row of log-probabilities is kept at a time."""
+    from them is read at step t + 1 (or at the end). One (B, V) row of log-probabilities is kept at a time, and
+    the per-token values stay on the device until ``result``. ``suppress`` (ignore_eos): those token ids get -inf
+    after the logprobs are read, so EOS is never sampled while the recorded distribution stays the policy's."""
 
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature
+    def __init__(self, temperature: float, record: bool = True, suppress: list[int] | None = None) -> None:
+        self.temperature, self.record, self.suppress = temperature, record, list(suppress or [])
         self.last: torch.Tensor | None = None  # (B, V) log-probabilities of the step not yet read
-        self.steps: list[torch.Tensor] = []  # (B,) per generated token
+        self.steps: list[torch.Tensor] = []  # (B,) per generated token, on the model's device
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.last is not None:
-            self.steps.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1).cpu())  # (B,)
-        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
+        if self.record:
+            if self.last is not None:
+                self.steps.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))  # (B,)
+            self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
+        if self.suppress:
+            scores = scores.clone()
+            scores[:, self.suppress] = -math.inf
         return scores
 
     def result(self, completion_ids: torch.Tensor) -> torch.Tensor:
@@ -354,8 +361,8 @@ class _SampledLogprobs:
         steps = list(self.steps)
         if self.last is not None and len(steps) < C:
             steps.append(self.last.gather(-1, completion_ids[:, len(steps): len(steps) + 1].to(self.last.device))
-                         .squeeze(-1).cpu())
+                         .squeeze(-1))
         out = torch.zeros(B, C)
         if steps:
-            out[:, : len(steps)] = torch.stack(steps, dim=1)[:, :C]
+            out[:, : len(steps)] = torch.stack(steps, dim=1)[:, :C].cpu()
         return out  # (B, C)

@@ -49,6 +49,11 @@ def test_generate_shapes_seeding_and_logprobs(arithmetic_model_dir):
     lp = engine.completion_logprobs(c.input_ids(), c.attention_mask(), c.prompt_ids.shape[1], temperature=0.7)
     m = c.completion_mask.bool()
     assert torch.allclose(lp[m], c.logprobs[m], atol=1e-5)
+    # ignore_eos: EOS is never sampled, and the recorded logprobs are still the policy's (EOS masked after reading)
+    d = engine.generate(prompts, SamplingSettings(n=3, max_new_tokens=5, seed=3, temperature=0.7, ignore_eos=True))
+    lp = engine.completion_logprobs(d.input_ids(), d.attention_mask(), d.prompt_ids.shape[1], temperature=0.7)
+    assert d.completion_mask.all() and not any(int(t) in engine.eos_ids for t in d.completion_ids.flatten())
+    assert torch.allclose(lp, d.logprobs, atol=1e-5)
 
 
 def test_greedy_is_argmax_and_ignores_model_generation_config(arithmetic_model_dir, tmp_path):
