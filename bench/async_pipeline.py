@@ -150,6 +150,21 @@ def _report(tp: dict[str, Any] | None, learn: list[dict[str, Any]], ratios: dict
     return md
 
 
+def _kept_part(args: Any) -> dict[str, Any]:
+    """With --part: the other part of the last (not --quick) results in --out, kept beside the new one."""
+    import json
+
+    path = os.path.join(args.out, f"{NAME}.json")
+    if not args.part or args.quick or not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        earlier = json.load(f)
+    other = "learning" if args.part == "throughput" else "throughput"
+    if earlier.get("quick") or not earlier.get(other):
+        return {}
+    return {other: earlier[other], "part": other, "command": earlier["command"], "machine": earlier["machine"]}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from rlhf.rollout.vllm import vllm_available
 
@@ -170,8 +185,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             tp = throughput(tmp, args.quick, args.repeats, engines)
         if args.part in (None, "learning"):
             learn = learning(tmp, args.quick, args.seeds)
+    kept = _kept_part(args)
+    tp, learn = tp or kept.get("throughput"), learn or kept.get("learning") or []
     ratios: dict[str, float] = {}
     md = header("Asynchronous off-policy training: async / sync on the demo recipe", command, info, args.quick)
+    if kept:
+        md += (f"\nThe {kept['part']} part is kept from the earlier run `{kept['command']}` "
+               f"({kept['machine'].get('date')}); this command ran the {args.part} part.\n")
     md += _report(tp, learn, ratios)
     os.makedirs(args.out, exist_ok=True)
     figure = _figure(learn, args.out) if learn else None
