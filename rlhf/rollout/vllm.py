@@ -33,7 +33,7 @@ from typing import Any, Iterable
 
 import torch
 
-from rlhf.config.schema import VLLMConfig
+from rlhf.config.rollout import VLLMConfig
 from rlhf.rollout.base import eos_ids
 from rlhf.transport.weights import WeightSyncError, fingerprint_named
 from rlhf.types import RolloutBatch, SamplingSettings, token_versions
