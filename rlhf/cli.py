@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_launch_parsers(la)
 
-    pl = sub.add_parser("plot", help="draw a run's curves (rewards per component, KL, step time) as a PNG",
+    pl = sub.add_parser("plot", help="draw a run's curves (rewards per component, KL, step time; agent episodes "
+                        "and the async pipeline when present) as a PNG",
                         description="Read RUN_DIR/metrics.jsonl and write RUN_DIR/curves.png (needs matplotlib).")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
