@@ -130,6 +130,7 @@ class AsyncPipeline:
         self._last = 0  # the run's last step
         self._busy = False  # the producer is inside produce()
         self._pause = self._stop = False
+        self._paused_s = 0.0  # seconds spent paused so far (eval, checkpoints): not the engines' idle time
         self._error: BaseException | None = None
 
     def run(self, stage: AsyncStage, steps: Iterable[int], before_consume: Callable[[int], None],
@@ -182,14 +183,14 @@ class AsyncPipeline:
     def _produce_all(self, stage: Stage, steps: list[int]) -> None:
         try:
             for step in steps:
-                t0 = time.perf_counter()
+                t0, paused0 = time.perf_counter(), self._paused_s
                 with self._cv:  # admission: the engines hold version step - 1 - k, and no checkpoint is being taken
                     self._cv.wait_for(lambda: self._stop or (
                         not self._pause and self._synced >= step - 1 - self.max_staleness))
                     if self._stop:
                         return
                     self._busy = True
-                waited = time.perf_counter() - t0
+                waited = max(0.0, time.perf_counter() - t0 - (self._paused_s - paused0))  # paused: not idle
                 try:
                     exp = stage.produce(step)
                 finally:
@@ -231,6 +232,7 @@ class AsyncPipeline:
         with self._cv:
             self._pause = True
             self._cv.wait_for(lambda: not self._busy)
+        t0 = time.perf_counter()
         try:
             yield
         except BaseException:  # the run stops here (e.g. after a SIGTERM checkpoint): admit no other batch
@@ -240,6 +242,7 @@ class AsyncPipeline:
         finally:
             with self._cv:
                 self._pause = False
+                self._paused_s += time.perf_counter() - t0
                 self._cv.notify_all()
 
     def pending(self) -> list[Experience]:
