@@ -200,13 +200,14 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
     16 idle actors (their background threads) on the other phases."""
     import time
 
+    from rlhf.config.pipeline import behaviour_logprobs
     from rlhf.config.registry import build_objective
     from rlhf.config.schema import RewardComponentConfig
     from rlhf.data import PromptSampler
     from rlhf.models.load import resolve_model_dir
     from rlhf.rollout.functions import build_rollout_fn
     from rlhf.rollout.group import RolloutGroup
-    from rlhf.runtime.collect import Collector, RewardScorer, track_mismatch, training_sampling
+    from rlhf.runtime.collect import Collector, RewardScorer, training_sampling
     from rlhf.runtime.data import load_data
     from rlhf.runtime.estimators import RewardAdvantages
     from rlhf.runtime.rl import PolicyGradientUpdate, RLStage
@@ -251,7 +252,7 @@ def bench_full_step(pairs: int, solo: int, workdir: str) -> dict[str, Any]:
                               lambda step, round_: training_sampling(recipe, step, round_))
         estimator = RewardAdvantages(objective, weightings[k], trainers, False, recipe.weighting.gradient.max_samples)
         stages[k] = RLStage(collector=collector, weighting=weightings[k], engines=engines, sync=sync,
-                            update=PolicyGradientUpdate(trainers, estimator, False, track_mismatch(recipe)),
+                            update=PolicyGradientUpdate(trainers, estimator, False, behaviour_logprobs(recipe)),
                             evaluator=dict, summary={})
 
     idle: dict[str, float] = {}

@@ -37,9 +37,8 @@ class PipelineConfig(Strict):
 
 def check_pipeline(recipe: Any) -> None:
     """pipeline.* against what cannot run asynchronously (raise ValueError naming both keys)."""
-    from rlhf.config.registry import capabilities
-
     from rlhf.config.objectives import PolicyGradientConfig
+    from rlhf.config.registry import capabilities
 
     p, r = recipe.pipeline, recipe.rollout
     if p.max_staleness < 0:
@@ -53,7 +52,8 @@ def check_pipeline(recipe: Any) -> None:
     if not p.asynchronous:
         return
     k = f"pipeline.max_staleness: {p.max_staleness}"
-    if not capabilities(recipe.objective).rollouts:
+    caps, w = capabilities(recipe.objective), recipe.weighting
+    if not caps.rollouts:
         raise ValueError(f"{k}: objective {recipe.objective.kind} trains on fixed rows (no rollouts to run "
                          "ahead of training); set pipeline.max_staleness: 0")
     if r.placement == "colocated":
@@ -63,7 +63,6 @@ def check_pipeline(recipe: Any) -> None:
     if r.engine == "vllm" and r.vllm.sleep:
         raise ValueError(f"{k} with rollout.vllm.sleep: true: a sleeping engine cannot generate while the "
                          "trainers train; set rollout.vllm.sleep: false or pipeline.max_staleness: 0")
-    caps, w = capabilities(recipe.objective), recipe.weighting
     changing = ([f"weighting.kind: {w.kind}"] if w.kind != "static" else []) + \
         (["weighting.schedules"] if w.schedules else []) + (["weighting.constraints"] if w.constraints else [])
     if caps.sampling_rounds is not None and changing:
@@ -75,28 +74,37 @@ def check_pipeline(recipe: Any) -> None:
                          f"({r.num_engines}): each engine needs a core")
     # engine_cores against the machine's cores is checked where the run starts (a login node may validate)
 
-def trained_objective(recipe: Any) -> Any:
-    """The objective section the trainers build: for policy-gradient objectives, ``objective.off_policy`` with
-    ``correction: auto`` resolved (``tis`` at ``rollout.tis_cap`` when that is set, ``decoupled`` under async,
-    else ``none``); any other section as it is."""
+
+def _correction(recipe: Any) -> tuple[str, float] | None:
+    """(kind, cap) of the correction the trainers apply: ``objective.off_policy`` with ``auto`` resolved (``tis``
+    at ``rollout.tis_cap`` when that is set, ``decoupled`` under async, else ``none``); None for objectives
+    without the surrogate."""
     from rlhf.config.objectives import PolicyGradientConfig
 
     cfg = recipe.objective
     if not isinstance(cfg, PolicyGradientConfig):
-        return cfg
+        return None
     off = cfg.off_policy
     if recipe.rollout.tis_cap is not None:
-        off = off.model_copy(update={"correction": "tis", "cap": recipe.rollout.tis_cap})
-    elif off.correction == "auto":
-        off = off.model_copy(update={"correction": "decoupled" if recipe.pipeline.asynchronous else "none"})
-    return cfg.model_copy(update={"off_policy": off})
+        return "tis", recipe.rollout.tis_cap
+    if off.correction == "auto":
+        return ("decoupled" if recipe.pipeline.asynchronous else "none"), off.cap
+    return off.correction, off.cap
+
+
+def trained_objective(recipe: Any) -> Any:
+    """The objective section the trainers build: for policy-gradient objectives, ``objective.off_policy`` resolved
+    (``_correction``); any other section as it is."""
+    resolved = _correction(recipe)
+    if resolved is None:
+        return recipe.objective
+    kind, cap = resolved
+    off = recipe.objective.off_policy.model_copy(update={"correction": kind, "cap": cap})
+    return recipe.objective.model_copy(update={"off_policy": off})
 
 
 def behaviour_logprobs(recipe: Any) -> bool:
     """The engine's logprobs go to the trainers: to measure the engine/trainer mismatch (any engine but `hf`,
     which samples with the trainer's own model code) and whenever the surrogate corrects towards them."""
-    from rlhf.config.objectives import PolicyGradientConfig
-
-    cfg = trained_objective(recipe)
-    corrects = isinstance(cfg, PolicyGradientConfig) and cfg.off_policy.correction != "none"
-    return recipe.rollout.engine != "hf" or corrects
+    resolved = _correction(recipe)
+    return recipe.rollout.engine != "hf" or (resolved is not None and resolved[0] != "none")

@@ -177,7 +177,7 @@ class Surrogate:
         """
         kind = self.correction.resolved().kind
         weights, extra = None, {}
-        if kind != "none":
+        if self.correction.needs_behaviour:
             if behaviour_logprobs is None:
                 raise ValueError(f"objective.off_policy.correction: {kind} needs behaviour_logprobs (the rollout "
                                  "engine's logprobs of the sampled tokens)")

@@ -12,7 +12,8 @@ Token-level advantages, computed in two stages because the KL reward needs the l
 
 KL_it is the k1 / k2 / k3 estimate between the trainer's policy before the update (old_logprobs: the policy that
 generated the samples in synchronous training; under async, the proximal policy, k versions newer than the
-engine's) and the reference (``rlhf.advantages.baselines.kl_penalty``). A sample whose reward vector is all-NaN gets s_i = 0.
+engine's) and the reference (``rlhf.advantages.baselines.kl_penalty``). A sample whose reward vector is all-NaN
+gets s_i = 0.
 
 A weighting that scales its advantages (the hypervolume weighting's gain, ``weighting.advantage_scale``) scales
 A_it after the whitening (which would undo any scale applied before it): ``token_advantages(scale=...)``.

@@ -13,11 +13,10 @@ engine that died (``on_restart``) so the new engine gets the current weights. On
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
-from rlhf.transport.placement import has_gpus
+from rlhf.transport.placement import cpu_split, has_gpus
 from rlhf.transport.weights import WeightPayload
 from rlhf.types import RolloutBatch, SamplingSettings
 
@@ -113,7 +112,7 @@ class RolloutGroup:
             chat_template=recipe.data.chat_template,
             max_prompt_tokens=recipe.data.max_prompt_tokens,
             batch_size=r.batch_size,
-            num_threads=engine_threads(recipe),
+            num_threads=cpu_split(recipe)[0],
         )
         actor_cls = ray.remote(RolloutActor)
         gpus = r.vllm.tensor_parallel_size if r.engine == "vllm" else 1
@@ -266,20 +265,6 @@ class RolloutGroup:
             ray.kill(a)
 
 
-def _cpu_split(recipe: Recipe) -> tuple[int, int, int]:
-    """(threads per engine, threads per training rank, cores the engines bind to): all cores when synchronous,
-    the engines' share under pipeline.max_staleness >= 1 (rlhf/transport/placement.py)."""
-    from rlhf.transport.placement import async_engine_cores, cpu_threads
-
-    cores = os.cpu_count() or 1
-    share = async_engine_cores(recipe.pipeline.max_staleness, recipe.pipeline.engine_cores, cores)
-    return cpu_threads(cores, recipe.rollout.num_engines, recipe.train.num_ranks, share)
-
-
-def engine_threads(recipe: Recipe) -> int:
-    return _cpu_split(recipe)[0]
-
-
 def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
     """Engine-specific constructor arguments (vllm: its recipe block, per-engine CPU cores, seed)."""
     r = recipe.rollout
@@ -287,6 +272,6 @@ def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
         return {}
     from rlhf.rollout.vllm import cpu_binding
 
-    return {"vllm": r.vllm.model_dump(), "cpu_bind": cpu_binding(index, r.num_engines, _cpu_split(recipe)[2]),
+    return {"vllm": r.vllm.model_dump(), "cpu_bind": cpu_binding(index, r.num_engines, cpu_split(recipe)[2]),
             "seed": recipe.run.seed + 1000 * index}
 

@@ -135,23 +135,17 @@ def informative_groups(reward: torch.Tensor, group_ids: torch.Tensor) -> list[in
 # --------------------------------------------------------------------------- sampling settings
 
 
-def track_mismatch(recipe: Any) -> bool:
-    """Rollout logprobs go to the trainer when they can differ from its own (vllm) or the surrogate corrects
-    towards them (rollout.tis_cap, objective.off_policy, async: rlhf/config/pipeline.py). The `hf` engine records
-    them while sampling with the trainer's formula on the same weights: its mismatch is float rounding (~1e-6)."""
-    from rlhf.config.pipeline import behaviour_logprobs
-
-    return behaviour_logprobs(recipe)
-
-
 def training_sampling(recipe: Any, step: int, round_: int = 0) -> SamplingSettings:
     """The recipe's sampling settings for a training rollout: seeded per step (and sampling round), rollout
-    logprobs asked for only when the trainer uses them (`track_mismatch`)."""
+    logprobs asked for only when the trainer uses them (rlhf/config/pipeline.py `behaviour_logprobs`: the engine's
+    mismatch (not `hf`, which samples with the trainer's formula), or an off-policy correction)."""
+    from rlhf.config.pipeline import behaviour_logprobs
+
     r = recipe.rollout
     return SamplingSettings(
         n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
         top_k=r.top_k, stop=tuple(r.stop), seed=(recipe.run.seed * 1_000_003 + step) * 16 + round_,
-        ignore_eos=r.ignore_eos, logprobs=track_mismatch(recipe),  # hf without TIS: not needed
+        ignore_eos=r.ignore_eos, logprobs=behaviour_logprobs(recipe),  # hf, synchronous: not needed
     )
 
 

@@ -114,8 +114,9 @@ def _progress(recipe: Any, parts: OnPolicyParts) -> Callable[[Any, Any, int], di
 
 
 def policy_gradient_stage(i: StageInputs) -> RLStage:
+    from rlhf.config.pipeline import behaviour_logprobs
     from rlhf.data import PromptSampler
-    from rlhf.runtime.collect import RewardScorer, track_mismatch
+    from rlhf.runtime.collect import RewardScorer
     from rlhf.runtime.estimators import CriticAdvantages, RewardAdvantages
     from rlhf.runtime.rl import PolicyGradientUpdate
 
@@ -127,7 +128,7 @@ def policy_gradient_stage(i: StageInputs) -> RLStage:
     else:
         estimator = RewardAdvantages(i.objective, parts.weighting, i.trainers, i.caps.token_level,
                                      r.weighting.gradient.max_samples)
-    update = PolicyGradientUpdate(i.trainers, estimator, i.caps.mask_truncated, track_mismatch(r))
+    update = PolicyGradientUpdate(i.trainers, estimator, i.caps.mask_truncated, behaviour_logprobs(r))
     return _assemble(i, parts, prompts, update, RewardScorer(parts.rewards, parts.rollout_fn))
 
 
@@ -144,9 +145,9 @@ def online_pairs_stage(i: StageInputs) -> RLStage:
 
 
 def cgpo_stage(i: StageInputs) -> RLStage:
+    from rlhf.config.pipeline import behaviour_logprobs
     from rlhf.data.sampler import TaskSampler
     from rlhf.runtime.cgpo import BaselineScorer, CGPOUpdate, check_baselines, task_breakdown
-    from rlhf.runtime.collect import track_mismatch
 
     r, cfg = i.recipe, i.recipe.objective
     parts = _on_policy_parts(i)
@@ -155,7 +156,7 @@ def cgpo_stage(i: StageInputs) -> RLStage:
     check_baselines(i.train_rows, prompts, cfg)
     scorer = BaselineScorer(parts.rewards, cfg, prompts.task_of, parts.rollout_fn.tokenizer)
     update = CGPOUpdate(cfg, {c.name: float(c.weight) for c in r.rewards}, i.trainers, prompts.task_of,
-                        track_mismatch(r))
+                        behaviour_logprobs(r))
     summary = {c.name: f"reward/{c.name}/mean" for c in r.rewards}
     for task, t in cfg.tasks.items():
         summary.update({f"{task}/violation/{j}": f"cgpo/{task}/violation_rate/{j}" for j in t.judges})

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, TypeVar
 
 from rlhf.config.schema import Recipe
@@ -26,11 +25,11 @@ class TrainGroup:
 
         from rlhf.train.settings import worker_settings
         from rlhf.train.worker import TrainWorker
-        from rlhf.transport.placement import train_bundles
+        from rlhf.transport.placement import cpu_split, train_bundles
 
         self.recipe, self.role = recipe, role
         self.world_size = num_ranks or recipe.train.num_ranks
-        threads = recipe.train.num_threads or _rank_threads(recipe, self.world_size)
+        threads = recipe.train.num_threads or cpu_split(recipe, self.world_size)[1]
         colocated = role == "policy" and recipe.rollout.placement == "colocated"  # shares GPUs with the engines
         options = train_bundles(self.world_size, colocated=colocated)
         actor_cls = ray.remote(TrainWorker)
@@ -214,13 +213,3 @@ def _mean_metrics(results: list[dict[str, float]]) -> dict[str, float]:
         vals = [r[k] for r in results if k in r]
         out[k] = max(vals) if k.startswith("time/") else sum(vals) / len(vals)
     return out
-
-
-def _rank_threads(recipe: Any, world_size: int) -> int:
-    """Torch threads per training rank: the cores over the ranks, or under async the cores the engines leave
-    (rlhf/transport/placement.py)."""
-    from rlhf.transport.placement import async_engine_cores, cpu_threads
-
-    cores = os.cpu_count() or 1
-    share = async_engine_cores(recipe.pipeline.max_staleness, recipe.pipeline.engine_cores, cores)
-    return cpu_threads(cores, recipe.rollout.num_engines, world_size, share)[1]

@@ -91,3 +91,16 @@ def async_engine_cores(max_staleness: int, engine_cores: int | None, cores: int)
         raise ValueError(f"pipeline.engine_cores: {engine_cores} leaves no core of this machine's {cores} for the "
                          "training ranks; lower it (or leave it unset: half the cores)")
     return engine_cores or max(1, cores // 2)
+
+
+def cpu_split(recipe: Any, num_ranks: int | None = None) -> tuple[int, int, int]:
+    """(threads per engine, threads per training rank, cores the engines bind to) for this machine's cores:
+    all cores to each group when synchronous, the engines' share (``pipeline.engine_cores``, default half) and
+    the rest to the ranks under ``pipeline.max_staleness`` >= 1. num_ranks: the group's ranks (default
+    train.num_ranks; a PPO critic's group passes its own)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    p = recipe.pipeline
+    share = async_engine_cores(p.max_staleness, p.engine_cores, cores)
+    return cpu_threads(cores, recipe.rollout.num_engines, num_ranks or recipe.train.num_ranks, share)
