@@ -22,8 +22,8 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from bench.common import REPO_ROOT, curve, header, machine_info, md_table, parse_args, ray_running, read_metrics, \
-    save_figure, setup_env, write_results
+from bench.common import REPO_ROOT, curve, earlier_result, header, machine_info, md_table, parse_args, ray_running, \
+    read_metrics, save_figure, setup_env, write_results
 
 NAME = "agents"
 
@@ -152,14 +152,8 @@ def _figure(calc: list[dict], game: list[dict[str, dict]], out_dir: str) -> str:
 
 def _kept_part(args: Any) -> dict[str, Any]:
     """With --only: the other part of the last full (not --quick) results in --out, to keep beside the new one."""
-    import json
-
-    path = os.path.join(args.out, f"{NAME}.json")
-    if args.quick or not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        earlier = json.load(f)
-    if earlier.get("quick"):
+    earlier = None if args.quick else earlier_result(args.out, NAME)
+    if earlier is None:
         return {}
     other = "game" if args.only == "calculator" else "calculator"
     return {other: earlier.get(other) or [], "command": earlier.get("command") or f"python -m bench.{NAME}",

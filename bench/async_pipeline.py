@@ -22,8 +22,8 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from bench.common import (curve, header, md_table, machine_info, parse_args, ray_running, read_metrics, save_figure,
-                          setup_env, tiny_recipe, write_results)
+from bench.common import (curve, earlier_result, header, md_table, machine_info, parse_args, ray_running, read_metrics,
+                          save_figure, setup_env, tiny_recipe, write_results)
 
 NAME = "async_pipeline"
 MODES = {"sync": 0, "async k=1": 1, "async k=2": 2}
@@ -152,15 +152,9 @@ def _report(tp: dict[str, Any] | None, learn: list[dict[str, Any]], ratios: dict
 
 def _kept_part(args: Any) -> dict[str, Any]:
     """With --part: the other part of the last (not --quick) results in --out, kept beside the new one."""
-    import json
-
-    path = os.path.join(args.out, f"{NAME}.json")
-    if not args.part or args.quick or not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        earlier = json.load(f)
+    earlier = None if not args.part or args.quick else earlier_result(args.out, NAME)
     other = "learning" if args.part == "throughput" else "throughput"
-    if earlier.get("quick") or not earlier.get(other):
+    if earlier is None or not earlier.get(other):
         return {}
     return {other: earlier[other], "part": other, "command": earlier["command"], "machine": earlier["machine"]}
 

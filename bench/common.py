@@ -215,6 +215,16 @@ def header(title: str, command: str, info: dict[str, Any], quick: bool) -> str:
     return f"# {title}\n\n`{command}` — {machine_line(info)}{note}\n"
 
 
+def earlier_result(out_dir: str, name: str) -> dict[str, Any] | None:
+    """The last full (not --quick) OUT/NAME.json, or None: what a bench re-running one of its parts keeps."""
+    path = os.path.join(out_dir, f"{name}.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        earlier = json.load(f)
+    return None if earlier.get("quick") else earlier
+
+
 def read_metrics(path: str, phase: str = "rl") -> list[dict[str, Any]]:
     """The records of one phase from a run's metrics.jsonl."""
     with open(path) as f:
