@@ -219,11 +219,11 @@ class AsyncPipeline:
 
     def _wait_to_sync(self, version: int) -> None:
         """Before the engines take version ``version``: every batch admitted with an older version is produced."""
+        needed = min(version + self.max_staleness, self._last)  # the last batch admitted with older weights
         with self._cv:
-            self._cv.wait_for(lambda: self._error is not None or
-                              self._produced >= min(version + self.max_staleness, self._last))
-            if self._error is not None and self._produced < min(version + self.max_staleness, self._last):
-                raise self._error
+            self._cv.wait_for(lambda: self._error is not None or self._produced >= needed)
+            if self._produced < needed:
+                raise self._error  # type: ignore[misc]  (woken by the producer's error)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
