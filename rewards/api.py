@@ -22,8 +22,10 @@ first time a plugin is looked up.
 
 This module holds the decorators, the registry, resolution and binding (``build_scorer``, ``check_component``);
 ``rewards.records`` the error and records (``RewardPluginError``, ``PluginInfo``, the ``Scorer`` protocol),
-``rewards.scorer`` the ``BoundScorer`` that ``build_scorer`` returns, and ``rewards.outputs`` the output checks
-(``check_outputs``, ``convert_outputs``, ``convert_process_outputs``). Import them all from here. The API modules
+``rewards.scorer`` the ``BoundScorer`` that ``build_scorer`` returns, ``rewards.styles`` the calling conventions of
+reward functions written for TRL, verl and OpenRLHF (a component's ``style``, detected from the signature by
+default), and ``rewards.outputs`` the output checks (``check_outputs``, ``convert_outputs``,
+``convert_process_outputs``). Import them all from here. The API modules
 import only the standard library (no torch, no ray).
 """
 
@@ -34,11 +36,12 @@ import importlib
 import importlib.metadata
 import inspect
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rewards.outputs import check_outputs, convert_outputs, convert_process_outputs
 from rewards.records import PluginInfo, RewardFn, RewardModel, RewardPluginError, Scorer
 from rewards.scorer import _RESERVED_PARAMS, BoundScorer, _KeywordSpec, _keyword_spec, _where
+from rewards.styles import TRL_PASSED, VERL_INPUTS, StyleOptions, call_spec, resolve_style
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -50,6 +53,7 @@ __all__ = [
     "RewardPluginError",
     "Scorer",
     "build_scorer",
+    "check_columns",
     "check_component",
     "check_outputs",
     "component_kind",
@@ -159,18 +163,20 @@ def _plugin_params(obj: Any) -> list[inspect.Parameter]:
 
 
 def _check_call_shape(name: str, obj: Any) -> None:
-    """Fail early unless the plugin accepts (prompts, completions) positionally."""
+    """Fail early (TypeError) unless the plugin's call fits a style: (prompts, completions, ...) or the convention
+    of TRL, verl or OpenRLHF (``rewards.styles``)."""
+    problem = _shape_problem(obj)
+    if problem is not None:
+        raise TypeError(f"reward plugin {name!r} ({_qualified(obj)}): {problem}")
+
+
+def _shape_problem(obj: Any) -> str | None:
+    """None when some style (``rewards.styles``) can call the plugin, else what is wrong."""
     try:
-        params = _plugin_params(obj)
+        resolve_style("auto", _plugin_params(obj))
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"reward plugin {name!r}: {exc}") from exc
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    has_var_positional = any(p.kind == p.VAR_POSITIONAL for p in params)
-    if len(positional) < 2 and not has_var_positional:
-        raise TypeError(
-            f"reward plugin {name!r} ({_qualified(obj)}): its call must accept (prompts, completions, ...) as the "
-            f"first two positional parameters; its parameters are ({', '.join(str(p) for p in params)})"
-        )
+        return str(exc)
+    return None
 
 
 def _constructor_spec(cls: type) -> _KeywordSpec:
@@ -216,16 +222,25 @@ def _resolve_module_attr(ref: str) -> PluginInfo:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise RewardPluginError(
-            f"reward plugin {ref!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}",
-            plugin=ref,
-        ) from exc
+        raise RewardPluginError(_import_error_message(ref, module_name, exc), plugin=ref) from exc
     obj: Any = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             raise RewardPluginError(_missing_attr_message(ref, obj, part), plugin=ref)
         obj = getattr(obj, part)
     return _info_for_object(ref, obj)
+
+
+def _import_error_message(ref: str, module_name: str, exc: Exception) -> str:
+    """One line: the module is not on the path (what to change), or importing it raised (where)."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing is not None and (module_name == missing or module_name.startswith(missing + ".")):
+        return (f"reward plugin {ref!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}. Put the "
+                f"directory that holds it on PYTHONPATH (or run from it), or install its package")
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line (a SyntaxError's text has newlines)
+    where = "" if isinstance(exc, SyntaxError) else _where(exc)  # a SyntaxError's text says file and line
+    return (f"reward plugin {ref!r}: cannot import module {module_name!r}: importing it raised {detail}{where}. "
+            f"Fix the module (it must import cleanly on its own)")
 
 
 def _missing_attr_message(ref: str, owner: Any, attr: str) -> str:
@@ -239,7 +254,10 @@ def _info_for_object(ref: str, obj: Any) -> PluginInfo:
     """PluginInfo for an object reached by reference; undecorated objects count as kind "reward"."""
     marker = vars(obj).get(_PLUGIN_ATTR) if inspect.isclass(obj) else getattr(obj, _PLUGIN_ATTR, None)
     kind = marker[1] if marker else "reward"
-    _check_call_shape(ref, obj)
+    problem = _shape_problem(obj)
+    if problem is not None:
+        where = "" if _qualified(obj) == ref else f" ({_qualified(obj)})"
+        raise RewardPluginError(f"reward plugin {ref!r}{where}: {problem}", plugin=ref)
     return PluginInfo(name=ref, kind=kind, obj=obj, doc=inspect.getdoc(obj) or "", source=_qualified(obj))
 
 
@@ -290,11 +308,57 @@ def component_kind(component: Any, plugin: PluginInfo) -> str:
 
 
 def check_component(component: Any) -> PluginInfo:
-    """Resolve a component's plugin and check its ``args`` without building it (cheap; no setup())."""
-    plugin = resolve_plugin(component.plugin)
+    """Resolve a component's plugin and check its style, ``args`` and options without building it (cheap; no
+    setup()). Every problem is a one-line RewardPluginError naming the component, the plugin and what to change."""
+    try:
+        plugin = resolve_plugin(component.plugin)
+    except RewardPluginError as exc:
+        raise RewardPluginError(f"reward component {component.name!r}: {exc}", component=component.name,
+                                plugin=exc.plugin or component.plugin) from exc
     _check_step_options(component, component_kind(component, plugin))
     _check_args(component, plugin)
     return plugin
+
+
+def check_columns(component: Any, plugin: PluginInfo, names: Sequence[str]) -> str | None:
+    """None when a batch with the columns ``names`` gives the component's plugin every input it needs, else why
+    not (one line). Builds nothing: a class plugin is neither constructed nor set up."""
+    return _binding(component, plugin, fn=None).column_problem(list(names))
+
+
+def _who(component: Any, plugin: PluginInfo) -> str:
+    return f"reward component {component.name!r} (plugin {plugin.name!r})"
+
+
+def _error(component: Any, plugin: PluginInfo, message: str) -> RewardPluginError:
+    return RewardPluginError(f"{_who(component, plugin)}: {message}", component=component.name, plugin=plugin.name)
+
+
+def _style(component: Any, plugin: PluginInfo) -> tuple[str, list[inspect.Parameter]]:
+    """(the style the component's plugin is called with, the parameters of its call)."""
+    requested = getattr(component, "style", None) or "auto"
+    params = _plugin_params(plugin.obj)
+    try:
+        return resolve_style(requested, params), params
+    except ValueError as exc:
+        raise _error(component, plugin, str(exc)) from None
+
+
+def _options(component: Any, style: str) -> StyleOptions:
+    return StyleOptions(style=style, columns=dict(getattr(component, "columns", None) or {}),
+                        output_key=getattr(component, "output_key", None),
+                        dataset_name=getattr(component, "dataset_name", None))
+
+
+def _binding(component: Any, plugin: PluginInfo, fn: Any) -> BoundScorer:
+    """A BoundScorer of the component calling ``fn`` (None: for checks only) with its style and spec."""
+    kind = component_kind(component, plugin)
+    style, params = _style(component, plugin)
+    spec = call_spec(style, params)
+    offered = {"trl": TRL_PASSED, "verl": VERL_INPUTS}.get(style, ())
+    passed = [p.name for p in params if p.name in offered]  # inputs the style passes that the plugin names
+    args = {} if plugin.is_class else dict(component.args or {})
+    return BoundScorer(component.name, plugin, kind, fn, args, spec, _options(component, style), passed)
 
 
 def _check_step_options(component: Any, kind: str) -> None:
@@ -310,52 +374,49 @@ def _check_step_options(component: Any, kind: str) -> None:
 
 
 def _check_args(component: Any, plugin: PluginInfo) -> None:
+    """The component's args, style and style options against the plugin (RewardPluginError naming both)."""
     args = dict(component.args or {})
-    who = f"reward component {component.name!r} (plugin {plugin.name!r})"
+    style, params = _style(component, plugin)
     for reserved in _RESERVED_PARAMS:
         if reserved in args:
-            raise RewardPluginError(
-                f"{who}: {reserved!r} cannot be set in args; the runtime passes it",
-                component=component.name,
-                plugin=plugin.name,
-            )
-    spec = _constructor_spec(plugin.obj) if plugin.is_class else _keyword_spec(_plugin_params(plugin.obj), 2)
+            raise _error(component, plugin, f"{reserved!r} cannot be set in args; the runtime passes it")
+    if getattr(component, "output_key", None) is not None and style not in ("verl", "openrlhf"):
+        raise _error(component, plugin, f"output_key picks a key of the dicts verl and OpenRLHF functions return; "
+                                        f"this plugin is called in style {style!r}, which returns a list. Remove "
+                                        f"output_key")
+    spec = _constructor_spec(plugin.obj) if plugin.is_class else call_spec(style, params)
     for arg in args:
         if not spec.var_keyword and arg not in spec.names:
             close = difflib.get_close_matches(arg, spec.names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RewardPluginError(
-                f"{who}: the plugin does not accept arg {arg!r}.{hint} It accepts: "
-                f"{', '.join(spec.names) or 'no keyword arguments'}",
-                component=component.name,
-                plugin=plugin.name,
-            )
-    missing = [r for r in spec.required if r not in args] if plugin.is_class else []
-    if missing:  # a function's required keywords may be data columns: checked when called
-        raise RewardPluginError(
-            f"{who}: missing required arg {missing[0]!r}; set it under the component's args "
-            f"(the scorer's constructor takes: {', '.join(spec.names) or 'no arguments'})",
-            component=component.name,
-            plugin=plugin.name,
-        )
+            raise _error(component, plugin, f"the plugin does not accept arg {arg!r}.{hint} It accepts: "
+                                            f"{', '.join(spec.names) or 'no keyword arguments'}")
+    if plugin.is_class:
+        missing = [r for r in spec.required if r not in args]
+        what = f"(the scorer's constructor takes: {', '.join(spec.names) or 'no arguments'})"
+    elif style in ("verl", "openrlhf"):  # their calls pass no data columns: the rest must come from args
+        missing = [r for r in spec.required if r not in args and r not in ("data_source", "ground_truth")]
+        what = f"({style} functions get their own inputs and the component's args only)"
+    else:  # a function's required keywords may be data columns: checked when called (and by rlhf validate)
+        missing = []
+    if missing:
+        raise _error(component, plugin, f"missing required arg {missing[0]!r}; set it under the component's args "
+                                        f"{what}")
 
 
 def build_scorer(component: Any, plugin: PluginInfo | None = None) -> "BoundScorer":
-    """Bind a component (``.name .plugin .kind .args``) to its plugin: a callable
-    ``(prompts, completions, columns) -> list[float]``. Classes are instantiated with ``args`` and ``setup()`` runs.
+    """Bind a component (``.name .plugin .kind .args``, optional ``.style .columns .output_key``) to its plugin: a
+    callable ``(prompts, completions, columns) -> list[float]``. Classes are instantiated with ``args`` and
+    ``setup()`` runs.
 
     ``plugin`` skips resolution (the reward workers resolve in the driver and ship the PluginInfo).
     """
     plugin = plugin or resolve_plugin(component.plugin)
-    kind = component_kind(component, plugin)
     _check_args(component, plugin)
-    args = dict(component.args or {})
     if not plugin.is_class:
-        spec = _keyword_spec(_plugin_params(plugin.obj), skip_positional=2)
-        return BoundScorer(component.name, plugin, kind, plugin.obj, args, spec)
-    instance = _instantiate(component.name, plugin, args)
-    params = list(inspect.signature(instance.__call__).parameters.values())
-    return BoundScorer(component.name, plugin, kind, instance, {}, _keyword_spec(params, skip_positional=2))
+        return _binding(component, plugin, plugin.obj)
+    instance = _instantiate(component.name, plugin, dict(component.args or {}))
+    return _binding(component, plugin, instance)
 
 
 def _instantiate(component_name: str, plugin: PluginInfo, args: dict[str, Any]) -> Any:

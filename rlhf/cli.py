@@ -2,6 +2,7 @@
 
     rlhf train RECIPE [key.path=value ...] [--resume | --overwrite]
     rlhf validate RECIPE [key.path=value ...]
+    rlhf explain [KEY | SECTION]
     rlhf launch local|ray|slurm|k8s RECIPE [key.path=value ...] [--dry-run] [target flags]
     rlhf rewards list
     rlhf plot RUN_DIR
@@ -92,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("action", choices=["list"])
     e = sub.add_parser("envs", help="agent environments: `rlhf envs list` shows the built-in ones and their tools")
     e.add_argument("action", choices=["list"])
+    x = sub.add_parser(
+        "explain", help="a recipe key's type, default, range and description, or the keys of a section",
+        description="KEY: a key path such as rollout.max_new_tokens, objective.clip_eps or rewards.0.plugin; "
+        "SECTION (rollout, objective, model.lora, ...): the keys under it; nothing: the sections. Every key is in "
+        "docs/recipe_reference.md (rlhf/config/reference.py).")
+    x.add_argument("key", nargs="?", default=None, help="key path or section")
 
     w = sub.add_parser(
         "sweep",
@@ -147,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args)
     if args.command == "rewards":
         return _rewards_list()
+    if args.command == "explain":
+        from rlhf.config.reference import explain
+
+        return explain(args.key)
     if args.command == "envs":
         return _envs_list()
     if args.command == "plot":
@@ -189,16 +200,69 @@ def _validate(args) -> int:
 
 
 def _check_plugins(recipe, source: str) -> list[str]:
-    """Every reward component names a plugin that resolves (checked before any actor starts)."""
-    from rewards.api import RewardPluginError, check_component
+    """Every reward component names a plugin that resolves, with args and a style its call fits, and the data has
+    the columns it needs (checked before any actor starts). One line per problem."""
+    from rewards.api import RewardPluginError, check_columns, check_component
 
-    problems = []
+    problems: list[tuple[int, str]] = []
+    checked = []
     for i, c in enumerate(recipe.rewards):
         try:
-            check_component(c)
+            checked.append((i, c, check_component(c)))
         except RewardPluginError as e:
-            problems.append(f"{source}: rewards.{i}: {e}")
-    return problems
+            problems.append((i, str(e)))
+    columns = _reward_columns(recipe) if checked else None
+    for i, c, plugin in checked if columns is not None else []:
+        names = [*columns, "steps"] if (c.kind or plugin.kind) == "process" else columns
+        try:
+            problem = check_columns(c, plugin, names)
+        except RewardPluginError as e:
+            problem = str(e)
+        if problem is not None:
+            problems.append((i, problem))
+    return [f"{source}: rewards.{i}: {_one_line(p)}" for i, p in sorted(problems, key=lambda x: x[0])]
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+def _reward_columns(recipe) -> list[str] | None:
+    """The columns a single-turn rollout's batch gives reward plugins (the data's columns but prompt and
+    completion, plus the runtime's), read cheaply: synthetic rows, a jsonl file's first rows, a parquet schema.
+    None where that is not known before the run: hub datasets, agent rollouts, data that cannot be read here (the
+    run's data loading reports why)."""
+    from rlhf.scoring.group import RUNTIME_COLUMNS
+
+    d = recipe.data
+    if recipe.rollout.kind != "single_turn" or d.source == "hf":
+        return None
+    try:
+        found = _data_columns(d, recipe.run.seed)
+    except (OSError, ValueError):  # missing or malformed data: the data loader's own error says it at start
+        return None
+    skip = {d.prompt_column, d.completion_column, "prompt", "completion"}
+    return [c for c in found if c not in skip] + list(RUNTIME_COLUMNS)
+
+
+def _data_columns(d, seed: int) -> list[str]:
+    """The columns of the first rows of a synthetic, jsonl or parquet data source."""
+    if d.source == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(d.train_path).names)
+    if d.source == "synthetic_arithmetic":  # generated in milliseconds
+        from rlhf.data import load_rows
+
+        rows = load_rows(d, seed)[0][:20]
+    else:
+        import gzip
+        import json
+
+        opener = gzip.open if d.train_path.endswith(".gz") else open
+        with opener(d.train_path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for _, line in zip(range(20), f) if line.strip()]
+    return list(dict.fromkeys(k for row in rows if isinstance(row, dict) for k in row))
 
 
 def _check_environment(recipe, source: str) -> list[str]:

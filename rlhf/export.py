@@ -71,14 +71,23 @@ def export(checkpoint: str, out: str, base: str | None = None, dtype: str | None
     scale = lora.adapter_scale(config, where)
     base_dir = lora.adapter_base_dir(src, base)
     adapter = lora.read_adapter_weights(src)
-    model = load_causal_lm(base_dir, dtype)
+    tok_dir = src if os.path.isfile(os.path.join(src, "tokenizer_config.json")) else base_dir
+    tokenizer = load_tokenizer(tok_dir)
+    if "SEQ_CLS" in str(config.get("task_type")):  # a reward model's adapter: its heads are in its config.json
+        from transformers import AutoConfig
+
+        from rlhf.models.reward import head_names, load_reward_model
+
+        heads = head_names(AutoConfig.from_pretrained(src))
+        model = load_reward_model(base_dir, heads, dtype, pad_token_id=tokenizer.pad_token_id)
+    else:
+        model = load_causal_lm(base_dir, dtype)
     state = model.state_dict()
     lora.check_adapter_covers(state.keys(), adapter, where)
     merged = dict(lora.merge_adapter(state.items(), adapter, scale))
     model.load_state_dict(merged, strict=True)
     model.save_pretrained(out, safe_serialization=True)
-    tok_dir = src if os.path.isfile(os.path.join(src, "tokenizer_config.json")) else base_dir
-    load_tokenizer(tok_dir).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     n_merged = sum(1 for k in adapter if k.endswith(".lora_A.weight"))
     return {"kind": "lora", "source": src, "base": base_dir, "out": out, "merged_modules": n_merged,
             "replaced_modules": sum(1 for k in adapter if not k.endswith((".lora_A.weight", ".lora_B.weight"))),

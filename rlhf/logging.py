@@ -1,53 +1,64 @@
-"""Metrics sinks and console output: `metrics.jsonl` always, TensorBoard when enabled, a rich progress bar.
+"""Metrics sinks and console output: the run's trackers (rlhf/trackers.py: `metrics.jsonl` always, TensorBoard,
+W&B, MLflow as ``run.trackers`` lists them) and a rich progress bar.
 
-    log = MetricsLogger(out_dir, tensorboard=False, progress=True, total=steps)
-    log.log(step, {"reward/correct/mean": 0.4, ...})   # one JSON line per step
-    log.close()
+    log = MetricsLogger(out_dir, trackers=("jsonl", "wandb"), run=recipe.run, config=recipe_dict)
+    log.start_phase("grpo", total=steps)
+    log.log(step, {"reward/correct/mean": 0.4, ...})   # to every tracker (one JSON line per step, ...)
+    log.close(summary)                                  # the summary to the trackers, then their runs end
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import time
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None
-    return v
+from rlhf.config.schema import RunConfig
+from rlhf.trackers import TrackerError, build_trackers, exit_status
 
 
 class MetricsLogger:
+    """Fans each metrics record out to the trackers and drives the progress bar.
+
+    ``trackers`` are names (jsonl is always added, first); ``tensorboard=True`` adds tensorboard (the deprecated
+    run.tensorboard); ``run`` holds the trackers' options (run.wandb, run.mlflow, run.name); ``config`` (the resolved
+    recipe) is logged once at the start; ``append`` continues a resumed run's metrics.jsonl and tracker runs."""
+
     def __init__(
         self,
         out_dir: str,
         *,
+        trackers: Sequence[str] = ("jsonl",),
+        run: RunConfig | None = None,
+        config: dict[str, Any] | None = None,
         tensorboard: bool = False,
         progress: bool = True,
         headline: tuple[str, ...] = (),
         append: bool = False,
     ) -> None:
         os.makedirs(out_dir, exist_ok=True)
+        names = ["jsonl"] + [t for t in trackers if t != "jsonl"]
+        if tensorboard and "tensorboard" not in names:
+            names.append("tensorboard")
+        self._closed = False
+        self._progress: Progress | None = None
+        self._task = None
+        self.trackers = build_trackers(names, out_dir, run=run, resume=append)
         self.path = os.path.join(out_dir, "metrics.jsonl")
-        self._file = open(self.path, "a" if append else "w")
+        if config is not None:
+            try:
+                for tracker in self.trackers:
+                    tracker.log_config(config)
+            except BaseException:
+                self.close(status="failed")  # the runs already started end; the error goes on
+                raise
         self.console = Console(stderr=False)
         if not self.console.is_terminal:  # logs and CI: wide enough that the bar and the numbers both fit
             self.console = Console(stderr=False, width=140)
         self.headline = headline
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
-        self._progress: Progress | None = None
-        self._task = None
         if progress:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -67,13 +78,8 @@ class MetricsLogger:
             self._task = self._progress.add_task(description, total=total, completed=completed, status="")
 
     def log(self, step: int, metrics: dict[str, Any], phase: str = "rl") -> None:
-        record = {"step": step, "phase": phase, "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        if self._tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self._tb.add_scalar(f"{phase}/{k}", v, step)
+        for tracker in self.trackers:
+            tracker.log(step, metrics, phase)
         if self._progress is not None and self._task is not None and phase != "eval":
             shown = [f"{k.split('/')[-2] if k.count('/') >= 2 else k}={metrics[k]:.2f}" for k in self.headline
                      if isinstance(metrics.get(k), (int, float))]
@@ -82,13 +88,32 @@ class MetricsLogger:
     def print(self, *args: Any) -> None:
         self.console.print(*args)
 
-    def close(self) -> None:
+    def close(self, summary: dict[str, Any] | None = None, status: str | None = None) -> None:
+        """Stop the progress bar, give the trackers the run's summary (when there is one) and end their runs with
+        `status` (finished / failed / killed; None: finished, or failed while an exception is in flight). A second
+        call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self._tb is not None:
-            self._tb.close()
-        self._file.close()
+        status = status or exit_status(summary)
+        errors: list[tuple[str, BaseException]] = []
+        for tracker in self.trackers:  # every tracker is closed, even after another one failed
+            try:
+                try:
+                    if summary is not None:
+                        tracker.log_summary(summary)
+                finally:
+                    tracker.close(status)
+            except Exception as e:  # noqa: BLE001  (raised below, after the other trackers are closed)
+                errors.append((tracker.name, e))
+        if len(errors) == 1:
+            raise errors[0][1]
+        if errors:
+            raise TrackerError("closing the trackers failed: " + "; ".join(
+                f"{name}: {type(e).__name__}: {e}" for name, e in errors)) from errors[0][1]
 
 
 def summary_table(title: str, rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> Table:

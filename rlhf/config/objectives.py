@@ -78,6 +78,9 @@ def _kl_in_reward(cfg: PolicyGradientConfig, where: str) -> None:
 
 
 class GRPOConfig(PolicyGradientConfig):
+    """GRPO (Shao et al. 2024): each sample's advantage is its reward minus its prompt group's mean, divided by the
+    group's std; the clipped surrogate. DAPO's dynamic sampling and overlong filtering are options."""
+
     kind: Literal["grpo"] = "grpo"
     scale_std: bool = Field(True, description="divide group-centred rewards by the group std (false: Dr. GRPO)")
     dynamic_sampling: bool = Field(
@@ -85,7 +88,7 @@ class GRPOConfig(PolicyGradientConfig):
     )
     max_sampling_rounds: int = Field(4, ge=1, description="generate() rounds per step at most, with dynamic_sampling")
     mask_truncated: bool = Field(False, description="DAPO overlong filtering: truncated completions get no loss")
-    eps: float = Field(1e-6, gt=0)
+    eps: float = Field(1e-6, gt=0, description="added to the group std before dividing by it")
 
 
 class GiGPOConfig(PolicyGradientConfig):
@@ -116,10 +119,11 @@ class ReinforcePPConfig(PolicyGradientConfig):
 
     kind: Literal["reinforce_pp"] = "reinforce_pp"
     kl_coef: float = Field(0.01, ge=0, description="KL penalty inside the token rewards")
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    gamma: float = Field(1.0, ge=0, le=1)
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="estimator of the per-token KL to the "
+                                                    "reference in the token rewards")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount of the reward-to-go")
     baseline: Literal["none", "group"] = Field("none", description="group: REINFORCE++-baseline (group mean)")
-    eps: float = Field(1e-6, gt=0)
+    eps: float = Field(1e-6, gt=0, description="added to the std of the global advantage whitening")
 
     @model_validator(mode="after")
     def _kl(self) -> "ReinforcePPConfig":
@@ -130,7 +134,7 @@ class ReinforcePPConfig(PolicyGradientConfig):
 class CriticConfig(Strict):
     """The value model of PPO, trained by its own DeepSpeed worker group."""
 
-    lr: float = Field(1e-5, gt=0)
+    lr: float = Field(1e-5, gt=0, description="learning rate of the critic")
     num_ranks: Optional[int] = Field(None, ge=1, description="defaults to train.num_ranks")
     vector: bool = Field(
         False, description="one value head per reward component (+1 for the KL stream): per-component GAE, "
@@ -144,16 +148,19 @@ class PPOConfig(PolicyGradientConfig):
     """PPO (Schulman et al. 2017) with GAE and a learned critic, as in RLHF (Ouyang et al. 2022)."""
 
     kind: Literal["ppo"] = "ppo"
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    kl_coef: float = Field(0.05, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1, description="discount of GAE")
+    lam: float = Field(0.95, ge=0, le=1, description="lambda of GAE")
+    kl_coef: float = Field(0.05, ge=0, description="KL coefficient: of the penalty in the reward (the adaptive "
+                           "controller's start) or of the k3 loss term, by kl_mode")
     kl_mode: Literal["reward", "loss"] = Field(
         "reward", description="reward: -kl_coef * (logp - ref) on every token's reward; loss: a k3 loss term"
     )
     adaptive_kl: bool = Field(False, description="Ziegler et al. 2019 controller towards kl_target")
-    kl_target: float = Field(0.1, gt=0)
-    kl_horizon: int = Field(10000, ge=1)
-    whiten_advantages: bool = True
+    kl_target: float = Field(0.1, gt=0, description="adaptive_kl: the batch KL the controller steers toward")
+    kl_horizon: int = Field(10000, ge=1, description="adaptive_kl: the controller's horizon in samples (larger: "
+                            "slower changes of kl_coef)")
+    whiten_advantages: bool = Field(True, description="normalise the advantages to mean 0 and std 1 over the "
+                                    "batch's completion tokens")
     critic: CriticConfig = Field(default_factory=CriticConfig)
 
     @model_validator(mode="after")
@@ -169,10 +176,11 @@ class DPOConfig(Strict):
     """Offline preference optimisation on (prompt, chosen, rejected) pairs: DPO, IPO, conservative DPO."""
 
     kind: Literal["dpo"] = "dpo"
-    beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0, description="strength of the implicit KL to the reference (ipo: its tau)")
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = Field(
+        "sigmoid", description="sigmoid (DPO), ipo (IPO), cdpo (conservative DPO, with label_smoothing)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: probability that a label is flipped")
-    reference_free: bool = False
+    reference_free: bool = Field(False, description="a uniform reference (log-probs 0): no reference model")
     ipo_average: bool = Field(True, description="ipo: per-token averaged log-ratios (as TRL)")
     batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step")
     max_length: int = Field(512, ge=4, description="tokens per prompt + completion; longer pairs lose their tail")
@@ -189,11 +197,12 @@ class OnlineDPOConfig(Strict):
     form a (chosen, rejected) pair; ties are skipped. DPO/IPO/cDPO loss against the frozen reference."""
 
     kind: Literal["online_dpo"] = "online_dpo"
-    beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    reference_free: bool = False
-    ipo_average: bool = True
+    beta: float = Field(0.1, gt=0, description="strength of the implicit KL to the reference (ipo: its tau)")
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = Field(
+        "sigmoid", description="sigmoid (DPO), ipo (IPO), cdpo (conservative DPO, with label_smoothing)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: probability that a label is flipped")
+    reference_free: bool = Field(False, description="a uniform reference (log-probs 0): no reference model")
+    ipo_average: bool = Field(True, description="ipo: per-token averaged log-ratios (as TRL)")
 
 
 class MODPOConfig(Strict):
@@ -202,10 +211,10 @@ class MODPOConfig(Strict):
     The weight vector is (preference_weight, rewards[*].weight); it must lie on the simplex (sum to 1)."""
 
     kind: Literal["modpo"] = "modpo"
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.1, gt=0, description="DPO beta (divided by preference_weight in the loss)")
     preference_weight: float = Field(0.5, gt=0, le=1, description="w_k: weight of the preference data's objective")
-    batch_size: int = Field(32, ge=1)
-    max_length: int = Field(512, ge=4)
+    batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step")
+    max_length: int = Field(512, ge=4, description="tokens per prompt + completion; longer pairs lose their tail")
 
 
 class CGPOTaskConfig(Strict):
@@ -215,7 +224,9 @@ class CGPOTaskConfig(Strict):
                                "with their weights into the task's reward")
     judges: list[str] = Field(default_factory=list, description="names of constraint components (judges) a sample "
                               "of this task must satisfy")
-    optimizer: Literal["crpg", "codpo", "crraft"] = "crpg"
+    optimizer: Literal["crpg", "codpo", "crraft"] = Field(
+        "crpg", description="the task's update: crpg (constrained policy gradient), codpo (DPO on (satisfying, "
+        "violating) pairs), crraft (fine-tuning on the best satisfying samples)")
     weight: float = Field(1.0, gt=0, description="the task's weight in the combined update: sum over tasks of "
                           "weight x the task's own mean loss (crpg / crraft tasks in one step, codpo tasks in "
                           "another)")
@@ -241,13 +252,15 @@ class CGPOConfig(PolicyGradientConfig):
                                         "rows are an error)")
     # CRPG / CRRAFT: the clipped policy-gradient update (the shared fields; mini_batches are stratified: each
     # task is normalised within each optimizer step)
-    scale_std: bool = True
-    eps: float = Field(1e-6, gt=0)
+    scale_std: bool = Field(True, description="crpg: divide group-centred rewards by the group std")
+    eps: float = Field(1e-6, gt=0, description="crpg: added to the group std")
     # CODPO: DPO loss on (best satisfying, violating) pairs + nll_coef x length-normalised NLL of the chosen one
     beta: float = Field(0.1, gt=0, description="codpo: DPO beta of the codpo tasks that set none")
-    loss_type: Literal["sigmoid", "ipo", "cdpo"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    reference_free: bool = False
+    loss_type: Literal["sigmoid", "ipo", "cdpo"] = Field("sigmoid", description="codpo: the DPO loss (sigmoid, "
+                                                         "ipo, cdpo)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="codpo, loss_type cdpo: probability that a "
+                                   "label is flipped")
+    reference_free: bool = Field(False, description="codpo: a uniform reference (log-probs 0)")
     nll_coef: float = Field(1.0, ge=0, description="codpo: lambda of the chosen response's NLL / length term")
 
     @model_validator(mode="after")
@@ -276,15 +289,46 @@ class PRMObjectiveConfig(Strict):
     step_tag: str = Field("\n", min_length=1, description="appended after every step; its last token is scored")
     good: str = Field("+", min_length=1, description="the single token meaning 'this step is correct'")
     bad: str = Field("-", min_length=1, description="the single token meaning 'this step is wrong'")
-    max_length: int = Field(256, ge=8)
-    steps_column: str = "steps"
-    labels_column: str = "labels"
+    max_length: int = Field(256, ge=8, description="tokens per row; steps whose tag falls beyond it are dropped")
+    steps_column: str = Field("steps", description="column holding each row's list of step texts")
+    labels_column: str = Field("labels", description="column holding one label per step (1 / true: correct)")
     error_rate: float = Field(0.5, ge=0, le=1, description="synthetic data: share of rows with one wrong step")
+
+
+class RMConfig(Strict):
+    """Train an outcome reward model (Bradley-Terry) on preference pairs (prompt, chosen, rejected): a scalar
+    head per named output on the causal LM's last hidden state, saved as a Hugging Face sequence-classification
+    model. Several heads (``heads``) give a multi-objective RM, each trained on its own preference column."""
+
+    kind: Literal["rm"] = "rm"
+    heads: list[str] = Field(default_factory=lambda: ["score"], min_length=1,
+                             description="names of the model's outputs (one scalar head each; the saved model's "
+                             "labels); a reward_model component picks one by name")
+    preference_columns: Optional[dict[str, str]] = Field(
+        None, description="per head, the data column saying which completion that objective prefers: 1 (chosen), "
+        "-1 (rejected), 0 or null (no preference: the head gets no loss from the pair). Heads not named here "
+        "prefer chosen. Unset: every head prefers chosen")
+    margin_column: Optional[str] = Field(
+        None, description="a numeric column m: loss -log sigmoid(r_preferred - r_other - m) (Llama-2's margin)")
+    center_coef: float = Field(0.0, ge=0, description="+ coef * mean((r_chosen + r_rejected)^2): keeps rewards "
+                               "centred on 0 (TRL's center_rewards_coefficient; 0.01 is the usual value)")
+    batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step")
+    max_length: int = Field(512, ge=4, description="tokens per prompt + completion; longer pairs lose their tail")
+
+    @model_validator(mode="after")
+    def _columns(self) -> "RMConfig":
+        dup = sorted({h for h in self.heads if self.heads.count(h) > 1})
+        if dup:
+            raise ValueError(f"objective.heads: duplicate names {dup}")
+        unknown = sorted(set(self.preference_columns or {}) - set(self.heads))
+        if unknown:
+            raise ValueError(f"objective.preference_columns: {unknown} are not heads; heads are {self.heads}")
+        return self
 
 
 ObjectiveConfig = Union[
     GRPOConfig, GiGPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig,
-    CGPOConfig, PRMObjectiveConfig,
+    CGPOConfig, PRMObjectiveConfig, RMConfig,
 ]
 
 

@@ -19,8 +19,9 @@ from typing import Any, Callable
 from rlhf import objectives as obj
 from rlhf.config import objectives as cfgs
 
-STAGES = ("policy_gradient", "online_pairs", "cgpo", "preference", "prm")  # runtime stages (rlhf.runtime.stages)
-DATA = ("prompts", "pairs", "step_labels")  # what the rows are: prompts to generate from, preference pairs, steps
+STAGES = ("policy_gradient", "online_pairs", "cgpo", "preference", "prm", "rm")  # runtime stages (rlhf.runtime.stages)
+# what the rows are: prompts to generate from, preference pairs, step-labelled solutions, pairs with per-head labels
+DATA = ("prompts", "pairs", "step_labels", "rm_pairs")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Capabilities:
     # what `rlhf sweep` varies: "rewards" (one weight per reward component), "preference_and_rewards" (MODPO: the
     # preference weight first), None (no sweep: CGPO weighs within tasks, DPO and PRM have no components)
     sweep_weights: str | None = None
+    # the trained model is a reward model: a sequence-classification model with these named scalar outputs (the
+    # warm-up still trains the causal LM it starts from); () = the policy, a causal LM
+    score_heads: tuple[str, ...] = ()
 
     @property
     def rollouts(self) -> bool:
@@ -191,6 +195,10 @@ REGISTRY: dict[str, ObjectiveSpec] = {spec.kind: spec for spec in (
     ObjectiveSpec("prm", cfgs.PRMObjectiveConfig, obj.PRM.from_config,
                   lambda c: Capabilities(stage="prm", data="step_labels", needs_reference=False),
                   check=_check_batch_over_ranks),
+    ObjectiveSpec("rm", cfgs.RMConfig, obj.RewardModelObjective.from_config,
+                  lambda c: Capabilities(stage="rm", data="rm_pairs", needs_reference=False,
+                                         score_heads=tuple(c.heads)),
+                  check=_check_pairs),
 )}
 
 

@@ -7,13 +7,21 @@ before any actor starts.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from rlhf.config.base import Strict
 from rlhf.config.pipeline import PipelineConfig, check_pipeline
 from rlhf.config.rollout import AgentConfig, VLLMConfig  # noqa: F401  (part of the schema)
+from rlhf.config.model import LoraConfig, ModelConfig, TinyModelConfig  # noqa: F401  (part of the schema)
+from rlhf.config.weighting import (  # noqa: F401  (part of the schema)
+    ConstraintConfig,
+    GradientWeightingConfig,
+    HypervolumeWeightingConfig,
+    ScheduleConfig,
+    WeightingConfig,
+)
 from rlhf.config.objectives import (  # noqa: F401  (the objective sections are part of the schema)
     CGPOConfig,
     CGPOTaskConfig,
@@ -26,6 +34,7 @@ from rlhf.config.objectives import (  # noqa: F401  (the objective sections are 
     PolicyGradientConfig,
     PPOConfig,
     PRMObjectiveConfig,
+    RMConfig,
     ReinforcePPConfig,
     RLOOConfig,
     SFTObjectiveConfig,
@@ -35,99 +44,79 @@ from rlhf.config.objectives import (  # noqa: F401  (the objective sections are 
 # --------------------------------------------------------------------------- run / model / data
 
 
+class WandbConfig(Strict):
+    """Weights & Biases options (used when ``run.trackers`` lists wandb); the run's files go to OUT/wandb/."""
+
+    project: str = Field("rlhf", description="W&B project")
+    entity: Optional[str] = Field(None, description="W&B team or user; None: the account's default")
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline (default): no network, written under OUT/wandb/ (upload later with `wandb "
+        "sync OUT/wandb/offline-run-*`); online: streams to the server (needs `wandb login` or WANDB_API_KEY)")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    group: Optional[str] = Field(None, description="groups runs in the UI (e.g. the seeds of one sweep point)")
+
+
+class MlflowConfig(Strict):
+    """MLflow options (used when ``run.trackers`` lists mlflow)."""
+
+    tracking_uri: Optional[str] = Field(
+        None, description="None: a file store under the run's output directory (file:OUT/mlruns, no server); or "
+        "any MLflow tracking URI (http://host:5000; sqlite:///mlflow.db needs the full mlflow package)")
+    experiment: str = Field("rlhf", description="MLflow experiment (created when missing)")
+
+
 class RunConfig(Strict):
-    name: str = "run"
-    output_dir: str = "runs/${run.name}"  # ${run.name} is substituted
-    seed: int = 0
+    """The run: its name, where it writes, its seed and length, checkpoints and logging."""
+
+    name: str = Field("run", description="the run's name: part of the default output_dir, of launcher job names "
+                      "and of sweep run names")
+    output_dir: str = Field("runs/${run.name}", description="where metrics, checkpoints and the summary are "
+                            "written; ${run.name} is substituted")
+    seed: int = Field(0, description="seeds torch, the data (synthetic rows, the held-out split), prompt sampling "
+                      "and generation")
     steps: int = Field(100, ge=0, description="on-policy RL steps (or optimizer steps for offline objectives)")
     save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(1, ge=1)
-    tensorboard: bool = False
-    progress: bool = True
-
-
-class TinyModelConfig(Strict):
-    """A small model built from config (random init) for tests and demos; no hub access."""
-
-    arch: Literal["llama", "qwen2"] = "llama"
-    hidden_size: int = Field(128, ge=8)
-    intermediate_size: int = Field(256, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    num_kv_heads: Optional[int] = Field(None, ge=1)
-    max_position_embeddings: int = Field(256, ge=16)
-    tokenizer_vocab_size: int = Field(64, ge=16, description="BPE vocab size for the locally trained tokenizer")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted")
+    log_every: int = Field(1, ge=1, description="write metrics every N steps (and at the last step)")
+    trackers: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="where metrics, the resolved recipe and the summary go (rlhf/trackers.py). output_dir/"
+        "metrics.jsonl is always written (the summary, plots and --resume read it), so listing jsonl is optional: "
+        "[wandb] means [jsonl, wandb]. wandb and mlflow need the [trackers] extra, tensorboard the [tensorboard] one")
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description="options of the wandb tracker")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig, description="options of the mlflow tracker")
+    tensorboard: bool = Field(False, description="deprecated: true is the same as listing tensorboard in "
+                              "run.trackers (events in output_dir/tensorboard)")
+    progress: bool = Field(True, description="show a progress bar on the console")
 
     @model_validator(mode="after")
-    def _heads(self) -> "TinyModelConfig":
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        kv = self.num_kv_heads or self.num_heads
-        if self.num_heads % kv:
-            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {kv}")
+    def _trackers_once(self) -> "RunConfig":
+        twice = sorted({t for t in self.trackers if self.trackers.count(t) > 1})
+        if twice:
+            raise ValueError(f"run.trackers: {', '.join(twice)} listed more than once; list each tracker once")
         return self
 
-
-class LoraConfig(Strict):
-    """LoRA adapters on the policy (``model.lora``), trained with ``peft``; the base weights stay frozen.
-
-    Where it lives: under ``model`` because an adapter is part of what the policy *is* (verl puts it at
-    ``actor_rollout_ref.model.lora_rank / lora_alpha / target_modules``); the keys are peft's ``LoraConfig`` ones,
-    which TRL takes as ``peft_config`` and OpenRLHF exposes as ``--lora_rank / --lora_alpha / --target_modules /
-    --lora_dropout``: ``r``, ``alpha`` (peft's lora_alpha), ``dropout``, ``target_modules``. It applies to every
-    stage that trains the policy (warm-up SFT: its adapter is merged into OUT/sft, the base of the main stage's
-    adapter); a PPO critic stays fully fine-tuned. The KL reference is the base with the adapter disabled (no
-    second copy). Target module names are checked against the model's linear layers when it is loaded.
-    """
-
-    enabled: bool = Field(True, description="false: train the full model (lets an override switch LoRA off)")
-    r: int = Field(8, ge=1, description="adapter rank (OpenRLHF --lora_rank)")
-    alpha: float = Field(16.0, gt=0, description="scale = alpha / r (peft lora_alpha)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input in training passes; keep 0 "
-                           "for RL (ratios and KL are computed without dropout)")
-    target_modules: Union[list[str], Literal["all-linear"]] = Field(
-        "all-linear", description="linear module names (suffixes, e.g. [q_proj, v_proj]) or all-linear (every "
-        "linear layer but the output head)")
-    bias: Literal["none"] = Field("none", description="biases stay frozen (the only mode supported)")
-    modules_to_save: Optional[list[str]] = Field(
-        None, description="modules trained in full next to the adapter and saved / synced with it (e.g. lm_head)")
-
-    @model_validator(mode="after")
-    def _targets(self) -> "LoraConfig":
-        if isinstance(self.target_modules, list):
-            if not self.target_modules:
-                raise ValueError("model.lora.target_modules: empty list; name linear modules or use all-linear")
-            bad = [t for t in self.target_modules if not t or not t.strip()]
-            if bad:
-                raise ValueError("model.lora.target_modules: empty module name")
-        return self
-
-
-class ModelConfig(Strict):
-    path: Optional[str] = Field(None, description="local directory or hub id of a causal LM")
-    tokenizer: Optional[str] = Field(None, description="defaults to the model path")
-    tiny: Optional[TinyModelConfig] = Field(None, description="build a tiny model from config instead of path")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
-    lora: Optional[LoraConfig] = Field(None, description="train LoRA adapters instead of the full policy")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ModelConfig":
-        if (self.path is None) == (self.tiny is None):
-            raise ValueError("set exactly one of model.path (a local dir or hub id) or model.tiny (build from config)")
-        if self.tiny is not None and self.tokenizer is not None:
-            raise ValueError("model.tokenizer cannot be combined with model.tiny: the tiny model trains its own "
-                             "tokenizer (remove model.tokenizer, or use model.path)")
-        return self
+    @property
+    def tracker_names(self) -> tuple[str, ...]:
+        """The trackers this run writes to: jsonl first (always), then the listed ones, and tensorboard when the
+        deprecated ``run.tensorboard`` is true."""
+        names = ["jsonl"] + [t for t in self.trackers if t != "jsonl"]
+        if self.tensorboard and "tensorboard" not in names:
+            names.append("tensorboard")
+        return tuple(names)
 
 
 class SyntheticArithmeticConfig(Strict):
-    n_train: int = Field(2000, ge=1)
-    n_eval: int = Field(200, ge=1)
-    min_operand: int = Field(0, ge=0)
-    max_operand: int = Field(20, ge=1)
-    ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
+    """Generated arithmetic problems (data.source: synthetic_arithmetic), e.g. '17+25=' -> '42'; the eval rows
+    never appear among the training rows (rlhf/data/synthetic.py)."""
+
+    n_train: int = Field(2000, ge=1, description="training rows (capped by the distinct problems left after the "
+                         "eval rows)")
+    n_eval: int = Field(200, ge=1, description="held-out rows, drawn first")
+    min_operand: int = Field(0, ge=0, description="smallest operand")
+    max_operand: int = Field(20, ge=1, description="largest operand")
+    ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"], description="the operators drawn "
+                                              "from")
     chatter: float = Field(
         0.0, ge=0, le=1, description="fraction of train completions with a trailing remark (messy SFT data)"
     )
@@ -143,11 +132,18 @@ class SyntheticArithmeticConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["synthetic_arithmetic", "jsonl", "parquet", "hf"] = "synthetic_arithmetic"
+    """The rows trained and evaluated on: prompts (their other columns reach the reward plugins), SFT completions,
+    preference pairs or step-labelled solutions, as the objective needs (rlhf/data/loaders.py)."""
+
+    source: Literal["synthetic_arithmetic", "jsonl", "parquet", "hf"] = Field(
+        "synthetic_arithmetic", description="synthetic_arithmetic: generated (data.synthetic); jsonl / parquet: a "
+        "local file (train_path); hf: a hub dataset id or local dataset directory (train_path, split)")
     train_path: Optional[str] = Field(None, description="file (jsonl/parquet) or hub dataset id for source=hf")
-    eval_path: Optional[str] = None
-    split: str = "train"
-    prompt_column: str = "prompt"
+    eval_path: Optional[str] = Field(
+        None, description="held-out rows: a file like train_path (source=hf: another split's name); default: a "
+        "seeded 5% hold-out of the training rows")
+    split: str = Field("train", description="source=hf: the split read as training rows")
+    prompt_column: str = Field("prompt", description="column holding the prompt text")
     completion_column: str = Field("completion", description="target text for SFT")
     chosen_column: str = Field("chosen", description="preferred completion (preference objectives)")
     rejected_column: str = Field("rejected", description="dispreferred completion (preference objectives)")
@@ -155,7 +151,8 @@ class DataConfig(Strict):
     chat_template: Literal["auto", "none"] = Field(
         "auto", description="auto: apply the tokenizer's chat template when it has one"
     )
-    max_prompt_tokens: int = Field(128, ge=1)
+    max_prompt_tokens: int = Field(128, ge=1, description="prompt tokens at most; longer prompts lose their "
+                                   "beginning (an agent episode's prompt is an error)")
 
     @model_validator(mode="after")
     def _paths(self) -> "DataConfig":
@@ -168,15 +165,22 @@ class DataConfig(Strict):
 
 
 class RewardComponentConfig(Strict):
-    name: str = Field(..., min_length=1)
+    """One named reward component: a plugin that scores every sample (`rlhf rewards list` lists the plugins)."""
+
+    name: str = Field(..., min_length=1, description="the component's name: in the metrics (reward/NAME/...), "
+                      "weighting.schedules, constraints and eval.accuracy_component")
     plugin: str = Field(..., description="registered name, or 'module:attr'")
     kind: Optional[Literal["reward", "constraint", "process"]] = Field(
         None, description="defaults to the plugin's kind (@reward -> reward, @judge -> constraint)"
     )
-    weight: float = 1.0
+    weight: float = Field(1.0, description="the component's weight in the weighted sum of the reward vector "
+                          "(schedules, constraints and dynamic weighting change it during the run)")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the plugin")
-    timeout_s: float = Field(60.0, gt=0)
-    on_error: Literal["fail", "nan", "zero"] = "fail"
+    timeout_s: float = Field(60.0, gt=0, description="seconds one scoring call may take; past it the call "
+                             "fails (on_error applies) and its reward worker is restarted")
+    on_error: Literal["fail", "nan", "zero"] = Field(
+        "fail", description="when the plugin fails: fail (stop with an error naming the component and sample), "
+        "nan (NaN for the failed samples: they count 0 in the weighted sum), zero (0.0)")
     worker: Optional[str] = Field(
         None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
         description="the reward worker (one Ray actor) hosting this component; components naming the same "
@@ -188,83 +192,30 @@ class RewardComponentConfig(Strict):
     clip_threshold: float = Field(0.0, description="process components: eta of the clip transform")
     outcome: Literal["min", "mean", "last", "sum", "product"] = Field(
         "min", description="process components: the outcome value (reward/NAME/mean, eval) from the step scores")
+    style: Literal["auto", "native", "trl", "verl", "openrlhf"] = Field(
+        "auto", description="the plugin's calling convention (rewards/styles.py); auto: from its signature")
+    columns: dict[str, str] = Field(default_factory=dict, description="{name the plugin gets: dataset column}")
+    output_key: Optional[str] = Field(None, min_length=1, description="verl/openrlhf dicts: the key of the values")
+    _dataset_name: Optional[str] = PrivateAttr(None)  # set by Recipe: a verl plugin's default data_source
 
-
-class ScheduleConfig(Strict):
-    """A component's weight over the run: weight x value(step)."""
-
-    kind: Literal["constant", "linear", "cosine", "step"] = "linear"
-    start: float = 1.0
-    end: float = 1.0
-    steps: Optional[int] = Field(None, ge=1, description="steps from start to end (default: run.steps)")
-    step_every: Optional[int] = Field(None, ge=1, description="kind=step: multiply by step_factor every N steps")
-    step_factor: Optional[float] = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _step_args(self) -> "ScheduleConfig":
-        if (self.kind == "step") != (self.step_every is not None and self.step_factor is not None):
-            raise ValueError("schedule: kind=step needs step_every and step_factor, and only kind=step takes them")
-        return self
-
-
-class ConstraintConfig(Strict):
-    """Keep a component's batch mean above `min` (or below `max`) with a Lagrange multiplier on its weight."""
-
-    component: str
-    min: Optional[float] = None
-    max: Optional[float] = None
-    lr: float = Field(0.5, gt=0, description="dual ascent step on the multiplier per unit of violation")
-    max_multiplier: float = Field(10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_bound(self) -> "ConstraintConfig":
-        if (self.min is None) == (self.max is None):
-            raise ValueError(f"constraint on {self.component!r}: give exactly one of min or max")
-        return self
-
-
-class HypervolumeWeightingConfig(Strict):
-    reference: Optional[list[float]] = Field(
-        None, description="reference point, one value per reward component (default: each component's first "
-        "batch mean minus 1)")
-    buffer_size: int = Field(32, ge=1, description="non-dominated points kept")
-    lr: float = Field(1.0, ge=0, description="mirror-descent step on the weights, per unit of normalised HV slope")
-    delta: float = Field(0.05, gt=0, description="probe step for each component's marginal hypervolume")
-    gain_scale: float = Field(1.0, ge=0, description="advantages x (1 + gain_scale * relative HV gain of last step)")
-    max_scale: float = Field(2.0, ge=1)
-    min_weight: float = Field(0.05, ge=0, lt=1, description="floor of each simplex weight")
-
-
-class GradientWeightingConfig(Strict):
-    lr: float = Field(1.0, ge=0, description="mirror-descent step on the weights per unit of influence")
-    min_weight: float = Field(0.05, ge=0, lt=1, description="floor of each simplex weight")
-    every: int = Field(1, ge=1, description="recompute per-component gradients every N steps")
-    max_samples: int = Field(64, ge=1, description="sequences per rank used for per-component gradients")
-
-
-class WeightingConfig(Strict):
-    kind: Literal["static", "hypervolume", "gradient"] = Field(
-        "static", description="static weights; hypervolume-guided or gradient-based dynamic weights")
-    normalize: Literal["component_then_sum", "sum_then_normalize"] = Field(
-        "sum_then_normalize",
-        description="component_then_sum: normalise each component within its group, then weight and sum; "
-        "sum_then_normalize: weight and sum the raw components, then normalise the sum within the group",
-    )
-    schedules: dict[str, ScheduleConfig] = Field(default_factory=dict, description="per-component weight schedules")
-    constraints: list[ConstraintConfig] = Field(default_factory=list)
-    hypervolume: HypervolumeWeightingConfig = Field(default_factory=HypervolumeWeightingConfig)
-    gradient: GradientWeightingConfig = Field(default_factory=GradientWeightingConfig)
+    @property
+    def dataset_name(self) -> Optional[str]:
+        """The recipe's dataset name (a verl plugin's data_source when the data has no such column)."""
+        return self._dataset_name
 
 
 # --------------------------------------------------------------------------- rollout / objective / train
 
 
 class RolloutConfig(Strict):
+    """Generation of the training samples: the rollout function, the engines, sampling and weight sync."""
+
     kind: Literal["single_turn", "agent"] = Field(
         "single_turn", description="the rollout function (rlhf/rollout/functions.py): single_turn, one completion "
         "per sample; agent, multi-turn episodes against rollout.agent.env (rlhf/rollout/agent.py)")
     agent: AgentConfig = Field(default_factory=AgentConfig)
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm"] = Field("hf", description="the generation engine: hf (transformers generate) "
+                                          "or vllm (rollout.vllm)")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     tis_cap: Optional[float] = Field(
         None, gt=0, description="truncated importance sampling: weight each token's policy-gradient term by "
@@ -284,14 +235,18 @@ class RolloutConfig(Strict):
     )
     sync_timeout_s: float = Field(600.0, gt=0, description="broadcast: how long a member of the weight-sync "
                                   "group waits for the others before the sync fails (and falls back)")
-    num_engines: int = Field(1, ge=1)
-    prompts_per_step: int = Field(16, ge=1)
+    num_engines: int = Field(1, ge=1, description="engines (Ray actors); each call's prompts are sharded over "
+                             "them")
+    prompts_per_step: int = Field(16, ge=1, description="prompts per RL step; each is sampled group_size times")
     group_size: int = Field(8, ge=1, description="samples per prompt (n)")
-    max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    stop: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(32, ge=1, description="tokens per completion at most (an agent's: per model "
+                                "turn)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the training rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the smallest set of tokens with this "
+                         "probability; 1 keeps all")
+    top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens; 0 = no limit")
+    stop: list[str] = Field(default_factory=list, description="strings that end a completion besides EOS (kept "
+                            "in the completion)")
     ignore_eos: bool = Field(False, description="training rollouts decode max_new_tokens: EOS is "
                              "ignored (stop strings still apply), so every step does equal work (benchmarks); "
                              "evaluation still stops at EOS")
@@ -322,24 +277,30 @@ class RolloutConfig(Strict):
 class WarmupConfig(Strict):
     """An SFT stage before the main objective, on the same data's completion column."""
 
-    steps: int = Field(0, ge=0)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(0, ge=0, description="SFT optimizer steps before the main objective; 0 = no warm-up")
+    batch_size: int = Field(32, ge=1, description="rows per SFT step over all ranks (divisible by "
+                            "train.num_ranks)")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the warm-up")
 
 
 class TrainConfig(Strict):
-    backend: Literal["deepspeed", "torch"] = "deepspeed"
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    num_ranks: int = Field(2, ge=1)
-    lr: float = Field(1e-5, gt=0)
+    """The policy's training ranks: backend, ZeRO stage, optimizer (AdamW), learning-rate schedule, batches."""
+
+    backend: Literal["deepspeed", "torch"] = Field(
+        "deepspeed", description="deepspeed (ZeRO, any number of ranks) or torch (plain AdamW, one rank)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage: 1 partitions the optimizer "
+                                            "state over the ranks, 2 also the gradients, 3 also the parameters")
+    num_ranks: int = Field(2, ge=1, description="training ranks (processes; one GPU each on GPUs)")
+    lr: float = Field(1e-5, gt=0, description="learning rate of the main objective (peak, after any warm-up)")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="after warm-up: keep lr, or decay it to min_lr_ratio * lr by the last step"
     )
     lr_warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many RL steps")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="linear / cosine: the last step's lr as a fraction "
+                                "of lr")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    grad_clip: float = Field(1.0, ge=0, description="clip the gradient's global norm to this; 0 = no clipping")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward on one rank")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size")
     num_threads: Optional[int] = Field(
@@ -355,15 +316,18 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
+    """Held-out evaluation (greedy completions of held-out prompts, or the objective's own metrics on held-out
+    rows) before, during and after training."""
+
     every: int = Field(0, ge=0, description="evaluate every N steps; 0 = only before and after")
-    max_samples: int = Field(200, ge=1)
+    max_samples: int = Field(200, ge=1, description="held-out rows evaluated (the first N)")
     accuracy_component: Optional[str] = Field(None, description="reward component reported as accuracy")
 
 
 class ProgressConfig(Strict):
     """MRT's progress reward (Qu et al. 2025): the change in estimated success probability at each step end."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="add the progress bonus to each step (needs component)")
     component: Optional[str] = Field(None, description="the 0/1 outcome component that defines success")
     samples: int = Field(4, ge=1, description="completions sampled from each step prefix to estimate success")
     weight: float = Field(1.0, description="weight of the progress bonus next to the outcome reward")
@@ -374,7 +338,9 @@ class ProgressConfig(Strict):
 class ProcessConfig(Strict):
     """How completions are cut into steps for process (step-level) reward components."""
 
-    segment: Literal["newline", "delimiter", "regex", "function"] = "newline"
+    segment: Literal["newline", "delimiter", "regex", "function"] = Field(
+        "newline", description="newline: one step per line; delimiter, regex, function: cut by the key of that "
+        "name")
     delimiter: Optional[str] = Field(None, description="segment: delimiter -- the literal separator")
     pattern: Optional[str] = Field(None, description="segment: regex -- the separator pattern")
     function: Optional[str] = Field(None, description="segment: function -- 'module:attr', text -> list of steps")
@@ -389,18 +355,24 @@ class ProcessConfig(Strict):
 
 
 class RayConfig(Strict):
+    """The Ray cluster the run's actors (engines, reward workers, training ranks) start in."""
+
     address: Optional[str] = Field(None, description="None starts a local Ray")
-    num_cpus: Optional[int] = Field(None, ge=1)
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local Ray (default: the machine's); "
+                                    "ignored when joining a cluster")
 
 
 class Recipe(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
-    rewards: list[RewardComponentConfig] = Field(default_factory=list)
+    rewards: list[RewardComponentConfig] = Field(
+        default_factory=list, description="the named reward components: every sample gets one value from each")
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    objective: Annotated[ObjectiveConfig, Field(discriminator="kind")] = Field(default_factory=GRPOConfig)
+    objective: Annotated[ObjectiveConfig, Field(discriminator="kind")] = Field(
+        default_factory=GRPOConfig, description="what is trained and how: objective.kind picks the objective, "
+        "and with it the other keys of this section")
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -442,6 +414,16 @@ class Recipe(Strict):
         if self.weighting.kind == "gradient":
             raise ValueError("model.lora: weighting.kind=gradient computes per-component gradients of the full "
                              "model; use weighting.kind static or hypervolume with LoRA")
+        return self
+
+    @model_validator(mode="after")
+    def _reward_dataset_name(self) -> "Recipe":
+        """verl plugins take a data_source; without that column: the hub id, the file's stem, or the source."""
+        d = self.data
+        local = d.source != "hf" and d.train_path
+        name = d.train_path.replace("\\", "/").rsplit("/", 1)[-1].split(".")[0] if local else d.train_path or d.source
+        for component in self.rewards:
+            component._dataset_name = name
         return self
 
     @model_validator(mode="after")

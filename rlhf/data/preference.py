@@ -1,7 +1,9 @@
-"""Preference pairs for DPO-family objectives: load (prompt, chosen, rejected) rows and batch them as token ids.
+"""Preference pairs for DPO-family objectives and reward models: load (prompt, chosen, rejected) rows and batch
+them as token ids.
 
     rows = load_preference_rows("prefs.jsonl")                       # list of dicts, validated
     batch = collate_preference(tokenizer, rows[:8], max_len=256)     # PreferenceBatch, right-padded
+    rm = collate_rm(tokenizer, rows[:8], 256, heads, columns, None)  # RMBatch: + (B, K) labels, (B,) margins
 
 Rows are plain dicts with string ``prompt``, ``chosen`` and ``rejected`` (renamed from the configured columns);
 other columns are kept (e.g. per-pair margin rewards for MODPO). Every row is checked when loaded: a missing
@@ -192,3 +194,75 @@ def collate_preference(tokenizer, rows: Sequence[dict], max_len: int) -> Prefere
     chosen = _fill(seqs["chosen"], targets["chosen"], T, int(pad))
     rejected = _fill(seqs["rejected"], targets["rejected"], T, int(pad))
     return PreferenceBatch(*chosen, *rejected)
+
+
+# --------------------------------------------------------------------------- reward-model pairs
+
+
+@dataclass
+class RMBatch:
+    """B preference pairs for reward-model training, with each head's preference label and a margin per pair."""
+
+    pairs: PreferenceBatch  # (B, T) chosen / rejected ids and masks
+    labels: Tensor  # (B, K) float32: 1 chosen preferred, -1 rejected preferred, 0 no preference (per head)
+    margin: Tensor | None  # (B,) float32 or None
+
+    @property
+    def batch_size(self) -> int:
+        return self.pairs.batch_size
+
+    def to(self, device: torch.device | str) -> "RMBatch":
+        return RMBatch(self.pairs.to(device), self.labels.to(device),
+                       None if self.margin is None else self.margin.to(device))
+
+    def slice(self, start: int, stop: int) -> "RMBatch":
+        return RMBatch(self.pairs.slice(start, stop), self.labels[start:stop],
+                       None if self.margin is None else self.margin[start:stop])
+
+
+PREFERENCE_LABELS = (1, -1, 0)
+
+
+def rm_label(row: dict, column: str | None) -> float:
+    """A head's preference label of one row: 1 when the head takes chosen's side (no column), else the column's
+    1 / -1 / 0 (null counts as 0: no preference)."""
+    if column is None:
+        return 1.0
+    if column not in row:
+        raise ValueError(f"has no preference column {column!r} (columns: {sorted(row)})")
+    v = row[column]
+    if v is None:
+        return 0.0
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v not in PREFERENCE_LABELS:
+        raise ValueError(f"column {column!r} is {v!r}; a preference label is 1 (chosen), -1 (rejected), 0 or null")
+    return float(v)
+
+
+def rm_margin(row: dict, column: str) -> float:
+    v = row.get(column)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"margin column {column!r} is {v!r}; it must be a number")
+    return float(v)
+
+
+def check_rm_rows(rows: Sequence[dict], where: str, heads: Sequence[str], preference_columns: dict[str, str],
+                  margin_column: str | None) -> None:
+    """Every row has a usable label per head (and a margin): a DataLoadError names the data key, row and column."""
+    for i, row in enumerate(rows):
+        try:
+            for head in heads:
+                rm_label(row, preference_columns.get(head))
+            if margin_column is not None:
+                rm_margin(row, margin_column)
+        except ValueError as exc:
+            raise DataLoadError(f"{where}: row {i} {exc}") from None
+
+
+def collate_rm(tokenizer, rows: Sequence[dict], max_len: int, heads: Sequence[str],
+               preference_columns: dict[str, str], margin_column: str | None) -> RMBatch:
+    """Tokenize B pairs (as ``collate_preference``) with their (B, K) labels and (B,) margins."""
+    labels = torch.tensor([[rm_label(r, preference_columns.get(h)) for h in heads] for r in rows],
+                          dtype=torch.float32)  # (B, K)
+    margin = (None if margin_column is None
+              else torch.tensor([rm_margin(r, margin_column) for r in rows], dtype=torch.float32))  # (B,)
+    return RMBatch(collate_preference(tokenizer, rows, max_len), labels, margin)

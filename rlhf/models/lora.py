@@ -127,14 +127,15 @@ def check_target_modules(model: nn.Module, cfg: LoraConfig) -> None:
         raise LoraError(f"model.lora.modules_to_save: {unknown} match no module of {type(model).__name__}")
 
 
-def peft_config(cfg: LoraConfig) -> Any:
-    """The recipe block as peft's LoraConfig for a causal LM."""
+def peft_config(cfg: LoraConfig, task_type: str = "CAUSAL_LM") -> Any:
+    """The recipe block as peft's LoraConfig for a causal LM (or, task_type SEQ_CLS, a reward model: peft then
+    trains its score head in full beside the adapter, as a module to save)."""
     from peft import LoraConfig as PeftLoraConfig
 
     targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
     return PeftLoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias=cfg.bias,
-        modules_to_save=list(cfg.modules_to_save) if cfg.modules_to_save else None, task_type="CAUSAL_LM",
+        modules_to_save=list(cfg.modules_to_save) if cfg.modules_to_save else None, task_type=task_type,
     )
 
 
@@ -144,12 +145,14 @@ def scale(cfg: LoraConfig) -> float:
 
 
 def wrap(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Wrap a loaded causal LM with fresh LoRA adapters; only adapter tensors keep requires_grad."""
+    """Wrap a loaded causal LM (or a sequence-classification reward model) with fresh LoRA adapters; only adapter
+    tensors keep requires_grad."""
     require_peft()
     from peft import get_peft_model
 
     check_target_modules(model, cfg)
-    peft_model = get_peft_model(model, peft_config(cfg), adapter_name=ADAPTER_NAME)
+    task = "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+    peft_model = get_peft_model(model, peft_config(cfg, task), adapter_name=ADAPTER_NAME)
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     owned = {n for n, _ in peft_model.named_parameters() if is_adapter_param(n)}
     if trainable != owned:  # the sync and checkpoints move exactly the adapter tensors: they must be what trains
@@ -258,6 +261,8 @@ def save_adapter(model: nn.Module, out_dir: str, base_dir: str, tensors: dict[st
     config.base_model_name_or_path = os.path.abspath(base_dir) if os.path.exists(base_dir) else base_dir
     config.inference_mode = True
     config.save_pretrained(out_dir)
+    if str(config.task_type) in ("SEQ_CLS", "TaskType.SEQ_CLS"):  # a reward model: its heads' names and count
+        model.get_base_model().config.save_pretrained(out_dir)
 
 
 def load_adapter_dir(model: nn.Module, path: str) -> None:

@@ -10,7 +10,7 @@ depends on its role, never on its name:
         objective.sequence_scores(...) / .token_advantages(...)             # REINFORCE++ (token level)
     pairs (DPO, IPO, cDPO, MODPO, online DPO, CGPO's CODPO):
         objective.pair_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_lengths=...)
-    supervised (SFT, PRM):
+    supervised (SFT, PRM, RM):
         objective.loss_sft(model, batch)
 
 Objectives read the reward vector and never call reward plugins. Imports only torch and the standard library.
@@ -32,6 +32,7 @@ from rlhf.objectives.ppo import PPO
 from rlhf.objectives.prm import PRM
 from rlhf.objectives.reinforce_pp import ReinforcePP
 from rlhf.objectives.rloo import RLOO
+from rlhf.objectives.rm import RewardModelObjective
 from rlhf.objectives.sft import SFT, sft_loss
 from rlhf.types import LossOutput, RewardVector, SFTBatch
 
@@ -58,7 +59,7 @@ class PairObjective(Protocol):
 
 @runtime_checkable
 class SupervisedObjective(Protocol):
-    """Objectives trained on a fixed token dataset (SFT, PRM)."""
+    """Objectives trained on a fixed token dataset (SFT, PRM, RM)."""
 
     def loss_sft(self, model: Any, batch: SFTBatch) -> LossOutput: ...
 
@@ -70,6 +71,7 @@ __all__ = [
     "MODPO",
     "PPO",
     "PRM",
+    "RewardModelObjective",
     "RLOO",
     "SFT",
     "GiGPO",

@@ -31,12 +31,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlhf.models.lora import LoraError
     from rlhf.rollout.vllm import VLLMMissing
     from rlhf.runtime.resume import ResumeMismatch
+    from rlhf.trackers import TrackerError
     from rlhf.train.checkpoint import CheckpointError
     from rlhf.train.group import TrainWorkerDied
     from rlhf.transport.weights import WeightSyncError
 
     return (FileNotFoundError, FileExistsError, RecipeError, DataLoadError, ModelLoadError, RewardPluginError,
-            WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch, VLLMMissing, LoraError)
+            WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch, VLLMMissing, LoraError,
+            TrackerError)
 
 
 class Stopped(RuntimeError):
@@ -94,6 +96,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         from rlhf.rollout.vllm import require_vllm
 
         require_vllm()  # before any warm-up is spent: the engine is only built after it
+    from rlhf.trackers import require_trackers
+
+    require_trackers(recipe.run.tracker_names)  # wandb / mlflow installed, before the data and the model are built
     state, resume_from = resume_point(recipe, resume)
     os.makedirs(out, exist_ok=True)
     _save_recipe(recipe, out)
@@ -114,7 +119,9 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         truncate_metrics(out, state.step)  # steps after the checkpoint are redone, not logged twice
     log = MetricsLogger(
         out,
-        tensorboard=recipe.run.tensorboard,
+        trackers=recipe.run.tracker_names,  # jsonl, [tensorboard, wandb, mlflow]: rlhf/trackers.py
+        run=recipe.run,
+        config=recipe.model_dump(mode="json"),  # the resolved recipe: wandb config, mlflow params
         progress=recipe.run.progress,
         headline=tuple(f"reward/{c.name}/mean" for c in recipe.rewards) + ("kl",),
         append=resume_from is not None,
@@ -138,7 +145,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
                 state.warmup_done = True
         # ---- stage 2: the recipe's objective (on-policy RL, or offline pairs / step labels)
         start_dir = str(resume_from / "model") if resume_from else policy_dir
-        trainers.build(start_dir, recipe.train.lr)
+        trainers.build(start_dir, recipe.train.lr, score_heads=caps.score_heads)  # the policy, or a reward model
         if resume_from:
             trainers.load_optimizer(str(resume_from))
         objective = build_objective(trained_objective(recipe))  # objective.off_policy resolved
@@ -189,16 +196,16 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         )
         eval_after = stage.evaluate()
         log.log(state.step, {f"eval/{k}": v for k, v in eval_after.items()}, phase="eval")
-        log.close()
         summary = _summary(recipe, state, eval_after, final_ckpt, log.path, stage, caps.rollouts)
         summary["curves"] = _plot(out)
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
+        log.close(summary)  # the trackers log it, then their runs end as finished
         return summary
     finally:
         if stop is not None:
             stop.restore()
-        log.close()
+        log.close(status="killed" if stop is not None and stop.requested else None)  # None: failed (an error)
         for group in reversed(actors):
             group.shutdown()
         if started_ray:

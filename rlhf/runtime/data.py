@@ -5,6 +5,7 @@
 prompts      prompts (+ answers and other columns) to generate from: the data source of the recipe
 pairs        (prompt, chosen, rejected) preference pairs from a local file (held-out split unless eval_path)
 step_labels  step-labelled solutions (prompt, steps, labels) for PRM training (rlhf/runtime/prm.py)
+rm_pairs     preference pairs whose per-head labels (objective.preference_columns) and margins are checked
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ def _pairs(recipe: Any, seed: int) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
+def _rm_pairs(recipe: Any, seed: int) -> tuple[list[dict], list[dict]]:
+    from rlhf.data.preference import check_rm_rows
+
+    c, d = recipe.objective, recipe.data
+    train, evals = _pairs(recipe, seed)
+    for where, rows in ((d.train_path, train), (d.eval_path or f"{d.train_path} (held-out split)", evals)):
+        check_rm_rows(rows, where, c.heads, dict(c.preference_columns or {}), c.margin_column)
+    return train, evals
+
+
 LOADERS: dict[str, Callable[[Any, int], tuple[list[dict], list[dict]]]] = {
-    "prompts": _prompts, "pairs": _pairs, "step_labels": _step_labels,
+    "prompts": _prompts, "pairs": _pairs, "step_labels": _step_labels, "rm_pairs": _rm_pairs,
 }

@@ -31,7 +31,8 @@ class RunState:
 
 # keys a resumed run may change: how long it runs and how it reports, not what it trains
 RESUMABLE_CHANGES = ("run.steps", "run.save_every", "run.keep_checkpoints", "run.log_every", "run.progress",
-                     "run.tensorboard", "eval.every", "eval.max_samples",
+                     "run.tensorboard", "run.trackers", "run.wandb", "run.mlflow",  # trackers: rlhf/trackers.py
+                     "eval.every", "eval.max_samples",
                      # where it runs: a job preempted on one Slurm allocation resumes on another (a new head address)
                      "ray.address", "ray.num_cpus", "pipeline.engine_cores")
 

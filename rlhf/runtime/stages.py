@@ -10,7 +10,8 @@ stage is assembled from components, never by subclassing another stage.
     cgpo             CGPO: the on-policy stage with task-stratified prompts, baseline scoring and per-task
                      constrained updates (rlhf/runtime/cgpo.py)
     preference       DPO, IPO, cDPO, MODPO on fixed pairs (rlhf/runtime/preference.py)
-    prm              PRM training on step-labelled rows (rlhf/runtime/prm.py)
+    prm              PRM training on step-labelled rows (rlhf/runtime/supervised.py, rows: rlhf/runtime/prm.py)
+    rm               reward-model training on preference pairs, one Bradley-Terry loss per head (supervised.py)
 """
 
 from __future__ import annotations
@@ -173,9 +174,15 @@ def preference_stage(i: StageInputs) -> Stage:
 
 
 def prm_stage(i: StageInputs) -> Stage:
-    from rlhf.runtime.prm import PRMStage
+    from rlhf.runtime.supervised import SupervisedStage, prm_task
 
-    return PRMStage(i.recipe, i.trainers, i.train_rows, i.eval_rows)
+    return SupervisedStage(i.recipe, i.trainers, i.train_rows, i.eval_rows, prm_task(i.recipe))
+
+
+def rm_stage(i: StageInputs) -> Stage:
+    from rlhf.runtime.supervised import SupervisedStage, rm_task
+
+    return SupervisedStage(i.recipe, i.trainers, i.train_rows, i.eval_rows, rm_task(i.recipe))
 
 
 STAGE_BUILDERS: dict[str, Callable[[StageInputs], Stage]] = {
@@ -184,4 +191,5 @@ STAGE_BUILDERS: dict[str, Callable[[StageInputs], Stage]] = {
     "cgpo": cgpo_stage,
     "preference": preference_stage,
     "prm": prm_stage,
+    "rm": rm_stage,
 }

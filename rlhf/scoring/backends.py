@@ -31,13 +31,17 @@ def _remote_cls(cls: type) -> Any:
 
 
 def worker_names(components: Sequence[Any], plugins: Sequence[PluginInfo]) -> list[str]:
-    """The reward worker of each component: its ``worker`` key, else a worker of its own (named after the
-    component) for plugins with a ``setup()`` (they load a model or open a connection once), and the shared
-    ``functions`` worker for the rest (functions, and classes without setup such as compiled patterns)."""
+    """The reward worker of each component: its ``worker`` key, else for plugins with a ``setup()`` (they load a
+    model or open a connection once) the worker their class's ``shared_worker(args)`` names (components that
+    should share a process, e.g. the heads of one reward model) or a worker of their own (named after the
+    component), and the shared ``functions`` worker for the rest (functions, and classes without setup such as
+    compiled patterns)."""
     names = []
     for component, plugin in zip(components, plugins):
         heavy = plugin.is_class and callable(getattr(plugin.obj, "setup", None))
-        names.append(component.worker or (f"component:{component.name}" if heavy else SHARED_WORKER))
+        shared = getattr(plugin.obj, "shared_worker", None) if heavy else None
+        own = shared(dict(component.args or {})) if callable(shared) else f"component:{component.name}"
+        names.append(component.worker or (own if heavy else SHARED_WORKER))
     return names
 
 

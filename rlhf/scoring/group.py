@@ -17,7 +17,9 @@ at once (the reward server does); a component then still runs one call at a time
 
 ``on_error`` per component: ``fail`` raises RewardPluginError naming the component, the plugin and the sample when
 known; ``nan`` fills NaN (the failing samples when known, else the whole column); ``zero`` fills 0.0. Failures are
-counted in the metrics ``reward/{name}/failures`` (samples affected), time in ``reward/{name}/time_s``.
+counted in the metrics ``reward/{name}/failures`` (samples affected), time in ``reward/{name}/time_s``; scalars a
+plugin logs besides its values (a verl dict's other keys, OpenRLHF's ``extra_logs``, TRL's ``log_metric``) land
+in ``reward_extra/{name}/{key}``.
 ``outcomes()`` skips all that: it returns each component's ``ScoreOutcome`` as it came back (what failed, why,
 where), optionally after looking for the sample a raising plugin failed on.
 
@@ -119,6 +121,8 @@ class RewardGroup:
             values[:, j] = torch.tensor(column, dtype=torch.float32)
             metrics[f"reward/{component.name}/failures"] = float(failures)
             metrics[f"reward/{component.name}/time_s"] = float(outcome.elapsed_s)
+            for key, value in outcome.extras.items():  # what the plugin logs besides its values
+                metrics[f"reward_extra/{component.name}/{key}"] = float(value)
             if error is not None:
                 errors.append(error)
         if errors:

@@ -41,6 +41,7 @@ class ScoreOutcome:
     steps: list[list[float] | None] | None = None  # process components: (B,) per-sample step scores or None
     cause: str | None = None  # why the whole call failed: RAISED, UNUSABLE, TIMEOUT, BUSY, DIED or INTERNAL
     traceback: str | None = None  # RAISED and INTERNAL: the traceback, for logs (never for users)
+    extras: dict[str, float] = field(default_factory=dict)  # scalars the plugin logs besides its values (means)
 
     @property
     def timed_out(self) -> bool:
@@ -56,11 +57,17 @@ class WorkerSpec:
     plugin: str
     kind: str  # the effective kind (component_kind)
     args: dict[str, Any]
+    style: str = "auto"  # how the plugin is called (rewards/styles.py), with its column mapping and output key
+    columns: dict[str, str] = field(default_factory=dict)
+    output_key: str | None = None
+    dataset_name: str | None = None
 
     @staticmethod
     def of(component: Any, plugin: PluginInfo) -> "WorkerSpec":
         kind = component_kind(component, plugin)
-        return WorkerSpec(component.name, component.plugin, kind, dict(component.args or {}))
+        return WorkerSpec(component.name, component.plugin, kind, dict(component.args or {}),
+                          getattr(component, "style", "auto"), dict(getattr(component, "columns", None) or {}),
+                          getattr(component, "output_key", None), getattr(component, "dataset_name", None))
 
 
 class RewardWorker:
@@ -81,28 +88,25 @@ class RewardWorker:
     def column_problem(self, names: Sequence[str]) -> str | None:
         """None when a batch with the columns ``names`` gives the plugin every column it needs, else why not (the
         check a call makes before it reaches the plugin)."""
-        try:
-            self._scorer._kwargs({name: [] for name in names}, 0)
-        except RewardPluginError as exc:
-            return str(exc)
-        return None
+        return self._scorer.column_problem(names)
 
     def score(self, payload: tuple[list[str], list[str], dict[str, list]]) -> ScoreOutcome:
         prompts, completions, columns = payload
         start = time.perf_counter()
         steps = None
+        extras: dict[str, float] = {}
         try:
             if self._scorer.kind == "process":
-                values, steps, errors = self._scorer.run_process(prompts, completions, columns)
+                values, steps, errors = self._scorer.run_process(prompts, completions, columns, extras)
             else:
-                values, errors = self._scorer.run(prompts, completions, columns)
+                values, errors = self._scorer.run(prompts, completions, columns, extras)
         except RewardPluginError as exc:
             raised = exc.__cause__ is not None  # the plugin raised (vs. a missing column or a wrong-length result)
             return ScoreOutcome(error=str(exc), error_sample=_sample_of(exc), elapsed_s=time.perf_counter() - start,
                                 cause=RAISED if raised else UNUSABLE, traceback=_traceback(exc) if raised else None)
         sample_errors = [(int(e.sample_index or 0), str(e)) for e in errors]  # convert_outputs sets the index
         return ScoreOutcome(values=values, sample_errors=sample_errors, elapsed_s=time.perf_counter() - start,
-                            steps=steps)
+                            steps=steps, extras=extras)
 
 
 class PooledRewardWorker:

@@ -56,10 +56,12 @@ class TrainWorker:
             LOCAL_RANK=str(self.rank) if not torch.cuda.is_available() else "0",
         )
 
-    def build(self, model_dir: str, lr: float, num_heads: int | None = None) -> dict[str, Any]:
-        """(Re)build the model from an HF directory with a fresh optimizer at learning rate `lr`: the policy, or
-        for the critic role a value model (backbone + `num_heads` value heads)."""
-        from rlhf.models.load import load_causal_lm, load_tokenizer
+    def build(self, model_dir: str, lr: float, num_heads: int | None = None,
+              score_heads: tuple[str, ...] = ()) -> dict[str, Any]:
+        """(Re)build the model from an HF directory with a fresh optimizer at learning rate `lr`: the policy, for
+        the critic role a value model (backbone + `num_heads` value heads), or with `score_heads` a reward model
+        (a sequence-classification model with one scalar output per named head)."""
+        from rlhf.models.load import load_tokenizer
 
         s, t, lora_cfg = self.settings, self.settings.train, self.settings.lora
         torch.manual_seed(s.seed)
@@ -75,9 +77,9 @@ class TrainWorker:
             from rlhf.models import lora
 
             lora_base_dir = lora.adapter_base_dir(model_dir) if lora.is_adapter_dir(model_dir) else model_dir
-            self.hf_model = load_causal_lm(lora_base_dir, s.model.dtype, s.model.trust_remote_code)
+            self.hf_model = self._load(lora_base_dir, score_heads, tokenizer)
         else:
-            self.hf_model = load_causal_lm(model_dir, s.model.dtype, s.model.trust_remote_code)
+            self.hf_model = self._load(model_dir, score_heads, tokenizer)
         steps.disable_dropout(self.hf_model)  # ratios and KL must not carry dropout noise (as TRL/OpenRLHF do)
         if lora_cfg is not None:  # after disable_dropout: model.lora.dropout is the adapter's own choice
             from rlhf.models import lora
@@ -100,6 +102,17 @@ class TrainWorker:
         n = sum(p.numel() for p in self.hf_model.parameters())
         trainable = sum(p.numel() for p in self.hf_model.parameters() if p.requires_grad)
         return {"rank": self.rank, "params": n, "trainable_params": trainable, "threads": torch.get_num_threads()}
+
+    def _load(self, model_dir: str, score_heads: tuple[str, ...], tokenizer: Any) -> Any:
+        """The policy (a causal LM) or, with score_heads, a reward model (sequence classification)."""
+        m = self.settings.model
+        if score_heads:
+            from rlhf.models.reward import load_reward_model
+
+            return load_reward_model(model_dir, score_heads, m.dtype, m.trust_remote_code, tokenizer.pad_token_id)
+        from rlhf.models.load import load_causal_lm
+
+        return load_causal_lm(model_dir, m.dtype, m.trust_remote_code)
 
     def load_reference(self, model_dir: str) -> None:
         """A frozen copy of the policy at `model_dir`, used for the KL term. With model.lora: the policy's own base

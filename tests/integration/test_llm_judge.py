@@ -115,6 +115,33 @@ def test_errors_name_the_judge_and_sample(judge_dir):
         build_scorer(bad)
 
 
+def test_llm_score_is_the_soft_verdict_or_a_parsed_number(judge_dir):
+    """The generative-RM plugin: logprob mode returns P(yes) / (P(yes) + P(no)) itself (what the judge
+    thresholds); generate mode parses a number from the answer (here: none, the judge answers yes / no)."""
+    from rewards.models.llm_score import LLMScore
+
+    held = _examples(12, seed=1)
+    prompts, completions, truth = (list(x) for x in zip(*held))
+    score = LLMScore(model=judge_dir, template=TEMPLATE, batch_size=5)
+    score.setup()
+    judge = LLMJudge(model=judge_dir, template=TEMPLATE, batch_size=5)
+    judge.setup()
+    values = score(prompts, completions)
+    assert values == pytest.approx(judge.satisfied_probability([judge.render(i, p, c) for i, (p, c) in
+                                                                 enumerate(zip(prompts, completions))]), abs=1e-6)
+    clean = [v for v, t in zip(values, truth) if t]
+    marked = [v for v, t in zip(values, truth) if not t]
+    assert min(clean) > max(marked)  # the soft verdict ranks every clean completion above every marked one
+    generated = LLMScore(model=judge_dir, template=TEMPLATE, verdict="generate", max_new_tokens=2,
+                         on_unparseable="zero")
+    generated.setup()
+    assert generated(prompts[:2], completions[:2]) == [0.0, 0.0]
+    assert generated.parse("Score: 7/10") == 7.0 and LLMScore(model=judge_dir, template=TEMPLATE,
+                                                              max_score=10).parse("7 of 10") == 0.7
+    with pytest.raises(ValueError, match="needs a group"):
+        LLMScore(model=judge_dir, template=TEMPLATE, score_pattern=r"\d+")
+
+
 @NEEDS_VLLM
 def test_vllm_judge_matches_hf_probabilities(judge_dir, ray_session):
     import ray

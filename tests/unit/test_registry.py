@@ -20,6 +20,7 @@ from rlhf.config.schema import (
     OnlineDPOConfig,
     PPOConfig,
     PRMObjectiveConfig,
+    RMConfig,
     ReinforcePPConfig,
     RLOOConfig,
 )
@@ -30,6 +31,7 @@ from rlhf.objectives import (
     MODPO,
     PPO,
     PRM,
+    RewardModelObjective,
     RLOO,
     GiGPO,
     PairObjective,
@@ -55,6 +57,7 @@ SECTIONS = {
     "dpo": (DPOConfig(), DPO),
     "modpo": (MODPOConfig(), MODPO),
     "prm": (PRMObjectiveConfig(), PRM),
+    "rm": (RMConfig(), RewardModelObjective),
 }
 
 
@@ -76,7 +79,7 @@ def test_build_objective_returns_the_kinds_class(kind):
         assert isinstance(obj, PolicyGradientObjective)
     if kind in ("cgpo", "online_dpo", "dpo", "modpo"):
         assert isinstance(obj, PairObjective)
-    if kind == "prm":
+    if kind in ("prm", "rm"):
         assert isinstance(obj, SupervisedObjective)
 
 
@@ -175,6 +178,17 @@ def test_prm_capabilities():
     caps = capabilities(PRMObjectiveConfig())
     assert caps == Capabilities(stage="prm", data="step_labels", needs_reference=False)
     assert caps.rollouts is False
+
+
+def test_rm_capabilities():
+    caps = capabilities(RMConfig(heads=["correct", "concise"]))
+    assert caps == Capabilities(stage="rm", data="rm_pairs", needs_reference=False,
+                                score_heads=("correct", "concise"))
+    assert caps.rollouts is False
+    with pytest.raises(ValueError, match=r"objective.preference_columns: \['x'\] are not heads"):
+        RMConfig(heads=["a"], preference_columns={"x": "col"})
+    with pytest.raises(ValueError, match=r"objective.heads: duplicate names \['a'\]"):
+        RMConfig(heads=["a", "a"])
 
 
 @pytest.mark.parametrize("kind", ["grpo", "gigpo", "rloo", "reinforce_pp", "cgpo", "online_dpo", "dpo"])
