@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rlhf.config.schema import RunConfig
-from rlhf.trackers import TrackerError, build_trackers, exit_status
+from rlhf.trackers import build_trackers, exit_status
 
 
 class MetricsLogger:
@@ -78,8 +78,8 @@ class MetricsLogger:
             self._task = self._progress.add_task(description, total=total, completed=completed, status="")
 
     def log(self, step: int, metrics: dict[str, Any], phase: str = "rl") -> None:
-        for tracker in self.trackers:
-            tracker.log(step, metrics, phase)
+        for tracker in list(self.trackers):
+            self._guarded(tracker, lambda t=tracker: t.log(step, metrics, phase))
         if self._progress is not None and self._task is not None and phase != "eval":
             shown = [f"{k.split('/')[-2] if k.count('/') >= 2 else k}={metrics[k]:.2f}" for k in self.headline
                      if isinstance(metrics.get(k), (int, float))]
@@ -87,6 +87,25 @@ class MetricsLogger:
 
     def print(self, *args: Any) -> None:
         self.console.print(*args)
+
+    def _guarded(self, tracker: Any, call: Any) -> None:
+        """jsonl (what summaries, plots and --resume read) must work: its errors propagate. Another tracker that
+        fails (a server down, an upload refused) is dropped with a warning: the run, its checkpoints and
+        metrics.jsonl go on."""
+        if tracker.name == "jsonl":
+            call()
+            return
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001  (reported, and the tracker is turned off)
+            self.trackers.remove(tracker)
+            self.console.print(f"[yellow]warning: tracker {tracker.name} failed ({type(e).__name__}: {e}); it is "
+                               "turned off for the rest of the run (metrics.jsonl keeps every metric)[/yellow]")
+            try:
+                tracker.close("failed")
+            except Exception as close_error:  # noqa: BLE001  (the tracker is already off; say so and go on)
+                self.console.print(f"[yellow]warning: closing tracker {tracker.name} failed too "
+                                   f"({type(close_error).__name__}: {close_error})[/yellow]")
 
     def close(self, summary: dict[str, Any] | None = None, status: str | None = None) -> None:
         """Stop the progress bar, give the trackers the run's summary (when there is one) and end their runs with
@@ -99,21 +118,11 @@ class MetricsLogger:
             self._progress.stop()
             self._progress = None
         status = status or exit_status(summary)
-        errors: list[tuple[str, BaseException]] = []
-        for tracker in self.trackers:  # every tracker is closed, even after another one failed
-            try:
-                try:
-                    if summary is not None:
-                        tracker.log_summary(summary)
-                finally:
-                    tracker.close(status)
-            except Exception as e:  # noqa: BLE001  (raised below, after the other trackers are closed)
-                errors.append((tracker.name, e))
-        if len(errors) == 1:
-            raise errors[0][1]
-        if errors:
-            raise TrackerError("closing the trackers failed: " + "; ".join(
-                f"{name}: {type(e).__name__}: {e}" for name, e in errors)) from errors[0][1]
+        for tracker in list(self.trackers):  # every tracker is closed, even after another one failed
+            if summary is not None:
+                self._guarded(tracker, lambda t=tracker: t.log_summary(summary))
+            if tracker in self.trackers:  # not already closed as failed
+                self._guarded(tracker, lambda t=tracker: t.close(status))
 
 
 def summary_table(title: str, rows: list[tuple[str, ...]], columns: tuple[str, ...]) -> Table:

@@ -13,7 +13,7 @@ RM trained here scores what it was trained on. Recipe use::
       - {name: concise, plugin: reward_model, args: {model: runs/rm/checkpoints/step_000200/model, head: concise}}
 
 Args: model, head (a head's name or index; default the first), batch_size, max_length (longer inputs lose the
-completion's tail), dtype, chat_template (auto | none), squash (none: the raw score; sigmoid: in (0, 1)),
+completion's tail; a prompt that fills it alone scores NaN), dtype, chat_template (auto | none), squash (none: the raw score; sigmoid: in (0, 1)),
 trust_remote_code, num_threads. torch and transformers are imported in ``setup()`` only.
 """
 
@@ -28,7 +28,7 @@ from rewards.api import reward
 SQUASH = ("none", "sigmoid")
 _LOCK = threading.Lock()
 _MODELS: dict[tuple, Any] = {}  # (model, dtype, trust_remote_code) -> (model, tokenizer), per worker process
-_LAST: dict[tuple, tuple[tuple, list[list[float]]]] = {}  # same key -> ((prompts, completions), (B, K) scores)
+_LAST: dict[tuple, tuple[tuple, list[list[float] | None]]] = {}  # key + inputs -> (batch, (B, K) scores or None)
 
 
 @reward("reward_model")
@@ -54,7 +54,8 @@ class RewardModelScorer:
         self.model_path, self.head, self.batch_size, self.max_length = model, head, batch_size, max_length
         self.dtype, self.chat_template, self.squash = dtype, chat_template, squash
         self.trust_remote_code, self.num_threads = trust_remote_code, num_threads
-        self.key = (model, dtype, trust_remote_code)
+        self.key = (model, dtype, trust_remote_code)  # one loaded model per key
+        self.inputs = (max_length, chat_template)  # what shapes the inputs: components share scores only when equal
         self.column = 0
 
     @classmethod
@@ -93,44 +94,48 @@ class RewardModelScorer:
         else:
             raise ValueError(f"head {self.head!r} is not one of {self.model_path}'s heads {list(heads)}")
 
-    def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
+    def __call__(self, prompts: list[str], completions: list[str]) -> list[float | None]:
         batch = (tuple(prompts), tuple(completions))
         with _LOCK:  # the heads of one model: the first caller scores every head, the others read their column
-            last = _LAST.get(self.key)
+            last = _LAST.get(self.key + self.inputs)
             if last is None or last[0] != batch:
                 model, tokenizer = _MODELS[self.key]
                 last = (batch, score_all_heads(model, tokenizer, prompts, completions, self.batch_size,
                                                      self.max_length, self.chat_template))
-                _LAST[self.key] = last
-        values = [row[self.column] for row in last[1]]
+                _LAST[self.key + self.inputs] = last
+        values = [None if row is None else row[self.column] for row in last[1]]
         if self.squash == "sigmoid":
-            values = [1.0 / (1.0 + math.exp(-v)) for v in values]
+            values = [None if v is None else 1.0 / (1.0 + math.exp(-v)) for v in values]
         return values
 
 
 def score_all_heads(model: Any, tokenizer: Any, prompts: list[str], completions: list[str], batch_size: int,
-                    max_length: int, chat_template: str = "auto") -> list[list[float]]:
-    """(B, K) scores of every head, ``batch_size`` sequences per forward; inputs built as RM training builds them."""
+                    max_length: int, chat_template: str = "auto") -> list[list[float] | None]:
+    """(B, K) scores of every head, ``batch_size`` sequences per forward; inputs built as RM training builds them
+    (longer than max_length: the tail is cut). A sample whose prompt alone fills max_length has no completion token
+    left to judge: None (not applicable), as training refuses such a pair."""
     import torch
 
     from rlhf.data.chat import format_prompt
     from rlhf.data.collate import completion_token_ids, prompt_token_ids
     from rlhf.objectives.rm import sequence_scores
 
-    seqs = []
+    seqs: list[list[int] | None] = []
     for prompt, completion in zip(prompts, completions):
         ids = prompt_token_ids(tokenizer, format_prompt(tokenizer, prompt, chat_template))
-        seqs.append((ids + completion_token_ids(tokenizer, completion))[:max_length])
+        seqs.append(None if len(ids) >= max_length else (ids + completion_token_ids(tokenizer, completion))[:max_length])
     device = next(model.parameters()).device
-    out: list[list[float]] = []
+    scored: list[list[float]] = []
+    kept = [s for s in seqs if s is not None]
     with torch.no_grad():
-        for start in range(0, len(seqs), batch_size):
-            chunk = seqs[start : start + batch_size]
+        for start in range(0, len(kept), batch_size):
+            chunk = kept[start : start + batch_size]
             T = max(len(s) for s in chunk)
             ids = torch.full((len(chunk), T), int(tokenizer.pad_token_id), dtype=torch.long)  # (b, T)
             mask = torch.zeros((len(chunk), T), dtype=torch.long)  # (b, T)
             for b, s in enumerate(chunk):
                 ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
                 mask[b, : len(s)] = 1
-            out.extend(sequence_scores(model, ids.to(device), mask.to(device)).cpu().tolist())  # (b, K)
-    return out
+            scored.extend(sequence_scores(model, ids.to(device), mask.to(device)).cpu().tolist())  # (b, K)
+    rows = iter(scored)
+    return [None if s is None else next(rows) for s in seqs]

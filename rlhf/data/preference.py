@@ -17,6 +17,7 @@ tokens and the eos, as in ``SFTBatch.loss_mask`` (token t is a target predicted 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -240,8 +241,8 @@ def rm_label(row: dict, column: str | None) -> float:
 
 def rm_margin(row: dict, column: str) -> float:
     v = row.get(column)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"margin column {column!r} is {v!r}; it must be a number")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"margin column {column!r} is {v!r}; it must be a finite number")
     return float(v)
 
 

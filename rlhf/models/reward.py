@@ -12,6 +12,7 @@ that is not ``pad_token_id``; training and the ``reward_model`` plugin call the 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
@@ -39,6 +40,10 @@ def load_reward_model(path: str, heads: Sequence[str], dtype: str = "float32", t
     if dtype not in DTYPES:
         raise ValueError(f"load_reward_model: dtype {dtype!r} is not one of {sorted(DTYPES)}")
     resolved = _check_path(path, "load_reward_model")
+    if os.path.isfile(os.path.join(resolved, "adapter_config.json")) and not os.path.isfile(
+            os.path.join(resolved, "model.safetensors")):
+        raise ModelLoadError(f"load_reward_model: {_where(path)} is a LoRA adapter (a model.lora checkpoint), not a "
+                             "whole model: merge it with `rlhf export CHECKPOINT --out DIR` and point at DIR")
     heads = tuple(heads)
     try:
         saved = is_reward_model(resolved, trust_remote_code)

@@ -7,7 +7,9 @@ y in {+1 (chosen preferred), -1 (rejected preferred), 0 (no preference)} and an 
     L    = 1/|L| sum_{(i, k): y_ik != 0} [ -log sigmoid(d_ik - m_i) ]
            + center_coef * 1/|L| sum_{(i, k): y_ik != 0} (r_c + r_r)^2
 
-i.e. the Bradley-Terry negative log-likelihood of the labelled (pair, head) cells (Ouyang et al. 2022; the margin
+i.e. the Bradley-Terry negative log-likelihood of the labelled (pair, head) cells (|L| counts them per micro-batch:
+the trainer averages micro-batches and ranks, as TRL's per-batch mean; with sparse per-head labels a micro-batch
+with few labelled cells weighs as much as one with many; a micro-batch with none adds no gradient and logs NaN) (Ouyang et al. 2022; the margin
 of Llama 2; the centring term of TRL's RewardTrainer, which keeps rewards near 0 so heads stay comparable). With
 one head and every label +1 it is the usual pairwise RM loss. Metrics: loss, pair accuracy (d > 0), the mean
 margin d and the chosen/rejected means, per head when there are several.
@@ -45,12 +47,18 @@ def bradley_terry_loss(chosen: Tensor, rejected: Tensor, labels: Tensor, margin:
     n = cell.sum().clamp(min=1.0)
     lead = y * (chosen - rejected)  # (B, K)
     m = torch.zeros_like(lead) if margin is None else margin.to(lead.dtype).reshape(-1, 1).expand_as(lead)
-    nll = -F.logsigmoid(lead - m)  # (B, K)
-    loss = (nll * cell).sum() / n
+    labelled = cell > 0  # (B, K) bool
+    zero = torch.zeros_like(lead)
+    # unlabelled cells are replaced before any function of them: their values (even NaN) reach neither the loss
+    # nor its gradient (masking after the function would still send NaN * 0 = NaN back)
+    nll = torch.where(labelled, -F.logsigmoid(torch.where(labelled, lead - m, zero)), zero)  # (B, K)
+    loss = nll.sum() / n
     if center_coef:
-        loss = loss + center_coef * (((chosen + rejected) ** 2) * cell).sum() / n
+        total = torch.where(labelled, chosen + rejected, zero)  # (B, K)
+        loss = loss + center_coef * (total ** 2).sum() / n
     with torch.no_grad():
-        metrics = {"loss/rm": float(loss.detach()), **_means("rm", lead, chosen, rejected, cell)}
+        metrics = {"loss/rm": float(loss.detach()) if bool(labelled.any()) else float("nan"),
+                   **_means("rm", lead, chosen, rejected, cell)}
         if len(heads) > 1:
             for k, name in enumerate(heads):
                 metrics.update(_means(f"rm/{name}", lead[:, k], chosen[:, k], rejected[:, k], cell[:, k]))

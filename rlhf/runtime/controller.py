@@ -117,18 +117,19 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     started_ray = _init_ray(recipe)
     if resume_from is not None:
         truncate_metrics(out, state.step)  # steps after the checkpoint are redone, not logged twice
-    log = MetricsLogger(
-        out,
-        trackers=recipe.run.tracker_names,  # jsonl, [tensorboard, wandb, mlflow]: rlhf/trackers.py
-        run=recipe.run,
-        config=recipe.model_dump(mode="json"),  # the resolved recipe: wandb config, mlflow params
-        progress=recipe.run.progress,
-        headline=tuple(f"reward/{c.name}/mean" for c in recipe.rewards) + ("kl",),
-        append=resume_from is not None,
-    )
     actors: list[Any] = []
     stop: GracefulStop | None = None
+    log: MetricsLogger | None = None
     try:
+        log = MetricsLogger(
+            out,
+            trackers=recipe.run.tracker_names,  # jsonl, [tensorboard, wandb, mlflow]: rlhf/trackers.py
+            run=recipe.run,
+            config=recipe.model_dump(mode="json"),  # the resolved recipe: wandb config, mlflow params
+            progress=recipe.run.progress,
+            headline=tuple(f"reward/{c.name}/mean" for c in recipe.rewards) + ("kl",),
+            append=resume_from is not None,
+        )
         trainers = TrainGroup(recipe)
         actors.append(trainers)
         # ---- stage 1: SFT warm-up (skipped when done or when resuming past it)
@@ -205,7 +206,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     finally:
         if stop is not None:
             stop.restore()
-        log.close(status="killed" if stop is not None and stop.requested else None)  # None: failed (an error)
+        if log is not None:  # a tracker that fails to close only warns (rlhf/logging.py): shutdown still runs
+            log.close(status="killed" if stop is not None and stop.requested else None)  # None: failed (an error)
         for group in reversed(actors):
             group.shutdown()
         if started_ray:

@@ -12,6 +12,7 @@ and reward-model training (preference pairs, Bradley-Terry per head). The traine
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -69,20 +70,21 @@ class SupervisedStage:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """The task's held-out metrics (mean over batches of ``batch_size`` rows)."""
+        """The task's held-out metrics (mean over the batches of ``batch_size`` rows that measured them)."""
         rows = self.eval_rows
         if not rows:
             return {}
         totals: dict[str, float] = {}
-        n_batches = 0
+        counts: dict[str, int] = {}
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             pad = (-len(chunk)) % self.trainers.world_size  # shards must split evenly: repeat the last row
             metrics = self.trainers.eval_supervised(self.task.collate(self.tokenizer, chunk + chunk[-1:] * pad))
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
-            n_batches += 1
-        mean = {k: v / n_batches for k, v in totals.items()}
+                if not math.isnan(v):  # NaN: nothing to measure in this batch (e.g. a head without labels)
+                    totals[k] = totals.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1
+        mean = {k: v / counts[k] for k, v in totals.items()}
         return {name: mean[key] for name, key in self.task.evals.items() if key in mean}
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, TypeVar
 
 from rlhf.config.schema import Recipe
@@ -208,9 +209,11 @@ class TrainGroup:
 
 
 def _mean_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over the ranks (max for time/*); a rank's NaN means "nothing measured here" (e.g. a reward-model head
+    without labels in its shard) and is left out; NaN only when every rank says so."""
     keys = set().union(*results)
     out = {}
     for k in keys:
-        vals = [r[k] for r in results if k in r]
-        out[k] = max(vals) if k.startswith("time/") else sum(vals) / len(vals)
+        vals = [r[k] for r in results if k in r and not (isinstance(r[k], float) and math.isnan(r[k]))]
+        out[k] = float("nan") if not vals else max(vals) if k.startswith("time/") else sum(vals) / len(vals)
     return out

@@ -105,6 +105,24 @@ def test_per_head_labels_margins_and_bad_rows(tokenizer):
         check_rm_rows(ROWS, "prefs.jsonl", ("a",), {"a": "x"}, None)
     with pytest.raises(DataLoadError, match="margin column 'm' is None"):
         check_rm_rows([{**ROWS[0], "m": None}], "prefs.jsonl", ("a",), {}, "m")
+    with pytest.raises(DataLoadError, match="margin column 'm' is nan; it must be a finite number"):
+        check_rm_rows([{**ROWS[0], "m": float("nan")}], "prefs.jsonl", ("a",), {}, "m")
+
+
+def test_unlabelled_cells_and_nan_scores_leak_nothing():
+    """A NaN score in a cell without a label neither reaches the loss nor its gradient; a batch without any
+    labelled cell logs NaN (left out of the means), not a loss of 0."""
+    chosen = torch.tensor([[1.0, float("nan")]], requires_grad=True)  # (1, 2)
+    rejected = torch.tensor([[0.0, 0.0]])
+    loss, m = bradley_terry_loss(chosen, rejected, torch.tensor([[1.0, 0.0]]), center_coef=0.1)
+    loss.backward()
+    assert math.isfinite(float(loss)) and torch.isfinite(chosen.grad).all()
+    _, empty = bradley_terry_loss(chosen.detach(), rejected, torch.zeros(1, 2))
+    assert math.isnan(empty["loss/rm"]) and math.isnan(empty["rm/acc"])
+    from rlhf.train.group import _mean_metrics
+
+    assert _mean_metrics([{"rm/a/acc": float("nan"), "x": 1.0}, {"rm/a/acc": 0.5, "x": 3.0}]) == {"rm/a/acc": 0.5,
+                                                                                                "x": 2.0}
 
 
 def test_training_step_and_saved_model_loads_in_transformers(tiny_dir, tokenizer, tmp_path):
@@ -134,6 +152,11 @@ def test_training_step_and_saved_model_loads_in_transformers(tiny_dir, tokenizer
         assert torch.allclose(sequence_scores(loaded, ids, mask), sequence_scores(model.eval(), ids, mask), atol=1e-6)
     with pytest.raises(ModelLoadError, match=r"has heads \['correct', 'concise'\], the recipe asks for \['score'\]"):
         load_reward_model(str(tmp_path), ("score",))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="is a LoRA adapter.*rlhf export"):
+        load_reward_model(str(adapter), heads)
 
 
 def test_plugin_scores_k_heads_in_one_forward_like_k_separate_passes(tiny_dir, tokenizer, tmp_path):
@@ -167,5 +190,12 @@ def test_plugin_scores_k_heads_in_one_forward_like_k_separate_passes(tiny_dir, t
     by_index.setup()
     assert by_index(prompts, completions) == pytest.approx([1 / (1 + math.exp(-v)) for v in values[2]])
     assert plugin.RewardModelScorer.shared_worker({"model": "m"}) == "reward_model:m"
+    # components of one model with other input settings never read each other's cached scores
+    short = plugin.RewardModelScorer(model=str(tmp_path), head=0, max_length=4)
+    short.setup()
+    long_prompt = ["1+2+3+4+5+6+7+8="]
+    assert short(long_prompt, ["36"]) == [None]  # the prompt alone fills max_length: nothing to judge
+    assert short(prompts, completions) != values[0][:1] * len(prompts)
+    assert scorers[0](prompts, completions) == values[0]
     with pytest.raises(ValueError, match=r"head 'nope' is not one of .*\['correct', 'concise', 'polite'\]"):
         plugin.RewardModelScorer(model=str(tmp_path), head="nope").setup()
