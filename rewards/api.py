@@ -21,7 +21,9 @@ A recipe names a plugin by its registered name, by ``package.module:attr``, or t
 first time a plugin is looked up.
 
 This module holds the decorators, the registry, resolution and binding (``build_scorer``, ``check_component``);
-``rewards.records`` the error and records (``RewardPluginError``, ``PluginInfo``, the ``Scorer`` protocol),
+``rewards.records`` the error and records (``RewardPluginError``, ``PluginInfo``, the ``Scorer`` protocol,
+``ComponentRecord``: what these functions read of a component; a duck-typed caller's partial component is
+completed by ``component_record``),
 ``rewards.scorer`` the ``BoundScorer`` that ``build_scorer`` returns, ``rewards.styles`` the calling conventions of
 reward functions written for TRL, verl and OpenRLHF (a component's ``style``, detected from the signature by
 default), and ``rewards.outputs`` the output checks (``check_outputs``, ``convert_outputs``,
@@ -39,14 +41,17 @@ import threading
 from typing import Any, Callable, Sequence
 
 from rewards.outputs import check_outputs, convert_outputs, convert_process_outputs
-from rewards.records import PluginInfo, RewardFn, RewardModel, RewardPluginError, Scorer
+from rewards.records import (ComponentRecord, PluginInfo, RewardFn, RewardModel, RewardPluginError, Scorer,
+                             component_record)
 from rewards.scorer import _RESERVED_PARAMS, BoundScorer, _KeywordSpec, _keyword_spec, _where
-from rewards.styles import TRL_PASSED, VERL_INPUTS, StyleOptions, call_spec, resolve_style
+from rewards.styles import (DICT_STYLES, VERL_BATCH_INPUTS, VERL_INPUTS, StyleOptions, call_spec, passed_inputs,
+                            resolve_style)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PLUGIN_KINDS",
     "BoundScorer",
+    "ComponentRecord",
     "PluginInfo",
     "RewardFn",
     "RewardModel",
@@ -57,6 +62,7 @@ __all__ = [
     "check_component",
     "check_outputs",
     "component_kind",
+    "component_record",
     "convert_outputs",
     "convert_process_outputs",
     "judge",
@@ -179,8 +185,15 @@ def _shape_problem(obj: Any) -> str | None:
     return None
 
 
-def _constructor_spec(cls: type) -> _KeywordSpec:
-    return _keyword_spec(list(inspect.signature(cls).parameters.values()), skip_positional=0)
+def _constructor_spec(component: ComponentRecord, plugin: PluginInfo) -> _KeywordSpec:
+    """The keyword parameters of a class plugin's constructor (its ``args``); RewardPluginError when its signature
+    cannot be read (a constructor written in C, e.g. ``__init__ = dict.__init__``)."""
+    try:
+        return _keyword_spec(list(inspect.signature(plugin.obj).parameters.values()), skip_positional=0)
+    except (TypeError, ValueError) as exc:
+        raise _error(component, plugin, f"cannot read its constructor's parameters ({type(exc).__name__}: {exc}), "
+                                        f"so its args cannot be checked. Give the class an __init__ written in "
+                                        f"Python (def __init__(self, ...)) taking the args it needs") from None
 
 
 # --------------------------------------------------------------------------- resolution
@@ -221,7 +234,7 @@ def _resolve_module_attr(ref: str) -> PluginInfo:
         raise RewardPluginError(f"reward plugin reference {ref!r} must look like 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() on import is a broken plugin too
         raise RewardPluginError(_import_error_message(ref, module_name, exc), plugin=ref) from exc
     obj: Any = module
     for part in attr_path.split("."):
@@ -231,8 +244,12 @@ def _resolve_module_attr(ref: str) -> PluginInfo:
     return _info_for_object(ref, obj)
 
 
-def _import_error_message(ref: str, module_name: str, exc: Exception) -> str:
-    """One line: the module is not on the path (what to change), or importing it raised (where)."""
+def _import_error_message(ref: str, module_name: str, exc: BaseException) -> str:
+    """One line: the module is not on the path (what to change), importing it exited, or it raised (where)."""
+    if isinstance(exc, SystemExit):
+        return (f"reward plugin {ref!r}: cannot import module {module_name!r}: importing it called sys.exit("
+                f"{exc.code!r}){_where(exc)}. Fix the module: a plugin module must not exit when imported (put "
+                f"script code under `if __name__ == \"__main__\":`)")
     missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
     if missing is not None and (module_name == missing or module_name.startswith(missing + ".")):
         return (f"reward plugin {ref!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}. Put the "
@@ -271,10 +288,12 @@ def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
 def _load_entry_point(ep: importlib.metadata.EntryPoint) -> PluginInfo:
     try:
         obj = ep.load()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # SystemExit: its module called sys.exit() on import
+        exited = isinstance(exc, SystemExit)
+        what = f"called sys.exit({exc.code!r}){_where(exc)}" if exited else f"{type(exc).__name__}: {exc}"
         raise RewardPluginError(
             f"reward plugin {ep.name!r} (entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r}) failed to load: "
-            f"{type(exc).__name__}: {exc}",
+            f"{' '.join(what.split())}",
             plugin=ep.name,
         ) from exc
     info = _info_for_object(ep.name, obj)
@@ -293,11 +312,19 @@ def _unknown_plugin_error(ref: str, known: list[str]) -> RewardPluginError:
 
 
 # --------------------------------------------------------------------------- binding
+#
+# The entry points below take a component as the recipe has it (RewardComponentConfig), a reward worker's spec, or
+# any object with ``name`` and ``plugin`` (a duck-typed caller's partial record): each completes it once with
+# ``component_record`` and the helpers read the ComponentRecord's fields directly.
 
 
 def component_kind(component: Any, plugin: PluginInfo) -> str:
     """The component's kind: the recipe's ``kind`` when it sets one, else the plugin's kind."""
-    kind = getattr(component, "kind", None) or plugin.kind
+    return _kind(component_record(component), plugin)
+
+
+def _kind(component: ComponentRecord, plugin: PluginInfo) -> str:
+    kind = component.kind or plugin.kind
     if kind not in PLUGIN_KINDS:
         raise RewardPluginError(
             f"reward component {component.name!r}: unknown kind {kind!r}; expected one of {PLUGIN_KINDS}",
@@ -310,12 +337,13 @@ def component_kind(component: Any, plugin: PluginInfo) -> str:
 def check_component(component: Any) -> PluginInfo:
     """Resolve a component's plugin and check its style, ``args`` and options without building it (cheap; no
     setup()). Every problem is a one-line RewardPluginError naming the component, the plugin and what to change."""
+    component = component_record(component)
     try:
         plugin = resolve_plugin(component.plugin)
     except RewardPluginError as exc:
         raise RewardPluginError(f"reward component {component.name!r}: {exc}", component=component.name,
                                 plugin=exc.plugin or component.plugin) from exc
-    _check_step_options(component, component_kind(component, plugin))
+    _check_step_options(component, _kind(component, plugin))
     _check_args(component, plugin)
     return plugin
 
@@ -323,68 +351,64 @@ def check_component(component: Any) -> PluginInfo:
 def check_columns(component: Any, plugin: PluginInfo, names: Sequence[str]) -> str | None:
     """None when a batch with the columns ``names`` gives the component's plugin every input it needs, else why
     not (one line). Builds nothing: a class plugin is neither constructed nor set up."""
-    return _binding(component, plugin, fn=None).column_problem(list(names))
+    return _binding(component_record(component), plugin, fn=None).column_problem(list(names))
 
 
-def _who(component: Any, plugin: PluginInfo) -> str:
+def _who(component: ComponentRecord, plugin: PluginInfo) -> str:
     return f"reward component {component.name!r} (plugin {plugin.name!r})"
 
 
-def _error(component: Any, plugin: PluginInfo, message: str) -> RewardPluginError:
+def _error(component: ComponentRecord, plugin: PluginInfo, message: str) -> RewardPluginError:
     return RewardPluginError(f"{_who(component, plugin)}: {message}", component=component.name, plugin=plugin.name)
 
 
-def _style(component: Any, plugin: PluginInfo) -> tuple[str, list[inspect.Parameter]]:
+def _style(component: ComponentRecord, plugin: PluginInfo) -> tuple[str, list[inspect.Parameter]]:
     """(the style the component's plugin is called with, the parameters of its call)."""
-    requested = getattr(component, "style", None) or "auto"
     params = _plugin_params(plugin.obj)
     try:
-        return resolve_style(requested, params), params
+        return resolve_style(component.style, params), params
     except ValueError as exc:
         raise _error(component, plugin, str(exc)) from None
 
 
-def _options(component: Any, style: str) -> StyleOptions:
-    return StyleOptions(style=style, columns=dict(getattr(component, "columns", None) or {}),
-                        output_key=getattr(component, "output_key", None),
-                        dataset_name=getattr(component, "dataset_name", None))
+def _options(component: ComponentRecord, style: str) -> StyleOptions:
+    return StyleOptions(style=style, columns=dict(component.columns), output_key=component.output_key,
+                        dataset_name=component.dataset_name)
 
 
-def _binding(component: Any, plugin: PluginInfo, fn: Any) -> BoundScorer:
+def _binding(component: ComponentRecord, plugin: PluginInfo, fn: Any) -> BoundScorer:
     """A BoundScorer of the component calling ``fn`` (None: for checks only) with its style and spec."""
-    kind = component_kind(component, plugin)
+    kind = _kind(component, plugin)
     style, params = _style(component, plugin)
-    spec = call_spec(style, params)
-    offered = {"trl": TRL_PASSED, "verl": VERL_INPUTS}.get(style, ())
-    passed = [p.name for p in params if p.name in offered]  # inputs the style passes that the plugin names
-    args = {} if plugin.is_class else dict(component.args or {})
-    return BoundScorer(component.name, plugin, kind, fn, args, spec, _options(component, style), passed)
+    args = {} if plugin.is_class else dict(component.args)
+    return BoundScorer(component.name, plugin, kind, fn, args, call_spec(style, params), _options(component, style),
+                       passed_inputs(style, params))
 
 
-def _check_step_options(component: Any, kind: str) -> None:
+def _check_step_options(component: ComponentRecord, kind: str) -> None:
     """Step transforms and outcome summaries only mean something for process (step-level) components."""
     if kind == "process":
         return
-    for key, default in (("transform", "none"), ("outcome", "min")):
-        if getattr(component, key, default) != default:
+    for key, value, default in (("transform", component.transform, "none"), ("outcome", component.outcome, "min")):
+        if value != default:
             raise RewardPluginError(
-                f"reward component {component.name!r}: {key}={getattr(component, key)!r} applies to process "
-                f"(step-level) components only; this component's kind is {kind!r}",
-                component=component.name, plugin=getattr(component, "plugin", None))
+                f"reward component {component.name!r}: {key}={value!r} applies to process (step-level) components "
+                f"only; this component's kind is {kind!r}",
+                component=component.name, plugin=component.plugin)
 
 
-def _check_args(component: Any, plugin: PluginInfo) -> None:
+def _check_args(component: ComponentRecord, plugin: PluginInfo) -> None:
     """The component's args, style and style options against the plugin (RewardPluginError naming both)."""
-    args = dict(component.args or {})
+    args = dict(component.args)
     style, params = _style(component, plugin)
     for reserved in _RESERVED_PARAMS:
         if reserved in args:
             raise _error(component, plugin, f"{reserved!r} cannot be set in args; the runtime passes it")
-    if getattr(component, "output_key", None) is not None and style not in ("verl", "openrlhf"):
+    if component.output_key is not None and style not in DICT_STYLES:
         raise _error(component, plugin, f"output_key picks a key of the dicts verl and OpenRLHF functions return; "
                                         f"this plugin is called in style {style!r}, which returns a list. Remove "
                                         f"output_key")
-    spec = _constructor_spec(plugin.obj) if plugin.is_class else call_spec(style, params)
+    spec = _constructor_spec(component, plugin) if plugin.is_class else call_spec(style, params)
     for arg in args:
         if not spec.var_keyword and arg not in spec.names:
             close = difflib.get_close_matches(arg, spec.names, n=1)
@@ -394,8 +418,9 @@ def _check_args(component: Any, plugin: PluginInfo) -> None:
     if plugin.is_class:
         missing = [r for r in spec.required if r not in args]
         what = f"(the scorer's constructor takes: {', '.join(spec.names) or 'no arguments'})"
-    elif style in ("verl", "openrlhf"):  # their calls pass no data columns: the rest must come from args
-        missing = [r for r in spec.required if r not in args and r not in ("data_source", "ground_truth")]
+    elif style in DICT_STYLES:  # their calls pass no data columns: the rest must come from args
+        own = {*VERL_INPUTS, *VERL_BATCH_INPUTS}  # the verl adapter passes these itself
+        missing = [r for r in spec.required if r not in args and r not in own]
         what = f"({style} functions get their own inputs and the component's args only)"
     else:  # a function's required keywords may be data columns: checked when called (and by rlhf validate)
         missing = []
@@ -405,17 +430,18 @@ def _check_args(component: Any, plugin: PluginInfo) -> None:
 
 
 def build_scorer(component: Any, plugin: PluginInfo | None = None) -> "BoundScorer":
-    """Bind a component (``.name .plugin .kind .args``, optional ``.style .columns .output_key``) to its plugin: a
-    callable ``(prompts, completions, columns) -> list[float]``. Classes are instantiated with ``args`` and
-    ``setup()`` runs.
+    """Bind a component (a recipe's ``rewards[]`` entry, or any object with ``name`` and ``plugin``: see
+    ``component_record``) to its plugin: a callable ``(prompts, completions, columns) -> list[float]``. Classes
+    are instantiated with ``args`` and ``setup()`` runs.
 
     ``plugin`` skips resolution (the reward workers resolve in the driver and ship the PluginInfo).
     """
+    component = component_record(component)
     plugin = plugin or resolve_plugin(component.plugin)
     _check_args(component, plugin)
     if not plugin.is_class:
         return _binding(component, plugin, plugin.obj)
-    instance = _instantiate(component.name, plugin, dict(component.args or {}))
+    instance = _instantiate(component.name, plugin, dict(component.args))
     return _binding(component, plugin, instance)
 
 

@@ -1,4 +1,5 @@
-"""The reward plugin API's error, protocols and records: RewardPluginError, RewardFn, Scorer, PluginInfo.
+"""The reward plugin API's error, protocols and records: RewardPluginError, RewardFn, Scorer, PluginInfo, and
+ComponentRecord (what the API reads of a reward component; ``component_record`` completes a partial one).
 
 Part of the plugin API (re-exported by ``rewards.api``, where plugin authors import them). Standard library only.
 """
@@ -6,8 +7,8 @@ Part of the plugin API (re-exported by ``rewards.api``, where plugin authors imp
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 
 class RewardPluginError(ValueError):
@@ -69,3 +70,42 @@ class PluginInfo:
     def summary(self) -> str:
         """First line of the docstring."""
         return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+
+@dataclass(frozen=True)
+class ComponentRecord:
+    """What the plugin API (``build_scorer``, ``check_component``, ``check_columns``, ``component_kind``) reads of a
+    reward component: the fields of the recipe's ``rewards[]`` entry (rlhf/config/schema.py RewardComponentConfig,
+    where each is described), with the recipe's defaults."""
+
+    name: str
+    plugin: str
+    kind: Optional[str] = None  # None: the plugin's kind
+    args: Mapping[str, Any] = field(default_factory=dict)
+    style: str = "auto"
+    columns: Mapping[str, str] = field(default_factory=dict)
+    output_key: Optional[str] = None
+    dataset_name: Optional[str] = None
+    transform: str = "none"
+    outcome: str = "min"
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ComponentRecord))
+
+
+def component_record(component: Any) -> ComponentRecord:
+    """The API for duck-typed callers: a complete ComponentRecord from any object with at least ``name`` and
+    ``plugin`` (a recipe's RewardComponentConfig, a reward worker's spec, or e.g. ``SimpleNamespace(name=...,
+    plugin=..., args=...)`` in a test or script); the fields it lacks get the recipe's defaults. The plugin API's
+    entry points call it, so they read every field directly: the one place a partial record is completed."""
+    if isinstance(component, ComponentRecord):
+        return component
+    values = {name: getattr(component, name) for name in _RECORD_FIELDS if hasattr(component, name)}
+    missing = [name for name in ("name", "plugin") if values.get(name) is None]
+    if missing:
+        raise RewardPluginError(f"a reward component needs a name and a plugin; {type(component).__name__} "
+                                f"{component!r} has no {missing[0]!r}. Give it one (a recipe's rewards[] entry "
+                                f"sets both)", plugin=values.get("plugin"))
+    values["args"] = dict(values.get("args") or {})
+    values["columns"] = dict(values.get("columns") or {})
+    return ComponentRecord(**values)

@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rewards.outputs import convert_outputs, convert_process_outputs
 from rewards.records import PluginInfo, RewardPluginError
-from rewards.styles import (GROUND_TRUTH_COLUMNS, LABEL_COLUMNS, TRL_UNAVAILABLE, MetricLog, StyleError,
-                            StyleOptions, _KeywordSpec, _keyword_spec, call_verl, first_column, settle,
-                            unwrap_openrlhf, unwrap_verl)
+from rewards.styles import (GROUND_TRUTH_COLUMNS, LABEL_COLUMNS, TRL_STYLES, TRL_UNAVAILABLE, MetricLog,
+                            StyleError, StyleOptions, _KeywordSpec, _keyword_spec, as_messages, call_verl,
+                            first_column, is_verl_batch, settle, unwrap_openrlhf, unwrap_verl)
 from rewards.styles import where as _where
 
 __all__ = ["BoundScorer", "_KeywordSpec", "_keyword_spec", "_where", "_RESERVED_PARAMS"]
@@ -50,7 +50,8 @@ class BoundScorer:
         self._bound_args = bound_args
         self._spec = spec
         self.style = style or StyleOptions()
-        self._passed = tuple(passed)  # inputs the style passes that the plugin names (trl: prompts; verl: extra_info)
+        self._passed = tuple(passed)  # inputs the style passes that the plugin takes (styles.passed_inputs)
+        self._verl_batch = is_verl_batch(self._passed)  # verl's batch form: one call with lists
 
     @property
     def who(self) -> str:
@@ -109,18 +110,22 @@ class BoundScorer:
         try:
             if style == "verl":
                 results = call_verl(self._fn, completions, columns, self._bound_args, self._accepts, self.style,
-                                    self.who)
+                                    self.who, batch=self._verl_batch)
                 return unwrap_verl(results, self.style, self.who, extras)
             if style == "openrlhf":
-                truth = first_column(columns, LABEL_COLUMNS)
-                labels = list(columns[truth]) if truth else [None] * n
                 queries = [p + c for p, c in zip(prompts, completions)]
-                result = settle(self._fn(queries, list(prompts), labels, **kwargs))
+                positional: list[Any] = [queries, list(prompts)]
+                if "labels" in self._passed:  # OpenRLHF's older reward_func(queries, prompts) takes no labels
+                    truth = first_column(columns, LABEL_COLUMNS)
+                    positional.append(list(columns[truth]) if truth else [None] * n)
+                result = settle(self._fn(*positional, **kwargs))
                 return unwrap_openrlhf(result, self.style, self.who, extras)
-            if style == "trl":
+            if style in TRL_STYLES:
                 log = MetricLog(extras)
-                offered = {"prompts": list(prompts), "completions": list(completions),
-                           "log_metric": log.log_metric, "log_extra": log.log_extra}
+                ps, cs = list(prompts), list(completions)
+                if style == "trl_conversational":  # TRL's conversational format: one message per prompt / completion
+                    ps, cs = as_messages(ps, "user"), as_messages(cs, "assistant")
+                offered = {"prompts": ps, "completions": cs, "log_metric": log.log_metric, "log_extra": log.log_extra}
                 kwargs.update({k: v for k, v in offered.items() if self._accepts(k)})
                 return settle(self._fn(**kwargs))
             return settle(self._fn(list(prompts), list(completions), **kwargs))
@@ -161,7 +166,8 @@ class BoundScorer:
         return mapped, self._kwargs(mapped, n)
 
     def _check_verl_columns(self, columns: Mapping[str, Sequence]) -> None:
-        wants_truth = self._accepts("ground_truth") and "ground_truth" not in self._bound_args
+        truth = "ground_truths" if self._verl_batch else "ground_truth"
+        wants_truth = self._accepts(truth) and truth not in self._bound_args
         if wants_truth and first_column(columns, GROUND_TRUTH_COLUMNS) is None:
             raise self._error(
                 f"{self.who}: a verl compute_score takes ground_truth, and the batch has none of the columns "

@@ -6,19 +6,28 @@ A component's ``style`` (recipe key; ``auto`` by default) says how its plugin is
 - ``trl``: TRL's GRPOTrainer convention, ``fn(prompts=..., completions=..., **columns)`` by keyword; it may also
   take ``log_metric(name, value)`` and ``log_extra(column, values)`` (logged as ``reward_extra/COMPONENT/NAME``);
   it may be ``async def``. TRL's ``completion_ids``, ``trainer_state`` and ``environments`` are not available.
+- ``trl_conversational``: ``trl`` with TRL's conversational format: each completion is
+  ``[{"role": "assistant", "content": text}]`` and each prompt ``[{"role": "user", "content": text}]`` (TRL's own
+  reward functions, ``trl.rewards``, read ``completion[0]["content"]``).
 - ``verl``: verl's per-sample ``compute_score(data_source, solution_str, ground_truth, extra_info=None,
-  **reward_kwargs)`` -> a float or a dict (``score`` is the reward, the other numeric keys are logged).
-- ``openrlhf``: OpenRLHF's ``reward_func(queries, prompts, labels)`` (queries = prompt + completion) -> a list or
-  tensor of rewards, or a dict with ``rewards`` (the reward), ``scores`` and ``extra_logs`` (both logged).
+  **reward_kwargs)`` -> a float or a dict (``score`` is the reward, the other numeric keys are logged); or its
+  batch form (a ``solution_strs`` parameter, verl's BatchRewardManager) ``compute_score(data_sources,
+  solution_strs, ground_truths, extra_infos, **reward_kwargs)``, called once per batch -> a list of those.
+- ``openrlhf``: OpenRLHF's ``reward_func(queries, prompts, labels)`` (queries = prompt + completion; older
+  versions take no ``labels``) -> a list or tensor of rewards, or a dict with ``rewards`` (the reward), ``scores``
+  and ``extra_logs`` (both logged).
 
-Auto-detection reads the call's signature (``detect_style``): a ``solution_str`` parameter -> verl; a first
-parameter ``queries`` -> openrlhf; a ``completions`` parameter that is not the second of ``(prompts, completions,
-...)``, or a parameter only TRL passes (``log_metric``, ``log_extra``, ``completion_ids``, ``trainer_state``) ->
-trl; else native (two positional parameters). A function taking ``(prompts, completions, **kwargs)`` is run
-natively (set ``style: trl`` to get TRL's extra keywords).
+Auto-detection reads the call's signature (``detect_style``): a ``solution_str`` or ``solution_strs`` parameter
+-> verl; a first parameter ``queries`` -> openrlhf; a ``completions`` parameter annotated as a list of message
+lists (``list[list[dict[str, str]]]``, as TRL annotates its own) -> trl_conversational; a ``completions``
+parameter that is not the second of ``(prompts, completions, ...)``, or a parameter only TRL passes
+(``log_metric``, ``log_extra``, ``completion_ids``, ``trainer_state``) -> trl; else native (two positional
+parameters). A function taking ``(prompts, completions, **kwargs)`` is run natively (set ``style: trl`` to get
+TRL's extra keywords: native plugins get every column, and only columns, through ``**kwargs``).
 
-Part of the plugin API below ``rewards.scorer`` (which calls ``call_verl`` / ``call_openrlhf``). Standard library
-only: numpy arrays and torch tensors are recognised by duck typing.
+Part of the plugin API below ``rewards.scorer`` (which calls the adapters: ``call_verl``, ``unwrap_verl``,
+``unwrap_openrlhf``, ``as_messages``). Standard library only: numpy arrays and torch tensors are recognised by duck
+typing.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import asyncio
 import inspect
 import math
 import numbers
+import re
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -34,17 +44,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rewards.records import RewardPluginError
 
-STYLES: tuple[str, ...] = ("native", "trl", "verl", "openrlhf")
+STYLES: tuple[str, ...] = ("native", "trl", "trl_conversational", "verl", "openrlhf")
 STYLE_CHOICES: tuple[str, ...] = ("auto", *STYLES)
-TRL_PASSED = ("prompts", "completions", "log_metric", "log_extra")  # keywords the trl style passes
+TRL_STYLES = ("trl", "trl_conversational")  # called by keyword with TRL's inputs
+DICT_STYLES = ("verl", "openrlhf")  # may return dicts (output_key picks the key)
+TRL_PASSED = ("prompts", "completions", "log_metric", "log_extra")  # keywords the trl styles pass
 TRL_UNAVAILABLE = ("completion_ids", "trainer_state", "environments")  # TRL passes them; rlhf has no equivalent
-VERL_INPUTS = ("data_source", "solution_str", "ground_truth", "extra_info")
+VERL_INPUTS = ("data_source", "solution_str", "ground_truth", "extra_info")  # per sample
+VERL_BATCH_INPUTS = ("data_sources", "solution_strs", "ground_truths", "extra_infos")  # the batch form, as lists
 OPENRLHF_POSITIONAL = 3  # queries, prompts, labels
+OPENRLHF_MIN_POSITIONAL = 2  # older OpenRLHF: queries, prompts (no labels)
 GROUND_TRUTH_COLUMNS = ("ground_truth", "reward_model", "answer")  # verl's ground_truth: first present column
 LABEL_COLUMNS = ("labels", "label", "answer")  # OpenRLHF's labels: first present column (else None per sample)
 DEFAULT_OUTPUT_KEY = {"verl": "score", "openrlhf": "rewards"}
 SHAPES = ("native (prompts, completions, *, column...), trl (completions, **kwargs), "
-          "verl (data_source, solution_str, ground_truth, extra_info=None), openrlhf (queries, prompts, labels)")
+          "verl (data_source, solution_str, ground_truth, extra_info=None) or its batch form (data_sources, "
+          "solution_strs, ground_truths, extra_infos), openrlhf (queries, prompts, labels)")
 
 
 class StyleError(RewardPluginError):
@@ -103,14 +118,36 @@ def _named(params: list[inspect.Parameter]) -> set[str]:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def is_message_lists(annotation: Any) -> bool:
+    """An annotation of a list of message lists (TRL's conversational completions: ``list[list[dict[str, str]]]``,
+    ``typing.List[typing.List[typing.Dict]]``, ``Sequence[Sequence[Mapping]]``; a string annotation too)."""
+    if annotation is inspect.Parameter.empty:
+        return False
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    text = re.sub(r"\b(typing|collections\.abc)\.", "", text.replace(" ", "")).lower()
+    return re.match(r"(list|sequence)\[(list|sequence)\[(dict|mapping)\b", text) is not None
+
+
+def _conversational(params: list[inspect.Parameter]) -> bool:
+    """Its ``completions`` parameter is annotated as a list of message lists."""
+    return any(p.name == "completions" and is_message_lists(p.annotation) for p in params)
+
+
+def is_verl_batch(names: Sequence[str]) -> bool:
+    """A verl function takes the batch form (``solution_strs``: one call per batch, lists)."""
+    return "solution_strs" in names
+
+
 def detect_style(params: list[inspect.Parameter]) -> str | None:
     """The style a call's parameters say (see the module docstring), or None when no style fits."""
     names = _named(params)
     positional = _positional(params)
-    if "solution_str" in names:
+    if names & {"solution_str", "solution_strs"}:
         return "verl"
     if positional and positional[0].name == "queries":
         return "openrlhf"
+    if _conversational(params):
+        return "trl_conversational"
     native_shape = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
     native_names = [p.name for p in positional[:2]] == ["prompts", "completions"]
     if "completions" in names and not native_names:
@@ -128,14 +165,20 @@ def style_problem(style: str, params: list[inspect.Parameter]) -> str | None:
     positional_only = [p.name for p in params if p.kind == p.POSITIONAL_ONLY and p.default is p.empty]
     if style == "native" and len(positional) < 2 and not var_positional:
         return "style native calls fn(prompts, completions, ...): it needs two positional parameters"
-    if style == "openrlhf" and len(positional) < OPENRLHF_POSITIONAL and not var_positional:
-        return "style openrlhf calls fn(queries, prompts, labels): it needs three positional parameters"
-    if style in ("trl", "verl") and positional_only:
+    if style == "openrlhf" and len(positional) < OPENRLHF_MIN_POSITIONAL and not var_positional:
+        return ("style openrlhf calls fn(queries, prompts, labels) (or fn(queries, prompts), OpenRLHF's older "
+                "form): it needs two or three positional parameters")
+    if style in (*TRL_STYLES, "verl") and positional_only:
         return f"style {style} passes everything by keyword; positional-only parameter {positional_only[0]!r}"
-    if style == "trl" and not spec.accepts("completions"):
-        return "style trl calls fn(completions=..., prompts=..., **columns): it needs a 'completions' parameter"
-    if style == "verl" and not spec.accepts("solution_str"):
-        return "style verl calls fn(data_source=, solution_str=, ground_truth=, extra_info=): it needs 'solution_str'"
+    if style in TRL_STYLES and not spec.accepts("completions"):
+        return (f"style {style} calls fn(completions=..., prompts=..., **columns): it needs a 'completions' "
+                f"parameter")
+    if style == "trl" and _conversational(params):
+        return ("style trl passes each completion as a string, and its 'completions' are annotated as TRL's "
+                "conversational format (lists of messages): set the style to trl_conversational (or auto)")
+    if style == "verl" and not (spec.accepts("solution_str") or spec.accepts("solution_strs")):
+        return ("style verl calls fn(data_source=, solution_str=, ground_truth=, extra_info=) per sample or "
+                "fn(data_sources=, solution_strs=, ...) per batch: it needs 'solution_str' or 'solution_strs'")
     return None
 
 
@@ -162,9 +205,31 @@ def call_spec(style: str, params: list[inspect.Parameter]) -> _KeywordSpec:
     if style == "openrlhf":
         return _keyword_spec(params, OPENRLHF_POSITIONAL)
     spec = _keyword_spec(params, 0)
-    passed = TRL_PASSED if style == "trl" else ("solution_str", "extra_info")
+    if style in TRL_STYLES:
+        passed: tuple[str, ...] = TRL_PASSED
+    else:
+        passed = ("solution_strs", "extra_infos") if is_verl_batch(spec.names) else ("solution_str", "extra_info")
     keep = [n for n in spec.names if n not in passed]
     return _KeywordSpec(tuple(keep), tuple(n for n in spec.required if n in keep), spec.var_keyword)
+
+
+def openrlhf_takes_labels(params: list[inspect.Parameter]) -> bool:
+    """An OpenRLHF function takes ``labels`` (a third positional parameter); the older form takes two."""
+    return len(_positional(params)) >= OPENRLHF_POSITIONAL or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def passed_inputs(style: str, params: list[inspect.Parameter]) -> tuple[str, ...]:
+    """The inputs the style passes itself that the plugin takes: the TRL keywords or verl inputs it names, or
+    OpenRLHF's ``labels`` when it takes a third positional parameter."""
+    if style == "openrlhf":
+        return ("labels",) if openrlhf_takes_labels(params) else ()
+    offered = TRL_PASSED if style in TRL_STYLES else (*VERL_INPUTS, *VERL_BATCH_INPUTS) if style == "verl" else ()
+    return tuple(p.name for p in params if p.name in offered)
+
+
+def as_messages(texts: Sequence[str], role: str) -> list[list[dict[str, str]]]:
+    """TRL's conversational format: each text as a list of one message of ``role``."""
+    return [[{"role": role, "content": text}] for text in texts]
 
 
 # --------------------------------------------------------------------------- running
@@ -272,31 +337,24 @@ def _ground_truth(value: Any) -> Any:
 
 
 def call_verl(fn: Callable, completions: Sequence[str], columns: Mapping[str, Sequence], args: Mapping[str, Any],
-              accepts: Callable[[str], bool], options: StyleOptions, who: str) -> list[Any]:
-    """verl's ``compute_score`` once per sample -> raw per-sample results (floats, dicts or None).
+              accepts: Callable[[str], bool], options: StyleOptions, who: str, batch: bool = False) -> list[Any]:
+    """verl's ``compute_score`` once per sample (or once with lists: ``batch``) -> raw per-sample results (floats,
+    dicts or None).
 
     ``columns`` has the component's mapping applied. ``data_source``: args, else the ``data_source`` column,
     else the dataset's name; ``ground_truth``: the first of GROUND_TRUTH_COLUMNS; ``extra_info``: a dict of the
-    row's other columns, updated with its ``extra_info`` column when that holds a dict. Only the inputs the function
-    ``accepts`` are passed. Raises StyleError (sample_index set) when a sample's call raises.
+    row's other columns, updated with its ``extra_info`` column when that holds a dict. The batch form gets them as
+    lists (``data_sources``, ``ground_truths``, ``extra_infos``; args go as they are). Only the inputs the function
+    ``accepts`` are passed. Raises StyleError (sample_index set) when a sample's call raises, or when a batch call
+    returns something other than a list.
     """
-    n = len(completions)
-    source_col = first_column(columns, ("data_source",))
-    truth_col = first_column(columns, GROUND_TRUTH_COLUMNS)
-    used = {source_col, truth_col, "extra_info", *options.columns.values()}
+    rows = _verl_rows(len(completions), columns, options)
+    if batch:
+        return _call_verl_batch(fn, completions, rows, args, accepts, who)
     results: list[Any] = []
-    for i in range(n):
+    for i, row in enumerate(rows):
         kwargs: dict[str, Any] = {"solution_str": completions[i]}
-        if accepts("data_source") and "data_source" not in args:
-            kwargs["data_source"] = columns[source_col][i] if source_col else options.dataset_name
-        if accepts("ground_truth") and "ground_truth" not in args:
-            kwargs["ground_truth"] = _ground_truth(columns[truth_col][i]) if truth_col else None
-        if accepts("extra_info"):
-            info = {k: v[i] for k, v in columns.items() if k not in used}
-            row_info = columns["extra_info"][i] if "extra_info" in columns else None
-            if isinstance(row_info, Mapping):
-                info.update(row_info)
-            kwargs["extra_info"] = info
+        kwargs.update({k: v for k, v in row.items() if accepts(k) and k not in args})
         kwargs.update(args)
         try:
             results.append(fn(**kwargs))
@@ -307,6 +365,39 @@ def call_verl(fn: Callable, completions: Sequence[str], columns: Mapping[str, Se
         if isinstance(r, BaseException):  # an async sample that raised
             raise _sample_raised(who, i, r) from r
     return results
+
+
+def _verl_rows(n: int, columns: Mapping[str, Sequence], options: StyleOptions) -> list[dict[str, Any]]:
+    """Per sample, verl's data_source, ground_truth and extra_info (see call_verl)."""
+    source_col = first_column(columns, ("data_source",))
+    truth_col = first_column(columns, GROUND_TRUTH_COLUMNS)
+    used = {source_col, truth_col, "extra_info", *options.columns.values()}
+    rows = []
+    for i in range(n):
+        info = {k: v[i] for k, v in columns.items() if k not in used}
+        row_info = columns["extra_info"][i] if "extra_info" in columns else None
+        if isinstance(row_info, Mapping):
+            info.update(row_info)
+        rows.append({"data_source": columns[source_col][i] if source_col else options.dataset_name,
+                     "ground_truth": _ground_truth(columns[truth_col][i]) if truth_col else None,
+                     "extra_info": info})
+    return rows
+
+
+def _call_verl_batch(fn: Callable, completions: Sequence[str], rows: list[dict[str, Any]], args: Mapping[str, Any],
+                     accepts: Callable[[str], bool], who: str) -> list[Any]:
+    kwargs: dict[str, Any] = {"solution_strs": list(completions)}
+    for single, plural in zip(VERL_INPUTS, VERL_BATCH_INPUTS):
+        if single != "solution_str" and accepts(plural) and plural not in args:
+            kwargs[plural] = [row[single] for row in rows]
+    kwargs.update(args)
+    result = settle(fn(**kwargs))
+    if hasattr(result, "tolist") and getattr(result, "ndim", 0) == 1:  # a 1-d array or tensor of scores
+        result = result.tolist()
+    if not isinstance(result, (list, tuple)):
+        raise StyleError(f"{who}: returned {type(result).__name__}; a batch compute_score (solution_strs) returns a "
+                         f"list with one score (a float or a dict) per sample")
+    return list(result)
 
 
 def where(exc: BaseException) -> str:

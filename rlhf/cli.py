@@ -230,12 +230,13 @@ def _one_line(message) -> str:
 def _reward_columns(recipe) -> list[str] | None:
     """The columns a single-turn rollout's batch gives reward plugins (the data's columns but prompt and
     completion, plus the runtime's), read cheaply: synthetic rows, a jsonl file's first rows, a parquet schema.
-    None where that is not known before the run: hub datasets, agent rollouts, data that cannot be read here (the
-    run's data loading reports why)."""
+    None where that is not known before the run: hub datasets, agent rollouts (an environment adds columns of its
+    own: rollout.agent.env, which the recipe sets exactly when rollout.kind is agent), data that cannot be read here
+    (the run's data loading reports why)."""
     from rlhf.scoring.group import RUNTIME_COLUMNS
 
     d = recipe.data
-    if recipe.rollout.kind != "single_turn" or d.source == "hf":
+    if recipe.rollout.agent.env is not None or d.source == "hf":
         return None
     try:
         found = _data_columns(d, recipe.run.seed)

@@ -373,7 +373,7 @@ def explain(query: str | None, out: Any = None, err: Any = None) -> int:
               file=out)
         print(_listing([e for e in entries() if len(e.parts) == 1]), file=out)
         return 0
-    named, under = lookup(query)
+    named, under = lookup(query) if _split(query) else ([], [])  # dots only ('.', '..'): no key
     if not named and not under:
         print(f"error: unknown recipe key '{query}'{_suggest(query)}", file=err)
         return 2

@@ -192,8 +192,9 @@ class RewardComponentConfig(Strict):
     clip_threshold: float = Field(0.0, description="process components: eta of the clip transform")
     outcome: Literal["min", "mean", "last", "sum", "product"] = Field(
         "min", description="process components: the outcome value (reward/NAME/mean, eval) from the step scores")
-    style: Literal["auto", "native", "trl", "verl", "openrlhf"] = Field(
-        "auto", description="the plugin's calling convention (rewards/styles.py); auto: from its signature")
+    style: Literal["auto", "native", "trl", "trl_conversational", "verl", "openrlhf"] = Field(
+        "auto", description="the plugin's calling convention (rewards/styles.py); auto: from its signature; "
+        "trl_conversational: TRL's with each prompt and completion as a list of one chat message")
     columns: dict[str, str] = Field(default_factory=dict, description="{name the plugin gets: dataset column}")
     output_key: Optional[str] = Field(None, min_length=1, description="verl/openrlhf dicts: the key of the values")
     _dataset_name: Optional[str] = PrivateAttr(None)  # set by Recipe: a verl plugin's default data_source

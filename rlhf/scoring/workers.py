@@ -64,10 +64,10 @@ class WorkerSpec:
 
     @staticmethod
     def of(component: Any, plugin: PluginInfo) -> "WorkerSpec":
+        """The spec of a recipe's reward component (RewardComponentConfig) and its resolved plugin."""
         kind = component_kind(component, plugin)
-        return WorkerSpec(component.name, component.plugin, kind, dict(component.args or {}),
-                          getattr(component, "style", "auto"), dict(getattr(component, "columns", None) or {}),
-                          getattr(component, "output_key", None), getattr(component, "dataset_name", None))
+        return WorkerSpec(component.name, component.plugin, kind, dict(component.args), component.style,
+                          dict(component.columns), component.output_key, component.dataset_name)
 
 
 class RewardWorker:

@@ -1,5 +1,6 @@
 """Reward functions written for TRL, verl and OpenRLHF, unchanged, in one real (tiny) GRPO run: one component per
-style, each component's reward metric and the scalars each function logs land in metrics.jsonl.
+style (TRL's own think_format_reward in its conversational format, verl's batch form and OpenRLHF's older form
+too), each component's reward metric and the scalars each function logs land in metrics.jsonl.
 
 One run for the three styles (~1-2 min on 2 cores: extended, RLHF_SLOW_TESTS=1 runs it); each style's detection
 and adapter, and the reward group's reward_extra metrics, are unit-tested in tests/unit/test_reward_styles.py.
@@ -48,6 +49,9 @@ def test_trl_verl_and_openrlhf_functions_train_unchanged(plugins_by_value, tmp_p
             {"name": "verl", "plugin": f"{MOD}:verl_compute_score"},             # auto-detected: verl
             {"name": "verl_acc", "plugin": f"{MOD}:verl_compute_score", "style": "verl", "output_key": "acc"},
             {"name": "openrlhf", "plugin": f"{MOD}:reward_func", "columns": {"labels": "answer"}},
+            {"name": "trl_chat", "plugin": "trl.rewards:think_format_reward"},   # trl_conversational
+            {"name": "verl_batch", "plugin": f"{MOD}:verl_batch_compute_score"},  # verl, one call per batch
+            {"name": "openrlhf_old", "plugin": f"{MOD}:reward_func_unlabelled"},  # (queries, prompts)
         ],
         "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 3},
         "objective": {"kind": "grpo"},
@@ -60,7 +64,7 @@ def test_trl_verl_and_openrlhf_functions_train_unchanged(plugins_by_value, tmp_p
     rl = [r for r in records if r["phase"] == "rl"]
     assert summary["steps"] == 2 and [r["step"] for r in rl] == [1, 2]
     last = rl[-1]
-    for name in ("trl", "verl", "verl_acc", "openrlhf"):
+    for name in ("trl", "verl", "verl_acc", "openrlhf", "trl_chat", "verl_batch", "openrlhf_old"):
         assert f"reward/{name}/mean" in last, name
         assert last[f"reward/{name}/failures"] == 0, name
     assert 0.0 <= last["reward/verl_acc/mean"] <= 1.0  # the dict's 'acc' key, as a component
@@ -69,3 +73,5 @@ def test_trl_verl_and_openrlhf_functions_train_unchanged(plugins_by_value, tmp_p
     assert last["reward_extra/verl/source_seen"] == 1.0  # data_source: the dataset's name (no such column)
     assert "reward_extra/verl_acc/score" in last
     assert "reward_extra/openrlhf/hit_rate" in last and "reward_extra/openrlhf/scores" in last
+    assert 0.0 <= last["reward/trl_chat/mean"] <= 1.0  # TRL's think_format_reward, run as shipped
+    assert "reward_extra/verl_batch/acc" in last

@@ -77,6 +77,13 @@ def test_explain_unknown_key_suggests(capsys):
     assert "unknown recipe key 'rollout.max_new_token'" in err and "did you mean 'rollout.max_new_tokens'" in err
 
 
+@pytest.mark.parametrize("query", [".", "..", " . "])
+def test_explain_a_query_of_dots_is_an_unknown_key(capsys, query):
+    assert main(["explain", query]) == 2
+    out = capsys.readouterr()
+    assert f"error: unknown recipe key '{query}'" in out.err and "Traceback" not in out.err + out.out
+
+
 def test_explain_is_listed_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -7,6 +7,7 @@ import importlib.metadata
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,12 +19,14 @@ if str(ROOT) not in sys.path:  # 'tests.plugins_for_tests' is imported by refere
 
 from rewards import api  # noqa: E402
 from rewards.api import (  # noqa: E402
+    ComponentRecord,
     PluginInfo,
     RewardPluginError,
     build_scorer,
     check_component,
     check_outputs,
     component_kind,
+    component_record,
     list_plugins,
     register_plugin,
     resolve_plugin,
@@ -128,6 +131,55 @@ def test_entry_point_load_failure_names_it(monkeypatch):
         resolve_plugin("ep_broken")
     msg = str(err.value)
     assert "'ep_broken'" in msg and "no_such_pkg_xyz:fn" in msg and "ModuleNotFoundError" in msg
+
+
+def test_a_module_that_exits_on_import_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "exits_on_import.py").write_text('import sys\nsys.exit("run me as a script")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RewardPluginError) as err:
+        resolve_plugin("exits_on_import:reward")
+    msg = str(err.value)
+    assert "cannot import module 'exits_on_import': importing it called sys.exit('run me as a script')" in msg
+    assert "exits_on_import.py:2" in msg and "must not exit when imported" in msg and "\n" not in msg
+    ep = importlib.metadata.EntryPoint(name="ep_exits", value="exits_on_import:reward", group="rlhf.rewards")
+    monkeypatch.setattr(importlib.metadata, "entry_points", _fake_entry_points(ep))
+    sys.modules.pop("exits_on_import", None)
+    with pytest.raises(RewardPluginError, match="'ep_exits' .* failed to load: called sys.exit\\('run me"):
+        resolve_plugin("ep_exits")
+
+
+class _BuiltinConstructor:
+    """A scorer class whose constructor has no readable signature."""
+
+    __init__ = dict.__init__
+
+    def __call__(self, prompts, completions):
+        return [0.0] * len(prompts)
+
+
+def test_a_constructor_without_a_readable_signature_is_one_line():
+    register_plugin("testplug_builtin_init", "reward", _BuiltinConstructor)
+    with pytest.raises(RewardPluginError) as err:
+        check_component(comp("testplug_builtin_init", name="rm"))
+    msg = str(err.value)
+    assert msg.startswith("reward component 'rm' (plugin 'testplug_builtin_init'): cannot read its constructor's")
+    assert "Give the class an __init__ written in Python" in msg and err.value.component == "rm"
+
+
+def test_a_partial_component_is_completed_in_one_place():
+    """Duck-typed callers (tests, scripts) pass any object with a name and a plugin: component_record gives the
+    rest the recipe's defaults."""
+    partial = SimpleNamespace(name="len", plugin="testplug_length", kind=None, args=None)
+    record = component_record(partial)
+    assert record == ComponentRecord(name="len", plugin="testplug_length")
+    assert (record.style, record.columns, record.output_key, record.transform) == ("auto", {}, None, "none")
+    assert component_record(record) is record
+    assert score(partial) == [1.0, 2.0, 3.0, 4.0]
+    assert check_component(SimpleNamespace(name="len", plugin="testplug_length")).name == "testplug_length"
+    full = component_record(comp("testplug_length", style="native", columns={"a": "b"}))
+    assert (full.style, full.columns) == ("native", {"a": "b"})
+    with pytest.raises(RewardPluginError, match="needs a name and a plugin; SimpleNamespace .* has no 'plugin'"):
+        build_scorer(SimpleNamespace(name="x"))
 
 
 def test_list_plugins_has_builtins_with_docs():

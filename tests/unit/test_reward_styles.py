@@ -1,5 +1,6 @@
 """Reward functions written for TRL, verl and OpenRLHF run unchanged: style detection, each adapter's inputs and
-outputs, what they log (``reward_extra/COMPONENT/KEY``), and the errors that name what to change.
+outputs, what they log (``reward_extra/COMPONENT/KEY``), and the errors that name what to change. TRL's own
+reward functions (``trl.rewards``, the installed TRL) run in its conversational format.
 
 Run: pytest tests/unit/test_reward_styles.py -q
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 import inspect
 import math
 import sys
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ if str(ROOT) not in sys.path:  # 'tests.fixtures.foreign_rewards' is referenced 
     sys.path.insert(0, str(ROOT))
 
 from rewards.api import RewardPluginError, build_scorer, check_component, register_plugin  # noqa: E402
-from rewards.styles import detect_style, resolve_style  # noqa: E402
+from rewards.styles import STYLE_CHOICES, detect_style, is_message_lists, resolve_style  # noqa: E402
 from rlhf.config.load import validate_dict  # noqa: E402
 from rlhf.config.schema import RewardComponentConfig  # noqa: E402
 from tests.fixtures import foreign_rewards as fr  # noqa: E402
@@ -59,8 +62,11 @@ def params(fn):
     (fr.trl_length, "native"),               # (prompts, completions, **kwargs): both fit, run natively
     (fr.verl_compute_score, "verl"),
     (fr.verl_gsm8k_like, "verl"),            # solution_str without data_source
+    (fr.verl_batch_compute_score, "verl"),   # the batch form (solution_strs), not native
     (fr.reward_func, "openrlhf"),
     (fr.reward_func_tensor, "openrlhf"),
+    (fr.reward_func_unlabelled, "openrlhf"),  # OpenRLHF's older (queries, prompts)
+    (fr.trl_chat_length, "trl"),             # conversational, but nothing says so: style: trl_conversational
     (lambda p, c, *, answer: [], "native"),  # any two positional names
     (fr.one_argument, None),
 ])
@@ -71,7 +77,7 @@ def test_detect_style_from_the_signature(fn, style):
 def test_an_explicit_style_must_fit_the_signature():
     assert resolve_style("trl", params(fr.trl_length)) == "trl"
     with pytest.raises(ValueError, match="style openrlhf calls fn\\(queries, prompts, labels\\)"):
-        resolve_style("openrlhf", params(fr.trl_accuracy))
+        resolve_style("openrlhf", params(fr.trl_async))
     with pytest.raises(ValueError, match="style verl .* needs 'solution_str'"):
         resolve_style("verl", params(fr.reward_func))
     with pytest.raises(ValueError, match="Give it one of these shapes"):
@@ -117,6 +123,61 @@ def test_trl_trainer_state_is_not_available():
 
 def test_columns_mapping_renames_a_column_for_any_style():
     assert run(comp("trl_accuracy", columns={"answer": "gold"}), {"gold": ["2", "5", "6"]})[0] == [1.0, 1.0, 0.0]
+
+
+# --------------------------------------------------------------------------- TRL's conversational format
+
+
+@pytest.mark.parametrize("annotation, expected", [
+    (list[list[dict[str, str]]], True),                       # as TRL annotates its own reward functions
+    (typing.List[typing.List[typing.Dict[str, str]]], True),  # noqa: UP006
+    (Sequence[Sequence[Mapping[str, str]]], True),
+    ("list[list[dict[str, str]]]", True),                     # from __future__ import annotations
+    (list[str], False),
+    (inspect.Parameter.empty, False),
+])
+def test_conversational_completions_are_recognised_by_their_annotation(annotation, expected):
+    assert is_message_lists(annotation) is expected
+
+
+def test_trl_shipped_reward_functions_are_detected_as_conversational():
+    from trl.rewards import accuracy_reward, think_format_reward
+
+    assert detect_style(params(think_format_reward)) == "trl_conversational"
+    assert detect_style(params(accuracy_reward)) == "trl_conversational"
+    with pytest.raises(ValueError, match="annotated as TRL's conversational format.*trl_conversational"):
+        resolve_style("trl", params(think_format_reward))  # strings would fail inside it (completion[0]["content"])
+
+
+def test_trl_think_format_reward_runs_unchanged():
+    completions = ["<think>\nthe sum\n</think>\n2", "<think>\nno closing tag, 4", "6"]
+    assert run(comp("trl.rewards:think_format_reward"), completions=completions) == ([1.0, 0.0, 0.0], {})
+
+
+def test_trl_accuracy_reward_runs_unchanged_on_a_mapped_solution_column():
+    completions = [r"The answer is \boxed{\frac{1}{3}}", r"So \boxed{\frac{1}{2}}", "no idea", r"\boxed{7}"]
+    gold = [r"\frac{1}{3}", r"\frac{1}{3}", "$2$", "not a number"]  # the last gold does not parse: None
+    values, extras = run(comp("trl.rewards:accuracy_reward", columns={"solution": "gold"}), {"gold": gold},
+                         prompts=["q"] * 4, completions=completions)
+    assert values[:3] == [1.0, 0.0, 0.0] and math.isnan(values[3])
+    assert extras == {}  # it logs text columns (solution, gold_parsed) through log_extra: not metrics
+
+
+def test_trl_conversational_set_explicitly_passes_messages():
+    seen = {}
+
+    def chat_reward(prompts, completions, **kwargs):
+        seen.update(prompts=prompts, completions=completions)
+        return [float(len(c[0]["content"])) for c in completions]
+
+    register_plugin("teststyle_chat_seen", "reward", chat_reward)
+    values, _ = run(comp("teststyle_chat_seen", style="trl_conversational"))
+    assert values == [1.0, 4.0, 0.0]
+    assert seen["prompts"][0] == [{"role": "user", "content": "1+1="}]
+    assert seen["completions"][1] == [{"role": "assistant", "content": "5 ok"}]
+    assert run(comp("trl_chat_length", style="trl_conversational"))[0] == [1.0, 4.0, 0.0]
+    with pytest.raises(RewardPluginError, match="raised TypeError"):  # detected as trl: strings, not messages
+        run(comp("trl_chat_length"))
 
 
 # --------------------------------------------------------------------------- verl
@@ -208,6 +269,44 @@ def test_verl_async_compute_score_runs_samples_together():
     assert run(comp("teststyle_verl_async"))[0] == [1.0, 0.0, 0.0]
 
 
+def test_verl_batch_form_is_called_once_with_lists():
+    values, extras = run(comp("verl_batch_compute_score"))
+    assert values == [1.0, -1.0, -1.0] and extras == {"acc": pytest.approx(1 / 3)}
+    calls = []
+
+    def compute_score(data_sources, solution_strs, ground_truths, extra_infos, bonus=0.0):
+        calls.append({"data_sources": data_sources, "solution_strs": solution_strs,
+                      "ground_truths": ground_truths, "extra_infos": extra_infos})
+        return [float(s == g) + bonus for s, g in zip(solution_strs, ground_truths)]
+
+    register_plugin("teststyle_verl_batch_seen", "reward", compute_score)
+    rows = {"data_source": ["a", "b"], "reward_model": [{"ground_truth": "2"}, {"ground_truth": "9"}],
+            "extra_info": [{"index": 0}, {"index": 1}]}
+    component = comp("teststyle_verl_batch_seen", args={"bonus": 0.5})
+    assert build_scorer(component)(PROMPTS[:2], ["2", "x"], rows) == [1.5, 0.5]
+    assert calls == [{"data_sources": ["a", "b"], "solution_strs": ["2", "x"], "ground_truths": ["2", "9"],
+                      "extra_infos": [{"index": 0}, {"index": 1}]}]
+
+
+def test_verl_batch_form_output_key_tensor_result_and_errors():
+    values, extras = run(comp("verl_batch_compute_score", output_key="acc"))
+    assert values == [1.0, 0.0, 0.0] and extras == {"score": pytest.approx(-1 / 3)}
+
+    def as_tensor(data_sources, solution_strs, ground_truths, extra_infos):
+        return torch.tensor([float(len(s)) for s in solution_strs])
+
+    def one_dict(data_sources, solution_strs, ground_truths, extra_infos):
+        return {"score": 1.0}
+
+    register_plugin("teststyle_verl_batch_tensor", "reward", as_tensor)
+    register_plugin("teststyle_verl_batch_dict", "reward", one_dict)
+    assert run(comp("teststyle_verl_batch_tensor"))[0] == [1.0, 4.0, 0.0]
+    with pytest.raises(RewardPluginError, match="returned dict; a batch compute_score .* one score"):
+        run(comp("teststyle_verl_batch_dict"))
+    with pytest.raises(RewardPluginError, match="none of the columns .* columns: \\{ground_truth: COLUMN\\}"):
+        build_scorer(comp("verl_batch_compute_score"))(PROMPTS, COMPLETIONS, {"gold": ["2", "4", "6"]})
+
+
 # --------------------------------------------------------------------------- OpenRLHF
 
 
@@ -239,6 +338,19 @@ def test_openrlhf_plain_tensor_and_output_key_from_extra_logs():
     assert values == [5.0, 8.0, 4.0] and "rewards" in extras and "lengths" not in extras
 
 
+def test_openrlhf_older_form_without_labels():
+    seen = []
+
+    def reward_func(queries, prompts):
+        seen.append((queries, prompts))
+        return [0.0] * len(queries)
+
+    register_plugin("teststyle_openrlhf_unlabelled", "reward", reward_func)
+    build_scorer(comp("teststyle_openrlhf_unlabelled"))(PROMPTS, COMPLETIONS, COLUMNS)  # has 'answer': not passed
+    assert seen == [(["1+1=2", "2+2=5 ok", "3+3="], PROMPTS)]
+    assert run(comp("reward_func_unlabelled"))[0] == [-1.0, -4.0, -0.0]
+
+
 # --------------------------------------------------------------------------- recipe options
 
 
@@ -252,6 +364,35 @@ def test_verl_and_openrlhf_args_must_be_parameters():
         check_component(comp("verl_float_score", args={"bonsu": 1.0}))
     with pytest.raises(RewardPluginError, match="does not accept arg 'x'"):
         check_component(comp("reward_func", args={"x": 1}))
+
+
+def test_the_recipe_offers_every_style():
+    assert typing.get_args(RewardComponentConfig.model_fields["style"].annotation) == STYLE_CHOICES
+
+
+def test_a_worker_spec_carries_the_style_options():
+    from rewards.api import resolve_plugin
+    from rlhf.scoring.workers import WorkerSpec
+
+    component = comp("verl_compute_score", style="verl", columns={"ground_truth": "gold"}, output_key="acc")
+    spec = WorkerSpec.of(component, resolve_plugin(component.plugin))
+    assert (spec.style, spec.columns, spec.output_key, spec.kind) == ("verl", {"ground_truth": "gold"}, "acc",
+                                                                      "reward")
+    assert build_scorer(spec)(PROMPTS, COMPLETIONS, {"gold": ["2", "4", "6"]}) == [1.0, 0.0, 0.0]
+
+
+def test_native_kwargs_are_columns_only():
+    """(prompts, completions, **kwargs) runs natively and gets no TRL callables: native plugins (e.g. the built-in
+    remote one) treat every keyword as a data column."""
+    seen = {}
+
+    def every_column(prompts, completions, **columns):
+        seen.update(columns)
+        return [0.0] * len(prompts)
+
+    register_plugin("teststyle_every_column", "reward", every_column)
+    build_scorer(comp("teststyle_every_column"))(PROMPTS, COMPLETIONS, COLUMNS)
+    assert seen == COLUMNS
 
 
 def test_the_reward_group_logs_extras_as_reward_extra_metrics():

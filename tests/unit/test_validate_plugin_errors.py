@@ -51,8 +51,9 @@ def _validate(capsys, path: str) -> tuple[int, list[str]]:
     ("no_such_module_xyz:reward", {}, ["cannot import module 'no_such_module_xyz'", "PYTHONPATH"]),
     (f"{FOREIGN}:trl_acuracy", {}, ["has no attribute 'trl_acuracy'", "Did you mean 'trl_accuracy'?"]),
     (f"{FOREIGN}:one_argument", {}, ["its parameters are (text)", "Give it one of these shapes", "verl ("]),
-    (f"{FOREIGN}:trl_accuracy", {"style": "openrlhf"},
+    (f"{FOREIGN}:trl_async", {"style": "openrlhf"},
      ["style openrlhf calls fn(queries, prompts, labels)", "set the component's style"]),
+    ("trl.rewards:think_format_reward", {"style": "trl"}, ["conversational format", "trl_conversational"]),
     (f"{FOREIGN}:verl_float_score", {"args": {"bonsu": 1.0}}, ["does not accept arg 'bonsu'", "Did you mean 'bonus'?"]),
     (f"{FOREIGN}:trl_accuracy", {"output_key": "acc"}, ["output_key picks a key", "Remove output_key"]),
     (f"{FOREIGN}:trl_needs_state", {}, ["needs TRL's 'trainer_state'", "Give the parameter a default"]),
@@ -81,6 +82,36 @@ def test_a_column_the_jsonl_data_lacks(tmp_path, capsys):
     assert "rewards.0: reward component 'acc'" in lines[0] and "needs the column 'answer'" in lines[0]
     assert "Available columns: ['finished', 'gold', 'num_tokens']" in lines[0]
     assert "rewards.2: reward component 'verl'" in lines[1] and "{ground_truth: COLUMN}" in lines[1]
+
+
+def test_an_exiting_module_and_an_unreadable_constructor_are_one_line_each(tmp_path, capsys, monkeypatch):
+    (tmp_path / "script_rewards.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "c_rewards.py").write_text("class Scorer:\n    __init__ = dict.__init__\n\n"
+                                           "    def __call__(self, prompts, completions):\n"
+                                           "        return [0.0] * len(prompts)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rewards = [{"name": "script", "plugin": "script_rewards:reward"}, {"name": "rm", "plugin": "c_rewards:Scorer"}]
+    code, lines = _validate(capsys, _recipe(tmp_path, rewards))
+    assert code == 2 and len(lines) == 2, lines
+    assert "rewards.0: reward component 'script'" in lines[0] and "called sys.exit(3)" in lines[0]
+    assert "must not exit when imported" in lines[0]
+    assert "rewards.1: reward component 'rm' (plugin 'c_rewards:Scorer')" in lines[1]
+    assert "cannot read its constructor's parameters" in lines[1] and "__init__ written in Python" in lines[1]
+
+
+def test_agent_rollouts_leave_the_columns_to_the_run(tmp_path, capsys):
+    """An agent episode's environment adds columns of its own (env_rewards): the data's columns are not all a plugin
+    gets, so validate checks columns of single-turn rollouts only."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "1+1=", "gold": "2"}) + "\n")
+    rewards = [{"name": "env", "plugin": "env_reward"}]  # reads the env_rewards column
+    path = _recipe(tmp_path, rewards, {"source": "jsonl", "train_path": str(data)})
+    code, lines = _validate(capsys, path)
+    assert code == 2 and len(lines) == 1 and "needs the column 'env_rewards'" in lines[0], lines
+    body = yaml.safe_load(Path(path).read_text())
+    body["rollout"].update(kind="agent", agent={"env": "calculator", "max_tokens": 64})  # fits the tiny context
+    Path(path).write_text(yaml.safe_dump(body))
+    assert _validate(capsys, path) == (0, [])
 
 
 def test_several_problems_each_get_a_line_in_recipe_order(tmp_path, capsys):
