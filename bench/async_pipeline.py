@@ -1,5 +1,5 @@
 """Asynchronous off-policy training on CPU: samples/s async / sync, where each actor group's time goes, and whether
-learning suffers. The demo recipe (recipes/grpo_tiny_cpu.yaml), 2 cores.
+learning suffers. The demo recipe (recipes/grpo_tiny_cpu.yaml) on the bench task (bench/common.py BENCH_TASK), 2 cores.
 
     python -m bench.async_pipeline                 # ~50 min on 2 cores: throughput (hf, vllm) + learning, 3 seeds
     python -m bench.async_pipeline --quick         # ~4 min: a few steps per run, smoke test
