@@ -401,11 +401,13 @@ def _call_verl_batch(fn: Callable, completions: Sequence[str], rows: list[dict[s
 
 
 def where(exc: BaseException) -> str:
-    """' (at file:line in function)' for the innermost frame of exc's traceback, or ''."""
+    """' (at file:line in function)' for the innermost frame of exc's traceback that is not a library's (a
+    wrapper installed over e.g. sys.exit by another package must not hide the user's line), or ''."""
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return ""
-    last = frames[-1]
+    ours = [f for f in frames if "site-packages" not in f.filename and not f.filename.startswith("<frozen")]
+    last = (ours or frames)[-1]
     return f" (at {last.filename}:{last.lineno} in {last.name})"
 
 
