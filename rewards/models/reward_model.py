@@ -74,12 +74,8 @@ class RewardModelScorer:
         with _LOCK:
             if self.key not in _MODELS:
                 tokenizer = load_tokenizer(self.model_path, trust_remote_code=self.trust_remote_code)
-                from transformers import AutoConfig
-
-                heads = head_names(AutoConfig.from_pretrained(self.model_path,
-                                                              trust_remote_code=self.trust_remote_code))
-                model = load_reward_model(self.model_path, heads, self.dtype, self.trust_remote_code,
-                                          tokenizer.pad_token_id)
+                model = load_reward_model(self.model_path, None, self.dtype, self.trust_remote_code,
+                                          tokenizer.pad_token_id)  # None: the saved model's own heads
                 _MODELS[self.key] = (model.eval().requires_grad_(False), tokenizer)
             model, _ = _MODELS[self.key]
         heads = head_names(model.config)

@@ -33,10 +33,10 @@ def is_reward_model(path: str, trust_remote_code: bool = False) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
-def load_reward_model(path: str, heads: Sequence[str], dtype: str = "float32", trust_remote_code: bool = False,
+def load_reward_model(path: str, heads: Sequence[str] | None, dtype: str = "float32", trust_remote_code: bool = False,
                       pad_token_id: int | None = None) -> PreTrainedModel:
-    """A sequence-classification model with one output per head: a saved RM (its heads must match) or a causal
-    LM's backbone with fresh heads."""
+    """A sequence-classification model with one output per head: a saved RM (its heads must match; heads None:
+    whatever heads it has) or a causal LM's backbone with fresh heads."""
     if dtype not in DTYPES:
         raise ValueError(f"load_reward_model: dtype {dtype!r} is not one of {sorted(DTYPES)}")
     resolved = _check_path(path, "load_reward_model")
@@ -44,9 +44,11 @@ def load_reward_model(path: str, heads: Sequence[str], dtype: str = "float32", t
             os.path.join(resolved, "model.safetensors")):
         raise ModelLoadError(f"load_reward_model: {_where(path)} is a LoRA adapter (a model.lora checkpoint), not a "
                              "whole model: merge it with `rlhf export CHECKPOINT --out DIR` and point at DIR")
-    heads = tuple(heads)
     try:
         saved = is_reward_model(resolved, trust_remote_code)
+        if heads is None and not saved:
+            raise ValueError("it is not a saved reward model, so its heads must be named")
+        heads = tuple(heads) if heads is not None else ()
         kwargs: dict[str, Any] = {} if saved else dict(
             num_labels=len(heads), id2label=dict(enumerate(heads)), label2id={h: i for i, h in enumerate(heads)})
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -54,7 +56,7 @@ def load_reward_model(path: str, heads: Sequence[str], dtype: str = "float32", t
     except Exception as e:  # noqa: BLE001 - re-raised with the path
         raise ModelLoadError(f"load_reward_model: cannot load a sequence-classification model from {_where(path)}: "
                              f"{e}") from e
-    if saved and head_names(model.config) != heads:
+    if saved and heads and head_names(model.config) != heads:
         raise ModelLoadError(f"load_reward_model: {_where(path)} has heads {list(head_names(model.config))}, the "
                              f"recipe asks for {list(heads)} (objective.heads)")
     if pad_token_id is not None:
