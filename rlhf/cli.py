@@ -2,6 +2,7 @@
 
     rlhf train RECIPE [key.path=value ...] [--resume | --overwrite]
     rlhf validate RECIPE [key.path=value ...]
+    rlhf plan RECIPE [key.path=value ...] [--nodes N] [--gpus-per-node G] [--gpu-memory GIB]
     rlhf explain [KEY | SECTION]
     rlhf launch local|ray|slurm|k8s RECIPE [key.path=value ...] [--dry-run] [target flags]
     rlhf rewards list
@@ -15,6 +16,8 @@
 the `remote` reward plugin; it exits 0 after a graceful shutdown on SIGTERM or SIGINT.
 `launch` validates RECIPE like `validate`, then runs it here (`local`) or submits it to a Ray cluster (`ray`), Slurm
 (`slurm`: sbatch) or Kubernetes (`k8s`: a KubeRay RayJob); `--dry-run` prints what would be submitted (launch/).
+`plan` prints the recipe's memory per GPU (training ranks, critic, engines) and whether it fits; exit 1 when it
+does not, naming the first key to change (rlhf/plan/).
 `export` writes a checkpoint as a standalone HF model directory, merging a LoRA adapter into its base (rlhf/export.py).
 """
 
@@ -57,6 +60,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("recipe")
     v.add_argument("overrides", nargs="*", metavar="key.path=value")
+
+    pn = sub.add_parser(
+        "plan",
+        help="will a recipe fit on its GPUs: memory per GPU and the first key to change if it does not",
+        description="Validate RECIPE (as `rlhf validate` does), read its model's architecture (model.tiny, a local "
+        "config.json, or a built-in table of well-known hub models: nothing is downloaded) and print the memory of "
+        "a training GPU, a critic GPU and an engine GPU (or the shared GPU when colocated): parameters, gradients, "
+        "optimizer state, activations, reference, vLLM weights and KV cache. Exit 0 when it fits, 1 when it does not "
+        "(the verdict names the first key to change), 2 on a recipe error.")
+    pn.add_argument("recipe")
+    pn.add_argument("overrides", nargs="*", metavar="key.path=value")
+    pn.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    pn.add_argument("--gpus-per-node", type=int, default=None,
+                    help="GPUs per node (default: as many as the recipe needs: training ranks + critic ranks + "
+                    "engines x tensor_parallel_size when split)")
+    pn.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB", help="memory per GPU in GiB (default 80)")
 
     la = sub.add_parser(
         "launch",
@@ -143,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # overrides may also follow the flags: `rlhf train R --resume run.steps=200`
     late = [e for e in extra if "=" in e and not e.startswith("-")]
-    if extra != late or (late and args.command not in ("train", "validate", "serve-rewards", "sweep", "launch")):
+    takes_overrides = ("train", "validate", "plan", "serve-rewards", "sweep", "launch")
+    if extra != late or (late and args.command not in takes_overrides):
         parser.error(f"unrecognized arguments: {' '.join(e for e in extra if e not in late) or ' '.join(late)}")
     if late:
         args.overrides = [*args.overrides, *late]
@@ -152,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "validate":
         return _validate(args)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "rewards":
         return _rewards_list()
     if args.command == "explain":
@@ -196,7 +218,27 @@ def _validate(args) -> int:
     if recipe is None:
         return 2
     print(recipe_to_yaml(recipe), end="")
+    from rlhf.plan import plan_warnings
+
+    for line in plan_warnings(recipe):  # a GPU recipe that does not fit: figures on stderr, still valid
+        print(f"warning: {line}", file=sys.stderr)
     return 0
+
+
+def _plan(args) -> int:
+    """Memory per GPU of a validated recipe (rlhf/plan/): exit 0 fits, 1 does not fit, 2 recipe error."""
+    from rlhf.plan import PlanError, plan_recipe, render
+
+    recipe = _load(args)
+    if recipe is None:
+        return 2
+    try:
+        plan = plan_recipe(recipe, args.nodes, args.gpus_per_node, args.gpu_memory)
+    except PlanError as e:
+        print(f"error: {args.recipe}: {e}", file=sys.stderr)
+        return 2
+    print(render(plan, f"rlhf plan {args.recipe}" + "".join(f" {o}" for o in args.overrides)))
+    return 0 if plan.fits else 1
 
 
 def _check_plugins(recipe, source: str) -> list[str]:

@@ -252,6 +252,9 @@ class RolloutConfig(Strict):
                              "ignored (stop strings still apply), so every step does equal work (benchmarks); "
                              "evaluation still stops at EOS")
     batch_size: int = Field(64, ge=1, description="sequences per generate() call inside an engine")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the engines' weights and compute (the weight sync sends this dtype); auto: "
+        "train.precision's dtype (bf16 -> bfloat16, fp16 -> float16), else model.dtype")
 
     @property
     def completion_tokens(self) -> int:
@@ -304,6 +307,14 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient's global norm to this; 0 = no clipping")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward on one rank")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="compute precision of the training ranks' forward and backward passes: bf16 / fp16 "
+        "run them under autocast while the weights (model.dtype) and the optimizer state stay as they are "
+        "(float32 master weights); bf16 is fast on a CPU with AVX512-BF16 or AMX (emulated, and slow, on "
+        "others) and on GPUs with bf16")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass instead of keeping "
+        "them (policy and critic): less activation memory for about one more forward pass")
     num_threads: Optional[int] = Field(
         None, ge=1, description="torch intra-op threads per training rank; default cores / num_ranks (fastest on a "
         "quiet machine; under outside load on few cores, 1 can be faster: bench/README.md)"
@@ -380,6 +391,28 @@ class Recipe(Strict):
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @property
+    def engine_dtype(self) -> str:
+        """The engines' dtype: rollout.dtype; auto: the training precision's dtype (bf16 -> bfloat16, fp16 ->
+        float16), else model.dtype."""
+        if self.rollout.dtype != "auto":
+            return self.rollout.dtype
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(self.train.precision, self.model.dtype)
+
+    @model_validator(mode="after")
+    def _precision_checks(self) -> "Recipe":
+        """train.precision against the weights' dtype and the backend."""
+        t = self.train
+        if t.precision != "fp32" and self.model.dtype != "float32":
+            raise ValueError(f"train.precision: {t.precision} is autocast over float32 weights, but model.dtype is "
+                             f"{self.model.dtype} (the weights already compute in it); set train.precision: fp32, "
+                             "or model.dtype: float32 for float32 master weights")
+        if t.precision == "fp16" and t.backend == "deepspeed":
+            raise ValueError("train.precision: fp16 needs loss scaling, which the torch backend does; with "
+                             "train.backend: deepspeed use model.dtype: float16 (DeepSpeed's fp16 mode, with its "
+                             "own loss scaling and float32 master weights) or train.precision: bf16")
+        return self
 
     @model_validator(mode="after")
     def _placement_checks(self) -> "Recipe":

@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
-from rlhf.transport.placement import cpu_split, has_gpus
+from rlhf.transport.placement import cpu_split, group_memory, has_gpus
 from rlhf.transport.weights import WeightPayload
 from rlhf.types import RolloutBatch, SamplingSettings
 
@@ -89,6 +89,12 @@ class RolloutActor:
     def fingerprint(self) -> str:
         return self.engine.fingerprint()
 
+    def memory(self) -> dict[str, float]:
+        """This engine's peak memory so far, GiB (its process tree: vLLM's engine core included)."""
+        from rlhf.transport.placement import peak_memory
+
+        return peak_memory()
+
     def info(self) -> dict[str, Any]:
         return self.engine.info()
 
@@ -107,7 +113,7 @@ class RolloutGroup:
             if r.vllm.sleep and not has_gpus():
                 raise ValueError("rollout.vllm.sleep: vLLM has no sleep mode on CPU; set it to false")
         kwargs = dict(
-            dtype=recipe.model.dtype,
+            dtype=recipe.engine_dtype,
             trust_remote_code=recipe.model.trust_remote_code,
             chat_template=recipe.data.chat_template,
             max_prompt_tokens=recipe.data.max_prompt_tokens,
@@ -257,6 +263,19 @@ class RolloutGroup:
 
     def fingerprints(self) -> list[str]:
         return self._get([a.fingerprint.remote() for a in self.actors])
+
+    def memory(self) -> dict[str, float]:
+        """memory/peak_{rss,gpu}_gb/engines: the largest peak over the engines (each engine's process tree). An
+        engine that died since its last call is left out: the next generate restarts it (and says so)."""
+        import ray
+
+        peaks = []
+        for ref in [a.memory.remote() for a in self.actors]:
+            try:
+                peaks.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                continue
+        return group_memory("engines", peaks)
 
     def shutdown(self) -> None:
         import ray

@@ -61,6 +61,7 @@ class RLStage:
         metrics = dict(c.metrics)
         if self._sync_gate is None:
             metrics.update(self.weighting.observe(c.rewards))  # constraints' multipliers, hypervolume-guided weights
+        metrics.update(self.engines.memory())  # memory/peak_*_gb/engines (the engines are idle here)
         timings = {"time/generate": c.t_generate, "time/score": c.t_score}
         if self.progress is not None:  # MRT: dense bonus from success estimates at every step end
             t0 = time.perf_counter()

@@ -59,6 +59,8 @@ class WeightExport:
         for bucket in buckets:
             if self.rank != 0:
                 continue
+            if payload.adapter is None:  # full weights: in the engines' dtype (an adapter keeps float32)
+                bucket = self._in_sync_dtype(bucket)
             if transport == "broadcast":
                 if group is not None:
                     try:
@@ -115,6 +117,7 @@ class WeightExport:
         call(engine.begin_update, version)
         for bucket in self.backend.full_parameter_buckets(self.settings.bucket_bytes, every_rank=True,
                                                           on_device=True):
+            bucket = self._in_sync_dtype(bucket)
             if error is None:
                 try:
                     meta, handle, flat, nbytes = bucket_message(bucket)
@@ -131,6 +134,12 @@ class WeightExport:
         report = call(engine.finish_update)
         payload.fingerprint = combine_digests(digests)
         return (payload if self.rank == 0 else None), report, error, died
+
+    def _in_sync_dtype(self, bucket: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+        """The bucket's tensors cast to the engines' dtype (rollout.dtype): half the bytes to send for bf16
+        engines, and the fingerprint is of exactly what the engines then hold."""
+        dtype = getattr(torch, self.settings.sync_dtype)
+        return [(n, t if t.dtype == dtype else t.to(dtype)) for n, t in bucket]
 
     def open_sync_group(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
         """Rank 0 joins the weight-sync group as its sender (blocks until every engine worker has joined)."""

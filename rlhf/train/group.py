@@ -11,6 +11,7 @@ import math
 from typing import Any, Callable, TypeVar
 
 from rlhf.config.schema import Recipe
+from rlhf.transport.placement import group_memory
 from rlhf.types import ExperienceBatch, SFTBatch
 
 T = TypeVar("T")
@@ -200,6 +201,11 @@ class TrainGroup:
     def param_digests(self) -> list[str]:
         return self._all(lambda w: w.param_digest.remote())
 
+    def memory(self) -> dict[str, float]:
+        """memory/peak_{rss,gpu}_gb/GROUP: the largest peak over the ranks (GROUP: trainers, or the role)."""
+        group = "trainers" if self.role == "policy" else self.role
+        return group_memory(group, self._all(lambda w: w.memory.remote()))
+
     def shutdown(self) -> None:
         import ray
 
@@ -209,11 +215,11 @@ class TrainGroup:
 
 
 def _mean_metrics(results: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over the ranks (max for time/*); a rank's NaN means "nothing measured here" (e.g. a reward-model head
+    """Mean over the ranks (max for time/* and memory/*); a rank's NaN means "nothing measured here" (e.g. a reward-model head
     without labels in its shard) and is left out; NaN only when every rank says so."""
     keys = set().union(*results)
     out = {}
     for k in keys:
         vals = [r[k] for r in results if k in r and not (isinstance(r[k], float) and math.isnan(r[k]))]
-        out[k] = float("nan") if not vals else max(vals) if k.startswith("time/") else sum(vals) / len(vals)
+        out[k] = float("nan") if not vals else max(vals) if k.startswith(("time/", "memory/")) else sum(vals) / len(vals)
     return out

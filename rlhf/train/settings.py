@@ -29,6 +29,7 @@ class ExportSettings:
     bucket_bytes: int  # weight-sync bucket size
     dtype: str  # saved models are written in the model's dtype
     adapter_only: bool = False  # model.lora with engines that load adapters: sync only the adapter
+    sync_dtype: str = "float32"  # full weights are sent to the engines in their dtype (recipe.engine_dtype)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
     )
     export = ExportSettings(
         bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,
-        adapter_only=recipe.rollout.engine in lora.ENGINES_WITH_ADAPTERS,
+        adapter_only=recipe.rollout.engine in lora.ENGINES_WITH_ADAPTERS, sync_dtype=recipe.engine_dtype,
     )
     return WorkerSettings(role=role, model=recipe.model, train=recipe.train, seed=recipe.run.seed,
                           objective=objective, steps=steps, export=export)

@@ -1,4 +1,5 @@
-"""Plain-torch training backend: one rank, AdamW, gradient clipping and accumulation. For debugging and tests."""
+"""Plain-torch training backend: one rank, AdamW, gradient clipping and accumulation (and fp16 loss scaling under
+``train.precision: fp16``). For debugging, tests and one-process runs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class TorchBackend:
         betas: tuple[float, float],
         weight_decay: float,
         grad_clip: float,
+        precision: str = "fp32",
         **_: object,
     ) -> None:
         self.module = model
@@ -28,6 +30,10 @@ class TorchBackend:
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay
         )
+        device = next(model.parameters()).device
+        # fp16 autocast (train.precision): dynamic loss scaling against gradient underflow; a step whose gradients
+        # overflowed is skipped and the scale halved (grad_norm is then inf)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self._gas, self._micro = 1, 0
 
     def configure_batch(self, per_rank_batch: int, micro_batch_size: int) -> int:
@@ -36,7 +42,8 @@ class TorchBackend:
         return m
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self._gas).backward()
+        loss = loss / self._gas
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def step(self) -> float | None:
         self._micro += 1
@@ -44,8 +51,14 @@ class TorchBackend:
             return None
         params = [p for p in self.module.parameters() if p.grad is not None]
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients hold inf/NaN
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
@@ -63,8 +76,13 @@ class TorchBackend:
     def save_checkpoint(self, path: str, exclude_frozen: bool = False) -> None:
         """The optimizer state (the weights themselves are saved by the worker; exclude_frozen changes nothing)."""
         os.makedirs(path, exist_ok=True)
-        torch.save({"optimizer": self.optimizer.state_dict()}, os.path.join(path, "torch_optimizer.pt"))
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        torch.save(state, os.path.join(path, "torch_optimizer.pt"))
 
     def load_checkpoint(self, path: str, strict: bool = True) -> None:
         state = torch.load(os.path.join(path, "torch_optimizer.pt"), weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rlhf.train import steps
+from rlhf.train import precision, steps
 from rlhf.train.export import WeightExport
 from rlhf.train.settings import WorkerSettings
 from rlhf.types import ExperienceBatch
@@ -81,6 +81,9 @@ class TrainWorker:
         else:
             self.hf_model = self._load(model_dir, score_heads, tokenizer)
         steps.disable_dropout(self.hf_model)  # ratios and KL must not carry dropout noise (as TRL/OpenRLHF do)
+        precision.check_precision(t.precision, self.device)
+        if t.gradient_checkpointing:  # before the LoRA wrap: transformers' own switch on the HF model
+            precision.enable_checkpointing(self.hf_model)
         if lora_cfg is not None:  # after disable_dropout: model.lora.dropout is the adapter's own choice
             from rlhf.models import lora
 
@@ -89,6 +92,7 @@ class TrainWorker:
                 lora.load_adapter_dir(self.hf_model, model_dir)
         self.hf_model.train()
         self.hf_model.config.use_cache = False
+        precision.autocast_forward(self.hf_model, t.precision, self.device)  # before DeepSpeed wraps the module
         kwargs = dict(lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay, grad_clip=t.grad_clip)
         if t.backend == "deepspeed":
             from rlhf.train.deepspeed import DeepSpeedBackend
@@ -97,10 +101,11 @@ class TrainWorker:
         else:
             from rlhf.train.torch import TorchBackend
 
-            self.backend = TorchBackend(self.hf_model, **kwargs)
+            self.backend = TorchBackend(self.hf_model, precision=t.precision, **kwargs)
         self.export.attach(self.backend, self.hf_model, tokenizer, lora_base_dir)
-        n = sum(p.numel() for p in self.hf_model.parameters())
-        trainable = sum(p.numel() for p in self.hf_model.parameters() if p.requires_grad)
+        numel = lambda p: getattr(p, "ds_numel", None) or p.numel()  # noqa: E731 - ZeRO-3: the full size
+        n = sum(numel(p) for p in self.hf_model.parameters())
+        trainable = sum(numel(p) for p in self.hf_model.parameters() if p.requires_grad)
         return {"rank": self.rank, "params": n, "trainable_params": trainable, "threads": torch.get_num_threads()}
 
     def _load(self, model_dir: str, score_heads: tuple[str, ...], tokenizer: Any) -> Any:
@@ -133,6 +138,7 @@ class TrainWorker:
         m = self.settings.model
         self.reference = load_causal_lm(model_dir, m.dtype, m.trust_remote_code)
         self.reference.eval().requires_grad_(False).to(self.device)
+        precision.autocast_forward(self.reference, self.settings.train.precision, self.device)
 
     def drop_reference(self) -> None:
         """Free the reference model (preference objectives cache its logps once)."""
@@ -146,21 +152,21 @@ class TrainWorker:
 
     def train_rl(self, exp: ExperienceBatch) -> dict[str, float]:
         """COLLECTIVE. A policy-gradient update of the objective's surrogate on this rank's shard."""
-        return steps.policy_gradient_update(self._ctx(), exp, self.objective, self.token_level)
+        return self._with_memory(steps.policy_gradient_update(self._ctx(), exp, self.objective, self.token_level))
 
     def train_critic(self, exp: ExperienceBatch) -> dict[str, float]:
         """COLLECTIVE. Clipped value-loss steps towards exp.returns (the critic role)."""
-        return steps.value_update(self._ctx(), exp, self.objective)
+        return self._with_memory(steps.value_update(self._ctx(), exp, self.objective))
 
     def train_sft(self, batch: Any) -> dict[str, float]:
         """COLLECTIVE. One optimizer step of supervised fine-tuning (the warm-up) on this rank's shard."""
         from rlhf.objectives.sft import SFT
 
-        return steps.supervised_update(self._ctx(), batch, SFT())
+        return self._with_memory(steps.supervised_update(self._ctx(), batch, SFT()))
 
     def train_supervised(self, batch: Any) -> dict[str, float]:
         """COLLECTIVE. One optimizer step of the objective's own supervised loss (PRM) on this rank's shard."""
-        return steps.supervised_update(self._ctx(), batch, self.objective)
+        return self._with_memory(steps.supervised_update(self._ctx(), batch, self.objective))
 
     def eval_supervised(self, batch: Any) -> dict[str, float]:
         """COLLECTIVE under ZeRO-3. The objective's supervised metrics on this rank's shard, no update."""
@@ -168,11 +174,11 @@ class TrainWorker:
 
     def train_preference(self, pairs: Any) -> dict[str, float]:
         """COLLECTIVE. One optimizer step of the objective's pair loss on this rank's shard of offline pairs."""
-        return steps.pair_update(self._ctx(), pairs, self.objective)
+        return self._with_memory(steps.pair_update(self._ctx(), pairs, self.objective))
 
     def train_online_pairs(self, exp: ExperienceBatch) -> dict[str, float]:
         """COLLECTIVE. One optimizer step of the objective's pair loss on rollout pairs (rows 2i, 2i+1)."""
-        return steps.online_pair_update(self._ctx(), exp, self.objective)
+        return self._with_memory(steps.online_pair_update(self._ctx(), exp, self.objective))
 
     def component_gram(self, exp: ExperienceBatch, component_advantages: torch.Tensor,
                        max_samples: int) -> torch.Tensor:
@@ -249,6 +255,20 @@ class TrainWorker:
         """COLLECTIVE. Fingerprint of the full parameters (used by tests to check ranks agree)."""
         t = self.settings.train
         return self.export.param_digest(t.zero_stage if t.backend == "deepspeed" else 0)
+
+    def memory(self) -> dict[str, float]:
+        """This rank's peak memory so far, GiB (rss; gpu on a GPU)."""
+        from rlhf.transport.placement import peak_memory
+
+        return peak_memory()
+
+    def _with_memory(self, metrics: dict[str, float]) -> dict[str, float]:
+        """An update's metrics and this rank's peak memory (memory/peak_{rss,gpu}_gb/GROUP; the group takes the
+        max over ranks)."""
+        from rlhf.transport.placement import group_memory
+
+        group = "trainers" if self.settings.role == "policy" else self.settings.role
+        return {**metrics, **group_memory(group, [self.memory()])}
 
     def ping(self) -> str:
         return json.dumps({"rank": self.rank, "pid": os.getpid()})

@@ -9,6 +9,7 @@ fractional CPUs: the phases run one after another, so actors share the cores by 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -98,9 +99,61 @@ def cpu_split(recipe: Any, num_ranks: int | None = None) -> tuple[int, int, int]
     all cores to each group when synchronous, the engines' share (``pipeline.engine_cores``, default half) and
     the rest to the ranks under ``pipeline.max_staleness`` >= 1. num_ranks: the group's ranks (default
     train.num_ranks; a PPO critic's group passes its own)."""
-    import os
-
     cores = os.cpu_count() or 1
     p = recipe.pipeline
     share = async_engine_cores(p.max_staleness, p.engine_cores, cores)
     return cpu_threads(cores, recipe.rollout.num_engines, num_ranks or recipe.train.num_ranks, share)
+
+
+def peak_memory() -> dict[str, float]:
+    """This actor's peak memory so far, GiB: ``rss`` = the peak resident set of its process plus the peaks of its
+    child processes (vLLM's engine core, a reward worker's pool), each the kernel's high-water mark (VmHWM), so the
+    sum bounds the tree's peak from above; on a GPU also ``gpu`` = torch's peak allocated memory on the current
+    device. What `memory/peak_*` metrics report per actor group (the max over the group's actors)."""
+    out = {"rss": sum(_vmhwm_kib(pid) for pid in _process_tree(os.getpid())) / 2**20}
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["gpu"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def _process_tree(pid: int) -> list[int]:
+    """pid and its descendants (from /proc/PID/task/*/children; just pid where /proc lacks them)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except (OSError, ValueError):
+                continue
+    return tree
+
+
+def _vmhwm_kib(pid: int) -> int:
+    """The peak resident set of process `pid` in KiB (VmHWM; 0 if it is gone or /proc does not say)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    if pid == os.getpid():  # no /proc: the process's own peak from getrusage (KiB on Linux)
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return 0
+
+
+def group_memory(group: str, peaks: list[dict[str, float]]) -> dict[str, float]:
+    """{memory/peak_rss_gb/GROUP, memory/peak_gpu_gb/GROUP}: the largest of the actors' `peak_memory()`."""
+    keys = sorted(set().union(*peaks)) if peaks else []
+    return {f"memory/peak_{k}_gb/{group}": max(p[k] for p in peaks if k in p) for k in keys}
