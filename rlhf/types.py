@@ -352,6 +352,35 @@ class ExperienceBatch:
         """Rows in the order of `index` ((B',) long)."""
         return self._map(lambda t: t[index])
 
+    # fields whose dim 1 is the completion axis C (advantages only when token-level)
+    COMPLETION_FIELDS = ("loss_mask", "advantages", "old_logprobs", "ref_logprobs", "values", "returns",
+                         "rollout_logprobs")
+
+    def trimmed(self) -> "ExperienceBatch":
+        """These rows without the columns that are padding in every row: leading prompt columns and trailing
+        completion columns (what a micro-batch of short rows carries from the longest rows of the batch). Every
+        real token keeps its position id (they come from the mask) and what it attends to, so logprobs and losses
+        are those of the untrimmed rows; completion-axis fields are cut to the same C'."""
+        P = self.prompt_len
+        C = self.input_ids.shape[1] - P
+        real = self.attention_mask.bool().any(dim=0)  # (P + C,)
+        lead = int(real[:P].long().argmax()) if bool(real[:P].any()) else P - 1  # keep >= 1 prompt column
+        lead = min(lead, P - 1)
+        keep_c = int(real[P:].nonzero().max()) + 1 if bool(real[P:].any()) else 0  # C'
+        if lead == 0 and keep_c == C:
+            return self
+        fields = {"input_ids": self.input_ids[:, lead : P + keep_c],
+                  "attention_mask": self.attention_mask[:, lead : P + keep_c], "prompt_len": P - lead}
+        for name in self.COMPLETION_FIELDS:
+            t = getattr(self, name)
+            if isinstance(t, Tensor) and t.dim() >= 2:
+                fields[name] = t[:, :keep_c]
+        return dataclasses.replace(self, **fields)
+
+    def completion_lengths(self) -> Tensor:
+        """(B,) real completion tokens per row."""
+        return self.attention_mask[:, self.prompt_len :].sum(dim=1)
+
 
 @dataclass
 class SFTBatch:

@@ -312,6 +312,10 @@ class TrainConfig(Strict):
         "run them under autocast while the weights (model.dtype) and the optimizer state stay as they are "
         "(float32 master weights); bf16 is fast on a CPU with AVX512-BF16 or AMX (emulated, and slow, on "
         "others) and on GPUs with bf16")
+    group_by_length: bool = Field(
+        True, description="micro-batches of rows with similar completion lengths, each cut to its own longest row "
+        "(the same loss and gradient, less work on padding; transformers' group_by_length); false: rows in "
+        "rollout order, padded to the batch's longest")
     gradient_checkpointing: bool = Field(
         False, description="recompute each decoder layer's activations in the backward pass instead of keeping "
         "them (policy and critic): less activation memory for about one more forward pass")

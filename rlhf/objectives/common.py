@@ -91,8 +91,8 @@ def completion_logprobs(
 
     input_ids, attention_mask: (B, P + C), prompt left-padded to ``prompt_len`` = P, completion right-padded.
     Values on completion padding are the logprob of the pad token (mask them out downstream).
-    Only the C positions that predict completion tokens are turned into log-probabilities, one row at a time,
-    so the float32 (C, V) softmax temporary is per sequence, not per batch.
+    Only the C positions that predict completion tokens are turned into log-probabilities, one row at a time
+    (``selected_logprobs``), so the float32 (C, V) softmax temporary is per sequence, not per batch.
     """
     B, T = input_ids.shape
     C = T - prompt_len
@@ -107,12 +107,44 @@ def completion_logprobs(
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
     logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T or C + 1, V)
     logits = logits[:, -(C + 1) : -1]  # (B, C, V): position P + j - 1 predicts completion token j
-    targets = input_ids[:, prompt_len:]  # (B, C)
-    rows = []
-    for b in range(B):
-        logp = torch.log_softmax(logits[b].float() / temperature, dim=-1)  # (C, V)
-        rows.append(logp.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))  # (C,)
-    return torch.stack(rows, dim=0)  # (B, C)
+    return selected_logprobs(logits, input_ids[:, prompt_len:], temperature)  # (B, C)
+
+
+def selected_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """(B, N) float32 log_softmax(logits / temperature)[targets] for logits (B, N, V) of any float dtype.
+
+    Row by row (one float32 (N, V) temporary at a time, updated in place) in both passes, and the backward writes one (B, N, V)
+    gradient: d/dx_i = g * (1[i = target] - softmax(x / T)_i) / T. What it keeps for the backward is the logits
+    themselves (no log_softmax output per row), so memory is logits + their gradient, and no per-row slice of
+    the batch's gradient is materialised at full size (as autograd does for ``logits[b]``)."""
+    return _SelectedLogprobs.apply(logits, targets, float(temperature))
+
+
+class _SelectedLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
+        out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)  # (B, N)
+        lse = torch.empty_like(out)  # (B, N) logsumexp of logits / T
+        for b in range(logits.shape[0]):
+            x = logits[b].to(torch.float32, copy=True).div_(temperature)  # (N, V): the one temporary
+            lse[b] = torch.logsumexp(x, dim=-1)
+            out[b] = x.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1) - lse[b]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, targets, lse = ctx.saved_tensors
+        t = ctx.temperature
+        grad_logits = torch.empty_like(logits)  # (B, N, V)
+        for b in range(logits.shape[0]):
+            g = grad[b].float().unsqueeze(-1)  # (N, 1)
+            row = logits[b].to(torch.float32, copy=True)  # (N, V): the one temporary, then in place
+            row.div_(t).sub_(lse[b].unsqueeze(-1)).exp_().mul_(-g)  # -g * softmax(x / T)
+            row.scatter_add_(-1, targets[b].unsqueeze(-1), g)
+            grad_logits[b] = row.div_(t)
+        return grad_logits, None, None
 
 
 def token_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -122,12 +154,7 @@ def token_logprobs(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Ten
     """
     out = model(input_ids=input_ids, attention_mask=attention_mask)
     logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
-    targets = input_ids[:, 1:]  # (B, T-1)
-    rows = []
-    for b in range(input_ids.shape[0]):
-        logp = torch.log_softmax(logits[b, :-1].float(), dim=-1)  # (T-1, V)
-        rows.append(logp.gather(-1, targets[b].unsqueeze(-1)).squeeze(-1))  # (T-1,)
-    return torch.stack(rows, dim=0)  # (B, T-1)
+    return selected_logprobs(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
 
 
 @dataclass(frozen=True)

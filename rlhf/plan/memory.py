@@ -30,11 +30,12 @@ Llama/Qwen decoders save with SDPA attention (no s x s score matrix; no dropout)
     Qwen3        + (4 + 2w)(q + kv) for the per-head q/k norms
     autocast     + p x the decoder's linear weights (their casts are kept for the backward)
     final norm   B T h (4 + 2w)
-    logits       B C V (4 + 3 p_l): the fp32 log-probs of the C scored positions kept for the backward, and the
-                 logits' gradient assembled one sequence at a time (two full B x C x V buffers and their sum, in the
-                 head's dtype p_l: 4 unless the weights are 16-bit) -- the term that dominates small models with
-                 large vocabularies. C: completion tokens (policy gradient) or all T (pairs); 0 for value and
-                 score heads (critics, reward models).
+    logits       kept: B (C + 1) V p_l, the logits themselves (rlhf.objectives.common.selected_logprobs keeps
+                 them, not a log-softmax output, and computes each row's softmax again in the backward); peak of
+                 the backward: 2 B C V p_l (the logits or their slice's gradient, and the logits' gradient), in
+                 the head's dtype p_l (4 unless the weights are 16-bit) -- the term that dominates small models
+                 with large vocabularies. C: completion tokens (policy gradient) or all T - 1 (pairs); 0 for
+                 value and score heads (critics, reward models).
 
 With gradient checkpointing each layer keeps only its input (B T h, 4 bytes under fp32 weights, else w) and the
 bool mask (B T^2), and one layer is recomputed at a time: L B T h r + final + B T^2 + max(logits, one layer).
@@ -118,9 +119,15 @@ def _layer_bytes(arch: Architecture, w: int, p: int, tokens: int, sequences: int
 
 
 def logits_bytes(arch: Architecture, w: int, sequences: int, positions: int) -> float:
-    """The fp32 log-probs saved for the backward and the logits' gradient buffers (module docstring)."""
+    """The peak of the logits and their gradient in the backward (module docstring)."""
     head = 4 if w == 4 else w
-    return sequences * positions * arch.vocab_size * (4 + 3 * head)
+    return sequences * positions * arch.vocab_size * 2 * head
+
+
+def kept_logits_bytes(arch: Architecture, w: int, sequences: int, positions: int) -> float:
+    """The logits kept for the backward: the scored positions and the one after them (module docstring)."""
+    head = 4 if w == 4 else w
+    return sequences * (positions + 1) * arch.vocab_size * head
 
 
 def activation_parts(arch: Architecture, w: int, p: int, sequences: int, seq_len: int, logit_positions: int,
@@ -134,7 +141,7 @@ def activation_parts(arch: Architecture, w: int, p: int, sequences: int, seq_len
     casts = p * layers * (arch.layer_params - 2 * h) if w != p else 0  # autocast's weight copies
     final = tokens * h * (4 + 2 * w)
     logits = logits_bytes(arch, w, sequences, logit_positions) if logit_positions else 0.0
-    logprobs = sequences * logit_positions * arch.vocab_size * 4  # the fp32 log-probs kept for the backward
+    logprobs = kept_logits_bytes(arch, w, sequences, logit_positions) if logit_positions else 0.0
     if not checkpointing:
         kept = layers * layer + casts + final
         return kept + logprobs, kept + logits

@@ -180,9 +180,12 @@ def _train_rows(s: Setup, critic: bool) -> tuple[list[tuple[str, float, str]], f
     if s.reference and not critic:
         if lora:
             rows.append(("reference model", 0.0, "-- the base with the adapter disabled (no copy)"))
+        elif s.zero_stage == 3:  # a DeepSpeed ZeRO-3 inference engine: partitioned like the policy
+            ref = a.num_params * w / s.ranks
+            rows.append(("reference model", ref, f"sharded over {s.ranks} ranks (ZeRO-3 inference engine)"))
         else:
             ref = a.num_params * w
-            rows.append(("reference model", ref, "-- a full copy on every rank (not sharded by ZeRO-3)"))
+            rows.append(("reference model", ref, "-- a full copy on every rank (ZeRO-3 would shard it)"))
     overhead = mem.CUDA_OVERHEAD_GIB * GIB
     rows.append(("CUDA/NCCL overhead", overhead, "context, communication buffers, fragmentation"))
     resident = st.total + ref + overhead

@@ -1,4 +1,6 @@
-"""DeepSpeed training backend: ZeRO 0/1/2/3, one rank per process (gloo on CPU, NCCL on GPU).
+"""DeepSpeed training backend: ZeRO 0/1/2/3, one rank per process (gloo on CPU, NCCL on GPU); under ZeRO-3 the
+models are constructed partitioned (``partitioned_loading``) and the KL reference stays sharded
+(``inference_engine``).
 
 The process group is set up from the environment (MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE/LOCAL_RANK) that the
 training actor group exports. The optimizer is AdamW with ``torch_adam`` so no C++ Adam op is compiled.
@@ -7,6 +9,7 @@ training actor group exports. The optimizer is AdamW with ``torch_adam`` so no C
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -48,6 +51,52 @@ def ds_config(
         # gather small parameters eagerly; keep everything simple on tiny CPU runs
         cfg["zero_optimization"].update({"stage3_param_persistence_threshold": 0})
     return cfg
+
+
+@contextmanager
+def partitioned_loading(zero_stage: int, dtype: str) -> Iterator[None]:
+    """Models loaded with ``from_pretrained`` inside are built partitioned under ZeRO-3: transformers constructs them
+    in ``deepspeed.zero.Init`` (each rank allocates only its shard) and copies the checkpoint in module by module,
+    gathering one module's parameters at a time, so no rank ever holds the full model. A no-op for stages 0-2.
+    Only transformers' own construction is partitioned: modules a caller adds afterwards (a value head) are
+    ordinary tensors until ``deepspeed.initialize`` partitions them."""
+    if zero_stage != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    _init_distributed()  # zero.Init partitions over the process group
+    hf_config = HfDeepSpeedConfig(ds_config(3, 1e-5, (0.9, 0.999), 0.0, 0.0, torch.distributed.get_world_size(),
+                                            dtype))  # only the stage and the dtype matter for construction
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()  # later from_config / from_pretrained calls in this process build full models
+        del hf_config
+
+
+def inference_engine(model: nn.Module, zero_stage: int, dtype: str) -> nn.Module:
+    """A frozen model (the KL reference) as a DeepSpeed engine without optimizer: under ZeRO-3 its parameters stay
+    partitioned over the ranks and every forward gathers them layer by layer (so its forwards are COLLECTIVE);
+    other stages keep the plain module (a full copy per rank: nothing to shard without an optimizer)."""
+    if zero_stage != 3:
+        return model
+    import deepspeed
+
+    _init_distributed()
+    world = torch.distributed.get_world_size()
+    config = {
+        "train_micro_batch_size_per_gpu": 1, "train_batch_size": world,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "steps_per_print": 10**9, "wall_clock_breakdown": False,
+    }
+    if dtype == "bfloat16":
+        config["bf16"] = {"enabled": True}
+    elif dtype == "float16":
+        config["fp16"] = {"enabled": True}
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval() returns None
+    return engine
 
 
 class DeepSpeedBackend:

@@ -20,6 +20,7 @@ class StepSettings:
     epochs: int = 1  # passes over a rollout batch (policy gradient, critic)
     mini_batches: int = 1  # optimizer steps per epoch
     max_new_tokens: int = 1  # dr_grpo's constant denominator per micro-batch (rows x max_new_tokens)
+    group_by_length: bool = True  # micro-batches of similar lengths, trimmed of all-padding columns
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
     steps = StepSettings(
         temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
         epochs=caps.epochs, mini_batches=caps.mini_batches,
-        max_new_tokens=recipe.rollout.completion_tokens,
+        max_new_tokens=recipe.rollout.completion_tokens, group_by_length=recipe.train.group_by_length,
     )
     export = ExportSettings(
         bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,

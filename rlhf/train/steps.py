@@ -93,11 +93,30 @@ def micro_batches(batch: Any, start: int, stop: int, micro: int) -> Iterator[Any
     return (batch.slice(m0, m0 + micro) for m0 in range(start, stop, micro))
 
 
+def length_grouped(exp: ExperienceBatch, start: int, stop: int, micro: int,
+                   enabled: bool = True) -> Iterator[ExperienceBatch]:
+    """Micro-batches of rows start..stop of similar completion length, each without the columns that are padding
+    in all its rows (``ExperienceBatch.trimmed``): the same rows and the same loss (every term is a sum over its
+    tokens divided by a normaliser fixed for the mini-batch), less work on padding when lengths vary. The row count
+    per micro-batch is unchanged, so every rank still runs the same number of forwards (ZeRO-3). enabled=False
+    (train.group_by_length: false): rows in order, padded to the batch's longest."""
+    if not enabled:
+        return micro_batches(exp, start, stop, micro)
+    part = exp.slice(start, stop)
+    order = torch.argsort(part.completion_lengths(), stable=True)  # (stop - start,)
+    part = part.select(order)
+    return (part.slice(m0, m0 + micro).trimmed() for m0 in range(0, stop - start, micro))
+
+
 def logprobs_chunked(model: torch.nn.Module, exp: ExperienceBatch, temperature: float, micro: int) -> torch.Tensor:
-    """(B, C) completion logprobs of `exp` under `model`, `micro` rows per forward."""
-    parts = [completion_logprobs(model, exp.input_ids[i : i + micro], exp.attention_mask[i : i + micro],
-                                 exp.prompt_len, temperature)
-             for i in range(0, exp.batch_size, micro)]
+    """(B, C) completion logprobs of `exp` under `model`, `micro` rows per forward (each chunk trimmed of its
+    all-padding columns; the padding positions of the result are 0)."""
+    C = exp.input_ids.shape[1] - exp.prompt_len
+    parts = []
+    for i in range(0, exp.batch_size, micro):
+        chunk = exp.slice(i, i + micro).trimmed()
+        lp = completion_logprobs(model, chunk.input_ids, chunk.attention_mask, chunk.prompt_len, temperature)
+        parts.append(torch.nn.functional.pad(lp, (0, C - lp.shape[1])))  # (b, C)
     return torch.cat(parts, dim=0)  # (B, C)
 
 
@@ -158,7 +177,7 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
                 out.metrics.update(extra)
                 return out
 
-            optimize(ctx, micro_batches(exp, start, start + mini, micro), loss_fn, metrics)
+            optimize(ctx, length_grouped(exp, start, start + mini, micro, s.group_by_length), loss_fn, metrics)
     timings["time/update"] = time.perf_counter() - t0
     return {**metrics.means(), **timings}
 
@@ -178,7 +197,8 @@ def value_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -> dict
         return objective.value_loss(values, part.values, part.returns, part.loss_mask)
 
     for _epoch in range(s.epochs):
-        optimize(ctx, micro_batches(exp, 0, n, micro), loss_fn, metrics, norm_key="critic/grad_norm")
+        optimize(ctx, length_grouped(exp, 0, n, micro, s.group_by_length), loss_fn, metrics,
+                 norm_key="critic/grad_norm")
     return metrics.means()
 
 
@@ -273,7 +293,8 @@ def online_pair_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -
                                    rejected_lengths=lengths[1::2], pair_info=pair_info)
 
     metrics = Metrics()
-    optimize(ctx, micro_batches(exp, 0, exp.batch_size, micro), loss_fn, metrics)
+    parts = (m.trimmed() for m in micro_batches(exp, 0, exp.batch_size, micro))  # pairs stay adjacent: no sort
+    optimize(ctx, parts, loss_fn, metrics)
     return metrics.means()
 
 

@@ -67,19 +67,21 @@ class TrainWorker:
         torch.manual_seed(s.seed)
         tokenizer = load_tokenizer(model_dir, trust_remote_code=s.model.trust_remote_code)
         lora_base_dir = None
-        if s.role == "critic":
-            from rlhf.models.value import load_value_model
+        self.hf_model = self.backend = None  # a rebuild frees the previous model before loading the next
+        with self._loading():  # ZeRO-3: constructed partitioned, the checkpoint copied in module by module
+            if s.role == "critic":
+                from rlhf.models.value import load_value_model
 
-            if num_heads is None:
-                raise ValueError("a critic needs num_heads")
-            self.hf_model = load_value_model(model_dir, num_heads, s.model.dtype, s.model.trust_remote_code)
-        elif lora_cfg is not None:  # base (frozen) + adapter: fresh, or the one saved in an adapter checkpoint
-            from rlhf.models import lora
+                if num_heads is None:
+                    raise ValueError("a critic needs num_heads")
+                self.hf_model = load_value_model(model_dir, num_heads, s.model.dtype, s.model.trust_remote_code)
+            elif lora_cfg is not None:  # base (frozen) + adapter: fresh, or the one saved in an adapter checkpoint
+                from rlhf.models import lora
 
-            lora_base_dir = lora.adapter_base_dir(model_dir) if lora.is_adapter_dir(model_dir) else model_dir
-            self.hf_model = self._load(lora_base_dir, score_heads, tokenizer)
-        else:
-            self.hf_model = self._load(model_dir, score_heads, tokenizer)
+                lora_base_dir = lora.adapter_base_dir(model_dir) if lora.is_adapter_dir(model_dir) else model_dir
+                self.hf_model = self._load(lora_base_dir, score_heads, tokenizer)
+            else:
+                self.hf_model = self._load(model_dir, score_heads, tokenizer)
         steps.disable_dropout(self.hf_model)  # ratios and KL must not carry dropout noise (as TRL/OpenRLHF do)
         precision.check_precision(t.precision, self.device)
         if t.gradient_checkpointing:  # before the LoRA wrap: transformers' own switch on the HF model
@@ -135,10 +137,28 @@ class TrainWorker:
                                  f"{base}, but {model_dir} was asked for")
             self.reference = lora.AdapterDisabled(self.backend.module, self.hf_model)
             return
-        m = self.settings.model
-        self.reference = load_causal_lm(model_dir, m.dtype, m.trust_remote_code)
-        self.reference.eval().requires_grad_(False).to(self.device)
-        precision.autocast_forward(self.reference, self.settings.train.precision, self.device)
+        m, t = self.settings.model, self.settings.train
+        self.reference = None
+        with self._loading():
+            reference = load_causal_lm(model_dir, m.dtype, m.trust_remote_code)
+        reference.eval().requires_grad_(False).to(self.device)
+        precision.autocast_forward(reference, t.precision, self.device)
+        if t.backend == "deepspeed":  # ZeRO-3: sharded like the policy (its forwards gather, collectively)
+            from rlhf.train.deepspeed import inference_engine
+
+            reference = inference_engine(reference, t.zero_stage, m.dtype)
+        self.reference = reference
+
+    def _loading(self) -> Any:
+        """The context models are loaded in: partitioned construction under DeepSpeed ZeRO-3, else nothing."""
+        import contextlib
+
+        t = self.settings.train
+        if t.backend != "deepspeed" or t.zero_stage != 3:
+            return contextlib.nullcontext()
+        from rlhf.train.deepspeed import partitioned_loading
+
+        return partitioned_loading(t.zero_stage, self.settings.model.dtype)
 
     def drop_reference(self) -> None:
         """Free the reference model (preference objectives cache its logps once)."""
@@ -189,7 +209,7 @@ class TrainWorker:
 
     @torch.no_grad()
     def logprobs(self, exp: ExperienceBatch, reference: bool) -> torch.Tensor:
-        """COLLECTIVE for the policy under ZeRO-3. (B, C) logprobs of this rank's shard (policy or reference)."""
+        """COLLECTIVE under ZeRO-3 (the policy and the sharded reference). (B, C) logprobs of this rank's shard."""
         if reference and self.reference is None:
             raise RuntimeError("logprobs(reference=True) needs load_reference() first")
         ctx = self._ctx()
@@ -214,7 +234,7 @@ class TrainWorker:
 
     @torch.no_grad()
     def preference_logps(self, batch: Any, reference: bool) -> torch.Tensor:
-        """COLLECTIVE for the policy under ZeRO-3. (B, 2) [chosen, rejected] summed logps, no gradient."""
+        """COLLECTIVE under ZeRO-3 (policy and reference). (B, 2) [chosen, rejected] summed logps, no gradient."""
         if reference and self.reference is None:
             raise RuntimeError("preference_logps(reference=True) needs load_reference() first")
         model = self.reference if reference else self.backend.module

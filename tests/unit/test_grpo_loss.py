@@ -465,3 +465,28 @@ def test_trl_oracle_dr_grpo(trl_trainer, beta):
         logprobs, old, ref if beta > 0 else None, adv, mask
     )
     assert not torch.isclose(tm.loss, out.loss.detach())
+
+
+@pytest.mark.parametrize("dtype, temperature", [(torch.float32, 1.0), (torch.float32, 0.7), (torch.bfloat16, 1.3)])
+def test_selected_logprobs_equal_log_softmax_gather_values_and_gradients(dtype, temperature):
+    """The row-wise autograd Function against torch's own log_softmax + gather, values and gradients."""
+    from rlhf.objectives.common import selected_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(3, 5, 11, generator=g)).to(dtype).requires_grad_(True)  # (B, N, V)
+    targets = torch.randint(0, 11, (3, 5), generator=g)
+    upstream = torch.randn(3, 5, generator=g)
+    ours = selected_logprobs(logits, targets, temperature)
+    (ours * upstream).sum().backward()
+    grad_ours, logits.grad = logits.grad.clone(), None
+    ref = torch.log_softmax(logits.float() / temperature, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    (ref * upstream).sum().backward()
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(grad_ours.float(), logits.grad.float(), rtol=1e-5, atol=tol)
+    assert grad_ours.dtype == dtype
+    # by hand, one entry: d/dx_i = g (1[i = t] - softmax_i) / T
+    p = torch.softmax(logits.detach().float()[0, 0] / temperature, -1)
+    hand = upstream[0, 0] * (torch.nn.functional.one_hot(targets[0, 0], 11).float() - p) / temperature
+    torch.testing.assert_close(grad_ours[0, 0].float(), hand, rtol=0, atol=tol)

@@ -217,14 +217,14 @@ def test_hand_computed_grpo_tiny_cpu():
     tokens = 128 * 24
     per_token = (12 + 12) * 128 + 4 * 128 * 4 + 4 * 384 * 4 + 4 * 4  # norms, q k v out, SwiGLU, lse: 11280
     layers = 4 * (tokens * per_token + 128 * 24 * 24 * 4)  # + the padding mask as SDPA's float bias
-    final, logits = tokens * 128 * 12, 128 * 8 * 32 * (4 + 3 * 4)
-    assert mem.activation_bytes(arch, 4, 4, 128, 24, 8, False) == layers + final + logits == 145_031_168
+    final, logits = tokens * 128 * 12, 128 * 8 * 32 * 2 * 4  # logits and their gradient, fp32
+    assert mem.activation_bytes(arch, 4, 4, 128, 24, 8, False) == layers + final + logits == 144_769_024
     ckpt = 4 * tokens * 128 * 4 + final + 128 * 24 * 24 + max(logits, layers // 4)
     assert mem.activation_bytes(arch, 4, 4, 128, 24, 8, True) == ckpt
     plan = plan_recipe(load_recipe(RECIPE))
     train = {what: value for what, value, _ in plan.tables[0].rows}
     assert train["parameters"] == 4 * 857_216 and train["gradients"] == 4 * 857_216 / 2
-    assert train["optimizer state"] == 8 * 857_216 / 2 and train["activations"] == 145_031_168
+    assert train["optimizer state"] == 8 * 857_216 / 2 and train["activations"] == 144_769_024
     assert train["reference model"] == 4 * 857_216  # GRPO with kl_coef > 0: a full copy on every rank
     assert plan.fits and plan.gpus_per_node == 3  # 2 ranks + 1 hf engine
 
