@@ -16,8 +16,7 @@
 the `remote` reward plugin; it exits 0 after a graceful shutdown on SIGTERM or SIGINT.
 `launch` validates RECIPE like `validate`, then runs it here (`local`) or submits it to a Ray cluster (`ray`), Slurm
 (`slurm`: sbatch) or Kubernetes (`k8s`: a KubeRay RayJob); `--dry-run` prints what would be submitted (launch/).
-`plan` prints the recipe's memory per GPU (training ranks, critic, engines) and whether it fits; exit 1 when it
-does not, naming the first key to change (rlhf/plan/).
+`plan` prints the memory per GPU and whether it fits (exit 1 naming the first key to change; rlhf/plan/).
 `export` writes a checkpoint as a standalone HF model directory, merging a LoRA adapter into its base (rlhf/export.py).
 """
 
@@ -64,18 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     pn = sub.add_parser(
         "plan",
         help="will a recipe fit on its GPUs: memory per GPU and the first key to change if it does not",
-        description="Validate RECIPE (as `rlhf validate` does), read its model's architecture (model.tiny, a local "
-        "config.json, or a built-in table of well-known hub models: nothing is downloaded) and print the memory of "
-        "a training GPU, a critic GPU and an engine GPU (or the shared GPU when colocated): parameters, gradients, "
-        "optimizer state, activations, reference, vLLM weights and KV cache. Exit 0 when it fits, 1 when it does not "
-        "(the verdict names the first key to change), 2 on a recipe error.")
+        description="Validate RECIPE, read its model's architecture (model.tiny, a local config.json or a built-in "
+        "table of hub models: no download) and print each kind of GPU's memory (parameters, gradients, optimizer, "
+        "activations, reference, vLLM weights and KV cache). Exit 0: fits; 1: does not (the verdict names the first "
+        "key to change); 2: a recipe error.")
     pn.add_argument("recipe")
     pn.add_argument("overrides", nargs="*", metavar="key.path=value")
     pn.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
-    pn.add_argument("--gpus-per-node", type=int, default=None,
-                    help="GPUs per node (default: as many as the recipe needs: training ranks + critic ranks + "
-                    "engines x tensor_parallel_size when split)")
-    pn.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB", help="memory per GPU in GiB (default 80)")
+    pn.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default: as many as the "
+                    "recipe needs: training + critic ranks + engines x tensor_parallel_size when split)")
+    pn.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB", help="GiB per GPU (default 80)")
 
     la = sub.add_parser(
         "launch",

@@ -4,7 +4,8 @@
 
 Panels: every reward component's batch mean (a smoothed line over the raw points) with the held-out evals; KL and
 the policy loss; the step time split by phase; for agent runs (rollout.kind: agent), the episodes: turns per
-episode, tool calls, how episodes ended. Needs matplotlib (the `plot` or `dev` extra).
+episode, tool calls, how episodes ended; under async the actor groups' busy shares and staleness; the peak memory
+of each actor group (memory/peak_*). Needs matplotlib (the `plot` or `dev` extra).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def plot_run(run_dir: str, out_path: str | None = None) -> str:
                          and k.count("/") == 2})
     agent = any("agent/turns_mean" in r for r in train)
     asynchronous = any("async/queue_depth" in r for r in train)  # pipeline.max_staleness >= 1
-    extra = [panel for panel, on in ((_agent_panel, agent), (_async_panel, asynchronous)) if on]
+    memory = any(k.startswith("memory/peak_") for r in train for k in r)
+    extra = [panel for panel, on in ((_agent_panel, agent), (_async_panel, asynchronous), (_memory_panel, memory))
+             if on]
     fig, axes = plt.subplots(1, 3 + len(extra), figsize=(16 + 5 * len(extra), 4.5))
     window = max(1, len(train) // 20)
 
@@ -163,3 +166,17 @@ def _async_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any
     ax.set_xlabel("step")
     lines, more = ax.get_legend_handles_labels(), right.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+
+
+def _memory_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any]], window: int) -> None:
+    """Peak memory per actor group (GiB): resident memory of the largest rank / engine, and GPU memory on GPUs."""
+    keys = sorted({k for r in train for k in r if k.startswith("memory/peak_")})
+    for key in keys:
+        steps, vals = _series(train, key)
+        kind, group = key.split("/")[1].removeprefix("peak_").removesuffix("_gb"), key.split("/")[2]
+        ax.plot(steps, vals, "-" if kind == "rss" else "--", label=f"{group} ({kind})")
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("GiB")
+    ax.set_title("peak memory per actor group")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)

@@ -23,6 +23,12 @@ class TinyModelConfig(Strict):
     max_position_embeddings: int = Field(256, ge=16, description="longest sequence (prompt + completion) the "
                                          "model takes")
     tokenizer_vocab_size: int = Field(64, ge=16, description="BPE vocab size for the locally trained tokenizer")
+    vocab_size: Optional[int] = Field(None, ge=16, description="rows of the embedding and the LM head; default "
+                                      "the trained tokenizer's size. Set it to a real model's (e.g. 151936 for "
+                                      "Qwen2.5) to build a model of real shape: ids the tokenizer never produces "
+                                      "stay unused")
+    tie_word_embeddings: bool = Field(True, description="the LM head shares the embedding matrix")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base (Qwen2.5: 1000000)")
 
     @model_validator(mode="after")
     def _heads(self) -> "TinyModelConfig":

@@ -93,15 +93,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
 
 def _model_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+    if cfg.vocab_size is not None and cfg.vocab_size < len(tokenizer):
+        raise ValueError(f"model.tiny.vocab_size {cfg.vocab_size} is smaller than the trained tokenizer "
+                         f"({len(tokenizer)} tokens); raise it or lower model.tiny.tokenizer_vocab_size")
     common = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=cfg.vocab_size or len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
         max_position_embeddings=cfg.max_position_embeddings,
-        tie_word_embeddings=True,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -115,7 +119,7 @@ def _model_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> P
 
 
 def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> PreTrainedModel:
-    """A randomly initialised float32 Llama/Qwen2 sized for ``tokenizer`` (tied embeddings)."""
+    """A randomly initialised float32 Llama/Qwen2 sized for ``tokenizer`` (or model.tiny.vocab_size)."""
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         if getattr(tokenizer, name) is None:
             raise ValueError(f"build_tiny_model: the tokenizer has no {name}; train it with train_tokenizer")

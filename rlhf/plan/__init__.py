@@ -31,13 +31,13 @@ def plan_recipe(recipe: Any, nodes: int = 1, gpus_per_node: int | None = None,
 def plan_warnings(recipe: Any) -> list[str]:
     """Warning lines, with the figures, when a recipe that targets GPUs (a model.path model: a hub id or a local
     directory) does not fit on default GPUs (80 GiB, as many as it asks for); [] for model.tiny recipes (CPU
-    demos), for recipes that fit, and where the architecture is unknown (`rlhf plan` says why). Never raises."""
+    demos), for recipes that fit, and where the architecture is unknown (`rlhf plan` says why)."""
     if recipe.model.tiny is not None:
         return []
     try:
         plan = plan_recipe(recipe)
-    except Exception:  # noqa: BLE001 - a warning helper: validation itself decides what is an error
-        return []
+    except PlanError as e:  # an architecture the planner does not know: validation does not depend on it
+        return [f"memory plan: not available ({e})"]
     if plan.fits:
         return []
     lines = [f"memory plan ({DEFAULT_GPU_GIB:g} GiB GPUs; see `rlhf plan`): {plan.verdict}"]

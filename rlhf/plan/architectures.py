@@ -194,13 +194,14 @@ def from_config(config: dict[str, Any], name: str) -> Architecture:
 
 
 def tiny_architecture(tiny: Any) -> Architecture:
-    """``model.tiny`` as rlhf/models/tiny.py builds it: tied embeddings, head_dim = hidden / heads, and the
-    vocabulary at most ``tokenizer_vocab_size`` (the trained BPE may stop short of it: an upper bound)."""
+    """``model.tiny`` as rlhf/models/tiny.py builds it: head_dim = hidden / heads, and the vocabulary
+    ``vocab_size``, else at most ``tokenizer_vocab_size`` (the trained BPE may stop short of it: an upper bound)."""
     return Architecture(
-        name=f"model.tiny ({tiny.arch})", model_type=tiny.arch, vocab_size=tiny.tokenizer_vocab_size,
+        name=f"model.tiny ({tiny.arch})", model_type=tiny.arch,
+        vocab_size=tiny.vocab_size or tiny.tokenizer_vocab_size,
         hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size, num_hidden_layers=tiny.num_layers,
         num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_kv_heads or tiny.num_heads,
-        tie_word_embeddings=True, max_position_embeddings=tiny.max_position_embeddings,
+        tie_word_embeddings=tiny.tie_word_embeddings, max_position_embeddings=tiny.max_position_embeddings,
         qkv_bias=tiny.arch == "qwen2")
 
 

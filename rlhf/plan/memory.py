@@ -89,7 +89,9 @@ def model_states(trainable: int, frozen: int, weight_bytes: int, ranks: int, zer
     shard_p = ranks if zero_stage == 3 else 1
     shard_g = ranks if zero_stage >= 2 else 1
     shard_o = ranks if zero_stage >= 1 else 1
-    master = 4 if w < 4 else 0
+    # the fp32 master partition: with 16-bit weights always; with fp32 weights ZeRO-1/2 still clone their
+    # partition (stage_1_and_2.py: single_partition_of_fp32_groups), ZeRO-3 shares it (stage3.py), ZeRO-0 has none
+    master = 4 if w < 4 or zero_stage in (1, 2) else 0
     return ModelStates(
         params=w * (trainable + frozen) / shard_p,
         grads=w * trainable / shard_g,

@@ -166,8 +166,9 @@ def _train_rows(s: Setup, critic: bool) -> tuple[list[tuple[str, float, str]], f
     rows = [
         ("parameters", st.params, f"{pnote}; {how}"),
         ("gradients", st.grads, "trainable only" if lora else ""),
-        ("optimizer state", st.optimizer, "AdamW: 2 fp32 moments" + (" + fp32 master" if w < 4 and
-                                                                       s.backend != "torch" else "")),
+        ("optimizer state", st.optimizer, "AdamW: 2 fp32 moments" + (" + fp32 master" if s.backend != "torch"
+                                                                       and (w < 4 or s.zero_stage in (1, 2))
+                                                                       else "")),
     ]
     if st.step:
         rows.append(("optimizer step buffer", st.step, "fp32 gradients at the step (not with activations)"))

@@ -123,8 +123,11 @@ def test_model_states_match_deepspeed_estimators(capsys):
     ours2 = mem.model_states(psi, 0, 2, 8, 2, "deepspeed")
     assert (ours2.params + ours2.grads + ours2.optimizer + ours2.step) / GIB == pytest.approx(z2, abs=0.01)
     assert z3 > 0
-    fp32 = mem.model_states(psi, 0, 4, 4, 1, "deepspeed")  # fp32 weights: no master copy, no step buffer
-    assert (fp32.params, fp32.grads, fp32.optimizer, fp32.step) == (4 * psi, 4 * psi, 8 * psi / 4, 0)
+    # fp32 weights: ZeRO-1/2 still clone an fp32 master partition (stage_1_and_2.py), ZeRO-3 shares it
+    fp32 = mem.model_states(psi, 0, 4, 4, 1, "deepspeed")
+    assert (fp32.params, fp32.grads, fp32.optimizer, fp32.step) == (4 * psi, 4 * psi, 12 * psi / 4, 0)
+    fp32_z3 = mem.model_states(psi, 0, 4, 4, 3, "deepspeed")
+    assert (fp32_z3.params, fp32_z3.optimizer) == (4 * psi / 4, 8 * psi / 4)
     torch_backend = mem.model_states(psi, 0, 2, 1, 2, "torch")  # plain AdamW: moments in the weights' dtype
     assert torch_backend.total == 2 * psi + 2 * psi + 4 * psi
     lora = mem.model_states(1000, psi, 2, 2, 2, "deepspeed")  # the frozen base: weights only
@@ -224,7 +227,7 @@ def test_hand_computed_grpo_tiny_cpu():
     plan = plan_recipe(load_recipe(RECIPE))
     train = {what: value for what, value, _ in plan.tables[0].rows}
     assert train["parameters"] == 4 * 857_216 and train["gradients"] == 4 * 857_216 / 2
-    assert train["optimizer state"] == 8 * 857_216 / 2 and train["activations"] == 144_769_024
+    assert train["optimizer state"] == 12 * 857_216 / 2 and train["activations"] == 144_769_024  # + fp32 master
     assert train["reference model"] == 4 * 857_216  # GRPO with kl_coef > 0: a full copy on every rank
     assert plan.fits and plan.gpus_per_node == 3  # 2 ranks + 1 hf engine
 
@@ -282,7 +285,8 @@ def test_plan_warnings_and_validate(capsys):
     assert plan_warnings(load_recipe(RECIPE)) == []  # model.tiny: a CPU recipe
     warnings = plan_warnings(load_recipe(RECIPE, QWEN7B))
     assert warnings and "does not fit" in warnings[0] and "GiB" in warnings[1]
-    assert plan_warnings(load_recipe(RECIPE, ["model.tiny=null", "model.path=SomeOrg/NotInTheTable"])) == []
+    unknown = plan_warnings(load_recipe(RECIPE, ["model.tiny=null", "model.path=SomeOrg/NotInTheTable"]))
+    assert len(unknown) == 1 and "not available" in unknown[0] and "model.path" in unknown[0]
     assert main(["validate", RECIPE, *QWEN7B]) == 0  # still a valid recipe
     captured = capsys.readouterr()
     assert "model:" in captured.out and captured.err.startswith("warning: memory plan")
