@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "lengths": lengths, "seconds": {"grouped": grouped, "padded": padded},
         "tokens_per_s": {"grouped": tokens / grouped["median"], "padded": tokens / padded["median"]},
         "ratios": {"tokens_per_s_grouped_over_padded": ratio(padded["median"], grouped["median"])},
+        "required_ratios": ["tokens_per_s_grouped_over_padded"],
         "padding_share": 1 - tokens / lengths["padded_tokens"],
     }
     result["paths"] = write_results(args.out, NAME, result, render(result, quick))

@@ -89,9 +89,11 @@ def model_states(trainable: int, frozen: int, weight_bytes: int, ranks: int, zer
     shard_p = ranks if zero_stage == 3 else 1
     shard_g = ranks if zero_stage >= 2 else 1
     shard_o = ranks if zero_stage >= 1 else 1
-    # the fp32 master partition: with 16-bit weights always; with fp32 weights ZeRO-1/2 still clone their
-    # partition (stage_1_and_2.py: single_partition_of_fp32_groups), ZeRO-3 shares it (stage3.py), ZeRO-0 has none
-    master = 4 if w < 4 or zero_stage in (1, 2) else 0
+    # the fp32 master partition: with 16-bit weights always; with fp32 weights too at every ZeRO stage >= 1:
+    # ZeRO-1/2 clone their partition (stage_1_and_2.py), and ZeRO-3 means to share it but compares the partition's
+    # torch.device with a device *name* (never equal) and clones (stage3.py _create_fp32_partitions, DeepSpeed
+    # 0.19.8; measured by bench/zero3_memory.py); ZeRO-0 (the plain optimizer) has none
+    master = 4 if w < 4 or zero_stage >= 1 else 0
     return ModelStates(
         params=w * (trainable + frozen) / shard_p,
         grads=w * trainable / shard_g,

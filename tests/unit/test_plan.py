@@ -123,11 +123,12 @@ def test_model_states_match_deepspeed_estimators(capsys):
     ours2 = mem.model_states(psi, 0, 2, 8, 2, "deepspeed")
     assert (ours2.params + ours2.grads + ours2.optimizer + ours2.step) / GIB == pytest.approx(z2, abs=0.01)
     assert z3 > 0
-    # fp32 weights: ZeRO-1/2 still clone an fp32 master partition (stage_1_and_2.py), ZeRO-3 shares it
+    # fp32 weights: DeepSpeed still keeps an fp32 master partition at ZeRO-1/2/3 (bench/zero3_memory.py), not at 0
     fp32 = mem.model_states(psi, 0, 4, 4, 1, "deepspeed")
     assert (fp32.params, fp32.grads, fp32.optimizer, fp32.step) == (4 * psi, 4 * psi, 12 * psi / 4, 0)
     fp32_z3 = mem.model_states(psi, 0, 4, 4, 3, "deepspeed")
-    assert (fp32_z3.params, fp32_z3.optimizer) == (4 * psi / 4, 8 * psi / 4)
+    assert (fp32_z3.params, fp32_z3.optimizer) == (4 * psi / 4, 12 * psi / 4)
+    assert mem.model_states(psi, 0, 4, 4, 0, "deepspeed").optimizer == 8 * psi
     torch_backend = mem.model_states(psi, 0, 2, 1, 2, "torch")  # plain AdamW: moments in the weights' dtype
     assert torch_backend.total == 2 * psi + 2 * psi + 4 * psi
     lora = mem.model_states(1000, psi, 2, 2, 2, "deepspeed")  # the frozen base: weights only
@@ -307,3 +308,15 @@ def test_readme_example_is_current(capsys):
     for what, value in figures:
         assert re.search(rf"^  {re.escape(what)} +{re.escape(value)}  ", out, flags=re.M), (what, value)
     assert "First change: train.gradient_checkpointing=true" in out
+
+
+def test_rehearsal_recipe_has_qwen25_05b_shape_but_half_its_layers():
+    """recipes/rehearsal_qwen2.5-0.5b_cpu.yaml builds a real architecture at real width (bench/README.md)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "rehearsal_qwen2.5-0.5b_cpu.yaml"
+    ours, real = resolve_architecture(load_recipe(str(path)).model), KNOWN["Qwen/Qwen2.5-0.5B"]
+    same = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+            "tie_word_embeddings", "qkv_bias")
+    assert {k: getattr(ours, k) for k in same} == {k: getattr(real, k) for k in same}
+    assert ours.num_hidden_layers * 2 == real.num_hidden_layers and ours.num_params == 315_084_160
