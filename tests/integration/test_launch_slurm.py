@@ -209,6 +209,7 @@ def _rl_steps(out: Path) -> list[int]:
     return [json.loads(x)["step"] for x in path.read_text().splitlines() if '"phase": "rl"' in x]
 
 
+@pytest.mark.extended  # ~40 s; the sbatch script itself is checked by the dry-run tests of this file
 def test_sbatch_job_starts_ray_and_trains(slurm, tmp_path):
     out = tmp_path / "run"
     job_id = _launch(slurm, tmp_path, out)

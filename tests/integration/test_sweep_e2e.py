@@ -10,6 +10,7 @@ import pytest
 from rlhf.config.load import validate_dict
 
 
+@pytest.mark.extended  # ~30 s; weights parsing, table and front: tests/unit/test_sweep.py; each run is a train run
 def test_sweep_two_weight_vectors(ray_session, tmp_path):
     from rlhf.sweep import sweep
 
