@@ -28,6 +28,9 @@ Second pass (full runs): the same groups in a child process whose Ray and ranks 
 ``MALLOC_MMAP_THRESHOLD_=1048576``, so glibc returns every freed buffer of 1 MiB or more to the kernel and RSS
 follows the live tensors instead of what the heap keeps: it separates ZeRO-3's own footprint from the allocator's.
 
+(A long file, ~570 lines: three stages x three points, the per-rank floor, the allocator pass in a child process
+and the rendering of all of it; split it if it grows.)
+
 Figure: peak RSS per rank, ZeRO-3 / ZeRO-0, after the step, reference included (max over the 2 ranks);
 goal <= 0.6 (issue 20). Also ZeRO-2 / ZeRO-0, the same ratios of the increases over the floor, and both with
 the allocator knob.
@@ -163,21 +166,9 @@ def _environ(pid: int, key: str) -> str | None:
 
 
 def _tree(pid: int) -> list[int]:
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-            except (OSError, ValueError):
-                continue
-    return tree
+    from rlhf.transport.placement import process_tree
+
+    return process_tree(pid)
 
 
 # --------------------------------------------------------------------------- one configuration

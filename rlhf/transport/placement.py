@@ -110,7 +110,7 @@ def peak_memory() -> dict[str, float]:
     child processes (vLLM's engine core, a reward worker's pool), each the kernel's high-water mark (VmHWM), so the
     sum bounds the tree's peak from above; on a GPU also ``gpu`` = torch's peak allocated memory on the current
     device. What `memory/peak_*` metrics report per actor group (the max over the group's actors)."""
-    out = {"rss": sum(_vmhwm_kib(pid) for pid in _process_tree(os.getpid())) / 2**20}
+    out = {"rss": sum(_vmhwm_kib(pid) for pid in process_tree(os.getpid())) / 2**20}
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -118,7 +118,7 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
-def _process_tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """pid and its descendants (from /proc/PID/task/*/children; just pid where /proc lacks them)."""
     tree, todo = [], [pid]
     while todo:
