@@ -41,6 +41,8 @@ def _trainers(recipe: Recipe, model_dir: str):
     return trainers, info
 
 
+@pytest.mark.extended  # ~50 s (three DeepSpeed groups); the default run covers checkpointing, autocast and the sync
+# dtype in tests/unit/test_precision.py, and ZeRO-3's partitioned build and sharded reference in test_train_sync.py
 def test_zero3_checkpointing_same_update_and_bf16_sync(ray_session, arithmetic_model_dir, tmp_path):
     from rlhf.rollout.group import RolloutGroup
 
