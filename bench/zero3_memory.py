@@ -58,6 +58,7 @@ from bench.common import (
     timed,
     write_results,
 )
+from rlhf.transport.placement import process_tree
 
 NAME = "zero3_memory"
 GOAL = 0.6  # peak RSS per rank, ZeRO-3 / ZeRO-0 (issue 20)
@@ -141,7 +142,7 @@ def proc_now(pid: int) -> dict[str, float]:
     run on this machine)."""
     out = {"rss": 0.0, "anon": 0.0, "file": 0.0, "hwm": 0.0}
     keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "VmHWM:": "hwm"}
-    for p in _tree(pid):
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -163,12 +164,6 @@ def _environ(pid: int, key: str) -> str | None:
     except OSError:
         pass
     return None
-
-
-def _tree(pid: int) -> list[int]:
-    from rlhf.transport.placement import process_tree
-
-    return process_tree(pid)
 
 
 # --------------------------------------------------------------------------- one configuration

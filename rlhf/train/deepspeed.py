@@ -96,19 +96,9 @@ def inference_engine(model: nn.Module, zero_stage: int, dtype: str) -> nn.Module
     import deepspeed
 
     _init_distributed()
-    world = torch.distributed.get_world_size()
-    bucket = int(model.config.hidden_size) ** 2  # as ds_config sizes the policy's
-    config = {
-        "train_micro_batch_size_per_gpu": 1, "train_batch_size": world,
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
-                              "stage3_prefetch_bucket_size": int(0.9 * bucket),
-                              "stage3_max_live_parameters": 10 * bucket, "stage3_max_reuse_distance": 10 * bucket},
-        "steps_per_print": 10**9, "wall_clock_breakdown": False,
-    }
-    if dtype == "bfloat16":
-        config["bf16"] = {"enabled": True}
-    elif dtype == "float16":
-        config["fp16"] = {"enabled": True}
+    config = ds_config(3, 0.0, (0.9, 0.999), 0.0, 0.0, torch.distributed.get_world_size(), dtype,
+                       int(model.config.hidden_size))  # the policy's stage-3 settings, dtype and buckets
+    del config["optimizer"], config["gradient_clipping"]  # frozen: no optimizer step
     engine, *_ = deepspeed.initialize(model=model, config=config)
     engine.eval()  # DeepSpeedEngine.eval() returns None
     return engine
