@@ -89,11 +89,10 @@ def model_states(trainable: int, frozen: int, weight_bytes: int, ranks: int, zer
     shard_p = ranks if zero_stage == 3 else 1
     shard_g = ranks if zero_stage >= 2 else 1
     shard_o = ranks if zero_stage >= 1 else 1
-    # the fp32 master partition: with 16-bit weights always; with fp32 weights too at every ZeRO stage >= 1:
-    # ZeRO-1/2 clone their partition (stage_1_and_2.py), and ZeRO-3 means to share it but compares the partition's
-    # torch.device with a device *name* (never equal) and clones (stage3.py _create_fp32_partitions, DeepSpeed
-    # 0.19.8; measured by bench/zero3_memory.py); ZeRO-0 (the plain optimizer) has none
-    master = 4 if w < 4 or zero_stage >= 1 else 0
+    # the fp32 master partition: with 16-bit weights always; with fp32 weights at ZeRO-1/2 too (they clone their
+    # partition, stage_1_and_2.py); ZeRO-3 over fp32 weights updates the partition itself (DeepSpeed's intent; its
+    # 0.19.8 device check misses it, rlhf/train/deepspeed.py shared_master_partitions); ZeRO-0 has none
+    master = 4 if w < 4 or zero_stage in (1, 2) else 0
     return ModelStates(
         params=w * (trainable + frozen) / shard_p,
         grads=w * trainable / shard_g,

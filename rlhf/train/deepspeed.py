@@ -87,6 +87,39 @@ def partitioned_loading(zero_stage: int, dtype: str) -> Iterator[None]:
         del hf_config
 
 
+@contextmanager
+def shared_master_partitions(zero_stage: int) -> Iterator[None]:
+    """ZeRO-3 optimizers built inside keep no second float32 copy of a rank's partition when the weights already
+    are float32 (train.precision fp32 or bf16/fp16 autocast over float32 weights): the optimizer updates the
+    partition itself, as DeepSpeed intends ("weights ... already in and updated using fp32 ... we don't need
+    another copy"). DeepSpeed 0.19.8 misses that case because ``_create_fp32_partitions`` compares a tensor's
+    ``torch.device`` with the accelerator's device *name* (a string: never equal), so every rank kept the copy:
+    4 bytes per parameter / ranks. Here the comparison gets a ``torch.device`` for the duration of that call.
+    Partitions in another dtype (model.dtype bfloat16 / float16) still get their float32 master, and optimizer
+    offload is untouched. A no-op for stages 0-2."""
+    if zero_stage != 3:
+        yield
+        return
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3 as Stage3
+
+    create = Stage3._create_fp32_partitions
+
+    def create_shared(self: Stage3) -> None:
+        name = self.device
+        if type(name) is str:  # the accelerator's name ("cpu", "cuda:0"), not offload's enum
+            self.device = torch.device(name)
+        try:
+            create(self)
+        finally:
+            self.device = name
+
+    Stage3._create_fp32_partitions = create_shared
+    try:
+        yield
+    finally:
+        Stage3._create_fp32_partitions = create
+
+
 def inference_engine(model: nn.Module, zero_stage: int, dtype: str) -> nn.Module:
     """A frozen model (the KL reference) as a DeepSpeed engine without optimizer: under ZeRO-3 its parameters stay
     partitioned over the ranks and every forward gathers them layer by layer (so its forwards are COLLECTIVE);
@@ -126,9 +159,10 @@ class DeepSpeedBackend:
         self.zero_stage = zero_stage
         config = ds_config(zero_stage, lr, betas, weight_decay, grad_clip, self.world_size, dtype,
                            int(model.config.hidden_size))  # HF models, peft wrappers and ValueModel carry .config
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config
-        )
+        with shared_master_partitions(zero_stage):
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config
+            )
         self.module = self.engine  # forward through the engine (ZeRO-3 hooks gather parameters)
 
     def configure_batch(self, per_rank_batch: int, micro_batch_size: int) -> int:
