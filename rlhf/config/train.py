@@ -10,6 +10,20 @@ from pydantic import Field, model_validator
 from rlhf.config.base import Strict
 
 
+class PackingConfig(Strict):
+    """``train.packing``: padding-free training forwards (rlhf/objectives/packing.py)."""
+
+    enabled: bool = Field(
+        False, description="run each micro-batch padding-free: its sequences' real tokens packed back to back with "
+        "position ids restarting per sequence, so attention is block-diagonal (varlen with flash attention) and "
+        "only completion positions reach the LM head; the same loss and gradient as the padded forward (policy "
+        "gradient updates and their reference / old logprobs; not the critic or preference pairs)")
+    balance: bool = Field(
+        True, description="with enabled: split each mini-batch into its micro-batches by real tokens (about the "
+        "same tokens per micro-batch, the same rows per micro-batch and the same number of micro-batches) instead "
+        "of by completion length (group_by_length)")
+
+
 class TrainConfig(Strict):
     """The policy's training ranks: backend, ZeRO stage, optimizer (AdamW), learning-rate schedule, batches."""
 
@@ -39,6 +53,8 @@ class TrainConfig(Strict):
         True, description="micro-batches of rows with similar completion lengths, each cut to its own longest row "
         "(the same loss and gradient, less work on padding; transformers' group_by_length); false: rows in "
         "rollout order, padded to the batch's longest")
+    packing: PackingConfig = Field(default_factory=PackingConfig, description="padding-free training forwards "
+                                   "(dynamic micro-batches balanced by tokens)")
     gradient_checkpointing: bool = Field(
         False, description="recompute each decoder layer's activations in the backward pass instead of keeping "
         "them (policy and critic): less activation memory for about one more forward pass")

@@ -21,6 +21,8 @@ class StepSettings:
     mini_batches: int = 1  # optimizer steps per epoch
     max_new_tokens: int = 1  # dr_grpo's constant denominator per micro-batch (rows x max_new_tokens)
     group_by_length: bool = True  # micro-batches of similar lengths, trimmed of all-padding columns
+    packing: bool = False  # padding-free policy forwards (train.packing.enabled)
+    balance_tokens: bool = False  # micro-batches balanced by real tokens, not grouped by length (packing.balance)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
         temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
         epochs=caps.epochs, mini_batches=caps.mini_batches,
         max_new_tokens=recipe.rollout.completion_tokens, group_by_length=recipe.train.group_by_length,
+        packing=recipe.train.packing.enabled,
+        balance_tokens=recipe.train.packing.enabled and recipe.train.packing.balance,
     )
     export = ExportSettings(
         bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,

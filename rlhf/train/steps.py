@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from rlhf.objectives.common import completion_logprobs
+from rlhf.objectives.packing import balanced_partition, packed_completion_logprobs
 from rlhf.train.settings import StepSettings
 from rlhf.types import ExperienceBatch, LossOutput
 
@@ -108,14 +109,41 @@ def length_grouped(exp: ExperienceBatch, start: int, stop: int, micro: int,
     return (part.slice(m0, m0 + micro).trimmed() for m0 in range(0, stop - start, micro))
 
 
-def logprobs_chunked(model: torch.nn.Module, exp: ExperienceBatch, temperature: float, micro: int) -> torch.Tensor:
+def token_balanced(exp: ExperienceBatch, start: int, stop: int, micro: int) -> Iterator[ExperienceBatch]:
+    """Micro-batches of `micro` rows of rows start..stop with about the same number of real (prompt + completion)
+    tokens each (``balanced_partition``; train.packing.balance), each trimmed: with packed forwards a micro-batch
+    costs about its real tokens, so equal tokens mean equal work per forward on every rank. Same rows, same number
+    of micro-batches, same loss as ``length_grouped``."""
+    part = exp.slice(start, stop)
+    groups = balanced_partition(part.attention_mask.sum(dim=1), (stop - start) // micro)
+    return (part.select(torch.tensor(g, device=part.input_ids.device)).trimmed() for g in groups)
+
+
+def train_parts(exp: ExperienceBatch, start: int, stop: int, micro: int, s: StepSettings) -> Iterator[ExperienceBatch]:
+    """The micro-batches of rows start..stop: token-balanced (train.packing.balance) or length-grouped."""
+    if s.balance_tokens:
+        return token_balanced(exp, start, stop, micro)
+    return length_grouped(exp, start, stop, micro, s.group_by_length)
+
+
+def part_logprobs(model: torch.nn.Module, part: ExperienceBatch, temperature: float,
+                  packing: bool) -> torch.Tensor:
+    """(b, C) completion logprobs of a micro-batch: packed, padding-free (train.packing; 0 on completion padding)
+    or padded (the pad token's logprob on completion padding); equal on real tokens."""
+    if packing:
+        return packed_completion_logprobs(model, part.input_ids, part.attention_mask, part.prompt_len, temperature)
+    return completion_logprobs(model, part.input_ids, part.attention_mask, part.prompt_len, temperature)
+
+
+def logprobs_chunked(model: torch.nn.Module, exp: ExperienceBatch, temperature: float, micro: int,
+                     packing: bool = False) -> torch.Tensor:
     """(B, C) completion logprobs of `exp` under `model`, `micro` rows per forward (each chunk trimmed of its
-    all-padding columns; the padding positions of the result are 0)."""
+    all-padding columns, or packed; the padding positions of the result are 0)."""
     C = exp.input_ids.shape[1] - exp.prompt_len
     parts = []
     for i in range(0, exp.batch_size, micro):
         chunk = exp.slice(i, i + micro).trimmed()
-        lp = completion_logprobs(model, chunk.input_ids, chunk.attention_mask, chunk.prompt_len, temperature)
+        lp = part_logprobs(model, chunk, temperature, packing)  # (b, C')
         parts.append(torch.nn.functional.pad(lp, (0, C - lp.shape[1])))  # (b, C)
     return torch.cat(parts, dim=0)  # (B, C)
 
@@ -138,11 +166,12 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
         if objective.needs_reference and exp.ref_logprobs is None:
             if ctx.reference is None:
                 raise RuntimeError("the objective needs a reference model but none was loaded")
-            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.micro_batch_size)
+            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.micro_batch_size, s.packing)
         reuse_old = s.epochs * s.mini_batches == 1 and not token_level
         if not reuse_old and exp.old_logprobs is None:
             with ctx.eval_mode():
-                exp.old_logprobs = logprobs_chunked(ctx.backend.module, exp, s.temperature, s.micro_batch_size)
+                exp.old_logprobs = logprobs_chunked(ctx.backend.module, exp, s.temperature, s.micro_batch_size,
+                                                    s.packing)
         if token_level:  # KL-shaped token rewards -> returns -> whitening over every rank's tokens
             exp.advantages = objective.token_advantages(exp.advantages, exp.old_logprobs, exp.ref_logprobs,
                                                         exp.loss_mask, reduce=ctx.all_reduce,
@@ -166,8 +195,7 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
                 normalizer = max(tokens, 1.0) / ((mini // micro) * ctx.world_size)
 
             def loss_fn(part: ExperienceBatch, normalizer: float = normalizer) -> LossOutput:
-                logprobs = completion_logprobs(ctx.backend.module, part.input_ids, part.attention_mask,
-                                               part.prompt_len, s.temperature)  # (b, C)
+                logprobs = part_logprobs(ctx.backend.module, part, s.temperature, s.packing)  # (b, C)
                 old = logprobs.detach() if part.old_logprobs is None else part.old_logprobs  # pre-update
                 extra = {}
                 if part.rollout_logprobs is not None:  # the engine's (behaviour) logprobs vs the trainer's
@@ -177,7 +205,7 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
                 out.metrics.update(extra)
                 return out
 
-            optimize(ctx, length_grouped(exp, start, start + mini, micro, s.group_by_length), loss_fn, metrics)
+            optimize(ctx, train_parts(exp, start, start + mini, micro, s), loss_fn, metrics)
     timings["time/update"] = time.perf_counter() - t0
     return {**metrics.means(), **timings}
 

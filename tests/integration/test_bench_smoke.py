@@ -50,7 +50,7 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
                                   pytest.param("engine_curves", marks=SLOW),
                                   pytest.param("scaling", marks=SLOW), pytest.param("agents", marks=SLOW),
                                   pytest.param("async_pipeline", marks=SLOW),
-                                  pytest.param("zero3_memory", marks=SLOWISH), "length_grouping",
+                                  pytest.param("zero3_memory", marks=SLOWISH), "length_grouping", "packing",
                                   "sandbox_corpus"])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
