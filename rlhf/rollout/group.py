@@ -98,6 +98,12 @@ class RolloutActor:
     def info(self) -> dict[str, Any]:
         return self.engine.info()
 
+    def node(self) -> dict[str, str]:
+        """The Ray node this engine runs on ({node_id, ip}): the run's placement record."""
+        from rlhf.transport.placement import actor_node
+
+        return actor_node()
+
 
 class RolloutGroup:
     def __init__(self, recipe: Recipe, model_dir: str) -> None:
@@ -123,12 +129,14 @@ class RolloutGroup:
         actor_cls = ray.remote(RolloutActor)
         gpus = r.vllm.tensor_parallel_size if r.engine == "vllm" else 1
         require_gpus_for(r.placement)
-        options = (lambda i: colocated_options(i, r.num_engines)) if r.placement == "colocated" else \
-            (lambda i: rollout_options(gpus))
+        strategy = recipe.ray.placement_strategy
+        options = (lambda i: colocated_options(i, r.num_engines, strategy)) if r.placement == "colocated" else \
+            (lambda i: rollout_options(gpus, strategy))
         self._start = lambda i: actor_cls.options(**options(i)).remote(  # noqa: E731
             r.engine, model_dir, {**kwargs, **_engine_kwargs(recipe, i)})
         self.actors = [self._start(i) for i in range(r.num_engines)]
         self.infos = self._get([a.info.remote() for a in self.actors])  # waits until every engine has loaded
+        self.nodes: list[dict[str, str]] = self._get([a.node.remote() for a in self.actors])  # where each runs
         from rlhf.models.load import load_tokenizer
 
         # the engines' tokenizer, driver-side: pad id, and mapping step ends to token positions (process rewards)
@@ -199,6 +207,7 @@ class RolloutGroup:
         ray.kill(self.actors[i], no_restart=True)
         self.actors[i] = self._start(i)
         self.infos[i] = self._get(self.actors[i].info.remote())
+        self.nodes[i] = self._get(self.actors[i].node.remote())
         self.restarts += 1
         if self.on_restart is not None:
             self.on_restart(i)

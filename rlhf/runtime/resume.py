@@ -34,7 +34,7 @@ RESUMABLE_CHANGES = ("run.steps", "run.save_every", "run.keep_checkpoints", "run
                      "run.tensorboard", "run.trackers", "run.wandb", "run.mlflow",  # trackers: rlhf/trackers.py
                      "eval.every", "eval.max_samples",
                      # where it runs: a job preempted on one Slurm allocation resumes on another (a new head address)
-                     "ray.address", "ray.num_cpus", "pipeline.engine_cores")
+                     "ray.address", "ray.num_cpus", "ray.placement_strategy", "pipeline.engine_cores")
 
 
 def resume_point(recipe: Recipe, resume: bool) -> tuple[RunState, Any]:

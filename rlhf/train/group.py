@@ -1,6 +1,7 @@
 """The training worker group: N `TrainWorker` Ray actors forming one DeepSpeed process group.
 
     group = TrainGroup(recipe)            # actors placed by rlhf.transport.placement, rendezvous on rank 0
+    group.nodes                           # where each rank runs: [{node_id, ip}] (OUT/placement.json)
     group.build(model_dir, lr)            # every rank loads the model and builds its engine
     metrics = group.train_rl(experience)  # shards the batch across ranks, averages the metrics
 """
@@ -33,13 +34,15 @@ class TrainGroup:
         self.world_size = num_ranks or recipe.train.num_ranks
         threads = recipe.train.num_threads or cpu_split(recipe, self.world_size)[1]
         colocated = role == "policy" and recipe.rollout.placement == "colocated"  # shares GPUs with the engines
-        options = train_bundles(self.world_size, colocated=colocated)
+        options = train_bundles(self.world_size, colocated=colocated, strategy=recipe.ray.placement_strategy)
         actor_cls = ray.remote(TrainWorker)
         self.workers = [
             actor_cls.options(**options[r]).remote(r, self.world_size, worker_settings(recipe, role), threads)
             for r in range(self.world_size)
         ]
-        addr, port = self._get(self.workers[0].address.remote())
+        self.nodes: list[dict[str, str]] = []  # filled next; read by the lost-rank message meanwhile
+        self.nodes = self._all(lambda w: w.node.remote())
+        addr, port = self._get(self.workers[0].address.remote())  # rank 0's node IP: the ranks may be anywhere
         self._all(lambda w: w.init_process_group.remote(addr, port))
 
     # ------------------------------------------------------------------ plumbing
@@ -60,16 +63,31 @@ class TrainGroup:
                 ray.get(done[0])  # raises at the first failed rank
             results = ray.get(refs)
         except ray.exceptions.RayActorError as e:
+            lost = self._lost(e)
             self.shutdown()
             raise TrainWorkerDied(
-                f"a training worker died ({type(e).__name__}); the run stops here. Checkpoints already written "
-                f"under {self.recipe.run.output_dir}/checkpoints are intact: continue with `rlhf train RECIPE "
-                "--resume`."
-            ) from e
+                f"a training worker died: {lost}; the run stops here. Checkpoints already written under "
+                f"{self.recipe.run.output_dir}/checkpoints are intact: continue with `rlhf train RECIPE --resume` "
+                "(on a cluster with enough nodes for ray.placement_strategy)."
+            ) from None  # the message says it all: Ray's traceback of a lost actor adds nothing to act on
         except ray.exceptions.RayTaskError as e:
             self.shutdown()  # the other ranks may be blocked in a collective with the failed one
             raise e.as_instanceof_cause() from None  # keeps the worker's exception type and remote traceback
         return results
+
+    def _lost(self, e: Any) -> str:
+        """Which rank died and where it ran: 'rank 1 (Ray node 3f2a..., 10.0.0.5): its process or its node is gone
+        (ActorUnavailableError: ...)'."""
+        actor_id = e.actor_id if isinstance(e.actor_id, str) else None
+        ranks = [r for r, w in enumerate(self.workers) if w._actor_id.hex() == actor_id]
+        cause = " ".join(str(e).replace("The task may or may not have been executed on the actor.", "").split())
+        cause = f"{type(e).__name__}: {cause[:200].rsplit(' ', 1)[0] + ' ...' if len(cause) > 200 else cause}"
+        if not ranks:
+            return f"a {self.role} rank is gone ({cause})"
+        r = ranks[0]
+        where = (f"Ray node {self.nodes[r]['node_id']}, {self.nodes[r]['ip']}" if r < len(self.nodes)
+                 else "not placed yet")
+        return f"{self.role} rank {r} ({where}): its process or its node is gone ({cause})"
 
     def _all(self, call: Callable[[Any], Any]) -> list[Any]:
         return self._get([call(w) for w in self.workers])

@@ -47,6 +47,12 @@ class TrainWorker:
 
         return ray.util.get_node_ip_address(), free_port()
 
+    def node(self) -> dict[str, str]:
+        """The Ray node this rank runs on ({node_id, ip}): the run's placement record."""
+        from rlhf.transport.placement import actor_node
+
+        return actor_node()
+
     def init_process_group(self, master_addr: str, master_port: int) -> None:
         os.environ.update(
             MASTER_ADDR=master_addr,
@@ -216,7 +222,8 @@ class TrainWorker:
         with ctx.eval_mode():
             model = self.reference if reference else self.backend.module
             s = self.settings.steps
-            return steps.logprobs_chunked(model, exp.to(self.device), s.temperature, s.micro_batch_size).cpu()
+            return steps.logprobs_chunked(model, exp.to(self.device), s.temperature, s.micro_batch_size,
+                                          s.packing).cpu()
 
     @torch.no_grad()
     def policy_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,

@@ -5,6 +5,11 @@ placement group (so rank 0's rendezvous address is reachable and ranks share nod
 rollout.placement=colocated, training rank i and engine i each ask for half of bundle i's GPU in one shared
 placement group, so they land on the same GPU (the engine sleeps while training runs). On CPU the requests are
 fractional CPUs: the phases run one after another, so actors share the cores by time.
+
+Across nodes (ray.placement_strategy): PACK (the default) keeps the training ranks on as few nodes as possible;
+SPREAD and STRICT_SPREAD spread their placement group over the nodes (STRICT_SPREAD: one rank per node) and the
+engines with Ray's SPREAD scheduling (no placement group: an engine restarted after its node died goes wherever
+there is room). `actor_node()` tells an actor where it runs, for the run's placement record.
 """
 
 from __future__ import annotations
@@ -28,47 +33,83 @@ def require_gpus_for(placement: str) -> None:
                          "cluster has none (on CPU use placement: split: the phases already share the cores)")
 
 
-def colocated_options(index: int, num_gpus: int) -> dict[str, Any]:
+PLACEMENT_TIMEOUT_S = 300  # a placement group not placed by then fails the run with what the cluster has
+
+
+class PlacementError(RuntimeError):
+    """The cluster cannot hold the run's actors as the recipe places them (too few nodes, missing resources)."""
+
+
+def colocated_options(index: int, num_gpus: int, strategy: str = "PACK") -> dict[str, Any]:
     """Ray `.options(...)` for the training rank or engine `index` of a colocated run: half of GPU `index`."""
     import ray
-    from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     require_gpus_for("colocated")
     key = (ray.get_runtime_context().get_job_id(), num_gpus)
     if key not in _COLOCATED:
-        pg = placement_group([{"GPU": 1, "CPU": 2} for _ in range(num_gpus)], strategy="PACK")
-        ray.get(pg.ready(), timeout=300)
-        _COLOCATED[key] = pg
-    strategy = PlacementGroupSchedulingStrategy(_COLOCATED[key], placement_group_bundle_index=index)
-    return {"num_gpus": 0.5, "num_cpus": 1, "scheduling_strategy": strategy}
+        _COLOCATED[key] = _placement_group([{"GPU": 1, "CPU": 2} for _ in range(num_gpus)], strategy,
+                                           "the colocated training ranks and engines")
+    pg_strategy = PlacementGroupSchedulingStrategy(_COLOCATED[key], placement_group_bundle_index=index)
+    return {"num_gpus": 0.5, "num_cpus": 1, "scheduling_strategy": pg_strategy}
 
 
-def train_bundles(num_ranks: int, colocated: bool = False) -> list[dict[str, Any]]:
-    """Ray `.options(...)` per training rank."""
-    import ray
-    from ray.util.placement_group import placement_group
+def train_bundles(num_ranks: int, colocated: bool = False, strategy: str = "PACK") -> list[dict[str, Any]]:
+    """Ray `.options(...)` per training rank: one placement group, its bundles laid out by `strategy`
+    (ray.placement_strategy: PACK, SPREAD or STRICT_SPREAD)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     if colocated:
-        return [colocated_options(r, num_ranks) for r in range(num_ranks)]
+        return [colocated_options(r, num_ranks, strategy) for r in range(num_ranks)]
     if has_gpus():
         bundles = [{"GPU": 1, "CPU": 1} for _ in range(num_ranks)]
         per_actor = {"num_gpus": 1, "num_cpus": 1}
     else:
         bundles = [{"CPU": 0.01} for _ in range(num_ranks)]
         per_actor = {"num_cpus": 0.01}
-    pg = placement_group(bundles, strategy="PACK")
-    ray.get(pg.ready(), timeout=300)
+    pg = _placement_group(bundles, strategy, f"the {num_ranks} training ranks")
     return [
         {**per_actor, "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r)}
         for r in range(num_ranks)
     ]
 
 
-def rollout_options(gpus_per_engine: int = 1) -> dict[str, Any]:
-    """Ray `.options(...)` per rollout engine (vllm with tensor parallelism takes several GPUs)."""
-    return {"num_gpus": gpus_per_engine, "num_cpus": 1} if has_gpus() else {"num_cpus": 0.01}
+def _placement_group(bundles: list[dict[str, float]], strategy: str, what: str) -> Any:
+    """A placement group, once Ray has placed it; a PlacementError saying what the cluster lacks otherwise."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if strategy == "STRICT_SPREAD" and len(bundles) > len(nodes):
+        raise PlacementError(f"ray.placement_strategy: STRICT_SPREAD puts each of {what} on a node of its own: "
+                             f"{len(bundles)} nodes needed, this Ray cluster has {len(nodes)} alive; add nodes, or "
+                             "use SPREAD (best effort) or PACK")
+    pg = placement_group(bundles, strategy=strategy)
+    try:
+        ray.get(pg.ready(), timeout=PLACEMENT_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        free = {k: round(v, 2) for k, v in ray.available_resources().items() if not k.startswith("node:")}
+        raise PlacementError(f"{what} ({len(bundles)} x {bundles[0]}, strategy {strategy}) found no room in "
+                             f"{PLACEMENT_TIMEOUT_S} s; the cluster's {len(nodes)} alive nodes have free {free}: "
+                             "add nodes or resources, or lower train.num_ranks") from None
+    return pg
+
+
+def rollout_options(gpus_per_engine: int = 1, strategy: str = "PACK") -> dict[str, Any]:
+    """Ray `.options(...)` per rollout engine (vllm with tensor parallelism takes several GPUs); under SPREAD and
+    STRICT_SPREAD the engines go to different nodes where Ray can (its SPREAD scheduling, best effort)."""
+    options: dict[str, Any] = {"num_gpus": gpus_per_engine, "num_cpus": 1} if has_gpus() else {"num_cpus": 0.01}
+    if strategy != "PACK":
+        options["scheduling_strategy"] = "SPREAD"
+    return options
+
+
+def actor_node() -> dict[str, str]:
+    """Where the calling Ray actor runs: its node's id and IP (OUT/placement.json, the lost-rank message)."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
 def cpu_threads(cores: int, num_engines: int, num_ranks: int, engine_cores: int | None) -> tuple[int, int, int]:

@@ -101,6 +101,7 @@ def test_dead_training_worker_stops_the_run_with_a_resume_message(ray_session, a
         update={"backend": "deepspeed", "zero_stage": 2, "num_ranks": 2})})
     trainers = TrainGroup(recipe)
     trainers.build(arithmetic_model_dir, 1e-3)
+    trainers_nodes = trainers.nodes
     ray.kill(trainers.workers[1], no_restart=True)
     ids = torch.randint(4, 20, (8, 10))
     exp = ExperienceBatch(input_ids=ids, attention_mask=torch.ones_like(ids), loss_mask=torch.ones(8, 4),
@@ -108,3 +109,4 @@ def test_dead_training_worker_stops_the_run_with_a_resume_message(ray_session, a
     with pytest.raises(TrainWorkerDied, match="--resume") as e:
         trainers.train_rl(exp)
     assert "are intact" in str(e.value) and "a training worker died" in str(e.value)
+    assert f"policy rank 1 (Ray node {trainers_nodes[1]['node_id']}" in str(e.value), "names the rank and its node"
