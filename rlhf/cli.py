@@ -8,7 +8,7 @@
     rlhf rewards list
     rlhf plot RUN_DIR
     rlhf export CHECKPOINT --out DIR [--base MODEL] [--dtype D]
-    rlhf sweep RECIPE --weights W1 W2 ... [key.path=value ...] [--reference R] [--resume]
+    rlhf sweep RECIPE --weights W1 W2 ... [key.path=value ...] [--reference R] [--resume] [--conditioned]
     rlhf serve-rewards --recipe RECIPE [key.path=value ...] [--host H] [--port P] [--token-file F]
                        [--max-body-mb M] [--max-concurrency N] [--max-batch B] [--insecure-no-auth]
 
@@ -126,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("recipe")
     w.add_argument("overrides", nargs="*", metavar="key.path=value")
-    w.add_argument("--weights", nargs="+", required=True, metavar="W", help="weight vectors, e.g. 1,0 0.5,0.5 0,1")
+    w.add_argument("--weights", nargs="+", default=[], metavar="W", help="weight vectors, e.g. 1,0 0.5,0.5 0,1")
+    w.add_argument("--conditioned", action="store_true", help="train the conditioned RECIPE once, score it per vector")
+    w.add_argument("--checkpoint", default=None, help="--conditioned: the checkpoint to score (no training)")
     w.add_argument("--reference", default=None, help="hypervolume reference point, e.g. 0,-1 (default: below "
                    "the worst point)")
     w.add_argument("--resume", action="store_true", help="continue runs that have checkpoints")
@@ -380,19 +382,17 @@ def _sweep(args) -> int:
         return 2
     _quiet_libraries()
     from rlhf.runtime.controller import USER_ERRORS, Stopped
-    from rlhf.sweep import sweep
+    from rlhf.sweep import render, sweep
 
     try:
         reference = None if args.reference is None else [float(x) for x in args.reference.split(",")]
-        result = sweep(recipe, args.weights, reference, resume=args.resume)
+        result = sweep(recipe, args.weights, reference, args.resume, args.conditioned, args.checkpoint)
     except Stopped as e:
         print(f"{e}\n(continue the sweep with --resume)", file=sys.stderr)
         return 130 if "SIGINT" in str(e) else 143
     except (ValueError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from rlhf.sweep import render
-
     print(render(result))
     print(f"sweep.json, sweep.md, sweep.png: {os.path.join(recipe.run.output_dir, 'sweep')}")
     return 0

@@ -18,6 +18,15 @@ recipe's components.
 
 Hypervolume reference: `--reference` (one value per component), default each component's worst value over the
 points minus 10% of its range (or 0.1 when all points agree), so every point adds volume.
+
+A preference-conditioned recipe (``conditioning``, DPA) trains ONE model and steers it by the weights written into
+the prompt, so its sweep scores one model at many weight vectors (one weight per conditioned component, in
+`conditioning.components` order; default `conditioning.eval_vectors`):
+
+    rlhf sweep recipes/dpa_tiny_cpu.yaml --conditioned [--weights 1,0 0.5,0.5 0,1] [--checkpoint DIR]
+
+It trains the recipe into OUT (or takes --checkpoint's model), renders each vector into the held-out prompts, and
+writes the same files; `spearman` holds each component's rank correlation between its weight and its value.
 """
 
 from __future__ import annotations
@@ -48,11 +57,14 @@ def parse_weights(specs: Sequence[str], n_components: int) -> list[list[float]]:
 
 
 def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float] | None = None,
-          resume: bool = False) -> dict[str, Any]:
+          resume: bool = False, conditioned: bool = False, checkpoint: str | None = None) -> dict[str, Any]:
     from rlhf.config.registry import capabilities, kinds_where
     from rlhf.runtime.controller import run
-    from rlhf.weighting.pareto import hypervolume, non_dominated
 
+    if conditioned:
+        return conditioned_sweep(recipe, weight_specs, checkpoint, reference, resume)
+    if checkpoint is not None:
+        raise ValueError("rlhf sweep: --checkpoint scores one preference-conditioned model; add --conditioned")
     weights = capabilities(recipe.objective).sweep_weights
     modpo = weights == "preference_and_rewards"  # the preference objective's weight first, then the components'
     if weights is None:
@@ -85,11 +97,19 @@ def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float
             raise RuntimeError(f"rlhf sweep: run {i} evaluated no {missing}; is eval disabled?")
         runs.append({"weights": dict(zip(names, w)), "point": [float(evals[n]) for n in names],
                      "output_dir": data["run"]["output_dir"], "checkpoint": summary["checkpoint"]})
+    return _write(root, names, runs, reference)
+
+
+def _write(root: str, names: list[str], runs: list[dict[str, Any]], reference: Sequence[float] | None,
+           **more: Any) -> dict[str, Any]:
+    """The front, its hypervolume and the files of a sweep's points (sweep.json, sweep.md, sweep.png)."""
+    from rlhf.weighting.pareto import hypervolume, non_dominated
+
     points = [r["point"] for r in runs]
     ref = list(reference) if reference is not None else default_reference(points)
     front = non_dominated(points)
     result = {"components": names, "reference": ref, "runs": runs, "front": front,
-              "hypervolume": hypervolume(points, ref)}
+              "hypervolume": hypervolume(points, ref), **more}
     with open(os.path.join(root, "sweep.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(root, "sweep.md"), "w") as f:
@@ -98,23 +118,72 @@ def sweep(recipe: Recipe, weight_specs: Sequence[str], reference: Sequence[float
     return result
 
 
-def generated_scores(recipe: Recipe, checkpoint: str) -> dict[str, float]:
-    """Every reward component's mean over greedy completions of the held-out prompts by the checkpoint's model
-    (hf engine and reward plugins in this process: the training actors are gone by now)."""
+def conditioned_sweep(recipe: Recipe, weight_specs: Sequence[str] | None, checkpoint: str | None = None,
+                      reference: Sequence[float] | None = None, resume: bool = False) -> dict[str, Any]:
+    """One preference-conditioned model (trained from ``recipe``, or ``checkpoint``) scored at many weight vectors
+    (module docstring); the points are the conditioned components' held-out means at each vector."""
+    from rlhf.config.conditioning import check_vectors
+    from rlhf.runtime.controller import run
+
+    c = recipe.conditioning
+    if not c.enabled:
+        raise ValueError("rlhf sweep --conditioned: the recipe trains no preference-conditioned model "
+                         "(conditioning.enabled is false); without --conditioned, sweep trains one model per vector")
+    names = list(c.components)
+    vectors = parse_weights(weight_specs, len(names)) if weight_specs else c.evaluation_vectors()
+    check_vectors(vectors, len(names), "--weights")
+    if reference is not None and len(reference) != len(names):
+        raise ValueError(f"--reference has {len(reference)} values; conditioning.components has {len(names)}")
+    root = os.path.join(recipe.run.output_dir, "sweep")
+    if checkpoint is None:
+        checkpoint = run(recipe, resume=resume and _has_checkpoint(recipe.run.output_dir))["checkpoint"]
+    os.makedirs(root, exist_ok=True)
+    scores = conditioned_scores(recipe, checkpoint, vectors)
+    runs = [{"weights": dict(zip(names, v)), "point": [float(scores[f"cond/{i}/{n}"]) for n in names],
+             "score": scores[f"cond/{i}/score"], "checkpoint": checkpoint} for i, v in enumerate(vectors)]
+    return _write(root, names, runs, reference, conditioned=True,
+                  spearman={n: scores[f"cond/spearman/{n}"] for n in names})
+
+
+def conditioned_scores(recipe: Recipe, checkpoint: str, vectors: list[list[float]]) -> dict[str, float]:
+    """The checkpoint's greedy completions of the held-out prompts rendered at each vector, scored by every
+    component (rlhf/runtime/evaluate.py ``evaluate_at_vectors``: cond/I/NAME, cond/spearman/NAME)."""
+    from rlhf.data.conditioning import build_conditioner
+    from rlhf.runtime.collect import eval_sampling
+    from rlhf.runtime.evaluate import evaluate_at_vectors
+
+    conditioning = recipe.conditioning.model_copy(update={"eval_vectors": vectors})
+    conditioner = build_conditioner(conditioning, [c.name for c in recipe.rewards], recipe.run.seed)
+    rollout_fn, group, rows = _local_evaluation(recipe, checkpoint)
+    try:
+        return evaluate_at_vectors(rollout_fn, group, rows, eval_sampling(recipe), conditioner)
+    finally:
+        group.shutdown()
+
+
+def _local_evaluation(recipe: Recipe, checkpoint: str) -> tuple[Any, Any, list[dict]]:
+    """(rollout function over an hf engine of the checkpoint's model, the recipe's reward group, held-out rows),
+    all in this process: the training actors are gone by now."""
     from rlhf.rollout.functions import SingleTurn
     from rlhf.rollout.hf import HFEngine
-    from rlhf.runtime.collect import eval_sampling
     from rlhf.runtime.data import load_data
-    from rlhf.runtime.evaluate import evaluate_generated
     from rlhf.scoring.group import RewardGroup
 
     _, rows = load_data(recipe, recipe.run.seed)
-    rows = rows[: recipe.eval.max_samples]
     engine = HFEngine(os.path.join(checkpoint, "model"), dtype=recipe.model.dtype,
                       trust_remote_code=recipe.model.trust_remote_code, chat_template=recipe.data.chat_template,
                       max_prompt_tokens=recipe.data.max_prompt_tokens)
     rollout_fn = SingleTurn(engine, skip_columns=("prompt", "chosen", "rejected", "completion"), skip_private=True)
-    group = RewardGroup(recipe.rewards, use_ray=False)
+    return rollout_fn, RewardGroup(recipe.rewards, use_ray=False), rows[: recipe.eval.max_samples]
+
+
+def generated_scores(recipe: Recipe, checkpoint: str) -> dict[str, float]:
+    """Every reward component's mean over greedy completions of the held-out prompts by the checkpoint's model
+    (hf engine and reward plugins in this process: the training actors are gone by now)."""
+    from rlhf.runtime.collect import eval_sampling
+    from rlhf.runtime.evaluate import evaluate_generated
+
+    rollout_fn, group, rows = _local_evaluation(recipe, checkpoint)
     try:
         scores = evaluate_generated(rollout_fn, group, rows, eval_sampling(recipe))
     finally:
@@ -146,6 +215,9 @@ def render(result: dict[str, Any]) -> str:
     ref = ", ".join(f"{v:.4g}" for v in result["reference"])
     lines.append(f"\nHypervolume of the {len(result['front'])} non-dominated points w.r.t. ({ref}): "
                  f"**{result['hypervolume']:.6g}**\n")
+    if result.get("conditioned"):  # one model steered by the prompt's weights: how well each component follows
+        lines.append("One preference-conditioned model at every vector; rank correlation of each component's weight "
+                     "with its value: " + ", ".join(f"{n} {r:.3f}" for n, r in result["spearman"].items()) + "\n")
     return "\n".join(lines)
 
 

@@ -41,6 +41,9 @@ class RewardVector:
     # (B, S) long: an id of the state each step (turn) was taken from, equal across a group's episodes when their
     # states are identical (GiGPO's anchor states); -1 where a step has no state (padding, single-turn)
     step_keys: Tensor | None = None
+    # (B, K) per-sample factors on the weighting's weights (preference conditioning: the prompt's drawn weight on a
+    # conditioned component, 1 on the others); None = 1 everywhere. Shared by the samples of a group.
+    sample_weights: Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.kinds):
@@ -54,6 +57,9 @@ class RewardVector:
             raise ValueError(
                 f"RewardVector: values must have shape (B, {len(self.names)}), got {tuple(self.values.shape)}"
             )
+        if self.sample_weights is not None and self.sample_weights.shape != self.values.shape:
+            raise ValueError(f"RewardVector: sample_weights must have the shape of values {tuple(self.values.shape)}, "
+                             f"got {tuple(self.sample_weights.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -93,6 +99,7 @@ class RewardVector:
             step_ends=None if self.step_ends is None else self.step_ends[idx],
             bonus=None if self.bonus is None else self.bonus[idx],
             step_keys=None if self.step_keys is None else self.step_keys[idx],
+            sample_weights=None if self.sample_weights is None else self.sample_weights[idx],
         )
 
     def means(self) -> dict[str, float]:
@@ -111,8 +118,12 @@ class RewardVector:
             if v.names != first.names or v.kinds != first.kinds:
                 raise ValueError("RewardVector.cat: component names/kinds differ")
         values = torch.cat([v.values for v in vectors], dim=0)
+        sample_weights = None  # (B, K); a part without them weighs 1 everywhere
+        if any(v.sample_weights is not None for v in vectors):
+            sample_weights = torch.cat([torch.ones_like(v.values) if v.sample_weights is None else v.sample_weights
+                                        for v in vectors], dim=0)
         if all(v.steps is None and v.step_ends is None for v in vectors):
-            return RewardVector(first.names, first.kinds, values)
+            return RewardVector(first.names, first.kinds, values, sample_weights=sample_weights)
         if any(v.step_ends is None or (v.steps is None) != (first.steps is None) for v in vectors):
             raise ValueError("RewardVector.cat: some vectors have step rewards and step ends, others not")
         width = max(int(v.step_ends.shape[1]) for v in vectors)  # S
@@ -129,7 +140,7 @@ class RewardVector:
             filled = [torch.full(v.step_ends.shape, -1, dtype=torch.long) if v.step_keys is None else v.step_keys
                       for v in vectors]
             keys = torch.cat([_pad_dim(k, 1, width, -1, left=False) for k in filled], dim=0)  # (B, S)
-        return RewardVector(first.names, first.kinds, values, steps, ends, bonus, keys)
+        return RewardVector(first.names, first.kinds, values, steps, ends, bonus, keys, sample_weights)
 
 
 @dataclass

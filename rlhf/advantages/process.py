@@ -290,7 +290,7 @@ def sequence_part(rv: Any) -> Any:
     for k, name in enumerate(rv.process_names):
         has = _valid(rv.steps[..., k], rv.step_ends).any(dim=1)  # (B,)
         values[has, rv.index(name)] = math.nan
-    return RewardVector(rv.names, rv.kinds, values)
+    return RewardVector(rv.names, rv.kinds, values, sample_weights=rv.sample_weights)
 
 
 def dense_step_rewards(steps: Tensor, step_ends: Tensor, weights: Sequence[float], width: int) -> Tensor:

@@ -35,6 +35,7 @@ class Capabilities:
     epochs: int = 1  # passes of the update over each rollout batch
     mini_batches: int = 1  # optimizer steps per epoch on a rollout batch (rows split over ranks x this)
     dynamic_weighting: bool = False  # weighting.kind hypervolume / gradient can drive it
+    conditioning: bool = False  # per-sample weights (conditioning: preference-conditioned prompts) reach its signal
     step_level: bool = False  # uses step rewards and MRT's progress bonus token by token
     token_level: bool = False  # its advantages are finished on the trainer, after logprobs (REINFORCE++)
     critic: bool = False  # trains a value model beside the policy (PPO)
@@ -67,6 +68,7 @@ class ObjectiveSpec:
     check: Callable[[Any], None] = field(default=_no_check)  # whole-recipe checks of its own (raise ValueError)
     # capabilities that do not depend on the section's values (copied into Capabilities)
     dynamic_weighting: bool = False
+    conditioning: bool = False
     step_level: bool = False
     sweep_weights: str | None = None
 
@@ -164,14 +166,14 @@ REGISTRY: dict[str, ObjectiveSpec] = {spec.kind: spec for spec in (
     ObjectiveSpec("grpo", cfgs.GRPOConfig, obj.GRPO.from_config,
                   lambda c: _policy_gradient(c, mask_truncated=c.mask_truncated,
                                              sampling_rounds=c.max_sampling_rounds if c.dynamic_sampling else None),
-                  dynamic_weighting=True, step_level=True, sweep_weights="rewards"),
+                  dynamic_weighting=True, conditioning=True, step_level=True, sweep_weights="rewards"),
     ObjectiveSpec("gigpo", cfgs.GiGPOConfig, obj.GiGPO.from_config, _policy_gradient, check=_check_gigpo,
                   sweep_weights="rewards"),
     ObjectiveSpec("rloo", cfgs.RLOOConfig, obj.RLOO.from_config, _policy_gradient, dynamic_weighting=True,
-                  sweep_weights="rewards"),
+                  conditioning=True, sweep_weights="rewards"),
     ObjectiveSpec("reinforce_pp", cfgs.ReinforcePPConfig, obj.ReinforcePP.from_config,
                   lambda c: _policy_gradient(c, token_level=True, grouped=c.baseline == "group"),
-                  dynamic_weighting=True, sweep_weights="rewards"),
+                  dynamic_weighting=True, conditioning=True, sweep_weights="rewards"),
     ObjectiveSpec("ppo", cfgs.PPOConfig, obj.PPO.from_config,
                   lambda c: _policy_gradient(c, critic=True, grouped=False), check=_check_ppo,
                   step_level=True, sweep_weights="rewards"),
@@ -213,7 +215,8 @@ def capabilities(cfg: Any) -> Capabilities:
     """What the objective of a recipe's `objective:` section needs from the runtime."""
     spec = spec_of(cfg.kind)
     return dataclasses.replace(spec.capabilities(cfg), dynamic_weighting=spec.dynamic_weighting,
-                               step_level=spec.step_level, sweep_weights=spec.sweep_weights)
+                               conditioning=spec.conditioning, step_level=spec.step_level,
+                               sweep_weights=spec.sweep_weights)
 
 
 def build_objective(cfg: Any) -> Any:
@@ -222,7 +225,8 @@ def build_objective(cfg: Any) -> Any:
 
 
 def kinds_where(flag: str) -> list[str]:
-    """Objective kinds whose spec sets ``flag`` (dynamic_weighting, step_level, sweep_weights): for messages."""
+    """Objective kinds whose spec sets ``flag`` (dynamic_weighting, conditioning, step_level, sweep_weights): for
+    messages."""
     return [kind for kind, spec in REGISTRY.items() if getattr(spec, flag)]
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, PrivateAttr, model_validator
 
 from rlhf.config.base import Strict
+from rlhf.config.conditioning import ConditioningConfig, check_conditioning
 from rlhf.config.pipeline import PipelineConfig, check_pipeline
 from rlhf.config.model import LoraConfig, ModelConfig, TinyModelConfig  # noqa: F401  (part of the schema)
 from rlhf.config.rollout import AgentConfig, VLLMConfig  # noqa: F401  (part of the schema)
@@ -333,6 +334,11 @@ class RayConfig(Strict):
     address: Optional[str] = Field(None, description="None starts a local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of a local Ray (default: the machine's); "
                                     "ignored when joining a cluster")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="how the training ranks' placement group lies on the cluster's nodes (Ray's "
+        "strategies): PACK on as few nodes as possible, SPREAD over as many as possible (best effort), "
+        "STRICT_SPREAD one rank per node (needs at least train.num_ranks nodes). Under SPREAD and STRICT_SPREAD "
+        "the rollout engines spread over the nodes too. Where each rank and engine ran: OUT/placement.json")
 
 
 class Recipe(Strict):
@@ -352,6 +358,8 @@ class Recipe(Strict):
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    conditioning: ConditioningConfig = Field(default_factory=ConditioningConfig, description="per-prompt "
+                                             "preference weights written into the prompt (DPA)")
 
     @property
     def engine_dtype(self) -> str:
@@ -457,6 +465,7 @@ class Recipe(Strict):
                                  f"components are {names}")
             check_progress(self)
         check_pipeline(self)
+        check_conditioning(self)
         acc = self.eval.accuracy_component
         if acc is not None and acc not in names:
             raise ValueError(f"eval.accuracy_component {acc!r} is not a reward component; components are {names}")

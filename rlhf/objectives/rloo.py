@@ -63,7 +63,8 @@ class RLOO:
         reward = weighting.weighted_sum(rv)  # (B,) NaN where no component applies
         if self.per_component:
             per_comp = rloo(rv.values, group_ids)  # (B, K), 0 on NaN entries
-            advantages = weighting.weighted_sum(RewardVector(rv.names, rv.kinds, per_comp))  # (B,)
+            per_rv = RewardVector(rv.names, rv.kinds, per_comp, sample_weights=rv.sample_weights)  # (B, K)
+            advantages = weighting.weighted_sum(per_rv)  # (B,) each sample by its own weights
         else:
             advantages = rloo(reward, group_ids)  # (B,)
         if weighting.advantage_scale != 1.0:

@@ -1,8 +1,11 @@
 """What an on-policy stage's ``produce`` is made of: prompts -> rollout function -> scorer -> reward vector.
 
     collector = Collector(prompts, rollout_fn, scorer, sampling, rounds=caps.sampling_rounds, weighting=weighting,
-                          prompts_per_step=recipe.rollout.prompts_per_step)
+                          prompts_per_step=recipe.rollout.prompts_per_step, conditioner=conditioner)
     batch = collector.collect(step)       # Collected: rows, rollout, reward vector, scorer context, metrics, times
+
+With a preference conditioner (rlhf/data/conditioning.py) each round's rows get their drawn weight vectors written
+into the prompts before the rollout, and the scored reward vector gets them back as its per-sample weights.
 
 With ``rounds`` set (DAPO's dynamic sampling) groups whose scalar reward has zero variance carry no signal: they
 are dropped and more prompts are generated, up to ``rounds`` rounds; if still short, dropped groups fill the
@@ -18,6 +21,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from rlhf.data.conditioning import NoConditioning
 from rlhf.types import RewardVector, RolloutBatch, SamplingSettings
 
 
@@ -69,9 +73,10 @@ def score_rollout(rewards: Any, rollout_fn: Any, rollout: RolloutBatch) -> tuple
 class Collector:
     def __init__(self, prompts: Any, rollout_fn: Any, scorer: Scorer,
                  sampling: Callable[[int, int], SamplingSettings], rounds: int | None = None, weighting: Any = None,
-                 prompts_per_step: int = 0) -> None:
+                 prompts_per_step: int = 0, conditioner: Any = None) -> None:
         self.prompts, self.rollout_fn, self.scorer, self.sampling = prompts, rollout_fn, scorer, sampling
         self.rounds, self.weighting, self.prompts_per_step = rounds, weighting, prompts_per_step
+        self.conditioner = conditioner or NoConditioning()  # preference conditioning: per-prompt weights
         if rounds is not None and (weighting is None or prompts_per_step < 1):
             raise ValueError("Collector: dynamic sampling (rounds) needs the weighting and prompts_per_step")
 
@@ -82,12 +87,13 @@ class Collector:
         n_kept, metrics = 0, {}
         t_generate = t_score = 0.0
         for round_ in range(self.rounds or 1):
-            rows = self.prompts.next_batch()
+            rows = self.conditioner.condition(self.prompts.next_batch(), step, round_)
             t0 = time.perf_counter()
             rollout = self.rollout_fn(rows, self.sampling(step, round_))
             t_generate += time.perf_counter() - t0
             t0 = time.perf_counter()
             rv, reward_metrics, context = self.scorer(rows, rollout)
+            rv = self.conditioner.attach(rv, rollout.extras)  # (B, K) per-sample weights, when conditioned
             t_score += time.perf_counter() - t0
             if round_ == 0:
                 metrics.update(reward_metrics)

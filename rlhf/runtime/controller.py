@@ -8,7 +8,7 @@
     build the stage that trains the objective (its capabilities name it: rlhf/runtime/stages.py)
     eval (before); the pipeline drives the stage: produce -> consume per step (in turn, or produce running ahead
     with pipeline.max_staleness >= 1), then log [-> eval] [-> checkpoint, with the batches in flight];
-    checkpoint, eval (after), summary
+    checkpoint, eval (after), summary (OUT/placement.json: the Ray node of every training rank and engine)
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlhf.trackers import TrackerError
     from rlhf.train.checkpoint import CheckpointError
     from rlhf.train.group import TrainWorkerDied
+    from rlhf.transport.placement import PlacementError
     from rlhf.transport.weights import WeightSyncError
 
     return (FileNotFoundError, FileExistsError, RecipeError, DataLoadError, ModelLoadError, RewardPluginError,
             WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch, VLLMMissing, LoraError,
-            TrackerError)
+            TrackerError, PlacementError)
 
 
 class Stopped(RuntimeError):
@@ -81,6 +82,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says; returns the summary (also written to OUT/summary.json)."""
     from rlhf.config.pipeline import trained_objective
     from rlhf.config.registry import build_objective, capabilities
+    from rlhf.data.conditioning import build_conditioner
     from rlhf.logging import MetricsLogger
     from rlhf.models.load import resolve_model_dir
     from rlhf.runtime.data import load_data
@@ -107,10 +109,11 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
 
     # ---- data and model
     train_rows, eval_rows = load_data(recipe, seed)
+    conditioner = build_conditioner(recipe.conditioning, [c.name for c in recipe.rewards], seed)  # identity when off
     corpus = lambda: [  # noqa: E731  (text for a tiny model's tokenizer)
         " ".join(str(r.get(k, "")) for k in ("prompt", "completion", "chosen", "rejected"))
         + "\n".join(r["steps"] if isinstance(r.get("steps"), list) else [])  # PRM rows: the steps and their breaks
-        for r in train_rows + eval_rows
+        for r in train_rows + eval_rows + conditioner.examples(eval_rows)  # conditioning: the template's text too
     ]
     model_dir, _tok_dir = resolve_model_dir(recipe.model, corpus, out, seed)
 
@@ -137,7 +140,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         if recipe.warmup.steps:
             policy_dir = os.path.join(out, "sft")
             if not state.warmup_done:
-                warmup = SFTStage(recipe, trainers, model_dir, train_rows)
+                warmup = SFTStage(recipe, trainers, model_dir, conditioner.condition_once(train_rows))
                 trainers.build(model_dir, recipe.warmup.lr)
                 log.start_phase("sft warm-up", recipe.warmup.steps)
                 SyncPipeline().run(warmup, range(1, recipe.warmup.steps + 1), before_consume=lambda step: None,
@@ -159,6 +162,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         if state.stage:
             stage.load_state_dict(state.stage)
         stage.start(version=state.step)
+        _write_json(os.path.join(out, "placement.json"), _placement(actors))  # which node each actor runs on
 
         if not state.eval_before:
             state.eval_before = stage.evaluate()
@@ -199,8 +203,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         log.log(state.step, {f"eval/{k}": v for k, v in eval_after.items()}, phase="eval")
         summary = _summary(recipe, state, eval_after, final_ckpt, log.path, stage, caps.rollouts)
         summary["curves"] = _plot(out)
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        summary["placement"] = _placement(actors)  # as it ended: an engine restarted elsewhere shows its new node
+        _write_json(os.path.join(out, "summary.json"), summary)
         log.close(summary)  # the trackers log it, then their runs end as finished
         return summary
     finally:
@@ -290,6 +294,27 @@ def _summary(recipe: Recipe, state: Any, eval_after: dict[str, float], final_ckp
         "metrics": metrics_path,
         "output_dir": recipe.run.output_dir,
     }
+
+
+def _placement(actors: list[Any]) -> dict[str, Any]:
+    """Where the run's actors are: {"nodes": how many distinct Ray nodes they use, "trainers": [{node_id, ip}] per
+    rank, "engines": the same per engine, "critic": a PPO critic's ranks}."""
+    from rlhf.rollout.group import RolloutGroup
+    from rlhf.train.group import TrainGroup
+
+    groups: dict[str, list[dict[str, str]]] = {}
+    for group in actors:
+        if isinstance(group, TrainGroup):
+            groups["trainers" if group.role == "policy" else group.role] = group.nodes
+        elif isinstance(group, RolloutGroup):
+            groups["engines"] = group.nodes
+    nodes = sorted({n["node_id"] for members in groups.values() for n in members})
+    return {"nodes": len(nodes), **groups}
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
 
 
 def _save_recipe(recipe: Recipe, out: str) -> None:

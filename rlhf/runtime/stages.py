@@ -83,16 +83,21 @@ def _on_policy_parts(i: StageInputs) -> OnPolicyParts:
 def _assemble(i: StageInputs, parts: OnPolicyParts, prompts: Any, update: Any, scorer: Any,
               summary: dict[str, str] | None = None,
               breakdown: Callable[[list[dict], Any], dict[str, float]] | None = None) -> RLStage:
+    from rlhf.data.conditioning import build_conditioner
     from rlhf.runtime.collect import Collector, eval_sampling, training_sampling
-    from rlhf.runtime.evaluate import evaluate_generated
+    from rlhf.runtime.evaluate import evaluate_at_vectors, evaluate_generated
 
     r = i.recipe
+    conditioner = build_conditioner(r.conditioning, [c.name for c in r.rewards], r.run.seed)  # identity when off
     collector = Collector(prompts, parts.rollout_fn, scorer, lambda step, round_: training_sampling(r, step, round_),
                           rounds=i.caps.sampling_rounds, weighting=parts.weighting,
-                          prompts_per_step=r.rollout.prompts_per_step)
+                          prompts_per_step=r.rollout.prompts_per_step, conditioner=conditioner)
     eval_rows = i.eval_rows[: r.eval.max_samples]
 
     def evaluator() -> dict[str, float]:
+        if conditioner.eval_vectors:  # a preference-conditioned policy: scored at each eval vector
+            return evaluate_at_vectors(parts.rollout_fn, parts.rewards, eval_rows, eval_sampling(r), conditioner,
+                                       r.eval.accuracy_component)
         return evaluate_generated(parts.rollout_fn, parts.rewards, eval_rows, eval_sampling(r),
                                   r.eval.accuracy_component, breakdown)
 

@@ -15,6 +15,12 @@ NaN ("not applicable") handling:
 - component_then_sum: a NaN component is left out of that component's group statistics and contributes 0 to
   the row's advantage (so an all-NaN row gets 0).
 
+Per-sample weights (preference conditioning): when ``rv.sample_weights`` (B, K) is set, sample i's weight on
+component k is w_k * m_ik (m: the prompt's drawn weight on a conditioned component, 1 on the others), in both
+orders and in ``weighted_sum``; the NaN rules above are unchanged. A group's samples share their m, so the group
+baselines compare samples under their prompt's own weights. Metrics add the distribution of the per-sample weights
+(``weights/sample/NAME/{mean,min,max}``); ``reward/NAME/weighted`` is the mean of w_k m_ik r_ik.
+
 Process components are weighted through their outcome summary in ``values``; per-step scores are not used here.
 Imports only torch and the standard library.
 """
@@ -75,11 +81,17 @@ class StaticWeighting:
             raise KeyError(f"StaticWeighting: no weight for components {missing}; known: {list(self.weights)}")
         return torch.tensor([self.weights[n] for n in rv.names], dtype=rv.values.dtype, device=rv.values.device)
 
-    def weighted_sum(self, rv: RewardVector) -> Tensor:
-        """(B,) raw scalar reward sum_k w_k r_ik; NaN components count 0, all-NaN rows stay NaN."""
-        values = rv.values  # (B, K)
+    def sample_weights(self, rv: RewardVector) -> Tensor:
+        """(B, K) weight of every sample on every component: w_k, times ``rv.sample_weights`` when set."""
         w = self._weight_vector(rv)  # (K,)
-        total = torch.nansum(values * w, dim=1)  # (B,)
+        if rv.sample_weights is None:
+            return w.expand_as(rv.values)
+        return w * rv.sample_weights.to(rv.values.dtype)  # (B, K)
+
+    def weighted_sum(self, rv: RewardVector) -> Tensor:
+        """(B,) raw scalar reward sum_k w_ik r_ik; NaN components count 0, all-NaN rows stay NaN."""
+        values = rv.values  # (B, K)
+        total = torch.nansum(values * self.sample_weights(rv), dim=1)  # (B,)
         all_nan = torch.isnan(values).all(dim=1)  # (B,)
         return torch.where(all_nan, torch.full_like(total, math.nan), total)
 
@@ -87,25 +99,34 @@ class StaticWeighting:
         self, rv: RewardVector, group_ids: Tensor, scale_std: bool = True, eps: float = 1e-6
     ) -> tuple[Tensor, dict[str, float]]:
         """(B,) advantages and per-component metrics. See the module docstring for the two orders."""
-        w = self._weight_vector(rv)  # (K,)
         if self.normalize == "sum_then_normalize":
             advantages = group_normalize(self.weighted_sum(rv), group_ids, scale_std, eps)  # (B,)
         else:
             per_component = group_normalize(rv.values, group_ids, scale_std, eps)  # (B, K), NaN -> 0
-            advantages = (per_component * w).sum(dim=1)  # (B,)
+            advantages = (per_component * self.sample_weights(rv)).sum(dim=1)  # (B,)
         return advantages, self.metrics(rv)
 
     def metrics(self, rv: RewardVector) -> dict[str, float]:
-        """Per component: raw mean (NaN-ignored), weighted mean, weight; violation rate for constraints."""
+        """Per component: raw mean (NaN-ignored), weighted mean, weight; violation rate for constraints; with
+        per-sample weights, their mean, min and max per component."""
         out: dict[str, float] = {}
+        per_sample = self.sample_weights(rv)  # (B, K)
         for j, (name, kind) in enumerate(zip(rv.names, rv.kinds)):
             col = rv.values[:, j]  # (B,)
-            applicable = col[~torch.isnan(col)]
+            ok = ~torch.isnan(col)  # (B,)
+            applicable = col[ok]
             mean = float(applicable.mean()) if applicable.numel() else math.nan
             weight = self.weights[name]
             out[f"reward/{name}/mean"] = mean
-            out[f"reward/{name}/weighted"] = weight * mean
             out[f"weights/{name}"] = weight
+            if rv.sample_weights is None:
+                out[f"reward/{name}/weighted"] = weight * mean
+            else:
+                w = per_sample[:, j]  # (B,)
+                out[f"reward/{name}/weighted"] = float((w[ok] * applicable).mean()) if applicable.numel() else math.nan
+                out[f"weights/sample/{name}/mean"] = float(w.mean())
+                out[f"weights/sample/{name}/min"] = float(w.min())
+                out[f"weights/sample/{name}/max"] = float(w.max())
             if kind == "constraint":
                 out[f"constraint/{name}/violation_rate"] = (
                     float((applicable == 0.0).float().mean()) if applicable.numel() else math.nan

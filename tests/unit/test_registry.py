@@ -96,8 +96,8 @@ def test_unknown_kind():
 def test_grpo_capabilities():
     assert capabilities(GRPOConfig()) == Capabilities(
         stage="policy_gradient", data="prompts", needs_reference=False, grouped=True, mini_batches=1,
-        dynamic_weighting=True, step_level=True, token_level=False, critic=False, reward_margins=False,
-        mask_truncated=False, sampling_rounds=None, sweep_weights="rewards",
+        dynamic_weighting=True, conditioning=True, step_level=True, token_level=False, critic=False,
+        reward_margins=False, mask_truncated=False, sampling_rounds=None, sweep_weights="rewards",
     )
     caps = capabilities(GRPOConfig(kl_coef=0.04, mini_batches=4, mask_truncated=True, dynamic_sampling=True,
                                    max_sampling_rounds=6))
@@ -118,7 +118,7 @@ def test_gigpo_capabilities():
 def test_rloo_capabilities():
     assert capabilities(RLOOConfig(mini_batches=2)) == Capabilities(
         stage="policy_gradient", data="prompts", needs_reference=False, grouped=True, mini_batches=2,
-        dynamic_weighting=True, sweep_weights="rewards",
+        dynamic_weighting=True, conditioning=True, sweep_weights="rewards",
     )
     assert capabilities(RLOOConfig(kl_coef=0.1)).needs_reference is True
 
@@ -126,7 +126,8 @@ def test_rloo_capabilities():
 def test_reinforce_pp_capabilities():
     caps = capabilities(ReinforcePPConfig())  # kl_coef 0.01 in the token rewards: the reference is needed
     assert caps == Capabilities(stage="policy_gradient", data="prompts", needs_reference=True, grouped=False,
-                                token_level=True, dynamic_weighting=True, sweep_weights="rewards")
+                                token_level=True, dynamic_weighting=True, conditioning=True,
+                                sweep_weights="rewards")
     assert capabilities(ReinforcePPConfig(baseline="group")).grouped is True  # REINFORCE++-baseline
     assert capabilities(ReinforcePPConfig(baseline="none")).grouped is False
     assert capabilities(ReinforcePPConfig(kl_coef=0.0)).needs_reference is False
