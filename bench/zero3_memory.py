@@ -58,6 +58,7 @@ from bench.common import (
     timed,
     write_results,
 )
+from rlhf.plan.memory import has_master_copy
 from rlhf.transport.placement import process_tree
 
 NAME = "zero3_memory"
@@ -67,6 +68,7 @@ POINTS = ("build", "reference", "step")
 RANKS = 2
 ROWS, PROMPT, COMPLETION = 8, 16, 32  # the synthetic experience batch: 8 sequences x 48 tokens
 GIB = 2**30
+
 MMAP_THRESHOLD = 2**20  # the allocator pass: glibc mmaps (and unmaps on free) every allocation >= 1 MiB
 
 SIZES = {
@@ -207,14 +209,14 @@ def measure(model_dir: str, workdir: str, stage: int, exp: Any) -> dict[str, Any
 
 def theory(psi: int, stage: int, n: int = RANKS) -> dict[str, float]:
     """fp32 model-state bytes per rank as ZeRO partitions them, and the reference; ``master`` is what DeepSpeed
-    0.19 adds for fp32 weights: ZeRO-1/2 always clone an fp32 master partition (stage_1_and_2.py), and ZeRO-3 does
-    too because its check for sharing it (stage3.py, ``_create_fp32_partitions``) compares ``tensor.device`` with
-    the string ``"cpu"`` / ``"cuda:0"``, which is never equal in torch 2.x."""
+    0.19 adds for fp32 weights: ZeRO-1/2 always clone an fp32 master partition (stage_1_and_2.py); ZeRO-3 means
+    to share it and does since rlhf/train/deepspeed.py ``shared_master_partitions`` (its own check compares
+    ``tensor.device`` with a device name, never equal in torch 2.x, so before that it cloned too)."""
     params = 4 * psi / (n if stage == 3 else 1)
     grads = 4 * psi / (n if stage >= 2 else 1)
     adam = 8 * psi / (n if stage >= 1 else 1)
     ref = 4 * psi / (n if stage == 3 else 1)
-    master = 4 * psi / n if stage >= 1 else 0.0
+    master = 4 * psi / n if has_master_copy(4, stage) else 0.0
     return {"params": params, "grads": grads, "adam": adam, "reference": ref,
             "total": params + grads + adam + ref, "master": master, "with_master": params + grads + adam + ref + master}
 
@@ -475,8 +477,8 @@ def render(result: dict[str, Any]) -> str:
     lines.append("\nTheory: fp32 params 4 Psi, grads 4 Psi, Adam 8 Psi per rank; ZeRO-2 shards grads and Adam "
                  f"over N = {RANKS}, ZeRO-3 also the params; the reference 4 Psi (4 Psi / N under ZeRO-3). "
                  "DeepSpeed fp32 master: the fp32 copy of the rank's partition DeepSpeed keeps even for fp32 "
-                 "weights (ZeRO-1/2 always; ZeRO-3 because `_create_fp32_partitions` compares a `torch.device` "
-                 "with a string, never equal, so it clones instead of sharing). 'malloc 1 MiB': the allocator pass "
+                 "weights at ZeRO-1/2; ZeRO-3 updates the partition itself (`shared_master_partitions` in "
+                 "rlhf/train/deepspeed.py; DeepSpeed 0.19.8 alone cloned it). 'malloc 1 MiB': the allocator pass "
                  "below. `rlhf plan`: its training-GPU table for the same recipe without the CUDA overhead row "
                  "(model states + reference + activations): "
                  + "; ".join(f"ZeRO-{s}: " + (", ".join(f"{k} {v:.2f}" for k, v in plan[s].items())
@@ -540,8 +542,9 @@ def verdict(result: dict[str, Any]) -> str:
     if math.isfinite(floor[3]["step"]):
         text += (f"Every rank pays a floor of {floor[3]['step']:.2f} GiB whatever the model; over it ZeRO-3 / ZeRO-0 "
                  f"is {r['zero3_over_zero0_step_increase']:.2f}, against {r['zero3_over_zero0_theory']:.2f} in theory "
-                 f"({r['zero3_over_zero0_theory_with_master']:.2f} with DeepSpeed's fp32 master partition, "
-                 f"{theo[3]['master']:.2f} GiB per rank). ")
+                 + (f"({r['zero3_over_zero0_theory_with_master']:.2f} with DeepSpeed's fp32 master partition, "
+                    f"{theo[3]['master']:.2f} GiB per rank). " if theo[3]["master"] else
+                    "(ZeRO-3 keeps no fp32 master partition over fp32 weights: shared_master_partitions). "))
     var = result.get("allocator_variant")
     if var:
         vp, over = var["peak_gib"], var["increase_gib"][3]["step"] - theo[3]["with_master"]

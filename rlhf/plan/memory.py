@@ -5,8 +5,8 @@ Model states (DeepSpeed's rules; N = train.num_ranks, Psi = trainable parameters
 
     parameters   w Psi                 / N under ZeRO-3       (+ a LoRA's frozen base, w bytes each, never sharded)
     gradients    w Psi                 / N under ZeRO-2 and 3
-    optimizer    (8 + 4 if w < 4) Psi  / N under ZeRO-1, 2, 3 (AdamW's two fp32 moments, + the fp32 master copy of
-                                                              16-bit weights)
+    optimizer    (8 + 4 m) Psi         / N under ZeRO-1, 2, 3 (AdamW's two fp32 moments, + the fp32 master copy: m =
+                                                              1 with 16-bit weights, or fp32 at ZeRO-1/2)
     step buffer  4 Psi (w < 4)         / N under ZeRO-1, 2, 3 (the fp32 copy of the gradients the optimizer step
                                                               reads; it exists when the activations are freed)
     ZeRO-3       2 w x the largest module (its parameters gathered whole and its gradient before the reduce-scatter)
@@ -80,6 +80,14 @@ class ModelStates:
         return self.params + self.grads + self.optimizer + self.gathered
 
 
+def has_master_copy(weight_bytes: int, zero_stage: int) -> bool:
+    """Whether DeepSpeed keeps an fp32 master partition: with 16-bit weights always; with fp32 weights at ZeRO-1/2
+    too (they clone their partition, stage_1_and_2.py); ZeRO-3 over fp32 weights updates the partition itself
+    (DeepSpeed's intent; its 0.19.8 device check misses it: rlhf/train/deepspeed.py shared_master_partitions);
+    ZeRO-0 (the plain optimizer) has none."""
+    return weight_bytes < 4 or zero_stage in (1, 2)
+
+
 def model_states(trainable: int, frozen: int, weight_bytes: int, ranks: int, zero_stage: int, backend: str,
                  largest_module: int = 0) -> ModelStates:
     """One training rank's parameters, gradients and AdamW state (module docstring)."""
@@ -89,10 +97,7 @@ def model_states(trainable: int, frozen: int, weight_bytes: int, ranks: int, zer
     shard_p = ranks if zero_stage == 3 else 1
     shard_g = ranks if zero_stage >= 2 else 1
     shard_o = ranks if zero_stage >= 1 else 1
-    # the fp32 master partition: with 16-bit weights always; with fp32 weights at ZeRO-1/2 too (they clone their
-    # partition, stage_1_and_2.py); ZeRO-3 over fp32 weights updates the partition itself (DeepSpeed's intent; its
-    # 0.19.8 device check misses it, rlhf/train/deepspeed.py shared_master_partitions); ZeRO-0 has none
-    master = 4 if w < 4 or zero_stage in (1, 2) else 0
+    master = 4 if has_master_copy(w, zero_stage) else 0
     return ModelStates(
         params=w * (trainable + frozen) / shard_p,
         grads=w * trainable / shard_g,

@@ -167,7 +167,7 @@ def _train_rows(s: Setup, critic: bool) -> tuple[list[tuple[str, float, str]], f
         ("parameters", st.params, f"{pnote}; {how}"),
         ("gradients", st.grads, "trainable only" if lora else ""),
         ("optimizer state", st.optimizer, "AdamW: 2 fp32 moments" + (" + fp32 master" if s.backend != "torch"
-                                                                       and (w < 4 or s.zero_stage >= 1)
+                                                                       and mem.has_master_copy(w, s.zero_stage)
                                                                        else "")),
     ]
     if st.step:
