@@ -82,3 +82,36 @@ def test_generated_scores_of_a_checkpoint(arithmetic_model_dir, tmp_path):
     scores = generated_scores(recipe, str(tmp_path / "ckpt"))
     assert set(scores) == {"brevity", "correct"}
     assert scores["brevity"] <= 0 and 0 <= scores["correct"] <= 1
+
+
+@pytest.mark.extended  # ~30 s, two tiny trainings; the rule and the bookkeeping: tests/unit/test_front_fill.py
+def test_fill_run_starts_from_a_checkpoint_with_a_constraint(ray_session, tmp_path):
+    """A real fill run: model.path = a trained run's checkpoint model/ (tokenizer found there), no warm-up, the
+    bound as a Lagrange constraint; the measured points are given by hand so the gap does not depend on 1 step."""
+    from rlhf.runtime.controller import run
+    from rlhf.sweep import fill_front
+
+    recipe = validate_dict({
+        "run": {"output_dir": str(tmp_path / "out"), "steps": 1, "progress": False},
+        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 4,
+                           "max_position_embeddings": 32}},
+        "data": {"synthetic": {"n_train": 32, "n_eval": 8, "max_operand": 9}, "max_prompt_tokens": 8},
+        "rewards": [{"name": "correct", "plugin": "exact_match"},
+                    {"name": "brief", "plugin": "length_penalty", "args": {"target": 1}}],
+        "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 4},
+        "train": {"backend": "torch", "num_ranks": 1, "lr": 1e-2},
+        "eval": {"max_samples": 4},
+    }, "test")
+    ckpt = run(recipe)["checkpoint"]
+    runs = [{"label": "w0", "point": [1.0, -1.0], "checkpoint": ckpt},
+            {"label": "w1", "point": [0.0, 0.0], "checkpoint": ckpt}]
+    root = tmp_path / "out" / "sweep"
+    root.mkdir()
+    (filled,) = fill_front(recipe, str(root), ["correct", "brief"], runs, 1)
+    assert filled["source"] == "fill" and filled["fill"]["start"] == "w1" and filled["fill"]["maximize"] == "correct"
+    assert len(filled["point"]) == 2 and (root / "fill0" / "summary.json").exists()
+    resolved = (root / "fill0" / "recipe.resolved.yaml").read_text()
+    assert os.path.join(ckpt, "model") in resolved and "min: -0.5" in resolved
+    metrics = [json.loads(line) for line in (root / "fill0" / "metrics.jsonl").read_text().splitlines()]
+    assert any("constraint/brief/multiplier" in m for m in metrics)
+    assert not any(m.get("phase") == "sft" for m in metrics)
