@@ -7,8 +7,8 @@
     rlhf launch local|ray|slurm|k8s RECIPE [key.path=value ...] [--dry-run] [target flags]
     rlhf rewards list
     rlhf plot RUN_DIR
-    rlhf export CHECKPOINT --out DIR [--base MODEL] [--dtype D]
-    rlhf sweep RECIPE --weights W1 W2 ... [key.path=value ...] [--reference R] [--resume] [--conditioned]
+    rlhf export CHECKPOINT --out DIR [--base MODEL] [--dtype D] [--mix W1,W2]
+    rlhf sweep RECIPE --weights W1 W2 ... [key.path=value ...] [--reference R] [--resume] [--conditioned|--fill N]
     rlhf serve-rewards --recipe RECIPE [key.path=value ...] [--host H] [--port P] [--token-file F]
                        [--max-body-mb M] [--max-concurrency N] [--max-batch B] [--insecure-no-auth]
 
@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("checkpoint", help="checkpoint step directory or model/adapter directory")
     ex.add_argument("--out", required=True, help="output directory (must be new or empty)")
     ex.add_argument("--base", default=None, help="base model dir or hub id (default: the one the adapter names)")
-    ex.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="dtype of the written weights (default: the checkpoint recipe's model.dtype)")
+    from rlhf.export import add_export_options  # --dtype, --mix (a multi-head checkpoint's heads mixed)
+    add_export_options(ex)
 
     r = sub.add_parser("rewards", help="reward plugins: `rlhf rewards list` shows every plugin a recipe can name")
     r.add_argument("action", choices=["list"])
@@ -119,19 +119,19 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser(
         "sweep",
         help="one training per reward-weight vector, then the Pareto front and its hypervolume",
-        description="Train RECIPE once per weight vector (rewards[i].weight, in the recipe's order) into "
-        "RUN.output_dir/sweep/wN, evaluate every model on every reward component (held-out, greedy), and write "
-        "sweep.json, sweep.md (table, front, hypervolume) and sweep.png. On-policy RL objectives, and MODPO (the "
-        "preference weight first; its models are evaluated by pair accuracy and their own greedy completions).",
+        description="Train RECIPE once per weight vector (rewards[i].weight, in the recipe's order) into OUT/sweep/wN, "
+        "evaluate every model on every reward component (held-out, greedy), write sweep.json, sweep.md and sweep.png. "
+        "RL objectives, and MODPO (preference weight first; scored by pair accuracy and own greedy completions). "
+        "--fill N: constrained runs from a neighbour's checkpoint fill the front's N largest gaps (rlhf/sweep.py).",
     )
     w.add_argument("recipe")
     w.add_argument("overrides", nargs="*", metavar="key.path=value")
     w.add_argument("--weights", nargs="+", default=[], metavar="W", help="weight vectors, e.g. 1,0 0.5,0.5 0,1")
     w.add_argument("--conditioned", action="store_true", help="train the conditioned RECIPE once, score it per vector")
     w.add_argument("--checkpoint", default=None, help="--conditioned: the checkpoint to score (no training)")
-    w.add_argument("--reference", default=None, help="hypervolume reference point, e.g. 0,-1 (default: below "
-                   "the worst point)")
+    w.add_argument("--reference", default=None, help="hypervolume reference, e.g. 0,-1 (default: below the worst)")
     w.add_argument("--resume", action="store_true", help="continue runs that have checkpoints")
+    w.add_argument("--fill", type=int, default=0, metavar="N", help="then fill the front's N largest gaps (C-MORL)")
 
     s = sub.add_parser(
         "serve-rewards",
@@ -348,15 +348,11 @@ def _export(args) -> int:
     from rlhf.train.checkpoint import CheckpointError
 
     try:
-        done = export(args.checkpoint, args.out, base=args.base, dtype=args.dtype)
+        done = export(args.checkpoint, args.out, base=args.base, dtype=args.dtype, mix=args.mix)
     except (ExportError, LoraError, ModelLoadError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if done["kind"] == "lora":
-        print(f"merged the LoRA adapter of {done['source']} ({done['merged_modules']} modules, scale "
-              f"{done['scale']:g}) into {done['base']}: {done['out']}")
-    else:
-        print(f"copied the full model {done['source']}: {done['out']}")
+    print(done["message"])
     return 0
 
 
@@ -386,7 +382,7 @@ def _sweep(args) -> int:
 
     try:
         reference = None if args.reference is None else [float(x) for x in args.reference.split(",")]
-        result = sweep(recipe, args.weights, reference, args.resume, args.conditioned, args.checkpoint)
+        result = sweep(recipe, args.weights, reference, args.resume, args.conditioned, args.checkpoint, args.fill)
     except Stopped as e:
         print(f"{e}\n(continue the sweep with --resume)", file=sys.stderr)
         return 130 if "SIGINT" in str(e) else 143

@@ -326,9 +326,60 @@ class RMConfig(Strict):
         return self
 
 
+class MAHDPOConfig(Strict):
+    """MAH-DPO: a multi-head policy (K LM heads on one trunk, all starting as the reference's head); head k is
+    trained by DPO on objective k's preference labels, the trunk by every head's loss. Generation mixes the heads'
+    logits (``mix``; evaluation also at ``eval_mixes``). Checkpoints keep the heads (rlhf/models/multihead.py)."""
+
+    kind: Literal["mah_dpo"] = "mah_dpo"
+    heads: list[str] = Field(..., min_length=1, description="the objectives, one LM head each, in head order "
+                             "(names used in metrics: head/NAME/pair_acc/OBJECTIVE, and by `rlhf export --mix`)")
+    preference_columns: Optional[dict[str, str]] = Field(
+        None, description="per head, the data column with its objective's label: 1 (chosen preferred), -1 "
+        "(rejected preferred), 0 or null (no preference: the pair gives that head no loss). Heads not named "
+        "here read the column named as the head")
+    beta: float = Field(0.1, gt=0, description="DPO beta of every head (strength of the implicit KL to the "
+                        "reference, the initial single-head model)")
+    mix: Optional[list[float]] = Field(
+        None, description="the default mix: generation uses logits sum_k mix_k logits_k, and the saved model/'s "
+        "lm_head is the merged head sum_k mix_k W_k (what an ordinary HF / vLLM load serves); default uniform")
+    eval_mixes: Optional[list[list[float]]] = Field(
+        None, description="evaluation generates greedily from the held-out prompts at each of these mixes and "
+        "scores the completions with the recipe's reward components (eval/mix/I/COMPONENT); default: each head "
+        "alone, then the uniform mix. No reward components: no generation at evaluation")
+    batch_size: int = Field(32, ge=1, description="preference pairs per optimizer step")
+    max_length: int = Field(512, ge=4, description="tokens per prompt + completion; longer pairs lose their tail")
+
+    @model_validator(mode="after")
+    def _heads(self) -> "MAHDPOConfig":
+        dup = sorted({h for h in self.heads if self.heads.count(h) > 1})
+        if dup:
+            raise ValueError(f"objective.heads: duplicate names {dup}")
+        unknown = sorted(set(self.preference_columns or {}) - set(self.heads))
+        if unknown:
+            raise ValueError(f"objective.preference_columns: {unknown} are not heads; heads are {self.heads}")
+        K = len(self.heads)
+        for where, mix in [("mix", self.mix), *((f"eval_mixes.{i}", m) for i, m in enumerate(self.eval_mixes or []))]:
+            if mix is not None and len(mix) != K:
+                raise ValueError(f"objective.{where}: {mix} needs {K} weights, one per head {self.heads}")
+        return self
+
+    def column_of(self, head: str) -> str:
+        """The data column holding ``head``'s preference labels."""
+        return (self.preference_columns or {}).get(head, head)
+
+    def resolved_eval_mixes(self) -> list[list[float]]:
+        """``eval_mixes``, or each head alone then the uniform mix."""
+        if self.eval_mixes is not None:
+            return [list(m) for m in self.eval_mixes]
+        K = len(self.heads)
+        alone = [[float(j == k) for j in range(K)] for k in range(K)]
+        return alone + ([[1.0 / K] * K] if K > 1 else [])
+
+
 ObjectiveConfig = Union[
     GRPOConfig, GiGPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig,
-    CGPOConfig, PRMObjectiveConfig, RMConfig,
+    CGPOConfig, PRMObjectiveConfig, RMConfig, MAHDPOConfig,
 ]
 
 

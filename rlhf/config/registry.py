@@ -21,7 +21,8 @@ from rlhf.config import objectives as cfgs
 
 STAGES = ("policy_gradient", "online_pairs", "cgpo", "preference", "prm", "rm")  # runtime stages (rlhf.runtime.stages)
 # what the rows are: prompts to generate from, preference pairs, step-labelled solutions, pairs with per-head labels
-DATA = ("prompts", "pairs", "step_labels", "rm_pairs")
+# (a reward model's heads: checked labels and margins), pairs with per-head labels (a multi-head policy's heads)
+DATA = ("prompts", "pairs", "step_labels", "rm_pairs", "head_pairs")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Capabilities:
     # the trained model is a reward model: a sequence-classification model with these named scalar outputs (the
     # warm-up still trains the causal LM it starts from); () = the policy, a causal LM
     score_heads: tuple[str, ...] = ()
+    # the trained policy is a multi-head causal LM with these named LM heads on one trunk (rlhf/models/multihead.py;
+    # MAH-DPO): its pair updates read per-head logps (B, K) and per-head labels; () = a single-head causal LM
+    policy_heads: tuple[str, ...] = ()
 
     @property
     def rollouts(self) -> bool:
@@ -151,6 +155,17 @@ def _check_modpo(recipe: Any) -> None:
                          f"on the simplex), got {total:.6g}")
 
 
+def _check_mah_dpo(recipe: Any) -> None:
+    _check_pairs(recipe)
+    t = recipe.train
+    if recipe.model.lora is not None and recipe.model.lora.enabled:
+        raise ValueError("objective mah_dpo trains full LM heads on the trunk; model.lora is not supported with it "
+                         "(set model.lora.enabled: false)")
+    if t.backend == "deepspeed" and t.zero_stage == 3:
+        raise ValueError("objective mah_dpo: train.zero_stage 3 is not supported yet (the heads are built after "
+                         "the partitioned load); use zero_stage 0-2 or train.backend: torch")
+
+
 # --------------------------------------------------------------------------- the registry
 
 
@@ -194,6 +209,10 @@ REGISTRY: dict[str, ObjectiveSpec] = {spec.kind: spec for spec in (
                   lambda c: Capabilities(stage="preference", data="pairs", needs_reference=True,
                                          reward_margins=True),
                   check=_check_modpo, sweep_weights="preference_and_rewards"),
+    ObjectiveSpec("mah_dpo", cfgs.MAHDPOConfig, obj.MAHDPO.from_config,
+                  lambda c: Capabilities(stage="preference", data="head_pairs", needs_reference=True,
+                                         policy_heads=tuple(c.heads)),
+                  check=_check_mah_dpo),
     ObjectiveSpec("prm", cfgs.PRMObjectiveConfig, obj.PRM.from_config,
                   lambda c: Capabilities(stage="prm", data="step_labels", needs_reference=False),
                   check=_check_batch_over_ranks),

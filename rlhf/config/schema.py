@@ -30,6 +30,7 @@ from rlhf.config.objectives import (  # noqa: F401  (the objective sections are 
     CriticConfig,
     DPOConfig,
     GRPOConfig,
+    MAHDPOConfig,
     MODPOConfig,
     ObjectiveConfig,
     OnlineDPOConfig,

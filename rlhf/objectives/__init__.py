@@ -8,7 +8,7 @@ depends on its role, never on its name:
         objective.surrogate.loss(logprobs, old, ref, advantages, mask)      # the one clipped surrogate
         objective.advantages(rv, group_ids, weighting, width)               # GRPO, GiGPO, RLOO
         objective.sequence_scores(...) / .token_advantages(...)             # REINFORCE++ (token level)
-    pairs (DPO, IPO, cDPO, MODPO, online DPO, CGPO's CODPO):
+    pairs (DPO, IPO, cDPO, MODPO, MAH-DPO (per-head (B, K) logps), online DPO, CGPO's CODPO):
         objective.pair_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_lengths=...)
     supervised (SFT, PRM, RM):
         objective.loss_sft(model, batch)
@@ -27,6 +27,7 @@ from rlhf.objectives.common import Surrogate, completion_logprobs, masked_mean, 
 from rlhf.objectives.dpo import DPO
 from rlhf.objectives.gigpo import GiGPO
 from rlhf.objectives.grpo import GRPO
+from rlhf.objectives.mah_dpo import MAHDPO
 from rlhf.objectives.modpo import MODPO
 from rlhf.objectives.ppo import PPO
 from rlhf.objectives.prm import PRM
@@ -68,6 +69,7 @@ __all__ = [
     "CGPO",
     "DPO",
     "GRPO",
+    "MAHDPO",
     "MODPO",
     "PPO",
     "PRM",

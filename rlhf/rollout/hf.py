@@ -40,6 +40,7 @@ class HFEngine:
             torch.set_num_threads(num_threads)
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(model_dir, dtype, trust_remote_code).eval().requires_grad_(False)
+        self.model_dir = model_dir
         self.chat_template = chat_template
         self.max_prompt_tokens = max_prompt_tokens
         self.batch_size = batch_size
@@ -162,6 +163,21 @@ class HFEngine:
             self.model, input_ids.to(self.device), attention_mask.to(self.device), prompt_len, temperature
         )
         return lp.cpu()  # (B, C)
+
+    def set_head_mix(self, mix: Iterable[float]) -> None:
+        """A multi-head model directory (rlhf/models/multihead.py: heads.json beside the causal LM): generate with
+        the logits sum_k mix_k logits_k of its heads from now on. The lm_head becomes the merged head sum_k mix_k
+        W_k, which gives exactly those logits (the heads are linear and the saved lm_head is untied)."""
+        from rlhf.models.multihead import is_multihead_dir, merged_head, read_heads
+
+        if not is_multihead_dir(self.model_dir):
+            raise ValueError(f"set_head_mix: {self.model_dir} is not a multi-head model directory (no heads.json)")
+        _names, _mix, heads = read_heads(self.model_dir)  # (K, V, H)
+        head = self.model.get_output_embeddings()
+        if head.weight is self.model.get_input_embeddings().weight:
+            raise ValueError(f"set_head_mix: {self.model_dir}'s lm_head is tied to its embeddings")
+        with torch.no_grad():
+            head.weight.copy_(merged_head(heads, list(mix)).to(head.weight.device, head.weight.dtype))  # (V, H)
 
     # ------------------------------------------------------------------ weights
 

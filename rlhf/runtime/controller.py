@@ -149,7 +149,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
                 state.warmup_done = True
         # ---- stage 2: the recipe's objective (on-policy RL, or offline pairs / step labels)
         start_dir = str(resume_from / "model") if resume_from else policy_dir
-        trainers.build(start_dir, recipe.train.lr, score_heads=caps.score_heads)  # the policy, or a reward model
+        trainers.build(start_dir, recipe.train.lr, score_heads=caps.score_heads,  # the policy, or a reward model
+                       policy_heads=caps.policy_heads)  # or a multi-head policy
         if resume_from:
             trainers.load_optimizer(str(resume_from))
         objective = build_objective(trained_objective(recipe))  # objective.off_policy resolved

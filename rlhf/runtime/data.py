@@ -6,6 +6,8 @@ prompts      prompts (+ answers and other columns) to generate from: the data so
 pairs        (prompt, chosen, rejected) preference pairs from a local file (held-out split unless eval_path)
 step_labels  step-labelled solutions (prompt, steps, labels) for PRM training (rlhf/runtime/prm.py)
 rm_pairs     preference pairs whose per-head labels (objective.preference_columns) and margins are checked
+head_pairs   preference pairs with each head's label (objective.preference_columns) checked and kept in the row
+             as ``_labels`` [K floats in {1, -1, 0}] (a multi-head policy, MAH-DPO)
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ def _rm_pairs(recipe: Any, seed: int) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
+def _head_pairs(recipe: Any, seed: int) -> tuple[list[dict], list[dict]]:
+    from rlhf.data.preference import check_rm_rows, rm_label
+
+    c, d = recipe.objective, recipe.data
+    columns = {h: c.column_of(h) for h in c.heads}
+    train, evals = _pairs(recipe, seed)
+    for where, rows in ((d.train_path, train), (d.eval_path or f"{d.train_path} (held-out split)", evals)):
+        check_rm_rows(rows, where, c.heads, columns, None)
+        for row in rows:
+            row["_labels"] = [rm_label(row, columns[h]) for h in c.heads]
+    return train, evals
+
+
 LOADERS: dict[str, Callable[[Any, int], tuple[list[dict], list[dict]]]] = {
     "prompts": _prompts, "pairs": _pairs, "step_labels": _step_labels, "rm_pairs": _rm_pairs,
+    "head_pairs": _head_pairs,
 }

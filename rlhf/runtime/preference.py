@@ -1,4 +1,5 @@
-"""The offline preference stage (DPO, IPO, cDPO, MODPO): fixed (prompt, chosen, rejected) pairs, no rollouts.
+"""The offline preference stage (DPO, IPO, cDPO, MODPO, MAH-DPO): fixed (prompt, chosen, rejected) pairs, no
+rollouts.
 
     stage = PreferenceStage(recipe, trainers, objective, caps, train_rows, eval_rows, actors)
     exp = stage.produce(step)       # the next `objective.batch_size` pairs, collated, with their cached reference
@@ -8,6 +9,11 @@
 The reference model's log-probs of every pair are computed once, when the stage starts, and cached with the
 rows (as TRL's precompute_ref_log_probs); the reference model is then dropped from the training ranks. For
 MODPO the recipe's reward components score chosen and rejected once, and each pair's margin is cached the same way.
+
+A multi-head policy (capabilities ``policy_heads``: MAH-DPO) trains on each pair's per-head labels (the rows'
+``_labels``, sent as the pairs' ``pair_info``); its evaluation adds every head's held-out pair accuracy on every
+objective's labels (``head/H/pair_acc/OBJ``) and, with reward components, greedy generation at each of
+``objective.eval_mixes`` scored by them (``mix/I/COMPONENT``, rlhf/runtime/multihead.py).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class PairBatch:
     batch: Any  # rlhf.data.preference.PreferenceBatch, (B, T) tensors
     ref_logps: Tensor | None  # (B, 2) [chosen, rejected] summed reference logps; None when reference-free
     margin: Tensor | None = None  # (B,) MODPO margin from the other objectives' rewards
+    pair_info: Tensor | None = None  # (B, K) a multi-head policy's per-head labels in {1, -1, 0}
 
     @property
     def batch_size(self) -> int:
@@ -39,13 +46,13 @@ class PairBatch:
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[start:stop]
 
-        return PairBatch(self.batch.slice(start, stop), cut(self.ref_logps), cut(self.margin))
+        return PairBatch(self.batch.slice(start, stop), cut(self.ref_logps), cut(self.margin), cut(self.pair_info))
 
     def to(self, device: Any) -> "PairBatch":
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
-        return PairBatch(self.batch.to(device), move(self.ref_logps), move(self.margin))
+        return PairBatch(self.batch.to(device), move(self.ref_logps), move(self.margin), move(self.pair_info))
 
 
 class PreferenceStage:
@@ -63,9 +70,11 @@ class PreferenceStage:
         self.sampler = PromptSampler(train_rows, self.cfg.batch_size, recipe.run.seed)
         self.actors = actors
         self.margin_metrics: dict[str, float] = {}
+        self.mix_rewards: Any = None  # a multi-head policy's evaluation at several mixes: the reward components
 
     def summary_keys(self) -> dict[str, str]:
-        return {"loss": "loss/dpo", "pair accuracy": "rewards/accuracy", "reward margin": "rewards/margin"}
+        loss = f"loss/{self.objective.name}" if self.caps.policy_heads else "loss/dpo"
+        return {"loss": loss, "pair accuracy": "rewards/accuracy", "reward margin": "rewards/margin"}
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
@@ -84,6 +93,11 @@ class PreferenceStage:
             self.trainers.drop_reference()
         if self.caps.reward_margins:
             self._cache_margins()
+        if self.caps.policy_heads and self.recipe.rewards:
+            from rlhf.scoring.group import RewardGroup
+
+            self.mix_rewards = RewardGroup(self.recipe.rewards)
+            self.actors.append(self.mix_rewards)
 
     def _cache_margins(self) -> None:
         """Score chosen and rejected with the recipe's reward components (Ray reward workers), once."""
@@ -127,7 +141,8 @@ class PreferenceStage:
     def _pairs(self, rows: list[dict]) -> PairBatch:
         ref = torch.tensor([r["_ref_logps"] for r in rows]) if self.caps.needs_reference else None
         margin = torch.tensor([r["_margin"] for r in rows]) if "_margin" in rows[0] else None
-        return PairBatch(self._collate(rows), ref, margin)
+        labels = torch.tensor([r["_labels"] for r in rows]) if "_labels" in rows[0] else None  # (B, K)
+        return PairBatch(self._collate(rows), ref, margin, labels)
 
     def produce(self, step: int) -> Experience:
         return Experience(step, batch=self._pairs(self.sampler.next_batch()))
@@ -151,10 +166,21 @@ class PreferenceStage:
         out = self.objective.pair_loss(logps[:, 0], logps[:, 1], None if ref is None else ref[:, 0],
                                        None if ref is None else ref[:, 1], margin=pairs.margin,
                                        chosen_lengths=pairs.batch.chosen_loss_mask[:, 1:].sum(1),
-                                       rejected_lengths=pairs.batch.rejected_loss_mask[:, 1:].sum(1))
-        return {
+                                       rejected_lengths=pairs.batch.rejected_loss_mask[:, 1:].sum(1),
+                                       pair_info=pairs.pair_info)  # logps (B, 2) or per head (B, 2, K)
+        scores = {
             "loss": float(out.loss),
             "pref_accuracy": out.metrics["rewards/accuracy"],
             "reward_margin": out.metrics["rewards/margin"],
             "policy_prefers_chosen": float((logps[:, 0] > logps[:, 1]).float().mean()),
         }
+        if self.caps.policy_heads:
+            scores.update({k: v for k, v in out.metrics.items() if k.startswith("head/")})
+        if self.mix_rewards is not None:
+            import os
+
+            from rlhf.runtime.multihead import evaluate_mixes
+
+            work_dir = os.path.join(self.recipe.run.output_dir, "mix_eval_model")
+            scores.update(evaluate_mixes(self.recipe, self.trainers, rows, self.mix_rewards, work_dir))
+        return scores

@@ -102,9 +102,9 @@ class TrainGroup:
     # ------------------------------------------------------------------ API
 
     def build(self, model_dir: str, lr: float, num_heads: int | None = None,
-              score_heads: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+              score_heads: tuple[str, ...] = (), policy_heads: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         self.model_dir = model_dir
-        return self._all(lambda w: w.build.remote(model_dir, lr, num_heads, tuple(score_heads)))
+        return self._all(lambda w: w.build.remote(model_dir, lr, num_heads, tuple(score_heads), tuple(policy_heads)))
 
     def logprobs(self, exp: ExperienceBatch, reference: bool = False):
         """(B, C) logprobs of every row, sharded over the ranks (policy, or the frozen reference)."""

@@ -267,30 +267,37 @@ def supervised_eval(ctx: StepContext, batch: Any, objective: Any) -> dict[str, f
 # --------------------------------------------------------------------------- preference pairs
 
 
-def pair_logps(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) summed completion logps of chosen and of rejected, from one forward over both."""
+def pair_logps(model: torch.nn.Module, batch: Any, heads: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) summed completion logps of chosen and of rejected, from one forward over both; ``heads``: a
+    multi-head policy's (B, K) logps of every head, from one trunk forward."""
     from rlhf.objectives.common import token_logprobs
     from rlhf.objectives.dpo import sequence_logps
 
     ids, mask, loss_mask = batch.stacked()  # (2B, T)
+    if heads:
+        from rlhf.objectives.mah_dpo import head_sequence_logps
+
+        return head_sequence_logps(model, ids, mask, loss_mask).chunk(2)  # (B, K) each
     logps = sequence_logps(token_logprobs(model, ids, mask), loss_mask[:, 1:])  # (2B,)
     return logps.chunk(2)
 
 
-def pair_update(ctx: StepContext, pairs: Any, objective: Any) -> dict[str, float]:
+def pair_update(ctx: StepContext, pairs: Any, objective: Any, heads: bool = False) -> dict[str, float]:
     """COLLECTIVE. One optimizer step of the objective's pair loss on this rank's shard of offline pairs
-    (``PairBatch``: collated pairs, cached reference logps, MODPO margins)."""
+    (``PairBatch``: collated pairs, cached reference logps, MODPO margins, per-pair info such as a multi-head
+    policy's (B, K) labels); ``heads``: the policy is multi-head (its logps are (b, K))."""
     pairs = pairs.to(ctx.device)
     micro = ctx.backend.configure_batch(pairs.batch_size, ctx.settings.micro_batch_size)
     metrics = Metrics()
 
     def loss_fn(part: Any) -> LossOutput:
-        chosen, rejected = pair_logps(ctx.backend.module, part.batch)  # (b,), (b,)
+        chosen, rejected = pair_logps(ctx.backend.module, part.batch, heads)  # (b,) or (b, K) each
         ref = part.ref_logps  # (b, 2) or None (reference-free)
         return objective.pair_loss(chosen, rejected, None if ref is None else ref[:, 0],
                                    None if ref is None else ref[:, 1], margin=part.margin,
                                    chosen_lengths=part.batch.chosen_loss_mask[:, 1:].sum(1),
-                                   rejected_lengths=part.batch.rejected_loss_mask[:, 1:].sum(1))
+                                   rejected_lengths=part.batch.rejected_loss_mask[:, 1:].sum(1),
+                                   pair_info=part.pair_info)
 
     optimize(ctx, micro_batches(pairs, 0, pairs.batch_size, micro), loss_fn, metrics)
     return metrics.means()

@@ -35,6 +35,7 @@ class TrainWorker:
         self.backend: Any = None
         self.reference: torch.nn.Module | None = None
         self.hf_model: Any = None
+        self.policy_heads: tuple[str, ...] = ()  # a multi-head policy's LM heads (MAH-DPO), set by build()
         self.export = WeightExport(rank, settings)
 
     # ------------------------------------------------------------------ setup
@@ -63,16 +64,18 @@ class TrainWorker:
         )
 
     def build(self, model_dir: str, lr: float, num_heads: int | None = None,
-              score_heads: tuple[str, ...] = ()) -> dict[str, Any]:
+              score_heads: tuple[str, ...] = (), policy_heads: tuple[str, ...] = ()) -> dict[str, Any]:
         """(Re)build the model from an HF directory with a fresh optimizer at learning rate `lr`: the policy, for
-        the critic role a value model (backbone + `num_heads` value heads), or with `score_heads` a reward model
-        (a sequence-classification model with one scalar output per named head)."""
+        the critic role a value model (backbone + `num_heads` value heads), with `score_heads` a reward model
+        (a sequence-classification model with one scalar output per named head), or with `policy_heads` a
+        multi-head policy (one LM head per name on the causal LM's trunk; rlhf/models/multihead.py)."""
         from rlhf.models.load import load_tokenizer
 
         s, t, lora_cfg = self.settings, self.settings.train, self.settings.lora
         torch.manual_seed(s.seed)
         tokenizer = load_tokenizer(model_dir, trust_remote_code=s.model.trust_remote_code)
         lora_base_dir = None
+        self.policy_heads = tuple(policy_heads)
         self.hf_model = self.backend = None  # a rebuild frees the previous model before loading the next
         with self._loading():  # ZeRO-3: constructed partitioned, the checkpoint copied in module by module
             if s.role == "critic":
@@ -117,8 +120,13 @@ class TrainWorker:
         return {"rank": self.rank, "params": n, "trainable_params": trainable, "threads": torch.get_num_threads()}
 
     def _load(self, model_dir: str, score_heads: tuple[str, ...], tokenizer: Any) -> Any:
-        """The policy (a causal LM) or, with score_heads, a reward model (sequence classification)."""
+        """The policy (a causal LM; a multi-head one with policy_heads) or, with score_heads, a reward model
+        (sequence classification)."""
         m = self.settings.model
+        if self.policy_heads:
+            from rlhf.models.multihead import load_multihead
+
+            return load_multihead(model_dir, self.policy_heads, m.dtype, m.trust_remote_code, self.objective.mix)
         if score_heads:
             from rlhf.models.reward import load_reward_model
 
@@ -200,7 +208,7 @@ class TrainWorker:
 
     def train_preference(self, pairs: Any) -> dict[str, float]:
         """COLLECTIVE. One optimizer step of the objective's pair loss on this rank's shard of offline pairs."""
-        return self._with_memory(steps.pair_update(self._ctx(), pairs, self.objective))
+        return self._with_memory(steps.pair_update(self._ctx(), pairs, self.objective, bool(self.policy_heads)))
 
     def train_online_pairs(self, exp: ExperienceBatch) -> dict[str, float]:
         """COLLECTIVE. One optimizer step of the objective's pair loss on rollout pairs (rows 2i, 2i+1)."""
@@ -241,13 +249,15 @@ class TrainWorker:
 
     @torch.no_grad()
     def preference_logps(self, batch: Any, reference: bool) -> torch.Tensor:
-        """COLLECTIVE under ZeRO-3 (policy and reference). (B, 2) [chosen, rejected] summed logps, no gradient."""
+        """COLLECTIVE under ZeRO-3 (policy and reference). (B, 2) [chosen, rejected] summed logps, no gradient;
+        (B, 2, K) per head for a multi-head policy (its reference has one head)."""
         if reference and self.reference is None:
             raise RuntimeError("preference_logps(reference=True) needs load_reference() first")
         model = self.reference if reference else self.backend.module
+        heads = bool(self.policy_heads) and not reference
         with self._ctx().eval_mode():
-            chosen, rejected = steps.pair_logps(model, batch.to(self.device))
-        return torch.stack([chosen, rejected], dim=1).cpu()  # (B, 2)
+            chosen, rejected = steps.pair_logps(model, batch.to(self.device), heads)
+        return torch.stack([chosen, rejected], dim=1).cpu()  # (B, 2) or (B, 2, K)
 
     # ------------------------------------------------------------------ weights out (rlhf/train/export.py)
 

@@ -51,7 +51,7 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
                                   pytest.param("scaling", marks=SLOW), pytest.param("agents", marks=SLOW),
                                   pytest.param("async_pipeline", marks=SLOW),
                                   pytest.param("zero3_memory", marks=SLOWISH), "length_grouping", "packing",
-                                  "sandbox_corpus"])
+                                  "sandbox_corpus", pytest.param("front_fill", marks=SLOW)])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
 
@@ -73,6 +73,9 @@ def test_bench_quick(name, ray_session, tmp_path):
         assert data["s_per_gb"]["zero2"] > data["s_per_gb"]["tensor_copy"]  # a sync cannot beat a memcpy
     if name == "engine_curves":
         assert set(data["runs"]) == {"hf", "vllm"} and all(r["curves"]["correct"] for r in data["runs"].values())
+    if name == "front_fill":  # ~5 min: warm-up, 5 runs and their resumes; the fill runs need a front of 2+ points
+        seed = data["per_seed"][0]
+        assert len(seed["even"]["runs"]) == 5 and len(seed["fill"]["runs"]) == 3 + seed["fill"]["fill_runs"]
     if name == "step_phases":
         assert 0 <= data["analysis"]["glue_share"] < 1
         assert (tmp_path / "step_phases.png").exists()

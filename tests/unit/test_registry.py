@@ -16,6 +16,7 @@ from rlhf.config.schema import (
     CGPOConfig,
     DPOConfig,
     GRPOConfig,
+    MAHDPOConfig,
     MODPOConfig,
     OnlineDPOConfig,
     PPOConfig,
@@ -28,6 +29,7 @@ from rlhf.objectives import (
     CGPO,
     DPO,
     GRPO,
+    MAHDPO,
     MODPO,
     PPO,
     PRM,
@@ -58,6 +60,7 @@ SECTIONS = {
     "modpo": (MODPOConfig(), MODPO),
     "prm": (PRMObjectiveConfig(), PRM),
     "rm": (RMConfig(), RewardModelObjective),
+    "mah_dpo": (MAHDPOConfig(heads=["a", "b"]), MAHDPO),
 }
 
 
@@ -77,7 +80,7 @@ def test_build_objective_returns_the_kinds_class(kind):
         assert isinstance(obj.surrogate, Surrogate)
     if kind in ("grpo", "gigpo", "rloo"):
         assert isinstance(obj, PolicyGradientObjective)
-    if kind in ("cgpo", "online_dpo", "dpo", "modpo"):
+    if kind in ("cgpo", "online_dpo", "dpo", "modpo", "mah_dpo"):
         assert isinstance(obj, PairObjective)
     if kind in ("prm", "rm"):
         assert isinstance(obj, SupervisedObjective)

@@ -1,0 +1,125 @@
+"""MAH-DPO: DPO per head of a multi-head policy, head k on objective k's preference labels ("Simultaneous
+Multi-objective Alignment Across Verifiable and Non-verifiable Rewards": K LM heads on one trunk).
+
+For pair i (prompt x, completions y_c "chosen" and y_r "rejected" as the file names them) and head k, with the
+head's summed completion log-probs pi_k and the reference's ref (the initial model: one head), a label
+y_ik in {+1 (objective k prefers y_c), -1 (it prefers y_r), 0 (no preference)}:
+
+    h_ik = [pi_k(y_c|x) - ref(y_c|x)] - [pi_k(y_r|x) - ref(y_r|x)]       head k's implicit-reward difference
+    L    = 1/B sum_i sum_{k: y_ik != 0} -log sigmoid(beta * y_ik * h_ik)     DPO, Rafailov et al. 2023, eq. 7
+
+so head k's loss is DPO on the pairs its objective labels (a -1 label swaps the pair), pairs with no label for k
+give head k nothing, and the trunk gets the gradient of every head's loss. The mean is over the B pairs (as
+``DPO.loss``, with ``normalizer`` in its place for sharded batches): a pair weighs the same whichever heads it
+labels.
+
+Metrics: ``loss/mah_dpo``; ``rewards/accuracy`` and ``rewards/margin`` over the labelled (pair, head) cells of
+each head on its own objective; and the K x K matrix ``head/{k}/pair_acc/{j}``: how often head k's implicit
+reward beta * h_ik ranks the pair as objective j's labels say (y_ij * h_ik > 0), over the pairs j labels. A head
+that beats the others on its own objective has the largest entry of its column j = k.
+
+``head_sequence_logps(model, ids, mask, loss_mask)`` gives the (B, K) summed log-probs of every head from one trunk
+forward: the model's forward takes ``all_heads=True`` and returns logits (B, K, T, V)
+(``rlhf.models.multihead.MultiHeadCausalLM``). Imports only torch and the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rlhf.objectives.common import selected_logprobs
+from rlhf.types import LossOutput
+
+
+def head_sequence_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
+    """(B, K) summed log-probs of the loss-masked tokens under each head: right-padded (B, T) ids, mask and
+    loss_mask (token t predicted from the logits at t - 1, as ``token_logprobs``)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, all_heads=True)
+    logits = out.logits if hasattr(out, "logits") else out[0]  # (B, K, T, V)
+    B, K, T, V = logits.shape
+    targets = input_ids[:, 1:].unsqueeze(1).expand(B, K, T - 1)  # (B, K, T-1)
+    token = selected_logprobs(logits[:, :, :-1].reshape(B * K, T - 1, V),
+                              targets.reshape(B * K, T - 1)).reshape(B, K, T - 1)  # (B, K, T-1)
+    mask = loss_mask[:, 1:].unsqueeze(1).to(token.dtype)  # (B, 1, T-1)
+    return torch.where(mask > 0, token, torch.zeros_like(token)).sum(-1)  # (B, K)
+
+
+@dataclass
+class MAHDPO:
+    heads: tuple[str, ...]  # K head names = objective names, in the model's head order
+    beta: float = 0.1
+    mix: tuple[float, ...] = ()  # the default mix of the heads' logits (generation, saved lm_head); () = uniform
+
+    name: ClassVar[str] = "mah_dpo"
+    needs_reference: ClassVar[bool] = True
+    pairs_need_reference: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.heads = tuple(self.heads)
+        if not self.heads:
+            raise ValueError("MAHDPO: needs at least one head")
+        if not self.beta > 0:
+            raise ValueError(f"MAHDPO: beta must be > 0, got {self.beta}")
+        self.mix = tuple(self.mix) or tuple(1.0 / len(self.heads) for _ in self.heads)
+        if len(self.mix) != len(self.heads):
+            raise ValueError(f"MAHDPO: mix {list(self.mix)} needs one weight per head {list(self.heads)}")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "MAHDPO":
+        return cls(heads=tuple(cfg.heads), beta=cfg.beta, mix=tuple(cfg.mix or ()))
+
+    def loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+             ref_rejected_logps: Tensor, labels: Tensor, normalizer: float | None = None) -> LossOutput:
+        """policy_*_logps (B, K) per head; ref_*_logps (B,); labels (B, K) in {1, -1, 0} (module docstring)."""
+        B, K = policy_chosen_logps.shape
+        if K != len(self.heads) or labels.shape != (B, K) or ref_chosen_logps.shape != (B,):
+            raise ValueError(f"MAHDPO.loss: expected (B, {len(self.heads)}) policy logps and labels, (B,) reference "
+                             f"logps; got {tuple(policy_chosen_logps.shape)}, {tuple(labels.shape)}, "
+                             f"{tuple(ref_chosen_logps.shape)}")
+        y = labels.to(policy_chosen_logps.dtype)  # (B, K)
+        labelled = y != 0  # (B, K)
+        h = ((policy_chosen_logps - ref_chosen_logps[:, None])
+             - (policy_rejected_logps - ref_rejected_logps[:, None]))  # (B, K)
+        logits = self.beta * y * h  # (B, K)
+        zero = torch.zeros_like(logits)
+        nll = torch.where(labelled, -F.logsigmoid(torch.where(labelled, logits, zero)), zero)  # (B, K)
+        loss = nll.sum() / (B if normalizer is None else normalizer)
+        with torch.no_grad():
+            metrics = self._metrics(h.detach(), y, labelled, nll.detach())
+        return LossOutput(loss=loss, metrics=metrics)
+
+    def _metrics(self, h: Tensor, y: Tensor, labelled: Tensor, nll: Tensor) -> dict[str, float]:
+        """Losses, own-objective accuracy and margin, and the (head, objective) pair-accuracy matrix."""
+        n = float(labelled.sum())
+        nan = float("nan")
+        out: dict[str, float] = {
+            f"loss/{self.name}": float(nll.sum() / n) if n else nan,
+            "rewards/accuracy": float(((y * h > 0) & labelled).sum() / n) if n else nan,
+            "rewards/margin": float((self.beta * y * h * labelled).sum() / n) if n else nan,
+            "pairs": float(h.shape[0]),
+        }
+        for k, head in enumerate(self.heads):
+            own = labelled[:, k]  # (B,)
+            out[f"head/{head}/loss"] = float(nll[own, k].mean()) if bool(own.any()) else nan
+            for j, objective in enumerate(self.heads):
+                rows = labelled[:, j]  # (B,) the pairs objective j labels
+                right = (y[rows, j] * h[rows, k] > 0).to(h.dtype)  # (n_j,)
+                out[f"head/{head}/pair_acc/{objective}"] = float(right.mean()) if bool(rows.any()) else nan
+        return out
+
+    def pair_loss(self, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                  ref_rejected_logps: Tensor, *, pair_info: Tensor | None = None, normalizer: float | None = None,
+                  **unused: Any) -> LossOutput:
+        """The trainer's pair update: ``loss`` with the (B, K) labels in pair_info (lengths are not used)."""
+        if pair_info is None:
+            raise ValueError("MAHDPO.pair_loss: needs each pair's (B, K) head labels as pair_info")
+        return self.loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                         pair_info, normalizer)
+
+
+__all__ = ["MAHDPO", "head_sequence_logps"]
