@@ -295,6 +295,16 @@ class PRMObjectiveConfig(Strict):
     error_rate: float = Field(0.5, ge=0, le=1, description="synthetic data: share of rows with one wrong step")
 
 
+def check_heads(heads: list[str], preference_columns: Optional[dict[str, str]]) -> None:
+    """Named heads (a reward model's or a multi-head policy's): unique, and every preference column names one."""
+    dup = sorted({h for h in heads if heads.count(h) > 1})
+    if dup:
+        raise ValueError(f"objective.heads: duplicate names {dup}")
+    unknown = sorted(set(preference_columns or {}) - set(heads))
+    if unknown:
+        raise ValueError(f"objective.preference_columns: {unknown} are not heads; heads are {heads}")
+
+
 class RMConfig(Strict):
     """Train an outcome reward model (Bradley-Terry) on preference pairs (prompt, chosen, rejected): a scalar
     head per named output on the causal LM's last hidden state, saved as a Hugging Face sequence-classification
@@ -317,12 +327,7 @@ class RMConfig(Strict):
 
     @model_validator(mode="after")
     def _columns(self) -> "RMConfig":
-        dup = sorted({h for h in self.heads if self.heads.count(h) > 1})
-        if dup:
-            raise ValueError(f"objective.heads: duplicate names {dup}")
-        unknown = sorted(set(self.preference_columns or {}) - set(self.heads))
-        if unknown:
-            raise ValueError(f"objective.preference_columns: {unknown} are not heads; heads are {self.heads}")
+        check_heads(self.heads, self.preference_columns)
         return self
 
 
@@ -352,12 +357,7 @@ class MAHDPOConfig(Strict):
 
     @model_validator(mode="after")
     def _heads(self) -> "MAHDPOConfig":
-        dup = sorted({h for h in self.heads if self.heads.count(h) > 1})
-        if dup:
-            raise ValueError(f"objective.heads: duplicate names {dup}")
-        unknown = sorted(set(self.preference_columns or {}) - set(self.heads))
-        if unknown:
-            raise ValueError(f"objective.preference_columns: {unknown} are not heads; heads are {self.heads}")
+        check_heads(self.heads, self.preference_columns)
         K = len(self.heads)
         for where, mix in [("mix", self.mix), *((f"eval_mixes.{i}", m) for i, m in enumerate(self.eval_mixes or []))]:
             if mix is not None and len(mix) != K:
