@@ -159,7 +159,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         # model.lora resumes from an adapter checkpoint: engines (and a PPO critic) start from its base model and
         # get the adapter by the first sync
         stage = build_stage(StageInputs(recipe, trainers, objective, caps, _lora_base(start_dir), train_rows,
-                                        eval_rows, actors, resume_from))
+                                        eval_rows, actors, conditioner, resume_from))
         if state.stage:
             stage.load_state_dict(state.stage)
         stage.start(version=state.step)

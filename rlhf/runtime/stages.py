@@ -1,7 +1,8 @@
 """Stages built from the recipe: the objective's capabilities name the stage (rlhf/config/registry.py), and each
 stage is assembled from components, never by subclassing another stage.
 
-    stage = build_stage(StageInputs(recipe, trainers, objective, caps, start_dir, train_rows, eval_rows, actors))
+    stage = build_stage(StageInputs(recipe, trainers, objective, caps, start_dir, train_rows, eval_rows, actors,
+                                    conditioner))
 
     policy_gradient  GRPO, RLOO, REINFORCE++, PPO: the on-policy stage (rlhf/runtime/rl.py) with a policy-gradient
                      update; its advantage estimator is the objective's (group-relative, leave-one-out, token-level
@@ -33,6 +34,7 @@ class StageInputs:
     train_rows: list[dict]
     eval_rows: list[dict]
     actors: list[Any]  # every actor group the stage starts is appended (shut down at the end of the run)
+    conditioner: Any  # rlhf.data.conditioning: the preference conditioner (NoConditioning when off)
     resume_from: Any = None  # the checkpoint directory of a resumed run
 
 
@@ -83,12 +85,11 @@ def _on_policy_parts(i: StageInputs) -> OnPolicyParts:
 def _assemble(i: StageInputs, parts: OnPolicyParts, prompts: Any, update: Any, scorer: Any,
               summary: dict[str, str] | None = None,
               breakdown: Callable[[list[dict], Any], dict[str, float]] | None = None) -> RLStage:
-    from rlhf.data.conditioning import build_conditioner
     from rlhf.runtime.collect import Collector, eval_sampling, training_sampling
     from rlhf.runtime.evaluate import evaluate_at_vectors, evaluate_generated
 
     r = i.recipe
-    conditioner = build_conditioner(r.conditioning, [c.name for c in r.rewards], r.run.seed)  # identity when off
+    conditioner = i.conditioner
     collector = Collector(prompts, parts.rollout_fn, scorer, lambda step, round_: training_sampling(r, step, round_),
                           rounds=i.caps.sampling_rounds, weighting=parts.weighting,
                           prompts_per_step=r.rollout.prompts_per_step, conditioner=conditioner)
