@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from multinode import own_processes  # a sibling module: only this head's processes are stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent)
@@ -45,20 +46,6 @@ def env() -> dict[str, str]:
             "RAY_raylet_start_wait_time_s": "120"}  # a loaded 2-core machine: the raylet's wait for its agents
 
 
-def _own_processes(marker: str) -> list[int]:
-    """Pids whose command line names our Ray temp dir (so only this head's processes are ever stopped)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
 def _stop(head: subprocess.Popen, temp_dir: str) -> None:
     head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
     try:
@@ -67,9 +54,9 @@ def _stop(head: subprocess.Popen, temp_dir: str) -> None:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=10)
     deadline = time.time() + 15
-    while _own_processes(temp_dir) and time.time() < deadline:
+    while own_processes(temp_dir) and time.time() < deadline:
         time.sleep(0.5)
-    for pid in _own_processes(temp_dir):
+    for pid in own_processes(temp_dir):
         os.kill(pid, signal.SIGKILL)
 
 

@@ -10,11 +10,9 @@ import pytest
 from rlhf.config.load import validate_dict
 
 
-@pytest.mark.extended  # ~30 s; weights parsing, table and front: tests/unit/test_sweep.py; each run is a train run
-def test_sweep_two_weight_vectors(ray_session, tmp_path):
-    from rlhf.sweep import sweep
-
-    recipe = validate_dict({
+def _two_component_recipe(tmp_path):
+    """A 1-step GRPO run of a 1-layer model on `correct` vs `brief`, output under tmp_path/out."""
+    return validate_dict({
         "run": {"output_dir": str(tmp_path / "out"), "steps": 1, "progress": False},
         "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 4,
                            "max_position_embeddings": 32}},
@@ -25,6 +23,13 @@ def test_sweep_two_weight_vectors(ray_session, tmp_path):
         "train": {"backend": "torch", "num_ranks": 1, "lr": 1e-2},
         "eval": {"max_samples": 4},
     }, "test")
+
+
+@pytest.mark.extended  # ~30 s; weights parsing, table and front: tests/unit/test_sweep.py; each run is a train run
+def test_sweep_two_weight_vectors(ray_session, tmp_path):
+    from rlhf.sweep import sweep
+
+    recipe = _two_component_recipe(tmp_path)
     result = sweep(recipe, ["1,0", "0,1"])
     root = tmp_path / "out" / "sweep"
     saved = json.loads((root / "sweep.json").read_text())
@@ -91,17 +96,7 @@ def test_fill_run_starts_from_a_checkpoint_with_a_constraint(ray_session, tmp_pa
     from rlhf.runtime.controller import run
     from rlhf.sweep import fill_front
 
-    recipe = validate_dict({
-        "run": {"output_dir": str(tmp_path / "out"), "steps": 1, "progress": False},
-        "model": {"tiny": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 4,
-                           "max_position_embeddings": 32}},
-        "data": {"synthetic": {"n_train": 32, "n_eval": 8, "max_operand": 9}, "max_prompt_tokens": 8},
-        "rewards": [{"name": "correct", "plugin": "exact_match"},
-                    {"name": "brief", "plugin": "length_penalty", "args": {"target": 1}}],
-        "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 4},
-        "train": {"backend": "torch", "num_ranks": 1, "lr": 1e-2},
-        "eval": {"max_samples": 4},
-    }, "test")
+    recipe = _two_component_recipe(tmp_path)
     ckpt = run(recipe)["checkpoint"]
     runs = [{"label": "w0", "point": [1.0, -1.0], "checkpoint": ckpt},
             {"label": "w1", "point": [0.0, 0.0], "checkpoint": ckpt}]
