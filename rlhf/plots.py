@@ -50,13 +50,23 @@ def pyplot() -> Any:
     return plt
 
 
+def _training(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("phase") not in ("eval", "sft")]
+
+
+def has_training_steps(run_dir: str) -> bool:
+    """Whether the run's metrics.jsonl holds a training step to plot (not so for `run.steps=0`: warm-up or
+    evaluation only)."""
+    return bool(_training(_records(run_dir)))
+
+
 def plot_run(run_dir: str, out_path: str | None = None) -> str:
     plt = pyplot()
     if plt is None:
         raise RuntimeError("rlhf plot needs matplotlib: pip install 'rlhf-platform[plot]'")
 
     records = _records(run_dir)
-    train = [r for r in records if r.get("phase") not in ("eval", "sft")]
+    train = _training(records)
     evals = [r for r in records if r.get("phase") == "eval"]
     if not train:
         raise ValueError(f"{run_dir}: metrics.jsonl has no training steps yet")

@@ -7,9 +7,10 @@ before any actor starts.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from rlhf.config.base import Strict
 from rlhf.config.conditioning import ConditioningConfig, check_conditioning
@@ -329,6 +330,9 @@ class ProcessConfig(Strict):
         return self
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a process environment variable's name
+
+
 class RayConfig(Strict):
     """The Ray cluster the run's actors (engines, reward workers, training ranks) start in."""
 
@@ -340,6 +344,27 @@ class RayConfig(Strict):
         "strategies): PACK on as few nodes as possible, SPREAD over as many as possible (best effort), "
         "STRICT_SPREAD one rank per node (needs at least train.num_ranks nodes). Under SPREAD and STRICT_SPREAD "
         "the rollout engines spread over the nodes too. Where each rank and engine ran: OUT/placement.json")
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="environment variables of every actor's process (training ranks, "
+        "engines, reward workers), set through the job's Ray runtime environment: e.g. MALLOC_MMAP_THRESHOLD_: "
+        "'1048576' so glibc returns ZeRO-3's freed layer buffers on CPU (bench/README.md, zero3_memory). Values are "
+        "strings (numbers are written as strings); a name must be a valid environment variable name")
+
+    @field_validator("env_vars", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        """Numbers and booleans in YAML become the strings a process environment holds; names are checked."""
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for key, value in v.items():
+            if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, _; not a digit "
+                                 "first)")
+            if isinstance(value, (dict, list)) or value is None:
+                raise ValueError(f"{key}: {value!r} is not a string or number (an environment holds strings)")
+            out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
 
 
 class Recipe(Strict):

@@ -242,10 +242,11 @@ def lr_at(recipe: Recipe, step: int) -> float:
 
 
 def _plot(out: str) -> str | None:
-    """OUT/curves.png when matplotlib is installed (the `plot`/`dev` extra); None otherwise."""
-    from rlhf.plots import plot_run, pyplot
+    """OUT/curves.png when matplotlib is installed (the `plot`/`dev` extra) and the run trained a step; None
+    otherwise (`run.steps: 0`: a warm-up or evaluation only)."""
+    from rlhf.plots import has_training_steps, plot_run, pyplot
 
-    return None if pyplot() is None else plot_run(out)
+    return None if pyplot() is None or not has_training_steps(out) else plot_run(out)
 
 
 def _lora_base(model_dir: str) -> str:
@@ -335,7 +336,9 @@ def _init_ray(recipe: Recipe) -> bool:
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
         if key in os.environ:
             env[key] = os.environ[key]
+    env.update(recipe.ray.env_vars)  # the recipe's own, e.g. an allocator setting for the training ranks
     if ray.is_initialized():
+        _check_env_reached(recipe.ray.env_vars)
         return False
     # ray.address unset: a Ray job's driver (RAY_ADDRESS set by `ray job submit`) joins its cluster; anywhere else
     # a fresh local Ray starts, even when some other Ray head runs on this machine (ray.init() would join that)
@@ -349,6 +352,23 @@ def _init_ray(recipe: Recipe) -> bool:
         runtime_env={"env_vars": env},
     )
     return True
+
+
+def _check_env_reached(wanted: dict[str, str]) -> None:
+    """Ray was started by the caller: its job's runtime environment is fixed, so ray.env_vars can reach the actors
+    only if it already holds them (or the caller's own environment does, which a local Ray's workers inherit)."""
+    import ray
+
+    if not wanted:
+        return
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    missing = {k: v for k, v in wanted.items() if job_env.get(k, os.environ.get(k)) != v}
+    if missing:
+        from rlhf.config import RecipeError
+
+        raise RecipeError(
+            f"ray.env_vars: {sorted(missing)} cannot reach the actors: Ray was already initialised by this process "
+            "without them. Pass them to ray.init(runtime_env={'env_vars': {...}}), or let `rlhf train` start Ray")
 
 
 def _shutdown_ray() -> None:

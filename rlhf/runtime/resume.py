@@ -34,7 +34,9 @@ RESUMABLE_CHANGES = ("run.steps", "run.save_every", "run.keep_checkpoints", "run
                      "run.tensorboard", "run.trackers", "run.wandb", "run.mlflow",  # trackers: rlhf/trackers.py
                      "eval.every", "eval.max_samples",
                      # where it runs: a job preempted on one Slurm allocation resumes on another (a new head address)
-                     "ray.address", "ray.num_cpus", "ray.placement_strategy", "pipeline.engine_cores")
+                     "ray.address", "ray.num_cpus", "ray.placement_strategy", "ray.env_vars", "pipeline.engine_cores",
+                     # a run directory copied or moved (to shared storage, another disk) resumes where it now is
+                     "run.output_dir", "run.name")
 
 
 def resume_point(recipe: Recipe, resume: bool) -> tuple[RunState, Any]:

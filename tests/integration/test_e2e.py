@@ -78,3 +78,19 @@ def test_train_then_resume(ray_session, tmp_path):
     assert summary["steps"] == 3 and Path(summary["checkpoint"]).name == "step_000003"
     state = json.loads((Path(summary["checkpoint"]) / "state.json").read_text())
     assert state["stage"]["sampler"]["position"] > 0 or state["stage"]["sampler"]["epoch"] > 0
+
+
+def test_zero_steps_is_a_warm_up_and_evaluation(ray_session, tmp_path):
+    """`run.steps: 0`: the warm-up, the evaluations and a checkpoint; no RL step, so no curves to draw (this used
+    to fail in the plot after the work was done)."""
+    from rlhf.runtime.controller import run
+
+    recipe = _recipe(tmp_path / "run", steps=0)
+    recipe.train = recipe.train.model_copy(update={"backend": "torch", "num_ranks": 1})
+    summary = run(recipe)
+    records = _records(tmp_path / "run")
+    assert [r["step"] for r in records if r["phase"] == "sft"] == [1, 2, 3]
+    assert not [r for r in records if r["phase"] == "rl"]
+    assert summary["steps"] == 0 and summary["curves"] is None
+    assert "accuracy" in summary["eval_before"] and "accuracy" in summary["eval_after"]
+    assert Path(summary["checkpoint"]).is_dir()
