@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rlhf.transport.weights import WeightPayload, check_sync
+from rlhf.transport.weights import WeightPayload, WeightSyncError, check_sync
 
 ROUTES = ("object_store", "broadcast", "cuda_ipc")
 
@@ -81,8 +81,17 @@ class SyncCoordinator:
     def deliver(self, payload: WeightPayload) -> list[tuple[int, str]]:
         """Load an object-store payload into every engine and check what each now holds (returns the reports);
         a restarted engine gets it too."""
+        import ray
+
         self._payload = payload
-        reports = self.engines.load_weights(payload)
+        try:
+            reports = self.engines.load_weights(payload)
+        except ray.exceptions.ObjectLostError as e:  # OwnerDiedError: the rank that put the buckets is gone
+            self.trainers.check_alive()  # TrainWorkerDied, naming the lost rank and its node
+            raise WeightSyncError(
+                f"weight sync of version {payload.version}: the engines could not fetch the weights from Ray's "
+                f"object store ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}), though every training "
+                "rank still answers; checkpoints already written stay valid (`rlhf train RECIPE --resume`)") from None
         check_sync(payload, reports)
         return reports
 

@@ -196,6 +196,10 @@ class TrainGroup:
         results = self._get([w.push_weights_ipc.remote(version, e) for w, e in zip(self.workers, engines)])
         return results[0][0], [(report, error, died) for _, report, error, died in results]
 
+    def check_alive(self) -> None:
+        """Ask every rank where it runs: a rank that is gone raises TrainWorkerDied naming it and its node."""
+        self._all(lambda w: w.node.remote())
+
     def sync_group_address(self) -> tuple[str, int]:
         """Rendezvous of the weight-sync group: rank 0's node and a free port there."""
         return self._get(self.workers[0].address.remote())
