@@ -30,9 +30,18 @@ class WeightExport:
         self.tokenizer: Any = None
         self.lora_base_dir: str | None = None
         self.sync_group: Any = None  # rank 0, rollout.weight_sync=broadcast: the weight-sync group (sender)
+        self._streams = False  # save_hf writes shard by shard (set by attach)
 
     def attach(self, backend: Any, hf_model: Any, tokenizer: Any, lora_base_dir: str | None) -> None:
+        from transformers import PreTrainedModel
+
+        from rlhf.models.shards import streams_exactly
+
         self.backend, self.hf_model, self.tokenizer, self.lora_base_dir = backend, hf_model, tokenizer, lora_base_dir
+        # the policy as a plain transformers model whose saved layout is its runtime one: saved shard by shard (every
+        # rank decides alike: the save is collective)
+        self._streams = (self.role == "policy" and isinstance(hf_model, PreTrainedModel)
+                         and streams_exactly(hf_model))
 
     # ------------------------------------------------------------------ to the engines
 
@@ -202,6 +211,9 @@ class WeightExport:
                 lora.save_merged(self.hf_model.get_base_model(), state, out_dir)
                 self.tokenizer.save_pretrained(out_dir)
             return
+        if self._streams:  # rank 0 holds one shard at a time, not the whole model
+            self._save_hf_shards(out_dir, dtype)
+            return
         state: dict[str, torch.Tensor] = {}
         for bucket in self.backend.full_parameter_buckets(2**30):
             state.update((n, t.to(dtype)) for n, t in bucket)  # saved in the model's dtype
@@ -213,6 +225,23 @@ class WeightExport:
                 save_value_model(self.hf_model, out_dir, state_dict=state)
             else:
                 self.hf_model.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(out_dir)
+
+    def _save_hf_shards(self, out_dir: str, dtype: torch.dtype) -> None:
+        """COLLECTIVE. The policy's weights written one gathered bucket (a shard of SHARD_BYTES) at a time, so
+        rank 0 never holds the whole model (a ZeRO-3 rank holds only its partition); then config and tokenizer."""
+        from rlhf.models.shards import SHARD_BYTES, ShardWriter
+
+        writer = ShardWriter(out_dir) if self.rank == 0 else None
+        for bucket in self.backend.full_parameter_buckets(SHARD_BYTES):
+            if writer is not None:
+                writer.add({n: t.to(dtype) for n, t in bucket})  # in the model's dtype
+            del bucket
+        if writer is not None:
+            writer.close()
+            self.hf_model.config.save_pretrained(out_dir)
+            if self.hf_model.can_generate():
+                self.hf_model.generation_config.save_pretrained(out_dir)
             self.tokenizer.save_pretrained(out_dir)
 
     def save_checkpoint(self, ckpt_dir: str) -> None:
