@@ -71,11 +71,16 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def unwrapped(model: Any) -> Any:
+    """The model under a DeepSpeed / DDP wrapper (which forward kwargs to ``.module``); peft and transformers
+    models are their own (peft forwards ``config`` and ``get_output_embeddings`` to the base model)."""
+    return model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
+
+
 def _accepts_logits_to_keep(model: Any) -> bool:
     """True when the (possibly wrapped) HF model's forward takes ``logits_to_keep`` (transformers >= 4.50)."""
-    inner = getattr(model, "module", model)  # DeepSpeed / DDP wrappers forward kwargs to .module
     try:
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return "logits_to_keep" in inspect.signature(unwrapped(model).forward).parameters
     except (TypeError, ValueError, AttributeError):
         return False
 

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from rlhf.objectives.common import _accepts_logits_to_keep, position_ids_from_mask, selected_logprobs
+from rlhf.objectives.common import _accepts_logits_to_keep, position_ids_from_mask, selected_logprobs, unwrapped
 
 
 @dataclass(frozen=True)
@@ -114,22 +114,16 @@ def balanced_partition(tokens: Tensor, parts: int) -> list[list[int]]:
     return [sorted(g) for g in groups]
 
 
-def _inner(model: Any) -> Any:
-    """The model under a DeepSpeed / DDP wrapper (which forward kwargs to ``.module``); peft and transformers
-    models are their own (peft forwards ``config`` and ``get_output_embeddings`` to the base model)."""
-    return model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
-
-
 def varlen_attention(model: Any) -> bool:
     """True when the model attends with flash attention, which takes packed sequences (varlen) only as a batch of
     ONE row (transformers' ``_is_packed_sequence``); sdpa, eager and flex build the block-diagonal mask for any
     number of rows."""
-    return "flash" in str(_inner(model).config._attn_implementation)
+    return "flash" in str(unwrapped(model).config._attn_implementation)
 
 
 def output_head(model: Any) -> torch.nn.Module:
     """The module that turns a causal LM's hidden states into logits (through DeepSpeed/DDP and peft wrappers)."""
-    inner = _inner(model)
+    inner = unwrapped(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Module):
         raise TypeError(f"train.packing: {type(inner).__name__} has no output head (get_output_embeddings); packing "
