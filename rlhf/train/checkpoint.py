@@ -3,7 +3,9 @@
 Layout of `OUT/checkpoints/`:
 
     step_000020/
-      model/            HF directory: config.json, model.safetensors, tokenizer files (loadable on its own)
+      model/            HF directory: config.json, model.safetensors (or, past one 512 MiB shard, HF's numbered
+                        shards + model.safetensors.index.json: rlhf/models/shards.py), tokenizer files (loadable
+                        on its own)
       optim/            optimizer + engine state of every rank (DeepSpeed's format, or torch's)
       state.json        step, stage, data position, aggregator state, RNG seeds, recipe digest
       MANIFEST.json     every file with its size; written last
