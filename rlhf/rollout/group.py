@@ -16,7 +16,7 @@ import dataclasses
 from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
-from rlhf.transport.placement import cpu_split, group_memory, has_gpus
+from rlhf.transport.placement import actor_gone, cpu_split, group_memory, has_gpus
 from rlhf.transport.weights import WeightPayload
 from rlhf.types import RolloutBatch, SamplingSettings
 
@@ -105,6 +105,21 @@ class RolloutActor:
         return actor_node()
 
 
+STOPS_HERE = ("The run stops here; checkpoints already written stay valid (`rlhf train RECIPE --resume`). An engine "
+              "killed for memory (OutOfMemoryError: Ray's memory monitor) needs more free memory on its node: fewer "
+              "engines or other jobs, or a smaller rollout.vllm.kv_cache_gb / rollout.batch_size")
+
+
+class EngineDied(RuntimeError):
+    """A rollout engine died and could not be replaced (or died again on every retry of one call)."""
+
+
+def _cause(e: BaseException) -> str:
+    """One line of a Ray error: its type and its message's first line, cut at 300 characters."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
 class RolloutGroup:
     def __init__(self, recipe: Recipe, model_dir: str) -> None:
         import ray
@@ -188,14 +203,14 @@ class RolloutGroup:
             for i, ref in refs.items():
                 try:
                     results[i] = self._get(ref)
-                except ray.exceptions.RayActorError as e:
+                except actor_gone() as e:
                     died.append((i, e))
             if not died:
                 return results
             if attempt == self.max_restarts:
                 i, e = died[0]
-                raise RuntimeError(f"rollout engine {i} died {self.max_restarts + 1} times in one call; last: "
-                                   f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+                raise EngineDied(f"rollout engine {i} died {self.max_restarts + 1} times in one call; last: "
+                                 f"{_cause(e)}. {STOPS_HERE}")
             for i, _ in died:
                 self._restart(i)
             pending = {i: calls[i] for i, _ in died}
@@ -206,8 +221,12 @@ class RolloutGroup:
 
         ray.kill(self.actors[i], no_restart=True)
         self.actors[i] = self._start(i)
-        self.infos[i] = self._get(self.actors[i].info.remote())
-        self.nodes[i] = self._get(self.actors[i].node.remote())
+        try:
+            self.infos[i] = self._get(self.actors[i].info.remote())
+            self.nodes[i] = self._get(self.actors[i].node.remote())
+        except actor_gone() as e:  # e.g. Ray's memory monitor killed the new engine while it loaded the model
+            raise EngineDied(f"rollout engine {i} died, and its replacement died while starting: {_cause(e)}. "
+                             f"{STOPS_HERE}") from None
         self.restarts += 1
         if self.on_restart is not None:
             self.on_restart(i)
@@ -254,7 +273,7 @@ class RolloutGroup:
         for a in self.actors:
             try:
                 self._get(a.leave_sync_group.remote())
-            except ray.exceptions.RayActorError:
+            except actor_gone():
                 pass  # a dead engine has left the group with its process
 
     def get(self, refs: Any) -> Any:
@@ -282,7 +301,7 @@ class RolloutGroup:
         for ref in [a.memory.remote() for a in self.actors]:
             try:
                 peaks.append(ray.get(ref))
-            except ray.exceptions.RayActorError:
+            except actor_gone():
                 continue
         return group_memory("engines", peaks)
 

@@ -29,6 +29,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from rlhf.data import DataLoadError
     from rlhf.models.load import ModelLoadError
     from rlhf.models.lora import LoraError
+    from rlhf.rollout.group import EngineDied
     from rlhf.rollout.vllm import VLLMMissing
     from rlhf.runtime.resume import ResumeMismatch
     from rlhf.trackers import TrackerError
@@ -39,7 +40,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (FileNotFoundError, FileExistsError, RecipeError, DataLoadError, ModelLoadError, RewardPluginError,
             WeightSyncError, CheckpointError, TrainWorkerDied, ResumeMismatch, VLLMMissing, LoraError,
-            TrackerError, PlacementError)
+            TrackerError, PlacementError, EngineDied)
 
 
 class Stopped(RuntimeError):

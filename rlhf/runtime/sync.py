@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rlhf.transport.placement import actor_gone
 from rlhf.transport.weights import WeightPayload, WeightSyncError, check_sync
 
 ROUTES = ("object_store", "broadcast", "cuda_ipc")
@@ -116,7 +117,7 @@ class SyncCoordinator:
         for i, ref in refs.items():
             try:
                 reports[i] = self.engines.get(ref)
-            except ray.exceptions.RayActorError:
+            except actor_gone():
                 died.append(i)
                 failures.append(f"engine {i} died")
             except Exception as e:  # noqa: BLE001 - collected, reported in last_failure, then the fallback

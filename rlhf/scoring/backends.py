@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from rewards.api import PluginInfo, RewardPluginError
 from rlhf.scoring.workers import (DIED, TIMEOUT, PooledRewardWorker, RewardWorker, ScoreOutcome, WorkerSpec,
                                   timeout_outcome)
+from rlhf.transport.placement import actor_gone
 
 MAX_RESTARTS_PER_CALL = 2  # a worker that dies mid-call is restarted and asked again this many times at most
 SHARED_WORKER = "functions"  # the default worker of plain-function plugins
@@ -202,7 +203,7 @@ class RayBackend:
 
         try:
             result = ray.get(ref)
-        except ray.exceptions.RayActorError as exc:  # the actor process died (out of memory, segfault, ...)
+        except actor_gone() as exc:  # the actor process died (out of memory, segfault, ...)
             self._kill(w)
             return {j: ScoreOutcome(error=f"{_DIED}: {_last_line(exc)}", cause=DIED) for j in wanted}
         members = self._members[w]

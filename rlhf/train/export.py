@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from rlhf.train.settings import WorkerSettings
+from rlhf.transport.placement import actor_gone
 
 
 class WeightExport:
@@ -117,7 +118,7 @@ class WeightExport:
                 return None
             try:
                 return ray.get(method.remote(*args))
-            except ray.exceptions.RayActorError as e:
+            except actor_gone() as e:
                 error, died = f"died ({type(e).__name__})", True
             except Exception as e:  # noqa: BLE001 - returned to the coordinator, which falls back
                 error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"

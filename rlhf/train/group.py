@@ -12,7 +12,7 @@ import math
 from typing import Any, Callable, TypeVar
 
 from rlhf.config.schema import Recipe
-from rlhf.transport.placement import group_memory
+from rlhf.transport.placement import actor_gone, group_memory
 from rlhf.types import ExperienceBatch, SFTBatch
 
 T = TypeVar("T")
@@ -57,13 +57,15 @@ class TrainGroup:
 
         single = not isinstance(refs, list)
         pending = [refs] if single else list(refs)
+        rank = None  # the rank whose call is being read: lists are in rank order, single calls go to rank 0
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
+                rank = 0 if single else refs.index(done[0])
                 ray.get(done[0])  # raises at the first failed rank
             results = ray.get(refs)
-        except ray.exceptions.RayActorError as e:
-            lost = self._lost(e)
+        except actor_gone() as e:
+            lost = self._lost(e, rank)
             self.shutdown()
             raise TrainWorkerDied(
                 f"a training worker died: {lost}; the run stops here. Checkpoints already written under "
@@ -75,11 +77,14 @@ class TrainGroup:
             raise e.as_instanceof_cause() from None  # keeps the worker's exception type and remote traceback
         return results
 
-    def _lost(self, e: Any) -> str:
+    def _lost(self, e: Any, rank: int | None = None) -> str:
         """Which rank died and where it ran: 'rank 1 (Ray node 3f2a..., 10.0.0.5): its process or its node is gone
         (ActorUnavailableError: ...)'."""
-        actor_id = e.actor_id if isinstance(e.actor_id, str) else None
+        actor_id = getattr(e, "actor_id", None)  # an OutOfMemoryError names no actor
+        actor_id = actor_id if isinstance(actor_id, str) else None
         ranks = [r for r, w in enumerate(self.workers) if w._actor_id.hex() == actor_id]
+        if not ranks and rank is not None:  # no actor named (OutOfMemoryError): the call's own rank
+            ranks = [rank]
         cause = " ".join(str(e).replace("The task may or may not have been executed on the actor.", "").split())
         cause = f"{type(e).__name__}: {cause[:200].rsplit(' ', 1)[0] + ' ...' if len(cause) > 200 else cause}"
         if not ranks:

@@ -105,6 +105,14 @@ def rollout_options(gpus_per_engine: int = 1, strategy: str = "PACK") -> dict[st
     return options
 
 
+def actor_gone() -> tuple[type[BaseException], ...]:
+    """Ray's errors for a call whose actor process is gone: it died, or its node did (RayActorError), or Ray's
+    memory monitor killed it, which Ray reports as an OutOfMemoryError of the call in flight."""
+    import ray
+
+    return (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError)
+
+
 def actor_node() -> dict[str, str]:
     """Where the calling Ray actor runs: its node's id and IP (OUT/placement.json, the lost-rank message)."""
     import ray
