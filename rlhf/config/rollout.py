@@ -1,5 +1,6 @@
-"""Recipe sections of the rollout engines and rollout functions: ``rollout.vllm`` (the vllm engine) and
-``rollout.agent`` (multi-turn episodes against an environment); ``rollout`` itself is in rlhf/config/schema.py."""
+"""Recipe sections of the rollout engines and rollout functions: ``rollout.hf`` (the hf engine), ``rollout.vllm``
+(the vllm engine) and ``rollout.agent`` (multi-turn episodes against an environment); ``rollout`` itself is in
+rlhf/config/schema.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,18 @@ from typing import Any, Literal, Optional
 from pydantic import Field
 
 from rlhf.config.base import Strict
+
+
+class HFConfig(Strict):
+    """Settings of the `hf` engine (rollout.engine: hf; rlhf/rollout/hf.py)."""
+
+    decode: Literal["auto", "loop", "generate"] = Field(
+        "generate", description="how the engine decodes: loop, its own KV-cache loop that drops each row from the "
+        "batch once it has ended (rlhf/rollout/hf_decode.py; 1.71x the tokens per CPU-second on the demo's "
+        "rollout, bench/README.md hf_decode); generate, transformers' model.generate, which runs every row until "
+        "the last one ends (the default: the published learning figures were measured with it); auto, the loop "
+        "unless the model's cache cannot drop rows (remote code, linear-attention layers), then generate. Greedy "
+        "tokens are the same on both; a seed gives other (but fixed) samples on each")
 
 
 class VLLMConfig(Strict):

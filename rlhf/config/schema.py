@@ -16,7 +16,7 @@ from rlhf.config.base import Strict
 from rlhf.config.conditioning import ConditioningConfig, check_conditioning
 from rlhf.config.pipeline import PipelineConfig, check_pipeline
 from rlhf.config.model import LoraConfig, ModelConfig, TinyModelConfig  # noqa: F401  (part of the schema)
-from rlhf.config.rollout import AgentConfig, VLLMConfig  # noqa: F401  (part of the schema)
+from rlhf.config.rollout import AgentConfig, HFConfig, VLLMConfig  # noqa: F401  (part of the schema)
 from rlhf.config.train import TrainConfig  # noqa: F401  (part of the schema)
 from rlhf.config.weighting import (  # noqa: F401  (part of the schema)
     ConstraintConfig,
@@ -221,6 +221,7 @@ class RolloutConfig(Strict):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     engine: Literal["hf", "vllm"] = Field("hf", description="the generation engine: hf (transformers generate) "
                                           "or vllm (rollout.vllm)")
+    hf: HFConfig = Field(default_factory=HFConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     tis_cap: Optional[float] = Field(
         None, gt=0, description="truncated importance sampling: weight each token's policy-gradient term by "

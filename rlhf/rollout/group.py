@@ -313,8 +313,11 @@ class RolloutGroup:
 
 
 def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
-    """Engine-specific constructor arguments (vllm: its recipe block, per-engine CPU cores, seed)."""
+    """Engine-specific constructor arguments (hf: its decode path; vllm: its recipe block, per-engine CPU cores,
+    seed)."""
     r = recipe.rollout
+    if r.engine == "hf":
+        return {"decode": r.hf.decode}
     if r.engine != "vllm":
         return {}
     from rlhf.rollout.vllm import cpu_binding

@@ -1,7 +1,14 @@
-"""The `hf` rollout engine: Hugging Face `generate` on CPU (or one GPU), the default engine for tiny runs.
+"""The `hf` rollout engine: a transformers model on CPU (or one GPU), the default engine for tiny runs.
 
-    engine = HFEngine(model_dir, dtype="float32")
+    engine = HFEngine(model_dir, dtype="float32", decode="auto")  # our own loop where it can run
     batch = engine.generate(["12+7="], SamplingSettings(n=4, max_new_tokens=8))
+
+Two decode paths, same RolloutBatch: ``loop`` (rlhf/rollout/hf_decode.py), our own KV-cache loop that drops each
+row from the batch and the cache once it has ended, so finished rows cost nothing (issue 20); ``generate``,
+transformers' ``model.generate``, which runs every row until the last one ends (the default, ``rollout.hf.decode``:
+the published learning figures were measured with it). ``auto`` takes the loop unless the model's cache cannot drop
+rows (remote code, linear-attention layers). Greedy decoding gives the
+same tokens on both; sampling with a seed is deterministic on both but draws other samples on each.
 
 Returns token ids and, when asked (``SamplingSettings.logprobs``), the logprob of every sampled token under the
 sampling temperature, recorded while sampling from the raw logits (log_softmax(logits / T), the trainer's formula;
@@ -12,11 +19,12 @@ cache's incremental forward against the trainer's full one).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import torch
 
 from rlhf.rollout.base import eos_ids
+from rlhf.rollout.hf_decode import decode, loop_unsupported, stop_string_check
 from rlhf.transport.weights import (WeightSyncError, fingerprint_module, fingerprint_named, load_buckets_into,
                                    load_named_into)
 from rlhf.types import RolloutBatch, SamplingSettings, token_versions
@@ -33,6 +41,7 @@ class HFEngine:
         max_prompt_tokens: int = 128,
         batch_size: int = 64,
         num_threads: int | None = None,
+        decode: Literal["auto", "loop", "generate"] = "generate",
     ) -> None:
         from rlhf.models.load import load_causal_lm, load_tokenizer
 
@@ -56,6 +65,7 @@ class HFEngine:
         self.model.generation_config = GenerationConfig(
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids)
         )
+        self.decode = _decode_path(decode, self.model)  # "loop" | "generate"
 
     # ------------------------------------------------------------------ generation
 
@@ -95,27 +105,20 @@ class HFEngine:
     def _generate_chunk(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: SamplingSettings) -> RolloutBatch:
         tok = self.tokenizer
         n = 1 if s.greedy else s.n
-        device = self.device
-        temperature = 1.0 if s.greedy else s.temperature
-        suppress = sorted(self.eos_ids) if s.ignore_eos else []  # EOS masked after its logprob is read
-        recorder = _SampledLogprobs(temperature, s.logprobs, suppress) if s.logprobs or suppress else None
-        out = self.model.generate(
-            input_ids=prompt_ids.to(device),
-            attention_mask=prompt_mask.to(device),
-            generation_config=self._generation_config(s, n),
-            stopping_criteria=_stop_criteria(tok, s.stop, prompt_ids.shape[1]),
-            logits_processor=[recorder] if recorder is not None else None,
-        ).cpu()  # (B*n, P + C')
-        P = prompt_ids.shape[1]
+        if self.decode == "loop":
+            completion_ids, sampled_logprobs = decode(  # (B*n, C), (B*n, C)
+                self.model, prompt_ids.to(self.device), prompt_mask.to(self.device), s, eos_ids=self.eos_ids,
+                pad_id=tok.pad_token_id, stop=stop_string_check(tok, s.stop))
+        else:
+            completion_ids, sampled_logprobs = self._hf_generate(prompt_ids, prompt_mask, s, n)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # (B*n, P)
         prompt_mask = prompt_mask.repeat_interleave(n, dim=0)  # (B*n, P)
-        completion_ids = out[:, P:]  # (B*n, C)
         completion_mask, finished = _completion_mask(completion_ids, set() if s.ignore_eos else self.eos_ids)
         if s.stop:
             completion_mask, finished = _cut_at_stop(tok, completion_ids, completion_mask, finished, s.stop)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, tok.pad_token_id)
         if s.logprobs:  # recorded while sampling: no second forward pass
-            logprobs = recorder.result(out[:, P:]) * completion_mask  # (B*n, C)
+            logprobs = sampled_logprobs * completion_mask  # (B*n, C)
         else:
             logprobs = torch.full(completion_ids.shape, math.nan)  # (B*n, C): not asked for
         texts = tok.batch_decode(
@@ -134,6 +137,23 @@ class HFEngine:
             finished=finished,
             versions=token_versions(completion_mask, self.weight_version),
         )
+
+    def _hf_generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: SamplingSettings, n: int
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``generate`` path: (B*n, C) completion ids as ``model.generate`` returned them (pad after a row's
+        end) and, with ``s.logprobs``, (B*n, C) the sampled tokens' logprobs recorded while sampling, else None."""
+        temperature = 1.0 if s.greedy else s.temperature
+        suppress = sorted(self.eos_ids) if s.ignore_eos else []  # EOS masked after its logprob is read
+        recorder = _SampledLogprobs(temperature, s.logprobs, suppress) if s.logprobs or suppress else None
+        out = self.model.generate(
+            input_ids=prompt_ids.to(self.device),
+            attention_mask=prompt_mask.to(self.device),
+            generation_config=self._generation_config(s, n),
+            stopping_criteria=_stop_criteria(self.tokenizer, s.stop, prompt_ids.shape[1]),
+            logits_processor=[recorder] if recorder is not None else None,
+        ).cpu()  # (B*n, P + C)
+        completion_ids = out[:, prompt_ids.shape[1]:]  # (B*n, C)
+        return completion_ids, recorder.result(completion_ids) if s.logprobs else None
 
     def _generation_config(self, s: SamplingSettings, n: int) -> Any:
         """The recipe's sampling settings (the model's shipped generation_config was replaced at load)."""
@@ -282,10 +302,26 @@ class HFEngine:
     def info(self) -> dict[str, Any]:
         return {
             "engine": "hf",
+            "decode": self.decode,
             "params": sum(p.numel() for p in self.model.parameters()),
             "version": self.weight_version,
             "threads": torch.get_num_threads(),
         }
+
+
+def _decode_path(decode: str, model: Any) -> str:
+    """The decode path an engine takes: ``loop`` (rlhf/rollout/hf_decode.py) or ``generate``; ``auto`` is the
+    loop unless the model cannot run it, ``loop`` on such a model is an error."""
+    if decode not in ("auto", "loop", "generate"):
+        raise ValueError(f"HFEngine: decode must be auto, loop or generate (got {decode!r})")
+    if decode == "generate":
+        return "generate"
+    reason = loop_unsupported(model)
+    if reason is None:
+        return "loop"
+    if decode == "loop":
+        raise ValueError(f"HFEngine: decode=loop cannot run this model: {reason}; use decode=generate (or auto)")
+    return "generate"
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> set[int]:

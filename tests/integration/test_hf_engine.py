@@ -76,3 +76,24 @@ def test_greedy_is_argmax_and_ignores_model_generation_config(arithmetic_model_d
         assert nxt == int(batch.completion_ids[0, j]), f"token {j} is not the plain argmax"
         ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
         mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], 1)
+
+
+def test_recipe_key_reaches_the_rollout_actor(ray_session, arithmetic_model_dir, tmp_path):
+    """rollout.hf.decode picks the engine's decode path in its Ray actor (generate by default)."""
+    from rlhf.config.schema import Recipe
+    from rlhf.rollout.group import RolloutGroup
+
+    def recipe(**hf):
+        return Recipe.model_validate({
+            "run": {"output_dir": str(tmp_path / "out")}, "model": {"path": "unused"},
+            "rewards": [{"name": "r", "plugin": "exact_match"}],
+            "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4, "hf": hf}})
+
+    for hf, expected in (({}, "generate"), ({"decode": "loop"}, "loop")):
+        engines = RolloutGroup(recipe(**hf), arithmetic_model_dir)
+        try:
+            assert engines.infos[0]["decode"] == expected
+            batch = engines.generate(["3+4=", "5-1="], SamplingSettings(n=2, max_new_tokens=4, seed=1))
+            assert batch.batch_size == 4
+        finally:
+            engines.shutdown()
