@@ -51,7 +51,8 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
                                   pytest.param("scaling", marks=SLOW), pytest.param("agents", marks=SLOW),
                                   pytest.param("async_pipeline", marks=SLOW),
                                   pytest.param("zero3_memory", marks=SLOWISH), "length_grouping", "packing",
-                                  "sandbox_corpus", pytest.param("front_fill", marks=SLOW)])
+                                  "sandbox_corpus", pytest.param("front_fill", marks=SLOW),
+                                  pytest.param("hf_decode", marks=SLOW)])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
 
