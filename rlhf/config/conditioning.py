@@ -1,7 +1,8 @@
 """Recipe section ``conditioning``: preference-conditioned training (Directional Preference Alignment, Wang et al.
 2024, arXiv 2402.18571). Each prompt draws a weight vector v over some reward components, v is written into the
 prompt by a template, and the prompt's samples are weighted by their own v (rlhf/data/conditioning.py draws and
-renders, rlhf/weighting/static.py weights per sample). One policy then follows the weights a user writes at
+renders, rlhf/weighting/static.py weights per sample; under ``objective.kind: rsf`` a sample's score v^T r picks
+the samples fine-tuned on, DPA's own training step). One policy then follows the weights a user writes at
 inference. The recipe itself is in rlhf/config/schema.py; ``check_conditioning`` is its cross-check.
 """
 
@@ -24,7 +25,8 @@ class ConditioningConfig(Strict):
     weights (rlhf/data/conditioning.py)."""
 
     enabled: bool = Field(False, description="draw a weight vector per prompt, write it into the prompt and weight "
-                          "the prompt's samples by it (objectives grpo, rloo, reinforce_pp; weighting.kind static)")
+                          "the prompt's samples by it (objectives grpo, rloo, reinforce_pp, rsf; weighting.kind "
+                          "static)")
     components: list[str] = Field(default_factory=list, description="the reward components the drawn vector "
                                   "weights, in the order of the vectors' entries (the others keep their weights)")
     distribution: Literal["dirichlet", "fixed"] = Field(

@@ -1,7 +1,7 @@
 """The recipe's `objective:` sections, one per objective kind (a discriminated union on `kind`).
 
-Every policy-gradient objective (GRPO, GiGPO, RLOO, REINFORCE++, PPO, CGPO) shares one section of fields, declared
-once in ``PolicyGradientConfig``: the clipped surrogate's (clip, clip-higher, KL loss term, aggregation, the
+Every policy-gradient objective (GRPO, GiGPO, RLOO, RSF, REINFORCE++, PPO, CGPO) shares one section of fields,
+declared once in ``PolicyGradientConfig``: the clipped surrogate's (clip, clip-higher, KL loss term, aggregation, the
 off-policy correction in ``off_policy``; see ``rlhf.objectives.common.Surrogate``) and the update loop's (epochs,
 mini-batches). What each kind needs from the runtime is stated by the objective registry
 (``rlhf.config.registry``), not here.
@@ -112,6 +112,34 @@ class RLOOConfig(PolicyGradientConfig):
 
     kind: Literal["rloo"] = "rloo"
     per_component: bool = Field(False, description="leave-one-out per reward component, then weight and sum")
+
+
+class RSFConfig(PolicyGradientConfig):
+    """Rejection-sampling fine-tuning (RAFT; DPA's training step, Wang et al. 2024): per prompt, the top_k samples by
+    the weighted reward (under conditioning the prompt's own preference v^T r) are kept and the policy is trained
+    by the token-mean NLL of the kept samples alone (rlhf/objectives/rsf.py). No ratio and no clip: clip_eps and
+    clip_eps_high do not apply; kl_coef adds a KL term on the kept tokens (and loads the reference)."""
+
+    kind: Literal["rsf"] = "rsf"
+    top_k: int = Field(1, ge=1, description="samples kept per prompt group: the best ones by the weighted reward")
+    min_reward: Optional[float] = Field(
+        None, description="keep only samples whose weighted reward is >= this (a group none of whose samples "
+        "reaches it keeps nothing); null: the group's best is kept whatever its reward")
+    ties: Literal["first", "shortest"] = Field(
+        "first", description="samples with equal weighted reward: first keeps the lower row index (a random one: "
+        "a group's samples are i.i.d.), shortest the shorter completion")
+
+    @model_validator(mode="after")
+    def _nll_only(self) -> "RSFConfig":
+        defaults = {"clip_eps": PolicyGradientConfig.model_fields["clip_eps"].default, "clip_eps_high": None}
+        unused = [k for k, v in defaults.items() if getattr(self, k) != v]  # by value: full dumps round-trip
+        if unused:
+            raise ValueError(f"objective.{unused[0]}: rsf trains the NLL of the kept samples (no ratio, no clip); "
+                             f"remove {' and '.join('objective.' + k for k in unused)}")
+        if self.loss_agg != "token_mean":
+            raise ValueError(f"objective.loss_agg={self.loss_agg!r}: rsf trains the token-mean NLL of the kept "
+                             "samples (use token_mean)")
+        return self
 
 
 class ReinforcePPConfig(PolicyGradientConfig):
@@ -345,6 +373,9 @@ class MAHDPOConfig(Strict):
         "here read the column named as the head")
     beta: float = Field(0.1, gt=0, description="DPO beta of every head (strength of the implicit KL to the "
                         "reference, the initial single-head model)")
+    nll_coef: float = Field(0.0, ge=0, description="weight of an NLL term per head on each labelled pair's "
+                            "preferred completion, per token (RPO-style): keeps each head's likelihood of the answers "
+                            "its objective prefers, so the trunk cannot drift a head into malformed text; 0 = none")
     mix: Optional[list[float]] = Field(
         None, description="the default mix: generation uses logits sum_k mix_k logits_k, and the saved model/'s "
         "lm_head is the merged head sum_k mix_k W_k (what an ordinary HF / vLLM load serves); default uniform")
@@ -378,8 +409,8 @@ class MAHDPOConfig(Strict):
 
 
 ObjectiveConfig = Union[
-    GRPOConfig, GiGPOConfig, RLOOConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig, MODPOConfig,
-    CGPOConfig, PRMObjectiveConfig, RMConfig, MAHDPOConfig,
+    GRPOConfig, GiGPOConfig, RLOOConfig, RSFConfig, ReinforcePPConfig, PPOConfig, OnlineDPOConfig, DPOConfig,
+    MODPOConfig, CGPOConfig, PRMObjectiveConfig, RMConfig, MAHDPOConfig,
 ]
 
 

@@ -43,6 +43,9 @@ class Capabilities:
     reward_margins: bool = False  # the reward components score every pair once, as a margin (MODPO)
     mask_truncated: bool = False  # truncated completions get no loss (DAPO overlong filtering)
     sampling_rounds: int | None = None  # DAPO dynamic sampling: generate() rounds per step at most; None = off
+    # its advantages select rows (1 kept, 0 dropped) that are fine-tuned on by NLL: the runtime marks the kept rows
+    # as NLL rows of the surrogate and takes the others out of the loss mask (RSF)
+    selected_rows: bool = False
     # what `rlhf sweep` varies: "rewards" (one weight per reward component), "preference_and_rewards" (MODPO: the
     # preference weight first), None (no sweep: CGPO weighs within tasks, DPO and PRM have no components)
     sweep_weights: str | None = None
@@ -132,6 +135,13 @@ def _check_gigpo(recipe: Any) -> None:
         raise ValueError("objective gigpo needs rollout.kind: agent (its step groups are the turns of agent episodes)")
 
 
+def _check_rsf(recipe: Any) -> None:
+    k, g = recipe.objective.top_k, recipe.rollout.group_size
+    if k >= g:
+        raise ValueError(f"objective.top_k={k} keeps every sample of a group of rollout.group_size={g}: nothing is "
+                         "rejected (set objective.top_k below rollout.group_size)")
+
+
 def _check_batch_over_ranks(recipe: Any) -> None:
     if recipe.objective.batch_size % recipe.train.num_ranks:
         raise ValueError(f"objective.batch_size {recipe.objective.batch_size} must be divisible by "
@@ -170,11 +180,12 @@ def _check_mah_dpo(recipe: Any) -> None:
 
 
 def _policy_gradient(cfg: Any, *, token_level: bool = False, critic: bool = False, grouped: bool = True,
-                     mask_truncated: bool = False, sampling_rounds: int | None = None) -> Capabilities:
+                     mask_truncated: bool = False, sampling_rounds: int | None = None,
+                     selected_rows: bool = False) -> Capabilities:
     """Capabilities of a policy-gradient objective (the shared section: kl_coef, mini_batches)."""
     return Capabilities(stage="policy_gradient", data="prompts", needs_reference=cfg.kl_coef > 0, grouped=grouped,
                         epochs=cfg.epochs, mini_batches=cfg.mini_batches, token_level=token_level, critic=critic,
-                        mask_truncated=mask_truncated, sampling_rounds=sampling_rounds)
+                        mask_truncated=mask_truncated, sampling_rounds=sampling_rounds, selected_rows=selected_rows)
 
 
 REGISTRY: dict[str, ObjectiveSpec] = {spec.kind: spec for spec in (
@@ -189,6 +200,8 @@ REGISTRY: dict[str, ObjectiveSpec] = {spec.kind: spec for spec in (
     ObjectiveSpec("reinforce_pp", cfgs.ReinforcePPConfig, obj.ReinforcePP.from_config,
                   lambda c: _policy_gradient(c, token_level=True, grouped=c.baseline == "group"),
                   dynamic_weighting=True, conditioning=True, sweep_weights="rewards"),
+    ObjectiveSpec("rsf", cfgs.RSFConfig, obj.RSF.from_config, lambda c: _policy_gradient(c, selected_rows=True),
+                  check=_check_rsf, conditioning=True, sweep_weights="rewards"),
     ObjectiveSpec("ppo", cfgs.PPOConfig, obj.PPO.from_config,
                   lambda c: _policy_gradient(c, critic=True, grouped=False), check=_check_ppo,
                   step_level=True, sweep_weights="rewards"),

@@ -41,6 +41,7 @@ from rlhf.config.objectives import (  # noqa: F401  (the objective sections are 
     RMConfig,
     ReinforcePPConfig,
     RLOOConfig,
+    RSFConfig,
     SFTObjectiveConfig,
 )
 

@@ -4,9 +4,10 @@ An objective is built from its recipe section by the objective registry (``rlhf.
 states what each one needs from the runtime: its capabilities). What the trainer and the runtime read of it
 depends on its role, never on its name:
 
-    policy gradient (GRPO, GiGPO, RLOO, REINFORCE++, PPO, CGPO):
+    policy gradient (GRPO, GiGPO, RLOO, RSF, REINFORCE++, PPO, CGPO):
         objective.surrogate.loss(logprobs, old, ref, advantages, mask)      # the one clipped surrogate
         objective.advantages(rv, group_ids, weighting, width)               # GRPO, GiGPO, RLOO
+        objective.advantages(rv, group_ids, weighting, width, lengths=...)  # RSF: 1 on the rows it keeps, 0 else
         objective.sequence_scores(...) / .token_advantages(...)             # REINFORCE++ (token level)
     pairs (DPO, IPO, cDPO, MODPO, MAH-DPO (per-head (B, K) logps), online DPO, CGPO's CODPO):
         objective.pair_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_lengths=...)
@@ -34,6 +35,7 @@ from rlhf.objectives.prm import PRM
 from rlhf.objectives.reinforce_pp import ReinforcePP
 from rlhf.objectives.rloo import RLOO
 from rlhf.objectives.rm import RewardModelObjective
+from rlhf.objectives.rsf import RSF
 from rlhf.objectives.sft import SFT, sft_loss
 from rlhf.types import LossOutput, RewardVector, SFTBatch
 
@@ -75,6 +77,7 @@ __all__ = [
     "PRM",
     "RewardModelObjective",
     "RLOO",
+    "RSF",
     "SFT",
     "GiGPO",
     "PairObjective",

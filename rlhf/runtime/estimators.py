@@ -4,9 +4,11 @@ trainer's update reads, and trains whatever it owns after the update.
     estimator.prepare(batch, rv, group_ids, step) -> metrics      # sets batch.advantages (and old/ref, values)
     estimator.after_update(batch) -> metrics                      # e.g. the critic's update, the KL controller
 
-``RewardAdvantages`` (GRPO, RLOO, REINFORCE++): the objective's advantages from the reward vector through the
+``RewardAdvantages`` (GRPO, RLOO, REINFORCE++, RSF): the objective's advantages from the reward vector through the
 weighting (group-relative, leave-one-out; step-level with step rewards), or, for a token-level objective, its
-sequence scores, which the trainer finishes into token advantages once logprobs are known. Gradient-based
+sequence scores, which the trainer finishes into token advantages once logprobs are known; for an objective that
+selects rows (capability ``selected_rows``: RSF), 1 on the kept rows, which become NLL rows, while the other rows
+leave the loss mask (so the token-mean normaliser counts the kept tokens only). Gradient-based
 weighting first measures the per-component gradients' Gram matrix on the trainers.
 
 ``CriticAdvantages`` (PPO): old/reference logprobs and critic values from the training groups, token rewards per
@@ -38,9 +40,10 @@ from rlhf.types import ExperienceBatch, RewardVector
 
 class RewardAdvantages(NoState):
     def __init__(self, objective: Any, weighting: Any, trainers: Any, token_level: bool,
-                 gradient_samples: int) -> None:
+                 gradient_samples: int, selected_rows: bool = False) -> None:
         self.objective, self.weighting, self.trainers = objective, weighting, trainers
         self.token_level, self.gradient_samples = token_level, gradient_samples
+        self.selected_rows = selected_rows  # RSF: the advantages select rows, fine-tuned on by NLL
 
     def prepare(self, batch: ExperienceBatch, rv: RewardVector, group_ids: torch.Tensor,
                 step: int) -> dict[str, float]:
@@ -54,6 +57,13 @@ class RewardAdvantages(NoState):
         if self.token_level:  # the trainer turns the sequence scores into token advantages
             batch.advantages, signal = self.objective.sequence_scores(rv, group_ids, self.weighting)  # (B,)
             batch.advantage_scale = self.weighting.advantage_scale
+        elif self.selected_rows:  # RSF: only the kept rows count, as NLL rows; the others leave the loss mask
+            lengths = batch.loss_mask.sum(dim=1)  # (B,) completion tokens
+            batch.advantages, signal = self.objective.advantages(rv, group_ids, self.weighting,
+                                                                 batch.loss_mask.shape[1], lengths=lengths)  # (B,)
+            kept = batch.advantages > 0  # (B,) bool
+            batch.nll_rows = kept
+            batch.loss_mask = batch.loss_mask * kept.unsqueeze(1).to(batch.loss_mask.dtype)  # (B, C)
         else:
             width = batch.loss_mask.shape[1]
             batch.advantages, signal = self.objective.advantages(rv, group_ids, self.weighting, width)  # (B,) | (B, C)

@@ -4,7 +4,7 @@ stage is assembled from components, never by subclassing another stage.
     stage = build_stage(StageInputs(recipe, trainers, objective, caps, start_dir, train_rows, eval_rows, actors,
                                     conditioner))
 
-    policy_gradient  GRPO, RLOO, REINFORCE++, PPO: the on-policy stage (rlhf/runtime/rl.py) with a policy-gradient
+    policy_gradient  GRPO, RLOO, RSF, REINFORCE++, PPO: the on-policy stage (rlhf/runtime/rl.py) with a policy-gradient
                      update; its advantage estimator is the objective's (group-relative, leave-one-out, token-level
                      sequence scores) or, with a critic, PPO's GAE (rlhf/runtime/estimators.py)
     online_pairs     online DPO: the on-policy stage with a best-vs-worst pair update (rlhf/runtime/online_dpo.py)
@@ -134,7 +134,7 @@ def policy_gradient_stage(i: StageInputs) -> RLStage:
         estimator: Any = CriticAdvantages(r, i.trainers, parts.weighting, i.start_dir, i.actors, i.resume_from)
     else:
         estimator = RewardAdvantages(i.objective, parts.weighting, i.trainers, i.caps.token_level,
-                                     r.weighting.gradient.max_samples)
+                                     r.weighting.gradient.max_samples, i.caps.selected_rows)
     update = PolicyGradientUpdate(i.trainers, estimator, i.caps.mask_truncated, behaviour_logprobs(r))
     return _assemble(i, parts, prompts, update, RewardScorer(parts.rewards, parts.rollout_fn))
 

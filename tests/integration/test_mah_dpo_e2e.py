@@ -1,5 +1,6 @@
-"""MAH-DPO end to end: a two-head policy on DeepSpeed ZeRO-2 (2 ranks), per-head held-out pair accuracy, greedy
-generation at several mixes on the hf engine, a checkpoint that keeps its heads and `rlhf export --mix`."""
+"""MAH-DPO end to end: a two-head policy on DeepSpeed ZeRO-2 (2 ranks) with the per-head NLL term (nll_coef),
+per-head held-out pair accuracy, greedy generation at several mixes on the hf engine, a checkpoint that keeps its
+heads and `rlhf export --mix`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def test_mah_dpo_trains_two_heads(ray_session, tmp_path):
         "data": {"source": "jsonl", "train_path": str(ROOT / "data/arithmetic_prefs_train.jsonl"),
                  "eval_path": str(ROOT / "data/arithmetic_prefs_eval.jsonl")},
         "objective": {"kind": "mah_dpo", "heads": ["correct", "concise"], "beta": 0.1, "batch_size": 8,
-                      "max_length": 24, "eval_mixes": [[1, 0], [0, 1]]},
+                      "max_length": 24, "eval_mixes": [[1, 0], [0, 1]], "nll_coef": 0.5},
         "rewards": [{"name": "correct", "plugin": "math_answer"},
                     {"name": "concise", "plugin": "regex_format",
                      "args": {"pattern": "-?[0-9]+", "require_finished": True}}],
@@ -41,6 +42,7 @@ def test_mah_dpo_trains_two_heads(ray_session, tmp_path):
     steps = [r for r in records if r["phase"] == "dpo"]
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all(r["grad_norm"] > 0 and "loss/mah_dpo" in r for r in steps)
+    assert all(r["loss/nll"] > 0 for r in steps)  # nll_coef: the completion lengths reach the loss on every rank
     before, after = summary["eval_before"], summary["eval_after"]
     for scores in (before, after):
         for head in ("correct", "concise"):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlhf.config.objectives import GiGPOConfig
+from rlhf.config.objectives import GiGPOConfig, RSFConfig
 from rlhf.config.registry import REGISTRY, Capabilities, build_objective, capabilities, spec_of
 from rlhf.config.schema import (
     CGPOConfig,
@@ -26,6 +26,7 @@ from rlhf.config.schema import (
     RLOOConfig,
 )
 from rlhf.objectives import (
+    RSF,
     CGPO,
     DPO,
     GRPO,
@@ -50,6 +51,7 @@ def _cgpo(**tasks):
 
 SECTIONS = {
     "grpo": (GRPOConfig(), GRPO),
+    "rsf": (RSFConfig(), RSF),
     "gigpo": (GiGPOConfig(), GiGPO),
     "rloo": (RLOOConfig(), RLOO),
     "reinforce_pp": (ReinforcePPConfig(), ReinforcePP),

@@ -1,0 +1,139 @@
+"""DPA steerability: one preference-conditioned policy per seed, evaluated at every eval vector; does each
+conditioned component's measured value follow its weight?
+
+    python -m bench.dpa_steer                       # recipes/dpa_rsf_tiny_cpu.yaml, seeds 0, 1, 2 (minutes each)
+    python -m bench.dpa_steer --seeds 0 --steps 20  # one seed, fewer RL steps
+    python -m bench.dpa_steer --quick               # a few steps of one seed (smoke test, not the figures)
+    python -m bench.dpa_steer --recipe recipes/dpa_tiny_cpu.yaml   # any conditioned recipe (e.g. GRPO's)
+
+For each seed the recipe is trained once (its SFT warm-up, then its objective; `run.seed` = the seed) and its final
+evaluation is read: greedy completions of the held-out prompts with each of `conditioning.eval_vectors` written
+into the prompt, scored by every reward component (eval/cond/I/NAME). Steerability of a conditioned component is
+the Spearman rank correlation between its weight and its measured mean over the vectors (eval/cond/spearman/NAME;
+undefined, shown as "–", when either is constant). The issue's bar: >= 0.9 for every component at >= 5 vectors,
+in every seed. The table also gives the seed mean per vector and the Spearman of those means.
+
+Writes bench/results/dpa_steer.{json,md}.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.common import REPO_ROOT, header, machine_info, md_table, parse_args, ray_running, setup_env, \
+    write_results
+
+NAME = "dpa_steer"
+DEFAULT_RECIPE = "recipes/dpa_rsf_tiny_cpu.yaml"
+BAR = 0.9  # the issue's rank correlation, per component and seed
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv, __doc__.splitlines()[0], **{
+        "--recipe": {"default": DEFAULT_RECIPE, "help": f"a conditioned recipe (default {DEFAULT_RECIPE})"},
+        "--seeds": {"default": "0,1,2", "help": "comma-separated run.seed values (default 0,1,2)"},
+        "--steps": {"type": int, "default": None, "help": "RL steps (default: the recipe's; --quick 2)"},
+        "--set": {"nargs": "*", "default": [], "help": "more recipe overrides KEY=VALUE"}})
+    setup_env()
+    from rlhf.config import load_recipe
+    from rlhf.data.conditioning import rank_correlation
+    from rlhf.runtime.controller import run
+
+    seeds = [int(s) for s in args.seeds.split(",")] if not args.quick else [0]
+    info = machine_info()
+    runs: list[dict[str, Any]] = []
+    recipe = None
+    with ray_running(), tempfile.TemporaryDirectory(prefix="bench_dpa_steer_") as tmp:
+        for seed in seeds:
+            overrides = [f"run.output_dir={tmp}/seed{seed}", "run.progress=false", f"run.seed={seed}",
+                         "run.save_every=0", "eval.every=0", *args.set]
+            if args.quick:
+                overrides += ["warmup.steps=4", "run.steps=2", "eval.max_samples=8"]
+            elif args.steps:
+                overrides += [f"run.steps={args.steps}"]
+            recipe = load_recipe(Path(REPO_ROOT) / args.recipe, overrides)
+            if not recipe.conditioning.enabled:
+                raise SystemExit(f"{args.recipe}: conditioning.enabled is false; this bench needs a conditioned recipe")
+            t0 = time.perf_counter()
+            summary = run(recipe)
+            runs.append({"seed": seed, "wall_s": time.perf_counter() - t0, **_read(summary, recipe)})
+            print(f"seed {seed}: {runs[-1]['spearman']} ({runs[-1]['wall_s']:.0f} s)", flush=True)
+    assert recipe is not None
+    components = list(recipe.conditioning.components)
+    others = [c.name for c in recipe.rewards if c.name not in components]
+    vectors = recipe.conditioning.evaluation_vectors()
+    mean = [{name: sum(r["per_vector"][i][name] for r in runs) / len(runs) for name in runs[0]["per_vector"][i]}
+            for i in range(len(vectors))]
+    mean_spearman = {c: rank_correlation([v[j] for v in vectors], [m[c] for m in mean])
+                     for j, c in enumerate(components)}
+    steers = {c: all(_ok(r["spearman"][c]) for r in runs) for c in components}
+    result = {"bench": NAME, "quick": args.quick, "machine": info, "recipe": args.recipe, "overrides": args.set,
+              "seeds": seeds, "steps": recipe.run.steps, "warmup_steps": recipe.warmup.steps,
+              "objective": recipe.objective.kind, "components": components, "vectors": vectors, "runs": runs,
+              "seed_mean": mean, "seed_mean_spearman": mean_spearman, "bar": BAR, "steers": steers,
+              "ratios": {}, "required_ratios": []}
+    md = header("DPA: steering one conditioned policy with the preference in its prompt",
+                f"python -m bench.{NAME} --recipe {args.recipe}" + (" --quick" if args.quick else "")
+                + (f" --set {' '.join(args.set)}" if args.set else ""), info, args.quick)
+    md += (f"\n{args.recipe} (objective {recipe.objective.kind}): {recipe.warmup.steps} SFT warm-up steps, then "
+           f"{recipe.run.steps} steps; seeds {seeds}; {sum(r['wall_s'] for r in runs):.0f} s in all. Greedy "
+           f"completions of {recipe.eval.max_samples} held-out prompts at each vector, scored by every component. "
+           f"Spearman: rank correlation of a component's weight with its measured mean over the {len(vectors)} "
+           f"vectors (bar {BAR}).\n\n")
+    cols = [*components, *others, "completion_tokens_mean"]
+    rows = []
+    for r in runs:
+        for i, v in enumerate(vectors):
+            rows.append([r["seed"], " ".join(f"{x:g}" for x in v), *[r["per_vector"][i].get(c) for c in cols]])
+    for i, v in enumerate(vectors):
+        rows.append(["mean", " ".join(f"{x:g}" for x in v), *[mean[i].get(c) for c in cols]])
+    md += md_table(["seed", f"v ({' '.join(components)})", *[c.replace("completion_tokens_mean", "tokens")
+                                                             for c in cols]], rows)
+    md += ("\n\nSpearman (weight vs measured value) per component, and its range over the vectors (max - min of "
+           "the means: a Spearman of 1 over near-equal values is noise; before training the vectors differ only by "
+           "chance), after training and before it (the warmed-up policy):\n\n")
+    md += md_table(["seed", *components, *[f"range {c}" for c in components],
+                    *[f"{c} before" for c in components]],
+                   [[r["seed"], *[r["spearman"][c] for c in components], *[r["range"][c] for c in components],
+                     *[r["spearman_before"][c] for c in components]] for r in runs]
+                   + [["seed mean", *[mean_spearman[c] for c in components],
+                       *[_range([m[c] for m in mean]) for c in components], *["" for _ in components]]])
+    md += "\n\nSteers (>= " + f"{BAR} in every seed): " + ", ".join(
+        f"{c}: {'yes' if ok else 'no'}" for c, ok in steers.items()) + "\n"
+    paths = write_results(args.out, NAME, result, md)
+    result["paths"] = paths
+    print(md)
+    print(paths["markdown"])
+    return result
+
+
+def _read(summary: dict[str, Any], recipe: Any) -> dict[str, Any]:
+    """Per eval vector, every component's mean (and tokens) after training; the Spearman per component."""
+    after = summary["eval_after"]
+    names = [c.name for c in recipe.rewards] + ["completion_tokens_mean"]
+    vectors = recipe.conditioning.evaluation_vectors()
+    per_vector = [{n: after[f"cond/{i}/{n}"] for n in names if f"cond/{i}/{n}" in after}
+                  for i in range(len(vectors))]
+    spearman = {c: after.get(f"cond/spearman/{c}") for c in recipe.conditioning.components}
+    spread = {c: _range([p[c] for p in per_vector]) for c in recipe.conditioning.components}
+    before = summary.get("eval_before") or {}
+    before_vec = [{n: before[f"cond/{i}/{n}"] for n in names if f"cond/{i}/{n}" in before}
+                  for i in range(len(vectors))]
+    return {"per_vector": per_vector, "spearman": spearman, "range": spread, "per_vector_before": before_vec,
+            "spearman_before": {c: before.get(f"cond/spearman/{c}") for c in recipe.conditioning.components}}
+
+
+def _range(values: list[float]) -> float:
+    """max - min of a component's means over the vectors (how far the weights move it)."""
+    return max(values) - min(values) if values else float("nan")
+
+
+def _ok(x: Any) -> bool:
+    return isinstance(x, (int, float)) and x == x and x >= BAR
+
+
+if __name__ == "__main__":
+    main()
