@@ -25,10 +25,10 @@ from rlhf.objectives.rsf import rsf_select
 from rlhf.objectives.sft import sft_loss
 from rlhf.runtime.estimators import RewardAdvantages
 from rlhf.train import steps
-from rlhf.train.backend import micro_size
 from rlhf.train.settings import StepSettings
 from rlhf.types import ExperienceBatch, RewardVector
 from rlhf.weighting import build_weighting
+from test_length_grouping import _Recording  # a sibling module: a backend that records gradients
 
 NAN = math.nan
 
@@ -130,22 +130,6 @@ def test_gradient_is_the_kept_rows_token_mean_nll_by_hand():
     assert float(out.loss.detach()) == pytest.approx(-(lp[1, 0] + lp[2, 0] + lp[2, 1]).item() / n_kept, rel=1e-6)
 
 
-class _Recording:
-    """A backend that accumulates gradients as the torch backend does, without an optimizer."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.module, self.rank, self.world_size, self._gas = model, 0, 1, 1
-
-    def configure_batch(self, per_rank_batch: int, micro_batch_size: int) -> int:
-        m = micro_size(per_rank_batch, micro_batch_size)
-        self._gas = per_rank_batch // m
-        return m
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss / self._gas).backward()
-
-    def step(self) -> float | None:
-        return None
 
 
 def _rollout_batch() -> tuple[ExperienceBatch, RewardVector, torch.Tensor]:
