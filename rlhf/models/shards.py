@@ -27,7 +27,9 @@ def streams_exactly(model: torch.nn.Module) -> bool:
     """True when ``save_pretrained`` would write this transformers model's parameters under their own names, so
     writing them bucket by bucket gives its layout. False when transformers reverts a load-time weight conversion
     at save (e.g. fused MoE experts split back into the hub layout): that may need every tensor at once, and the
-    caller keeps the whole-state ``save_pretrained``."""
+    caller keeps the whole-state ``save_pretrained``. Remote-code models keep it too (it copies their code)."""
+    if model.is_remote_code():
+        return False
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers before 5: no load-time conversions to revert

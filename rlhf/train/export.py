@@ -240,7 +240,10 @@ class WeightExport:
             del bucket
         if writer is not None:
             writer.close()
-            self.hf_model.config.save_pretrained(out_dir)
+            config = self.hf_model.config  # what save_pretrained records: the saved dtype and the model's class
+            config.dtype = str(dtype).split(".")[1]
+            config.architectures = [type(self.hf_model).__name__]
+            config.save_pretrained(out_dir)
             if self.hf_model.can_generate():
                 self.hf_model.generation_config.save_pretrained(out_dir)
             self.tokenizer.save_pretrained(out_dir)
