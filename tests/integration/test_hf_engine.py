@@ -79,7 +79,8 @@ def test_greedy_is_argmax_and_ignores_model_generation_config(arithmetic_model_d
 
 
 def test_recipe_key_reaches_the_rollout_actor(ray_session, arithmetic_model_dir, tmp_path):
-    """rollout.hf.decode picks the engine's decode path in its Ray actor (generate by default)."""
+    """rollout.hf.decode picks the engine's decode path in its Ray actor (the default, generate, is HFEngine's own
+    default: tests/unit/test_hf_decode.py)."""
     from rlhf.config.schema import Recipe
     from rlhf.rollout.group import RolloutGroup
 
@@ -89,11 +90,11 @@ def test_recipe_key_reaches_the_rollout_actor(ray_session, arithmetic_model_dir,
             "rewards": [{"name": "r", "plugin": "exact_match"}],
             "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4, "hf": hf}})
 
-    for hf, expected in (({}, "generate"), ({"decode": "loop"}, "loop")):
-        engines = RolloutGroup(recipe(**hf), arithmetic_model_dir)
-        try:
-            assert engines.infos[0]["decode"] == expected
-            batch = engines.generate(["3+4=", "5-1="], SamplingSettings(n=2, max_new_tokens=4, seed=1))
-            assert batch.batch_size == 4
-        finally:
-            engines.shutdown()
+    assert recipe().rollout.hf.decode == "generate"
+    engines = RolloutGroup(recipe(decode="loop"), arithmetic_model_dir)
+    try:
+        assert engines.infos[0]["decode"] == "loop"
+        batch = engines.generate(["3+4=", "5-1="], SamplingSettings(n=2, max_new_tokens=4, seed=1))
+        assert batch.batch_size == 4
+    finally:
+        engines.shutdown()

@@ -37,7 +37,11 @@ def _recipe(out: Path, conditioned: bool):
     return validate_dict(data, "test")
 
 
-@pytest.mark.parametrize("conditioned", [False, True], ids=["plain", "conditioned"])
+@pytest.mark.parametrize("conditioned", [
+    # without conditioning the same stage runs the recipe's weights (the unit tests cover the selection): extended,
+    # for the default run's 15 minutes
+    pytest.param(False, id="plain", marks=pytest.mark.extended),
+    pytest.param(True, id="conditioned")])
 def test_rsf_trains_on_the_kept_samples(ray_session, tmp_path, conditioned):
     from rlhf.runtime.controller import run
 
