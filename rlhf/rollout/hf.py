@@ -362,17 +362,17 @@ def _cut_at_stop(tokenizer, completion_ids, mask, finished, stops) -> tuple[torc
 
 
 def _stop_criteria(tokenizer: Any, stops: tuple[str, ...], prompt_len: int) -> Any:
-    """Per-row stopping on stop strings (checked on the decoded tail, so any tokenizer works)."""
+    """Per-row stopping on stop strings for ``generate``: the decode loop's check (``stop_string_check``, on the
+    decoded tail of the completion, so any tokenizer works) as a transformers stopping criterion."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    if not stops:
+    check = stop_string_check(tokenizer, stops)
+    if check is None:
         return None
-    tail = max(len(s) for s in stops) + 8
 
     class _StopOnStrings(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            texts = tokenizer.batch_decode(input_ids[:, prompt_len:][:, -tail:], skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+            return check(input_ids[:, prompt_len:])  # (B,) bool
 
     return StoppingCriteriaList([_StopOnStrings()])
 

@@ -59,8 +59,8 @@ def loop_unsupported(model: Any) -> str | None:
 
 
 def stop_string_check(tokenizer: Any, stops: tuple[str, ...]) -> StopCheck | None:
-    """A per-step check for stop strings on the decoded tail of each active row (as the generate path's
-    stopping criterion reads it), or None without stop strings."""
+    """A per-step check for stop strings on the decoded tail of each row's completion so far, or None without
+    stop strings (the generate path's stopping criterion calls it too)."""
     if not stops:
         return None
     tail = max(len(s) for s in stops) + 8
