@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from rlhf.advantages.group import group_normalize
-from rlhf.objectives.common import Surrogate, masked_mean
+from rlhf.objectives.common import Surrogate, masked_mean, top_k_per_group
 from rlhf.objectives.dpo import DPO
 from rlhf.types import LossOutput
 
@@ -184,14 +184,11 @@ def crraft_select(calibrated: Tensor, satisfied: Tensor, group_ids: Tensor, top_
     only those with calibrated reward > threshold when a threshold is given. NaN rewards are never selected."""
     if top_k < 1:
         raise ValueError(f"crraft_select: top_k must be >= 1, got {top_k}")
-    selected = torch.zeros_like(satisfied, dtype=torch.bool)  # (B,)
-    for g in group_ids.unique().tolist():
-        rows = [i for i in (group_ids == g).nonzero().flatten().tolist()
-                if bool(satisfied[i]) and not math.isnan(float(calibrated[i]))
-                and (threshold is None or float(calibrated[i]) > threshold)]
-        for i in sorted(rows, key=lambda i: (-float(calibrated[i]), i))[:top_k]:
-            selected[i] = True
-    return selected
+    values = calibrated.detach().double().to(satisfied.device)  # (B,) compared as Python floats are
+    eligible = satisfied.to(torch.bool) & ~torch.isnan(values)  # (B,)
+    if threshold is not None:
+        eligible &= values > threshold
+    return top_k_per_group(values, group_ids, top_k, eligible)
 
 
 def crraft_loss(logprobs: Tensor, mask: Tensor, selected: Tensor) -> Tensor:

@@ -66,6 +66,25 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = Non
     return torch.where(count > 0, total / count.clamp(min=torch.finfo(x.dtype).tiny), torch.zeros_like(total))
 
 
+def top_k_per_group(scores: Tensor, group_ids: Tensor, top_k: int, eligible: Tensor,
+                    lengths: Tensor | None = None) -> Tensor:
+    """(B,) bool on scores' device: per group, its ``top_k`` eligible rows (eligible (B,) bool) by score (scores
+    (B,)), highest first; ties go to the shorter row (lengths (B,), when given), then to the lower row index.
+    The selection of CGPO's CRRAFT and of RSF."""
+    values = scores.detach().double().cpu().tolist()
+    sizes = [0.0] * len(values) if lengths is None else lengths.detach().double().cpu().tolist()
+    ok = eligible.detach().cpu().tolist()
+    groups: dict[int, list[int]] = {}
+    for i, g in enumerate(group_ids.tolist()):
+        if ok[i]:
+            groups.setdefault(int(g), []).append(i)
+    kept = torch.zeros(len(values), dtype=torch.bool)  # (B,)
+    for rows in groups.values():
+        for i in sorted(rows, key=lambda i: (-values[i], sizes[i], i))[:top_k]:
+            kept[i] = True
+    return kept.to(scores.device)
+
+
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """(B, T) position of each token counting only real tokens; 0 on left padding."""
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from rlhf.advantages.group import advantage_metrics
-from rlhf.objectives.common import Surrogate
+from rlhf.objectives.common import Surrogate, top_k_per_group
 from rlhf.types import RewardVector
 
 TIES = ("first", "shortest")
@@ -53,22 +53,9 @@ def rsf_select(scores: Tensor, group_ids: Tensor, top_k: int = 1, min_reward: fl
         raise ValueError(f"objective.ties={ties!r}; expected one of {TIES}")
     if ties == "shortest" and lengths is None:
         raise ValueError("objective.ties: shortest needs the completions' lengths (lengths=)")
-    kept = torch.zeros(scores.shape[0], dtype=torch.bool)  # (B,)
-    values = scores.detach().double().cpu().tolist()
-    sizes = [0.0] * len(values) if lengths is None else lengths.detach().double().cpu().tolist()
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(group_ids.tolist()):
-        groups.setdefault(int(g), []).append(i)
-    for rows in groups.values():
-        eligible = [i for i in rows if not math.isnan(values[i])
-                    and (min_reward is None or values[i] >= min_reward)]
-        if ties == "shortest":
-            order = sorted(eligible, key=lambda i: (-values[i], sizes[i], i))
-        else:
-            order = sorted(eligible, key=lambda i: (-values[i], i))
-        for i in order[:top_k]:
-            kept[i] = True
-    return kept.to(scores.device)
+    values = scores.detach().double()  # (B,) compared as Python floats are
+    eligible = ~torch.isnan(values) if min_reward is None else values >= min_reward  # (B,); NaN >= x is False
+    return top_k_per_group(scores, group_ids, top_k, eligible, lengths if ties == "shortest" else None)
 
 
 @dataclass
