@@ -68,13 +68,15 @@ class ShardWriter:
 
     def close(self) -> list[str]:
         """Give the shards their final names (and write the index when there are several); returns the files."""
-        from safetensors.torch import save_file
-
         import glob
 
-        for stale in [WEIGHTS, INDEX] + glob.glob(os.path.join(self.out_dir, "model-*-of-*.safetensors")):
-            if os.path.exists(os.path.join(self.out_dir, stale)):  # an earlier save here must not be read along
-                os.remove(os.path.join(self.out_dir, stale))
+        from safetensors.torch import save_file
+
+        stale = [os.path.join(self.out_dir, WEIGHTS), os.path.join(self.out_dir, INDEX)]
+        stale += glob.glob(os.path.join(self.out_dir, "model-*-of-*.safetensors"))  # paths under out_dir as given
+        for path in stale:  # an earlier save here must not be read alongside this one
+            if os.path.exists(path):
+                os.remove(path)
         n = len(self._parts)
         if n == 0:  # a model without parameters still gets its (empty) weights file
             save_file({}, os.path.join(self.out_dir, WEIGHTS), metadata={"format": "pt"})

@@ -67,3 +67,11 @@ def test_a_tensor_written_twice_is_refused(tmp_path):
 
 def test_dense_models_stream_exactly():
     assert streams_exactly(_model(LlamaConfig)) and streams_exactly(_model(Qwen2Config, tie=True))
+
+
+def test_stale_shards_go_from_a_relative_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run.output_dir is often relative ("runs/x")
+    model = _model()
+    _save(model, "rel", per_shard=5)
+    assert _save(model, "rel", per_shard=10**6) == [WEIGHTS]
+    assert sorted(f for f in os.listdir("rel") if "safetensors" in f) == [WEIGHTS]
