@@ -7,7 +7,8 @@ learning suffers. The demo recipe (recipes/grpo_tiny_cpu.yaml) on the bench task
 
 throughput  from the demo's SFT warm-up (done once), STEPS RL steps per run in each mode: sync (pipeline.max_staleness
             0), async k = 1 and k = 2 (engines' threads on half the cores, the training ranks' on the rest),
-            with the hf engine and, when installed, vllm; modes interleaved, REPEATS times. samples/s over steps
+            with the hf engine and, when installed, vllm (also with pipeline.weight_update keep: syncs land
+            between the decode steps of the batch in flight); modes interleaved, REPEATS times. samples/s over steps
             3..STEPS (sum of batch sizes / sum of time/step: the wall time of the loop without logging), and
             the mean busy share of each actor group and the idle times.
 learning    per seed, the demo as written (400 SFT + 200 GRPO steps) synchronously, then async k = 1 from the same
@@ -27,6 +28,7 @@ from bench.common import (curve, earlier_result, header, md_table, machine_info,
 
 NAME = "async_pipeline"
 MODES = {"sync": 0, "async k=1": 1, "async k=2": 2}
+KEEP_MODES = {"async k=1 keep": 1, "async k=2 keep": 2}  # vllm: pipeline.weight_update=keep
 
 
 def _run(overrides: list[str], out: str, start: str | None) -> list[dict[str, Any]]:
@@ -51,7 +53,8 @@ def _throughput_of(records: list[dict[str, Any]]) -> dict[str, float]:
     return {"samples_per_s": samples / seconds, "step_s": seconds / len(steady),
             **{k: mean(k) for k in ("busy/engines", "busy/rewards", "busy/trainers", "time/generate", "time/score",
                                     "time/train", "time/sync", "time/idle/trainers", "time/idle/engines",
-                                    "time/idle/sync_wait", "async/staleness_mean", "offpolicy/masked_frac")}}
+                                    "time/idle/sync_wait", "async/staleness_mean", "async/token_staleness_mean",
+                                    "async/mixed_version_share", "offpolicy/masked_frac")}}
 
 
 def throughput(tmp: str, quick: bool, repeats: int, engines: list[str]) -> dict[str, Any]:
@@ -59,13 +62,16 @@ def throughput(tmp: str, quick: bool, repeats: int, engines: list[str]) -> dict[
     warm = os.path.join(tmp, "warm")
     _run(["warmup.steps=20" if quick else "warmup.steps=400", "run.steps=1", "eval.max_samples=8"], warm, None)
     start = os.path.join(warm, "sft")
-    runs: dict[str, dict[str, list[dict[str, float]]]] = {e: {m: [] for m in MODES} for e in engines}
+    modes = {e: {**MODES, **(KEEP_MODES if e == "vllm" else {})} for e in engines}
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {e: {m: [] for m in modes[e]} for e in engines}
     for rep in range(repeats):
         for engine in engines:
-            for mode, k in MODES.items():
-                out = os.path.join(tmp, f"tp_{engine}_{k}_{rep}")
+            for mode, k in modes[engine].items():
+                keep = mode in KEEP_MODES
+                out = os.path.join(tmp, f"tp_{engine}_{k}{'_keep' if keep else ''}_{rep}")
                 recs = _run([f"run.steps={steps}", f"pipeline.max_staleness={k}", f"rollout.engine={engine}",
-                             "eval.max_samples=8"], out, start)
+                             "eval.max_samples=8", f"pipeline.weight_update={'keep' if keep else 'finish'}"],
+                            out, start)
                 runs[engine][mode].append(_throughput_of(recs))
     return {"steps": steps, "repeats": repeats, "runs": runs}
 
@@ -126,14 +132,16 @@ def _report(tp: dict[str, Any] | None, learn: list[dict[str, Any]], ratios: dict
                 rel = [a / b for a, b in zip(sps, base)]
                 ratios[f"{engine}_{mode.replace(' ', '_').replace('=', '')}_over_sync"] = statistics.fmean(rel)
                 rows.append([engine, mode, _spread(sps), _spread(rel) if mode != "sync" else "1"])
-                m = lambda key: statistics.fmean(r[key] for r in runs)  # noqa: E731
+                m = lambda key: statistics.fmean(r.get(key, float("nan")) for r in runs)  # noqa: E731
                 busy.append([engine, mode, m("step_s"), m("time/generate"), m("time/score"), m("time/train"),
                              m("busy/engines"), m("busy/rewards"), m("busy/trainers"), m("time/idle/trainers"),
-                             m("time/idle/sync_wait"), m("async/staleness_mean")])
+                             m("time/idle/sync_wait"), m("async/staleness_mean"), m("async/token_staleness_mean"),
+                             m("async/mixed_version_share")])
         md += md_table(["engine", "mode", "samples/s", "/ sync (same repeat)"], rows)
         md += "\n\n### Where the time goes (means per step, seconds; busy = share of the step's wall time)\n\n"
         md += md_table(["engine", "mode", "step", "generate", "score", "train", "busy engines", "busy rewards",
-                        "busy trainers", "trainers idle", "sync wait", "staleness"], busy)
+                        "busy trainers", "trainers idle", "sync wait", "staleness", "token staleness",
+                        "mixed samples"], busy)
         md += "\n"
     if learn:
         md += "\n## Learning: held-out greedy accuracy, sync vs async k = 1 from the same SFT weights\n\n"
@@ -159,20 +167,35 @@ def _kept_part(args: Any) -> dict[str, Any]:
     return {other: earlier[other], "part": other, "command": earlier["command"], "machine": earlier["machine"]}
 
 
+def _kept_engines(args: Any, tp: dict[str, Any] | None) -> dict[str, Any]:
+    """With --engines: the other engines' throughput runs of the last (not --quick) results in --out, merged into
+    ``tp`` (same steps and repeats only); what was kept, for the report."""
+    earlier = None if not args.engines or args.quick or not tp else earlier_result(args.out, NAME)
+    old = (earlier or {}).get("throughput") or {}
+    if not old or (old.get("steps"), old.get("repeats")) != (tp["steps"], tp["repeats"]):
+        return {}
+    engines = [e for e in old["runs"] if e not in tp["runs"]]
+    for e in engines:
+        tp["runs"][e] = old["runs"][e]
+    return {"engines": engines, "command": earlier["command"], "date": earlier["machine"].get("date")} if engines \
+        else {}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from rlhf.rollout.vllm import vllm_available
 
     args = parse_args(argv, __doc__.splitlines()[0], **{
         "--seeds": {"type": int, "nargs": "+", "default": [0, 1, 2]},
         "--repeats": {"type": int, "default": 2},
-        "--part": {"choices": ["throughput", "learning"], "default": None}})
+        "--part": {"choices": ["throughput", "learning"], "default": None},
+        "--engines": {"nargs": "+", "choices": ["hf", "vllm"], "default": None}})
     setup_env()
     if args.quick:
         args.seeds, args.repeats = args.seeds[:1], 1
-    engines = ["hf", "vllm"] if vllm_available() and not args.quick else ["hf"]
+    engines = args.engines or (["hf", "vllm"] if vllm_available() and not args.quick else ["hf"])
     info = machine_info()
     command = f"python -m bench.{NAME}" + (" --quick" if args.quick else "") + \
-        (f" --part {args.part}" if args.part else "")
+        (f" --part {args.part}" if args.part else "") + (f" --engines {' '.join(args.engines)}" if args.engines else "")
     tp, learn = None, []
     with ray_running(), tempfile.TemporaryDirectory(prefix="bench_async_") as tmp:
         if args.part in (None, "throughput"):
@@ -181,11 +204,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             learn = learning(tmp, args.quick, args.seeds)
     kept = _kept_part(args)
     tp, learn = tp or kept.get("throughput"), learn or kept.get("learning") or []
+    other_engines = _kept_engines(args, tp)
     ratios: dict[str, float] = {}
     md = header("Asynchronous off-policy training: async / sync on the demo recipe", command, info, args.quick)
     if kept:
         md += (f"\nThe {kept['part']} part is kept from the earlier run `{kept['command']}` "
                f"({kept['machine'].get('date')}); this command ran the {args.part} part.\n")
+    if other_engines:
+        md += (f"\nThroughput of {', '.join(other_engines['engines'])} is kept from the earlier run "
+               f"`{other_engines['command']}` ({other_engines['date']}); this command ran "
+               f"{', '.join(args.engines)}.\n")
     md += _report(tp, learn, ratios)
     os.makedirs(args.out, exist_ok=True)
     figure = _figure(learn, args.out) if learn else None

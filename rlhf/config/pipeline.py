@@ -4,6 +4,8 @@
       max_staleness: 1      # 0 (default): generate, then train, in turn. k >= 1: the engines generate step t's
                             # batch with the policy of version t - 1 - k while the trainers train step t - 1
       engine_cores: null    # CPU: cores the engines' threads take under async (the trainers take the rest)
+      weight_update: finish # finish: a sync waits for the batches admitted with older weights to be generated;
+                            # keep (vllm): it lands between decode steps of the generation in flight
 
 With k >= 1 the engines and the trainers work at the same time (rlhf/runtime/pipeline.py ``AsyncPipeline``): the
 batch trained at step t was generated exactly k policy versions earlier (fewer in the first k steps), so samples
@@ -14,7 +16,7 @@ cross-check of this section against the rest.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
@@ -31,10 +33,24 @@ class PipelineConfig(Strict):
     engine_cores: Optional[int] = Field(
         None, ge=1, description="CPU, max_staleness >= 1: cores the engines' threads take (split among "
         "rollout.num_engines); the training ranks take the rest. Default: half the cores")
+    weight_update: Literal["finish", "keep"] = Field(
+        "finish", description="max_staleness >= 1: how a weight sync meets a generation in flight. finish: the "
+        "sync to version v waits until every batch admitted with older weights is generated (deterministic: a run "
+        "resumes exactly); keep (rollout.engine: vllm): the sync goes at once, the engine pauses between two "
+        "decode steps with its sequences kept, loads the weights and resumes them, so the tokens sampled after "
+        "it carry the new version (per-token versions; the KV cache of the sequences in flight stays that of the "
+        "older weights). Trainers never wait for the engines to finish a batch, but where the update lands "
+        "depends on timing: a keep run is not reproducible token for token and resumes from its checkpoint "
+        "without the exact-resume guarantee")
 
     @property
     def asynchronous(self) -> bool:
         return self.max_staleness > 0
+
+    @property
+    def updates_in_flight(self) -> bool:
+        """weight_update: keep -- weight syncs land between decode steps of the generation in flight."""
+        return self.weight_update == "keep"
 
 
 def check_pipeline(recipe: Any) -> None:
@@ -51,6 +67,14 @@ def check_pipeline(recipe: Any) -> None:
             raise ValueError(f"rollout.tis_cap ({r.tis_cap}) asks for truncated importance sampling but "
                              f"objective.off_policy is {{correction: {off.correction}, cap: {off.cap}}}; keep one "
                              "(rollout.tis_cap: C is objective.off_policy: {correction: tis, cap: C})")
+    if p.weight_update == "keep" and not p.asynchronous:
+        raise ValueError("pipeline.weight_update: keep with pipeline.max_staleness: 0: a synchronous run has no "
+                         "generation in flight when weights are synced; set pipeline.max_staleness >= 1 or "
+                         "pipeline.weight_update: finish")
+    if p.weight_update == "keep" and r.engine != "vllm":
+        raise ValueError(f"pipeline.weight_update: keep with rollout.engine: {r.engine}: only the vllm engine "
+                         "pauses and resumes sequences in flight around a weight update; set rollout.engine: vllm "
+                         "or pipeline.weight_update: finish")
     if not p.asynchronous:
         return
     k = f"pipeline.max_staleness: {p.max_staleness}"

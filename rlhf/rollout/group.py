@@ -13,6 +13,7 @@ engine that died (``on_restart``) so the new engine gets the current weights. On
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Callable
 
 from rlhf.config.schema import Recipe
@@ -147,7 +148,9 @@ class RolloutGroup:
         strategy = recipe.ray.placement_strategy
         options = (lambda i: colocated_options(i, r.num_engines, strategy)) if r.placement == "colocated" else \
             (lambda i: rollout_options(gpus, strategy))
-        self._start = lambda i: actor_cls.options(**options(i)).remote(  # noqa: E731
+        # keep mode: the actor serves the producer's generate and the consumer's weight sync at the same time
+        concurrency = {"max_concurrency": 2} if recipe.pipeline.updates_in_flight else {}
+        self._start = lambda i: actor_cls.options(**options(i), **concurrency).remote(  # noqa: E731
             r.engine, model_dir, {**kwargs, **_engine_kwargs(recipe, i)})
         self.actors = [self._start(i) for i in range(r.num_engines)]
         self.infos = self._get([a.info.remote() for a in self.actors])  # waits until every engine has loaded
@@ -161,6 +164,7 @@ class RolloutGroup:
         self.restarts = 0  # engines restarted after dying (logged as events/rollout_restarts)
         self.on_restart: Callable[[int], None] | None = None  # gives a restarted engine i the current weights
         self.sleeps = r.engine == "vllm" and r.vllm.sleep  # engines free their memory while training runs
+        self._restarting = threading.RLock()  # on_restart may load weights, which may restart the engine again
 
     def _get(self, refs: Any) -> Any:
         import ray
@@ -198,7 +202,8 @@ class RolloutGroup:
         results: dict[int, Any] = {}
         pending = dict(calls)
         for attempt in range(self.max_restarts + 1):
-            refs = {i: submit(self.actors[i], args) for i, args in pending.items()}
+            actors = {i: self.actors[i] for i in pending}
+            refs = {i: submit(actors[i], args) for i, args in pending.items()}
             died = []
             for i, ref in refs.items():
                 try:
@@ -212,11 +217,20 @@ class RolloutGroup:
                 raise EngineDied(f"rollout engine {i} died {self.max_restarts + 1} times in one call; last: "
                                  f"{_cause(e)}. {STOPS_HERE}")
             for i, _ in died:
-                self._restart(i)
+                self._restart(i, actors[i])
             pending = {i: calls[i] for i, _ in died}
         return results
 
-    def _restart(self, i: int) -> None:
+    def _restart(self, i: int, dead: Any = None) -> None:
+        """Replace engine i; ``dead``: the handle a call failed on. With weight syncs landing during generation
+        (pipeline.weight_update: keep) the producer's and the consumer's threads can both find the same engine
+        dead: the second finds it replaced already and just retries its call."""
+        with self._restarting:
+            if dead is not None and self.actors[i] is not dead:
+                return
+            self._replace(i)
+
+    def _replace(self, i: int) -> None:
         import ray
 
         ray.kill(self.actors[i], no_restart=True)
@@ -323,5 +337,5 @@ def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
     from rlhf.rollout.vllm import cpu_binding
 
     return {"vllm": r.vllm.model_dump(), "cpu_bind": cpu_binding(index, r.num_engines, cpu_split(recipe)[2]),
-            "seed": recipe.run.seed + 1000 * index}
+            "seed": recipe.run.seed + 1000 * index, "keep_updates": recipe.pipeline.updates_in_flight}
 

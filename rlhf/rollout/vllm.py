@@ -29,14 +29,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
 from rlhf.config.rollout import VLLMConfig
 from rlhf.rollout.base import eos_ids
+from rlhf.rollout.keep import StepGate
 from rlhf.transport.weights import WeightSyncError, fingerprint_named
-from rlhf.types import RolloutBatch, SamplingSettings, token_versions
+from rlhf.types import RolloutBatch, SamplingSettings
 
 EXTENSION = "rlhf.rollout.vllm_worker.WeightUpdateExtension"
 INSTALL_HINT = (
@@ -85,6 +86,7 @@ class VLLMEngine:
         vllm: VLLMConfig | dict | None = None,
         cpu_bind: str | None = None,
         seed: int = 0,
+        keep_updates: bool = False,
     ) -> None:
         from rlhf.models.load import load_tokenizer
 
@@ -136,8 +138,13 @@ class VLLMEngine:
             raise RuntimeError(f"rollout.engine=vllm could not load the model at {model_dir}: "
                                f"{type(e).__name__}: {e}") from e
         self.weight_version = 0
+        self.llm.llm_engine.set_weight_version("0")  # vLLM labels each sampled token with it (WeightVersionSpan)
         self._fingerprint = _files_fingerprint(model_dir)
         self._asleep = False
+        # pipeline.weight_update: keep -- updates land between decode steps of a generation in flight
+        self.gate = StepGate() if keep_updates else None
+        self._requests = 0  # request ids of the stepped loop
+        self._reset_after = False  # a prefix-cache reset refused while sequences ran: done when they end
 
     # ------------------------------------------------------------------ generation
 
@@ -169,9 +176,10 @@ class VLLMEngine:
         n = 1 if settings.greedy else settings.n
         requests = [{"prompt_token_ids": ids[m.bool()].tolist()} for ids, m in zip(prompt_ids, prompt_mask)]
         params = [self._sampling_params(settings, n, i) for i in range(len(requests))]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self._stepped(requests, params) if self.gate else self.llm.generate(requests, params, use_tqdm=False)
         rows: list[list[int]] = []
         row_logprobs: list[list[float]] = []
+        row_versions: list[list[int]] = []
         finished: list[bool] = []
         for out in outputs:
             if len(out.outputs) != n:
@@ -180,16 +188,19 @@ class VLLMEngine:
                 ids = list(sample.token_ids)
                 rows.append(ids)
                 row_logprobs.append(_sampled_logprobs(sample, ids))
+                row_versions.append(_token_versions(sample, len(ids), self.weight_version))
                 finished.append(sample.finish_reason == "stop")
         C = max(1, max(len(r) for r in rows))
         B = len(rows)
         completion_ids = torch.full((B, C), self.pad_token_id, dtype=torch.long)  # (B, C)
         completion_mask = torch.zeros((B, C), dtype=torch.long)  # (B, C)
         logprobs = torch.zeros((B, C), dtype=torch.float32)  # (B, C)
-        for b, (ids, lps) in enumerate(zip(rows, row_logprobs)):
+        versions = torch.full((B, C), -1, dtype=torch.long)  # (B, C) the policy version that sampled each token
+        for b, (ids, lps, vs) in enumerate(zip(rows, row_logprobs, row_versions)):
             completion_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             completion_mask[b, : len(ids)] = 1
             logprobs[b, : len(ids)] = torch.tensor(lps, dtype=torch.float32)
+            versions[b, : len(ids)] = torch.tensor(vs, dtype=torch.long)
         if settings.greedy:
             logprobs.zero_()  # greedy rows are for evaluation; no objective uses their logprobs
         completions = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
@@ -203,17 +214,53 @@ class VLLMEngine:
             logprobs=logprobs,
             group_ids=torch.arange(len(requests)).repeat_interleave(n),
             finished=torch.tensor(finished, dtype=torch.bool),
-            versions=token_versions(completion_mask, self.weight_version),
+            versions=versions,
         )
+
+    def _stepped(self, requests: list[dict], params: list[Any]) -> list[Any]:
+        """``llm.generate`` with vLLM's engine stepped here, so that weight updates asked for meanwhile are applied
+        between two decode steps (rlhf/rollout/keep.py); outputs in request order, as ``llm.generate`` returns."""
+        engine = self.llm.llm_engine
+        ids = [str(self._requests + i) for i in range(len(requests))]
+        self._requests += len(requests)
+        done: dict[str, Any] = {}
+        with self.gate.generating():
+            try:
+                for rid, request, p in zip(ids, requests, params):
+                    engine.add_request(rid, request, p)
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        if out.finished:
+                            done[out.request_id] = out
+                    self.gate.boundary(self._pause, self._resume)
+            except BaseException:
+                engine.abort_request([r for r in ids if r not in done])
+                raise
+            finally:
+                if self._reset_after:
+                    self._reset_after = not self.llm.reset_prefix_cache()
+        return [done[r] for r in ids]
+
+    def _pause(self) -> None:
+        """Keep mode, at a step boundary: the scheduler stops with the sequences in flight kept (vLLM "keep")."""
+        self.llm.sleep(level=0, mode="keep")
+
+    def _resume(self) -> None:
+        self.llm.wake_up(tags=["scheduling"])
+
+    def _update(self, fn: Callable[[], Any]) -> Any:
+        """A weight update: now, or (keep mode, generation in flight) at the generation's next step boundary."""
+        return fn() if self.gate is None else self.gate.update(fn)
 
     def _sampling_params(self, s: SamplingSettings, n: int, prompt_index: int) -> Any:
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         seed = None if s.seed is None else (s.seed * 7919 + prompt_index * n) % (2**31 - 1)
         common = dict(
             n=n, max_tokens=s.max_new_tokens, stop=list(s.stop) or None, include_stop_str_in_output=True,
             stop_token_ids=None if s.ignore_eos else sorted(self.eos_ids), ignore_eos=s.ignore_eos,
-            detokenize=bool(s.stop), logprobs=0,
+            detokenize=bool(s.stop), logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
         )
         if s.greedy:
             return SamplingParams(temperature=0.0, **common)
@@ -224,10 +271,16 @@ class VLLMEngine:
     ) -> torch.Tensor:
         """(B, C) logprobs of the given completion tokens under the engine's weights (vLLM prompt logprobs;
         temperature 1 only). Used to check parity with the trainer after a weight sync."""
-        from vllm import SamplingParams
-
         if temperature != 1.0:
             raise ValueError("VLLMEngine.completion_logprobs: only temperature 1.0 (vLLM prompt logprobs are raw)")
+        if self.gate is not None:  # keep mode: never inside a generation in flight (this pass steps the engine too)
+            return self.gate.exclusive(lambda: self._prompt_logprobs(input_ids, attention_mask, prompt_len))
+        return self._prompt_logprobs(input_ids, attention_mask, prompt_len)
+
+    def _prompt_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+                         ) -> torch.Tensor:
+        from vllm import SamplingParams
+
         self._wake()
         B, L = input_ids.shape
         C = L - prompt_len
@@ -252,6 +305,9 @@ class VLLMEngine:
     def load_weights(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
         """The object-store route: each bucket goes to the workers as a shared-memory file, one at a time, inside
         one layer-wise update (`begin_update` ... `finish_update`)."""
+        return self._update(lambda: self._load_files(buckets, version))
+
+    def _load_files(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
         self.begin_update(version)
         workdir = tempfile.mkdtemp(prefix="rlhf-sync-", dir=_shm_dir())
         try:
@@ -287,7 +343,9 @@ class VLLMEngine:
         fps = {fp for fp, _count in reports}
         if len(fps) != 1:
             raise WeightSyncError(f"weight sync: vLLM workers disagree on the weights they loaded: {sorted(fps)}")
-        self.llm.reset_prefix_cache()
+        # sequences in flight (keep mode) hold KV blocks: then the cache is reset when they end
+        self._reset_after = not self.llm.reset_prefix_cache()
+        self.llm.llm_engine.set_weight_version(str(version))  # the tokens sampled from now on carry it
         self._fingerprint = fps.pop()
         self.weight_version = version
         return version, self._fingerprint
@@ -296,8 +354,8 @@ class VLLMEngine:
                         timeout_s: float) -> int:
         """Every vLLM worker of this engine joins the weight-sync group, as ranks rank, rank + 1, ...
         (rollout.weight_sync=broadcast); returns how many ranks it took (the tensor-parallel size)."""
-        ranks = self.llm.collective_rpc("rlhf_join_sync_group", args=(host, port, rank, world_size, backend,
-                                                                      timeout_s))
+        ranks = self._update(lambda: self.llm.collective_rpc("rlhf_join_sync_group", args=(
+            host, port, rank, world_size, backend, timeout_s)))
         return len(ranks)
 
     def sync_ranks(self) -> int:
@@ -309,11 +367,10 @@ class VLLMEngine:
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         self._wake()
-        reports = self.llm.collective_rpc("rlhf_receive_weights")
-        return self._loaded(reports, version)
+        return self._update(lambda: self._loaded(self.llm.collective_rpc("rlhf_receive_weights"), version))
 
     def leave_sync_group(self) -> None:
-        self.llm.collective_rpc("rlhf_leave_sync_group")
+        self._update(lambda: self.llm.collective_rpc("rlhf_leave_sync_group"))
 
     def fingerprint(self) -> str:
         """Fingerprint of the last weights loaded (from disk at start, then each sync), as the workers saw them."""
@@ -345,6 +402,15 @@ class VLLMEngine:
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
+
+
+def _token_versions(sample: Any, n: int, current: int) -> list[int]:
+    """The policy version that sampled each of a completion's n tokens, from vLLM's weight-version spans (the
+    label set at each update, ``_loaded``); ``current`` where vLLM reports none."""
+    out = [current] * n
+    for span in sample.weight_versions or ():
+        out[span.start : span.end] = [int(span.version)] * (span.end - span.start)
+    return out
 
 
 def _sampled_logprobs(sample: Any, ids: list[int]) -> list[float]:

@@ -189,11 +189,18 @@ def rollout_metrics(rollout: RolloutBatch, payload: Any, timings: dict[str, floa
 
 def staleness_metrics(versions: torch.Tensor, trained_version: int) -> dict[str, float]:
     """Per sample, the versions between the trainer's (``trained_version``) and the oldest that generated one of
-    its tokens: mean, max and the share of samples at each staleness (versions (B, C), -1 where not generated)."""
+    its tokens: mean, max and the share of samples at each staleness (versions (B, C), -1 where not generated);
+    and the share of samples whose tokens came from more than one version (a weight update landed mid-sample)."""
     generated = versions >= 0  # (B, C)
     oldest = torch.where(generated, versions, torch.full_like(versions, trained_version)).min(dim=1).values  # (B,)
+    newest = torch.where(generated, versions, torch.full_like(versions, -1)).max(dim=1).values  # (B,)
     staleness = (trained_version - oldest).clamp(min=0)  # (B,)
-    out = {"async/staleness_mean": float(staleness.float().mean()), "async/staleness_max": float(staleness.max())}
+    out = {"async/staleness_mean": float(staleness.float().mean()), "async/staleness_max": float(staleness.max()),
+           # pipeline.weight_update: keep -- samples whose tokens came from more than one policy version
+           "async/mixed_version_share": float((generated.any(dim=1) & (newest > oldest)).float().mean()),
+           # per generated token (keep mode: the tokens sampled after a sync are fresher than their sample's oldest)
+           "async/token_staleness_mean": float((trained_version - versions[generated]).clamp(min=0).float().mean())
+           if generated.any() else 0.0}
     for k, n in zip(*torch.unique(staleness, return_counts=True)):
         out[f"async/staleness_share/{int(k)}"] = float(n) / staleness.numel()
     return out

@@ -172,7 +172,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         log.start_phase(objective.name, recipe.run.steps, state.step)
 
         stop = GracefulStop()  # SIGTERM (preemption, time limit) or a first Ctrl-C: finish the step, save, exit
-        pipeline = build_pipeline(recipe.pipeline.max_staleness)
+        pipeline = build_pipeline(recipe.pipeline.max_staleness, keep=recipe.pipeline.updates_in_flight)
 
         def set_lr(step: int) -> None:
             trainers.set_lr(lr_at(recipe, step))

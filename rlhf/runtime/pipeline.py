@@ -25,6 +25,11 @@ trained: a dynamic weighting's weights lag the engines by up to k versions). Eve
 version(s) that generated it (``Experience.versions``, from ``RolloutBatch.versions``). A checkpoint is taken with
 the producer paused (``paused()``), and the batches produced but not yet trained (``pending()``) are saved with it:
 a resumed run trains exactly those, then goes on with the same schedule.
+
+With ``keep`` (``pipeline.weight_update: keep``, vllm engines) the sync to version v does not wait: the engines
+load it between two decode steps of whatever they are generating (rlhf/rollout/keep.py) and the tokens sampled
+after it carry version v. Admission is unchanged, so no batch is staler than k; the trainers never wait for a batch
+to finish, but where an update lands depends on timing (no exact resume).
 """
 
 from __future__ import annotations
@@ -119,10 +124,11 @@ class SyncPipeline:
 class AsyncPipeline:
     """Production runs ahead of consumption by up to ``max_staleness`` policy versions (module docstring)."""
 
-    def __init__(self, max_staleness: int) -> None:
+    def __init__(self, max_staleness: int, keep: bool = False) -> None:
         if max_staleness < 1:
             raise ValueError(f"AsyncPipeline needs max_staleness >= 1 (0 is SyncPipeline), got {max_staleness}")
         self.max_staleness = max_staleness
+        self.keep = keep  # pipeline.weight_update: keep -- syncs never wait for the batches in production
         self._cv = threading.Condition()
         self._ready: deque[Experience] = deque()  # produced, not yet consumed, in step order
         self._synced = 0  # the policy version the engines hold
@@ -218,7 +224,10 @@ class AsyncPipeline:
             return self._ready.popleft(), depth
 
     def _wait_to_sync(self, version: int) -> None:
-        """Before the engines take version ``version``: every batch admitted with an older version is produced."""
+        """Before the engines take version ``version``: every batch admitted with an older version is produced
+        (keep: no wait; the engines apply the update between the decode steps of what they are generating)."""
+        if self.keep:
+            return
         needed = min(version + self.max_staleness, self._last)  # the last batch admitted with older weights
         with self._cv:
             self._cv.wait_for(lambda: self._error is not None or self._produced >= needed)
@@ -252,9 +261,10 @@ class AsyncPipeline:
             return list(self._ready)
 
 
-def build_pipeline(max_staleness: int) -> SyncPipeline | AsyncPipeline:
-    """``pipeline.max_staleness``: 0 -> SyncPipeline, k >= 1 -> AsyncPipeline(k)."""
-    return AsyncPipeline(max_staleness) if max_staleness else SyncPipeline()
+def build_pipeline(max_staleness: int, keep: bool = False) -> SyncPipeline | AsyncPipeline:
+    """``pipeline.max_staleness``: 0 -> SyncPipeline, k >= 1 -> AsyncPipeline(k); ``keep``:
+    ``pipeline.weight_update: keep``."""
+    return AsyncPipeline(max_staleness, keep) if max_staleness else SyncPipeline()
 
 
 class NoState:

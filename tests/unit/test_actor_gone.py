@@ -5,6 +5,8 @@ one-line error naming it (EngineDied, TrainWorkerDied), never Ray's traceback.""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import ray
 import ray.exceptions
@@ -44,6 +46,7 @@ def _engines(actors) -> RolloutGroup:
     group.actors, group.infos, group.nodes = list(actors), [{}] * len(actors), [{}] * len(actors)
     group.restarts, group.on_restart, group.max_restarts = 0, None, 2
     group._get = _raising_get
+    group._restarting = threading.RLock()
     return group
 
 
@@ -54,6 +57,23 @@ def test_out_of_memory_counts_as_gone():
 def test_engine_killed_for_memory_is_skipped_when_the_sync_group_closes():
     engines = _engines([Actor(OOM), Actor("left")])
     engines.leave_sync_group()  # no error: the killed engine left the group with its process
+
+
+def test_an_engine_found_dead_by_two_threads_is_restarted_once(monkeypatch):
+    """pipeline.weight_update: keep -- the producer's generate and the consumer's weight sync both fail on the same
+    dead engine: one replaces it, the other sees the replacement and only retries its call."""
+    monkeypatch.setattr(ray, "kill", lambda actor, no_restart=True: None)
+    dead = Actor(OOM)
+    engines = _engines([dead])
+    engines._start = lambda i: Actor("ok")
+    threads = [threading.Thread(target=engines._restart, args=(0, dead)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert engines.restarts == 1 and engines.actors[0] is not dead
+    engines.restart(0)  # asked for by name (a sync that found it dead): always replaced
+    assert engines.restarts == 2
 
 
 def test_replacement_killed_too_stops_the_run_with_one_line(monkeypatch):

@@ -71,6 +71,17 @@ def test_async_with_sleeping_vllm_engine(tmp_path):
     load_recipe(_write(tmp_path, pipeline={"max_staleness": 2}, rollout={"engine": "vllm", "vllm": {"sleep": False}}))
 
 
+def test_keep_updates_need_async_and_the_vllm_engine(tmp_path):
+    msg = _error(tmp_path, pipeline={"weight_update": "keep"}, rollout={"engine": "vllm"})
+    assert "pipeline.weight_update: keep" in msg and "pipeline.max_staleness: 0" in msg
+    msg = _error(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1}, rollout={"engine": "hf"})
+    assert "pipeline.weight_update: keep" in msg and "rollout.engine: hf" in msg
+    ok = load_recipe(_write(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1},
+                            rollout={"engine": "vllm"}))
+    assert ok.pipeline.updates_in_flight and not _recipe().pipeline.updates_in_flight
+    assert "finish" in _error(tmp_path, pipeline={"weight_update": "halfway"})
+
+
 @pytest.mark.parametrize("kind", ["dpo", "modpo", "prm"])
 def test_async_with_an_offline_objective(tmp_path, kind):
     rows = tmp_path / "rows.jsonl"
@@ -245,7 +256,8 @@ def test_cpu_threads():
 def test_build_pipeline():
     assert isinstance(build_pipeline(0), SyncPipeline)
     p = build_pipeline(2)
-    assert isinstance(p, AsyncPipeline) and p.max_staleness == 2
+    assert isinstance(p, AsyncPipeline) and p.max_staleness == 2 and not p.keep
+    assert build_pipeline(1, keep=True).keep
     with pytest.raises(ValueError, match="max_staleness >= 1"):
         AsyncPipeline(0)
 
@@ -267,7 +279,7 @@ def test_validate_cli_reports_negative_staleness_in_one_line(tmp_path, capsys):
 def test_validate_cli_prints_the_pipeline_section(tmp_path, capsys):
     assert main(["validate", str(_write(tmp_path)), "pipeline.max_staleness=2"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["pipeline"] == {"max_staleness": 2, "engine_cores": None}
+    assert printed["pipeline"] == {"max_staleness": 2, "engine_cores": None, "weight_update": "finish"}
 
 
 # --------------------------------------------------------------------------- resuming with a shorter run.steps

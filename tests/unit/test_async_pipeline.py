@@ -149,3 +149,55 @@ def test_a_consumer_error_stops_the_producer():
         AsyncPipeline(2).run(stage, range(1, 50), lambda s: None, after)
     assert max(stage.generated_with) <= 3 + 1 + 2  # it stopped: admission never passed version 3
     assert not any(t.name == "rlhf-producer" and t.is_alive() for t in threading.enumerate())
+
+
+class SlowGenerationStage(ScriptedStage):
+    """Keep mode: a batch's generation only ends once the weights of the step being trained have arrived (long
+    sequences). Under ``finish`` that sync would wait for this very batch (a deadlock); under ``keep`` it lands
+    while the batch is in flight, so the batch's tokens come from two versions."""
+
+    def __init__(self) -> None:
+        super().__init__(jitter=0.0)
+        self.spans: dict[int, tuple[int, int]] = {}  # step -> (version at start, version at end)
+        self.synced = threading.Condition()
+
+    def produce(self, step: int) -> Experience:
+        first = self.version
+        with self.synced:  # the sequences in flight run on until the trainer's next version arrives
+            assert self.synced.wait_for(lambda: self.version >= step - 1, timeout=10), "the sync waited"
+        self.spans[step] = (first, self.version)
+        return Experience(step, context={"version": first})
+
+    def consume(self, exp: Experience) -> dict[str, float]:
+        self.gate(exp.step)
+        with self.synced:
+            self.version = exp.step
+            self.synced.notify_all()
+        self.consumed.append((exp.step, exp.context["version"]))
+        return {}
+
+
+def test_keep_syncs_land_while_a_batch_is_generated():
+    stage = SlowGenerationStage()
+    AsyncPipeline(1, keep=True).run(stage, range(1, 9), lambda s: None, lambda s, m: None)
+    assert [s for s, _ in stage.consumed] == list(range(1, 9))
+    for step, (first, last) in stage.spans.items():
+        assert first >= max(0, step - 2)  # admission unchanged: no batch staler than k = 1
+        assert last == step - 1  # the newest weights reached the batch in flight
+    assert sum(first < last for first, last in stage.spans.values()) >= 6  # most batches span two versions
+
+
+def test_staleness_metrics_by_hand():
+    import torch
+
+    from rlhf.runtime.collect import staleness_metrics
+
+    versions = torch.tensor([[3, 3, -1],  # one version, 1 behind the trained 4
+                             [2, 2, 4],  # a keep-mode update landed mid-sample: oldest 2 -> staleness 2, mixed
+                             [4, -1, -1],  # fresh
+                             [-1, -1, -1]])  # nothing generated (an agent's tool tokens only): staleness 0
+    m = staleness_metrics(versions, trained_version=4)
+    assert m["async/staleness_mean"] == pytest.approx((1 + 2 + 0 + 0) / 4) and m["async/staleness_max"] == 2
+    assert m["async/mixed_version_share"] == pytest.approx(1 / 4)
+    assert m["async/token_staleness_mean"] == pytest.approx((1 + 1 + 2 + 2 + 0 + 0) / 6)
+    assert m["async/staleness_share/0"] == pytest.approx(0.5) and m["async/staleness_share/2"] == pytest.approx(0.25)
