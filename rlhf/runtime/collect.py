@@ -3,6 +3,7 @@
     collector = Collector(prompts, rollout_fn, scorer, sampling, rounds=caps.sampling_rounds, weighting=weighting,
                           prompts_per_step=recipe.rollout.prompts_per_step, conditioner=conditioner)
     batch = collector.collect(step)       # Collected: rows, rollout, reward vector, scorer context, metrics, times
+    batch = collector.score(collector.generate(step))   # the same in two halves (one round only: ``splits``)
 
 With a preference conditioner (rlhf/data/conditioning.py) each round's rows get their drawn weight vectors written
 into the prompts before the rollout, and the scored reward vector gets them back as its per-sample weights.
@@ -23,6 +24,16 @@ import torch
 
 from rlhf.data.conditioning import NoConditioning
 from rlhf.types import RewardVector, RolloutBatch, SamplingSettings
+
+
+@dataclass
+class Generated:
+    """The first half of a one-round collection: the conditioned prompt rows and their rollout, not scored yet."""
+
+    step: int
+    rows: list[dict]  # (G,)
+    rollout: RolloutBatch  # (B,)
+    t_generate: float
 
 
 @dataclass
@@ -80,26 +91,42 @@ class Collector:
         if rounds is not None and (weighting is None or prompts_per_step < 1):
             raise ValueError("Collector: dynamic sampling (rounds) needs the weighting and prompts_per_step")
 
+    @property
+    def splits(self) -> bool:
+        """Whether a step's collection comes in two halves, ``generate`` (engines, prompt position) then ``score``
+        (reward workers): one sampling round (dynamic sampling decides on more rounds from the scores)."""
+        return self.rounds is None
+
+    def generate(self, step: int, round_: int = 0) -> Generated:
+        """The next prompts (conditioned) and their rollout; ``score`` finishes it."""
+        rows = self.conditioner.condition(self.prompts.next_batch(), step, round_)
+        t0 = time.perf_counter()
+        rollout = self.rollout_fn(rows, self.sampling(step, round_))
+        return Generated(step, rows, rollout, time.perf_counter() - t0)
+
+    def score(self, g: Generated) -> Collected:
+        """The reward vector of a generated batch (per-sample weights attached when conditioned) and its metrics."""
+        t0 = time.perf_counter()
+        rv, reward_metrics, context = self.scorer(g.rows, g.rollout)
+        rv = self.conditioner.attach(rv, g.rollout.extras)  # (B, K) per-sample weights, when conditioned
+        t_score = time.perf_counter() - t0
+        metrics = {**reward_metrics, **self.rollout_fn.metrics(g.rollout)}
+        return Collected(g.rows, g.rollout, rv, context, metrics, g.t_generate, t_score)
+
     def collect(self, step: int) -> Collected:
         """One training batch of rollouts and their reward vector."""
+        if self.splits:
+            return self.score(self.generate(step))
         kept: list[Collected] = []
         dropped: list[Collected] = []
         n_kept, metrics = 0, {}
         t_generate = t_score = 0.0
-        for round_ in range(self.rounds or 1):
-            rows = self.conditioner.condition(self.prompts.next_batch(), step, round_)
-            t0 = time.perf_counter()
-            rollout = self.rollout_fn(rows, self.sampling(step, round_))
-            t_generate += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            rv, reward_metrics, context = self.scorer(rows, rollout)
-            rv = self.conditioner.attach(rv, rollout.extras)  # (B, K) per-sample weights, when conditioned
-            t_score += time.perf_counter() - t0
+        for round_ in range(self.rounds):
+            part = self.score(self.generate(step, round_))
+            rows, rollout, rv, context = part.rows, part.rollout, part.rewards, part.context
+            t_generate, t_score = t_generate + part.t_generate, t_score + part.t_score
             if round_ == 0:
-                metrics.update(reward_metrics)
-                metrics.update(self.rollout_fn.metrics(rollout))
-            if self.rounds is None:
-                return Collected(rows, rollout, rv, context, metrics, t_generate, t_score)
+                metrics.update(part.metrics)
             if context:  # per-round context (e.g. CGPO's baselines) cannot follow groups across rounds
                 raise ValueError("dynamic sampling: the scorer adds per-batch context "
                                  f"({sorted(context)}), which cannot be kept across sampling rounds")

@@ -9,7 +9,9 @@ components (GRPO, RLOO, REINFORCE++, PPO, online DPO, CGPO; rlhf/runtime/stages.
 Driven asynchronously (``run_async``, rlhf/runtime/pipeline.py ``AsyncPipeline``), ``produce`` runs in the
 pipeline's producer thread and touches only the prompts, the engines and the reward workers: the weighting's
 ``begin_step`` and ``observe`` move to the start of ``consume`` (step order, when the batch is trained), and the
-weight sync waits at the pipeline's gate until the batches admitted with the older weights are produced.
+weight sync waits at the pipeline's gate until the batches admitted with the older weights are generated. There
+``produce`` comes in two halves (``production_parts``: generate, then score in the pipeline's scorer thread) unless
+scoring needs the engines (MRT) or more generation (dynamic sampling).
 
 The update component decides what is trained: ``PolicyGradientUpdate`` (an advantage estimator + the surrogate),
 ``OnlinePairsUpdate`` (rlhf/runtime/online_dpo.py), ``CGPOUpdate`` (rlhf/runtime/cgpo.py).
@@ -58,10 +60,30 @@ class RLStage:
         if self._sync_gate is None:
             self.weighting.begin_step(step)  # schedules
         c = self.collector.collect(step)
+        return self._experience(step, c, started, self.engines.memory())  # the engines are idle here
+
+    def production_parts(self) -> tuple[Callable[[int], Any], Callable[[Any], Experience]] | None:
+        """Async: (generate, score) halves of ``produce`` so that the pipeline scores batch t while batch t + 1
+        generates; None when scoring needs the engines (MRT's progress estimates) or decides on more generation
+        (dynamic sampling's rounds)."""
+        if self.progress is not None or not self.collector.splits:
+            return None
+        return self._generate, self._score
+
+    def _generate(self, step: int) -> tuple[Any, float, dict[str, float]]:
+        started = time.perf_counter()
+        g = self.collector.generate(step)
+        return g, started, self.engines.memory()  # memory/peak_*_gb/engines, asked while they are idle
+
+    def _score(self, part: tuple[Any, float, dict[str, float]]) -> Experience:
+        g, started, memory = part
+        return self._experience(g.step, self.collector.score(g), started, memory)
+
+    def _experience(self, step: int, c: Any, started: float, memory: dict[str, float]) -> Experience:
         metrics = dict(c.metrics)
         if self._sync_gate is None:
             metrics.update(self.weighting.observe(c.rewards))  # constraints' multipliers, hypervolume-guided weights
-        metrics.update(self.engines.memory())  # memory/peak_*_gb/engines (the engines are idle here)
+        metrics.update(memory)
         timings = {"time/generate": c.t_generate, "time/score": c.t_score}
         if self.progress is not None:  # MRT: dense bonus from success estimates at every step end
             t0 = time.perf_counter()

@@ -296,6 +296,9 @@ class _Stage:
     def run_async(self, gate) -> None:
         self.gate = gate
 
+    def production_parts(self):
+        return None
+
     def produce(self, step: int) -> Experience:
         self.produced.append(step)
         return Experience(step)

@@ -29,6 +29,9 @@ class ScriptedStage:
     def run_async(self, gate):
         self.gate = gate
 
+    def production_parts(self):
+        return None
+
     def _sleep(self):
         with self.lock:
             t = self.rng.random() * self.jitter
@@ -201,3 +204,69 @@ def test_staleness_metrics_by_hand():
     assert m["async/mixed_version_share"] == pytest.approx(1 / 4)
     assert m["async/token_staleness_mean"] == pytest.approx((1 + 1 + 2 + 2 + 0 + 0) / 6)
     assert m["async/staleness_share/0"] == pytest.approx(0.5) and m["async/staleness_share/2"] == pytest.approx(0.25)
+
+
+class SplitStage(ScriptedStage):
+    """Production in two halves: generating records the engines' version, scoring takes a while. Records when each
+    half runs, to see scoring of one batch overlap the generation of the next."""
+
+    def __init__(self, score_s: float = 0.03, **kw) -> None:
+        super().__init__(**kw)
+        self.score_s, self.timeline = score_s, []
+
+    def production_parts(self):
+        return self.generate, self.score
+
+    def generate(self, step: int):
+        self.timeline.append(("gen", step, time.perf_counter()))
+        exp = ScriptedStage.produce(self, step)
+        self.timeline.append(("gen_end", step, time.perf_counter()))
+        return exp
+
+    def score(self, exp: Experience) -> Experience:
+        t0 = time.perf_counter()
+        time.sleep(self.score_s)
+        self.timeline.append(("score", exp.step, t0, time.perf_counter()))
+        return exp
+
+    def produce(self, step: int) -> Experience:
+        raise AssertionError("split production calls generate and score, not produce")
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_split_production_keeps_the_schedule_and_overlaps_scoring(k):
+    whole, split = ScriptedStage(), SplitStage(jitter=0.002)
+    AsyncPipeline(k).run(whole, range(1, 10), lambda s: None, lambda s, m: None)
+    AsyncPipeline(k).run(split, range(1, 10), lambda s: None, lambda s, m: None)
+    assert split.consumed == whole.consumed  # same versions for every batch, in step order
+    scores = {e[1]: (e[2], e[3]) for e in split.timeline if e[0] == "score"}
+    gens = {e[1]: e[2] for e in split.timeline if e[0] == "gen"}
+    ends = {e[1]: e[2] for e in split.timeline if e[0] == "gen_end"}
+    overlapped = [t for t in scores if t + 1 in gens and gens[t + 1] < scores[t][1] and scores[t][0] < ends[t + 1]]
+    assert overlapped, "batch t + 1 generated while batch t was scored"
+
+
+def test_paused_with_split_production_scores_what_was_generated():
+    stage, pipe, seen = SplitStage(score_s=0.05), AsyncPipeline(2), []
+
+    def after(step, metrics):
+        if step == 2:
+            with pipe.paused():
+                pending = pipe.pending()
+                seen.append(([e.step for e in pending], sorted(stage.generated_with)))
+
+    pipe.run(stage, range(1, 8), lambda s: None, after)
+    pending, generated = seen[0]
+    assert pending == [t for t in generated if t > 2]  # every generated batch is scored and saved with the checkpoint
+
+
+def test_a_scoring_error_reaches_the_consumer():
+    class Failing(SplitStage):
+        def score(self, exp):
+            if exp.step == 3:
+                raise RuntimeError("reward worker failed on step 3")
+            return exp
+
+    with pytest.raises(RuntimeError, match="step 3"):
+        AsyncPipeline(1).run(Failing(), range(1, 9), lambda s: None, lambda s, m: None)
+    assert not any(t.name in ("rlhf-producer", "rlhf-scorer") and t.is_alive() for t in threading.enumerate())
