@@ -91,9 +91,13 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
 
 
 def unwrapped(model: Any) -> Any:
-    """The model under a DeepSpeed / DDP wrapper (which forward kwargs to ``.module``); peft and transformers
-    models are their own (peft forwards ``config`` and ``get_output_embeddings`` to the base model)."""
-    return model.module if isinstance(getattr(model, "module", None), torch.nn.Module) else model
+    """The model under DeepSpeed / DDP wrappers (which forward kwargs to ``.module``), however nested: the LoRA
+    reference (``rlhf.models.lora.AdapterDisabled``) wraps the DeepSpeed engine, whose own ``config`` is
+    DeepSpeed's; peft and transformers models are their own (peft forwards ``config`` and
+    ``get_output_embeddings`` to the base model)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -249,7 +253,7 @@ class Surrogate:
             if weights is not None:
                 nll_term = nll_term * weights  # (B, C)
             nll = self.aggregate(nll_term, mask.to(logprobs.dtype), token_normalizer)
-            out.metrics["loss/crraft_nll"] = float(nll.detach())
+            out.metrics["loss/nll_rows"] = float(nll.detach())
             out.metrics["loss/total"] = float((out.loss + nll).detach())
             out.metrics.update(extra)
             return LossOutput(loss=out.loss + nll, metrics=out.metrics)

@@ -90,7 +90,7 @@ def test_cgpo_three_optimizers(ray_session, tmp_path):
     summary = run(validate_dict(recipe, "test"))
     rl = _check_metrics(out, [1, 2])
     for r in rl:  # CRRAFT's selected rows are trained with the NLL term whenever there are any
-        assert ("loss/crraft_nll" in r) == (r["cgpo/mix/selected"] > 0), r
+        assert ("loss/nll_rows" in r) == (r["cgpo/mix/selected"] > 0), r
     step1, step2 = sorted(p for p in ckpt.checkpoints_dir(str(out)).iterdir() if p.name.startswith("step_"))
     assert set(_sampler_state(step1)) == {"add", "sub", "mix"}
     assert all(s == {"epoch": 0, "position": 2} for s in _sampler_state(step1).values())  # 2 prompts per task

@@ -54,7 +54,7 @@ def test_rsf_trains_on_the_kept_samples(ray_session, tmp_path, conditioned):
         assert r["rsf/kept_frac"] == pytest.approx(1 / GROUP)  # top_k 1: one row of each group
         assert r["rsf/groups_kept_frac"] == 1.0
         assert r["rsf/score/kept"] >= r["rsf/score/all"] - 1e-9  # the best of each group
-        for key in ("rsf/kept/correct", "rsf/kept/brief", "rsf/length/kept", "loss/crraft_nll", "reward/correct/mean"):
+        for key in ("rsf/kept/correct", "rsf/kept/brief", "rsf/length/kept", "loss/nll_rows", "reward/correct/mean"):
             assert key in r, key
         assert "kl" not in r  # no reference model: no KL measured
         assert ("weights/sample/correct/mean" in r) is conditioned

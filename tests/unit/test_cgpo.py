@@ -213,7 +213,7 @@ def test_crraft_nll_rows_by_hand():
     out = Surrogate(clip_eps=0.2).loss(lp, old, None, torch.tensor([2.0, -1.0]), mask,
                                        nll_rows=torch.tensor([True, False]))
     assert out.loss.item() == pytest.approx((8 + 1.5) / 3, abs=1e-6)
-    assert out.metrics["loss/crraft_nll"] == pytest.approx(8 / 3, abs=1e-6)
+    assert out.metrics["loss/nll_rows"] == pytest.approx(8 / 3, abs=1e-6)
     assert out.metrics["loss/total"] == pytest.approx((8 + 1.5) / 3, abs=1e-6)
     out.loss.backward()
     # d/dlogp: CRRAFT tokens -A / 3; row 1 token 0: -rho A / 3 (unclipped side is the min) = 1.5 / 3

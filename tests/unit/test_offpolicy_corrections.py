@@ -182,7 +182,7 @@ def test_nll_rows_are_weighted_by_hand():
         lp, p, None, ADV, MASK, nll_rows=torch.tensor([True, False]), behaviour_logprobs=b)
     nll = sum(-1.0 * w * (-1.0 + math.log(rho)) for w, rho in zip([2.0, 0.6, 1.25], RHO[0]))
     assert out.loss.item() == pytest.approx((nll + 0.25 * 2.6 + 1.5 * 1.6) / 5, abs=1e-6)
-    assert out.metrics["loss/crraft_nll"] == pytest.approx(nll / 5, abs=1e-6)
+    assert out.metrics["loss/nll_rows"] == pytest.approx(nll / 5, abs=1e-6)
     assert out.metrics["offpolicy/truncated_frac"] == pytest.approx(0.2)
 
 
@@ -223,7 +223,7 @@ def _previous_surrogate(lp, old, ref, adv, mask, clip=0.2, clip_high=0.28, kl_co
         loss, metrics = _previous_surrogate(lp, old, ref, torch.where(nll_rows, 0.0, adv), mask, clip, clip_high,
                                             kl_coef, agg, norm, None, kl_ratio)
         nll = agg_fn(-torch.where(nll_rows, adv, 0.0).unsqueeze(1) * lp, mask.to(lp.dtype), norm)
-        metrics["loss/crraft_nll"] = float(nll.detach())
+        metrics["loss/nll_rows"] = float(nll.detach())
         metrics["loss/total"] = float((loss + nll).detach())
         return loss + nll, metrics
     on = mask != 0
