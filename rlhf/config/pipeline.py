@@ -75,6 +75,10 @@ def check_pipeline(recipe: Any) -> None:
         raise ValueError(f"pipeline.weight_update: keep with rollout.engine: {r.engine}: only the vllm engine "
                          "pauses and resumes sequences in flight around a weight update; set rollout.engine: vllm "
                          "or pipeline.weight_update: finish")
+    if r.vllm.kv_on_update == "recompute" and not p.updates_in_flight:
+        raise ValueError(f"rollout.vllm.kv_on_update: recompute with pipeline.weight_update: {p.weight_update}: "
+                         "only updates landing in flight (weight_update: keep) meet a KV cache to recompute; set "
+                         "pipeline.weight_update: keep or rollout.vllm.kv_on_update: keep")
     if not p.asynchronous:
         return
     k = f"pipeline.max_staleness: {p.max_staleness}"

@@ -42,6 +42,13 @@ class VLLMConfig(Strict):
         False, description="reuse the KV cache of prompt prefixes seen before (an agent episode sends its whole "
         "history every turn); the cache is reset after every weight sync"
     )
+    kv_on_update: Literal["keep", "recompute"] = Field(
+        "keep", description="pipeline.weight_update: keep -- the KV cache of the sequences in flight when new "
+        "weights land. keep: as the older weights computed it (cheapest; each token's logprob is still exactly "
+        "what sampled it, the behaviour policy of the off-policy correction); recompute: the sequences are "
+        "preempted and re-prefilled under the new weights, so every token labelled version v was sampled by "
+        "policy v itself (its logprob equals the trainer's at v), at the cost of one prefill of each"
+    )
 
 
 class AgentConfig(Strict):

@@ -144,7 +144,7 @@ class VLLMEngine:
         # pipeline.weight_update: keep -- updates land between decode steps of a generation in flight
         self.gate = StepGate() if keep_updates else None
         self._requests = 0  # request ids of the stepped loop
-        self._reset_after = False  # a prefix-cache reset refused while sequences ran: done when they end
+        self._reset_after = False  # a prefix-cache reset deferred while sequences ran (KV kept): done when they end
 
     # ------------------------------------------------------------------ generation
 
@@ -343,8 +343,12 @@ class VLLMEngine:
         fps = {fp for fp, _count in reports}
         if len(fps) != 1:
             raise WeightSyncError(f"weight sync: vLLM workers disagree on the weights they loaded: {sorted(fps)}")
-        # sequences in flight (keep mode) hold KV blocks: then the cache is reset when they end
-        self._reset_after = not self.llm.reset_prefix_cache()
+        if self.gate is None or not self.llm.llm_engine.has_unfinished_requests():
+            self.llm.reset_prefix_cache()
+        elif self.cfg.kv_on_update == "recompute":  # in flight: preempted, re-prefilled under the new weights
+            self.llm.reset_prefix_cache(reset_running_requests=True)
+        else:  # in flight, their KV kept: the prefix cache is reset when they end
+            self._reset_after = True
         self.llm.llm_engine.set_weight_version(str(version))  # the tokens sampled from now on carry it
         self._fingerprint = fps.pop()
         self.weight_version = version

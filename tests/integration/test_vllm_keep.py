@@ -37,6 +37,9 @@ def _keep_actor_class() -> type:
             finally:
                 self.engine.gate = gate
 
+        def set_kv_on_update(self, mode: str) -> None:
+            self.engine.cfg = self.engine.cfg.model_copy(update={"kv_on_update": mode})
+
         def generate_with_update_at(self, prompts, settings, boundary: int, blobs: list[bytes], version: int):
             gate, reached, seen, result = self.engine.gate, threading.Event(), [0], {}
             original = gate.boundary
@@ -80,17 +83,18 @@ def keep_actor(ray_session, vllm_model_dir):  # noqa: F811
 
 
 def _perturbed(model_dir: str, seed: int):
-    """The trainer's side: the model's weights moved by noise; (its buckets, its fingerprint)."""
+    """The trainer's side: the model's weights moved by noise; (its buckets, its fingerprint, the trainer)."""
     from rlhf.rollout.hf import HFEngine
     from rlhf.transport.weights import fingerprint_module, pack_bucket
 
-    model = HFEngine(model_dir, max_prompt_tokens=16).model
+    trainer = HFEngine(model_dir, max_prompt_tokens=16)
+    model = trainer.model
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     named = list(model.named_parameters())
-    return [pack_bucket(named[i : i + 4]) for i in range(0, len(named), 4)], fingerprint_module(model)
+    return [pack_bucket(named[i : i + 4]) for i in range(0, len(named), 4)], fingerprint_module(model), trainer
 
 
 def _call(ref):
@@ -112,7 +116,7 @@ def test_update_lands_between_decode_steps(keep_actor, vllm_model_dir):  # noqa:
     assert torch.allclose(stepped.logprobs, plain.logprobs, atol=1e-6)
     assert set(stepped.versions.unique().tolist()) == {0}
 
-    blobs, fingerprint = _perturbed(vllm_model_dir, seed=1)
+    blobs, fingerprint, _ = _perturbed(vllm_model_dir, seed=1)
     batch, loaded, applied = _call(keep_actor.generate_with_update_at.remote(PROMPTS, s, 10, blobs, 1))
     assert loaded == (1, fingerprint) and applied == 1
     expected = torch.tensor([0] * 10 + [1] * 14).expand(batch.batch_size, -1)  # (B, C) every row split at 10
@@ -131,7 +135,7 @@ def test_sync_call_during_a_long_generation(keep_actor, vllm_model_dir):  # noqa
     from rlhf.types import SamplingSettings
 
     s = SamplingSettings(n=4, max_new_tokens=40, ignore_eos=True, seed=5)
-    blobs, fingerprint = _perturbed(vllm_model_dir, seed=2)
+    blobs, fingerprint, _ = _perturbed(vllm_model_dir, seed=2)
     current = _call(keep_actor.info.remote())["version"]
     gen = keep_actor.generate.remote(PROMPTS * 4, s)
     version, fp = _call(keep_actor.load_weights.remote([ray.put(b) for b in blobs], current + 1))
@@ -167,3 +171,24 @@ def test_grpo_async_keep_run(ray_session, vllm_model_dir, tmp_path):  # noqa: F8
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
     assert all(r["async/staleness_max"] <= 1 and 0 <= r["async/mixed_version_share"] <= 1 for r in steps)
     assert all(r["offpolicy/masked_frac"] >= 0 for r in steps if "offpolicy/masked_frac" in r)
+
+
+def test_recompute_makes_each_token_the_policy_of_its_version(keep_actor, vllm_model_dir):  # noqa: F811
+    """rollout.vllm.kv_on_update: recompute -- after an update in flight the sequences are re-prefilled under the
+    new weights, so the engine's logprob of every token labelled with the new version is the new policy's (the
+    trainer's forward at those weights); with the KV kept they are not (the older weights' KV cache)."""
+    from rlhf.types import SamplingSettings
+
+    s = SamplingSettings(n=2, max_new_tokens=24, ignore_eos=True, seed=7)
+    gaps = {}
+    for mode, seed in (("keep", 3), ("recompute", 4)):
+        _call(keep_actor.set_kv_on_update.remote(mode))
+        current = _call(keep_actor.info.remote())["version"]
+        blobs, _, trainer = _perturbed(vllm_model_dir, seed=seed)
+        batch, _, _ = _call(keep_actor.generate_with_update_at.remote(PROMPTS, s, 8, blobs, current + 1))
+        new = batch.completion_mask.bool() & (batch.versions == current + 1)  # (B, C)
+        assert int(new.sum()) == batch.batch_size * 16
+        lp = trainer.completion_logprobs(batch.input_ids(), batch.attention_mask(), batch.prompt_ids.shape[1])
+        gaps[mode] = float((lp[new] - batch.logprobs[new]).abs().max())
+    _call(keep_actor.set_kv_on_update.remote("keep"))
+    assert gaps["recompute"] < 1e-4 and gaps["keep"] > 1e-2, gaps

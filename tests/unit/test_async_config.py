@@ -80,6 +80,11 @@ def test_keep_updates_need_async_and_the_vllm_engine(tmp_path):
                             rollout={"engine": "vllm"}))
     assert ok.pipeline.updates_in_flight and not _recipe().pipeline.updates_in_flight
     assert "finish" in _error(tmp_path, pipeline={"weight_update": "halfway"})
+    msg = _error(tmp_path, pipeline={"max_staleness": 1}, rollout={"engine": "vllm", "vllm": {"kv_on_update":
+                                                                                            "recompute"}})
+    assert "rollout.vllm.kv_on_update: recompute" in msg and "pipeline.weight_update: finish" in msg
+    load_recipe(_write(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1},
+                       rollout={"engine": "vllm", "vllm": {"kv_on_update": "recompute"}}))
 
 
 @pytest.mark.parametrize("kind", ["dpo", "modpo", "prm"])
