@@ -181,6 +181,18 @@ def _kept_engines(args: Any, tp: dict[str, Any] | None) -> dict[str, Any]:
         else {}
 
 
+def _kept_seeds(args: Any, learn: list[dict[str, Any]]) -> dict[str, Any]:
+    """With --part learning: the earlier (not --quick) learning rows of seeds not run now, merged into ``learn``
+    (seed order); what was kept, for the report."""
+    earlier = None if args.part != "learning" or args.quick or not learn else earlier_result(args.out, NAME)
+    ran = {r["seed"] for r in learn}
+    old = [r for r in (earlier or {}).get("learning") or [] if r["seed"] not in ran]
+    if not old:
+        return {}
+    learn[:] = sorted(learn + old, key=lambda r: r["seed"])
+    return {"seeds": [r["seed"] for r in old], "command": earlier["command"], "date": earlier["machine"].get("date")}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from rlhf.rollout.vllm import vllm_available
 
@@ -195,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     engines = args.engines or (["hf", "vllm"] if vllm_available() and not args.quick else ["hf"])
     info = machine_info()
     command = f"python -m bench.{NAME}" + (" --quick" if args.quick else "") + \
-        (f" --part {args.part}" if args.part else "") + (f" --engines {' '.join(args.engines)}" if args.engines else "")
+        (f" --part {args.part}" if args.part else "") + \
+        (f" --engines {' '.join(args.engines)}" if args.engines else "") + \
+        (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1, 2] and not args.quick else "")
     tp, learn = None, []
     with ray_running(), tempfile.TemporaryDirectory(prefix="bench_async_") as tmp:
         if args.part in (None, "throughput"):
@@ -205,11 +219,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     kept = _kept_part(args)
     tp, learn = tp or kept.get("throughput"), learn or kept.get("learning") or []
     other_engines = _kept_engines(args, tp)
+    other_seeds = _kept_seeds(args, learn)
     ratios: dict[str, float] = {}
     md = header("Asynchronous off-policy training: async / sync on the demo recipe", command, info, args.quick)
     if kept:
         md += (f"\nThe {kept['part']} part is kept from the earlier run `{kept['command']}` "
                f"({kept['machine'].get('date')}); this command ran the {args.part} part.\n")
+    if other_seeds:
+        md += (f"\nLearning rows of seeds {other_seeds['seeds']} are kept from the earlier run "
+               f"`{other_seeds['command']}` ({other_seeds['date']}); this command ran seeds {args.seeds}.\n")
     if other_engines:
         md += (f"\nThroughput of {', '.join(other_engines['engines'])} is kept from the earlier run "
                f"`{other_engines['command']}` ({other_engines['date']}); this command ran "

@@ -10,8 +10,8 @@ into the prompts before the rollout, and the scored reward vector gets them back
 
 With ``rounds`` set (DAPO's dynamic sampling) groups whose scalar reward has zero variance carry no signal: they
 are dropped and more prompts are generated, up to ``rounds`` rounds; if still short, dropped groups fill the
-batch (their advantages are 0) so the batch keeps its size. ``rounds=None``: one round, every group kept. Also here: the sampling settings of training and
-evaluation rollouts, and the rollout metrics every on-policy step logs.
+batch (their advantages are 0) so the batch keeps its size. ``rounds=None``: one round, every group kept. Also
+here: the sampling settings of training and evaluation rollouts, and the rollout metrics every on-policy step logs.
 """
 
 from __future__ import annotations

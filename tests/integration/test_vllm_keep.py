@@ -76,7 +76,8 @@ def keep_actor(ray_session, vllm_model_dir):  # noqa: F811
     from rlhf.config.schema import VLLMConfig
 
     kwargs = dict(max_prompt_tokens=16, batch_size=64, vllm=VLLMConfig().model_dump(), seed=0, keep_updates=True)
-    actor = ray.remote(_keep_actor_class()).options(num_cpus=0.01, max_concurrency=2).remote("vllm", vllm_model_dir, kwargs)
+    actor_cls = ray.remote(_keep_actor_class())
+    actor = actor_cls.options(num_cpus=0.01, max_concurrency=2).remote("vllm", vllm_model_dir, kwargs)
     ray.get(actor.info.remote())
     yield actor
     ray.kill(actor)
