@@ -156,8 +156,9 @@ def _agent_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any
 
 
 def _async_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any]], window: int) -> None:
-    """Async pipeline: each actor group's busy share of the step (left axis), the samples' staleness and the share
-    of tokens the off-policy correction dropped or truncated (right axis)."""
+    """Async pipeline: each actor group's busy share of the step (left axis), the samples' staleness (by their oldest
+    token, and per token), the share of samples a weight sync split (keep mode) and the share of tokens the off-policy
+    correction dropped or truncated (right axis)."""
     for key, label in (("busy/engines", "engines busy"), ("busy/rewards", "reward workers busy"),
                        ("busy/trainers", "trainers busy")):
         steps, vals = _series(train, key)
@@ -166,6 +167,8 @@ def _async_panel(ax: Any, train: list[dict[str, Any]], evals: list[dict[str, Any
     ax.set_ylabel("share of the step")
     right = ax.twinx()
     for key, label, style in (("async/staleness_mean", "staleness (versions)", "k--"),
+                              ("async/token_staleness_mean", "staleness per token", "k:"),
+                              ("async/mixed_version_share", "samples a sync split", "g-."),
                               ("offpolicy/masked_frac", "tokens dropped", "r:"),
                               ("offpolicy/truncated_frac", "tokens truncated", "m:")):
         steps, vals = _series(train, key)

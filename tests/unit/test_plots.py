@@ -51,3 +51,26 @@ def test_agent_runs_get_an_episodes_panel(tmp_path, monkeypatch):
     assert drawn["titles"] == "agent episodes"
     assert {"turns per episode", "held-out turns", "ended: done", "ended: max_turns"} <= set(drawn["labels"])
     assert "episodes with a tool call" not in drawn["labels"]  # never non-zero: left out
+
+
+def test_async_runs_get_a_pipeline_panel(tmp_path, monkeypatch):
+    from rlhf import plots
+
+    lines = [{"step": s, "phase": "rl", "reward/correct/mean": s / 10, "async/queue_depth": 1.0,
+              "busy/engines": 0.6, "busy/rewards": 0.3, "busy/trainers": 0.9, "async/staleness_mean": 1.0,
+              "async/token_staleness_mean": 0.6, "async/mixed_version_share": 0.4, "time/generate": 0.5}
+             for s in range(1, 11)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    drawn = {}
+    real = plots._async_panel
+
+    def spy(ax, train, evals, window):
+        real(ax, train, evals, window)
+        drawn["title"] = ax.get_title()
+        drawn["labels"] = [line.get_label() for a in ax.figure.axes for line in a.get_lines()]
+
+    monkeypatch.setattr(plots, "_async_panel", spy)
+    plots.plot_run(str(tmp_path))
+    assert drawn["title"] == "async pipeline"
+    assert {"engines busy", "trainers busy", "staleness (versions)", "staleness per token",
+            "samples a sync split"} <= set(drawn["labels"])
