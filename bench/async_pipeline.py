@@ -7,8 +7,9 @@ learning suffers. The demo recipe (recipes/grpo_tiny_cpu.yaml) on the bench task
 
 throughput  from the demo's SFT warm-up (done once), STEPS RL steps per run in each mode: sync (pipeline.max_staleness
             0), async k = 1 and k = 2 (engines' threads on half the cores, the training ranks' on the rest),
-            with the hf engine and, when installed, vllm (also with pipeline.weight_update keep: syncs land
-            between the decode steps of the batch in flight); modes interleaved, REPEATS times. samples/s over steps
+            with the hf engine and, when installed, vllm; also pipeline.weight_update keep (syncs land between the
+            decode steps of the batch in flight; hf: with its decode loop, and async k = 1 with the loop as their
+            control); modes interleaved, REPEATS times. samples/s over steps
             3..STEPS (sum of batch sizes / sum of time/step: the wall time of the loop without logging), and
             the mean busy share of each actor group and the idle times.
 learning    per seed, the demo as written (400 SFT + 200 GRPO steps) synchronously, then async k = 1 from the same
@@ -27,8 +28,14 @@ from bench.common import (curve, earlier_result, header, md_table, machine_info,
                           save_figure, setup_env, tiny_recipe, write_results)
 
 NAME = "async_pipeline"
-MODES = {"sync": 0, "async k=1": 1, "async k=2": 2}
-KEEP_MODES = {"async k=1 keep": 1, "async k=2 keep": 2}  # vllm: pipeline.weight_update=keep
+MODES = {"sync": 0, "async k=1": 1, "async k=2": 2}  # -> pipeline.max_staleness
+KEEP = "pipeline.weight_update=keep"  # syncs land between decode steps (the hf engine: with its decode loop)
+EXTRA_MODES = {  # engine -> mode -> (pipeline.max_staleness, more overrides)
+    "hf": {"async k=1 loop": (1, ["rollout.hf.decode=loop"]),  # the keep rows' control: same decode path
+           "async k=1 keep (loop)": (1, ["rollout.hf.decode=loop", KEEP]),
+           "async k=2 keep (loop)": (2, ["rollout.hf.decode=loop", KEEP])},
+    "vllm": {"async k=1 keep": (1, [KEEP]), "async k=2 keep": (2, [KEEP])},
+}
 
 
 def _run(overrides: list[str], out: str, start: str | None) -> list[dict[str, Any]]:
@@ -62,16 +69,14 @@ def throughput(tmp: str, quick: bool, repeats: int, engines: list[str]) -> dict[
     warm = os.path.join(tmp, "warm")
     _run(["warmup.steps=20" if quick else "warmup.steps=400", "run.steps=1", "eval.max_samples=8"], warm, None)
     start = os.path.join(warm, "sft")
-    modes = {e: {**MODES, **(KEEP_MODES if e == "vllm" else {})} for e in engines}
+    modes = {e: {**{m: (k, []) for m, k in MODES.items()}, **EXTRA_MODES.get(e, {})} for e in engines}
     runs: dict[str, dict[str, list[dict[str, float]]]] = {e: {m: [] for m in modes[e]} for e in engines}
     for rep in range(repeats):
         for engine in engines:
-            for mode, k in modes[engine].items():
-                keep = mode in KEEP_MODES
-                out = os.path.join(tmp, f"tp_{engine}_{k}{'_keep' if keep else ''}_{rep}")
+            for i, (mode, (k, more)) in enumerate(modes[engine].items()):
+                out = os.path.join(tmp, f"tp_{engine}_{i}_{rep}")
                 recs = _run([f"run.steps={steps}", f"pipeline.max_staleness={k}", f"rollout.engine={engine}",
-                             "eval.max_samples=8", f"pipeline.weight_update={'keep' if keep else 'finish'}"],
-                            out, start)
+                             "eval.max_samples=8", *more], out, start)
                 runs[engine][mode].append(_throughput_of(recs))
     return {"steps": steps, "repeats": repeats, "runs": runs}
 

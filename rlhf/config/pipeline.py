@@ -5,7 +5,7 @@
                             # batch with the policy of version t - 1 - k while the trainers train step t - 1
       engine_cores: null    # CPU: cores the engines' threads take under async (the trainers take the rest)
       weight_update: finish # finish: a sync waits for the batches admitted with older weights to be generated;
-                            # keep (vllm): it lands between decode steps of the generation in flight
+                            # keep (vllm, or hf with its decode loop): it lands between decode steps in flight
 
 With k >= 1 the engines and the trainers work at the same time (rlhf/runtime/pipeline.py ``AsyncPipeline``): the
 batch trained at step t was generated exactly k policy versions earlier (fewer in the first k steps), so samples
@@ -36,8 +36,8 @@ class PipelineConfig(Strict):
     weight_update: Literal["finish", "keep"] = Field(
         "finish", description="max_staleness >= 1: how a weight sync meets a generation in flight. finish: the "
         "sync to version v waits until every batch admitted with older weights is generated (deterministic: a run "
-        "resumes exactly); keep (rollout.engine: vllm): the sync goes at once, the engine pauses between two "
-        "decode steps with its sequences kept, loads the weights and resumes them, so the tokens sampled after "
+        "resumes exactly); keep (rollout.engine vllm, or hf with rollout.hf.decode loop): the sync goes at once, the "
+        "engine pauses between two decode steps with its sequences kept, loads the weights and resumes them, so the tokens sampled after "
         "it carry the new version (per-token versions; the KV cache of the sequences in flight stays that of the "
         "older weights). Trainers never wait for the engines to finish a batch, but where the update lands "
         "depends on timing: a keep run is not reproducible token for token and resumes from its checkpoint "
@@ -71,10 +71,10 @@ def check_pipeline(recipe: Any) -> None:
         raise ValueError("pipeline.weight_update: keep with pipeline.max_staleness: 0: a synchronous run has no "
                          "generation in flight when weights are synced; set pipeline.max_staleness >= 1 or "
                          "pipeline.weight_update: finish")
-    if p.weight_update == "keep" and r.engine != "vllm":
-        raise ValueError(f"pipeline.weight_update: keep with rollout.engine: {r.engine}: only the vllm engine "
-                         "pauses and resumes sequences in flight around a weight update; set rollout.engine: vllm "
-                         "or pipeline.weight_update: finish")
+    if p.weight_update == "keep" and r.engine == "hf" and r.hf.decode == "generate":
+        raise ValueError("pipeline.weight_update: keep with rollout.hf.decode: generate: transformers' generate "
+                         "cannot take new weights between its decode steps; set rollout.hf.decode: loop (the hf "
+                         "engine's own decode loop) or pipeline.weight_update: finish")
     if r.vllm.kv_on_update == "recompute" and not p.updates_in_flight:
         raise ValueError(f"rollout.vllm.kv_on_update: recompute with pipeline.weight_update: {p.weight_update}: "
                          "only updates landing in flight (weight_update: keep) meet a KV cache to recompute; set "

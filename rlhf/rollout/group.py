@@ -328,10 +328,10 @@ class RolloutGroup:
 
 def _engine_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
     """Engine-specific constructor arguments (hf: its decode path; vllm: its recipe block, per-engine CPU cores,
-    seed)."""
+    seed; both: whether weight updates land during generation)."""
     r = recipe.rollout
     if r.engine == "hf":
-        return {"decode": r.hf.decode}
+        return {"decode": r.hf.decode, "keep_updates": recipe.pipeline.updates_in_flight}
     if r.engine != "vllm":
         return {}
     from rlhf.rollout.vllm import cpu_binding

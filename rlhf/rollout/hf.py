@@ -25,6 +25,7 @@ import torch
 
 from rlhf.rollout.base import eos_ids
 from rlhf.rollout.hf_decode import decode, loop_unsupported, stop_string_check
+from rlhf.rollout.keep import StepGate
 from rlhf.transport.weights import (WeightSyncError, fingerprint_module, fingerprint_named, load_buckets_into,
                                    load_named_into)
 from rlhf.types import RolloutBatch, SamplingSettings, token_versions
@@ -42,6 +43,7 @@ class HFEngine:
         batch_size: int = 64,
         num_threads: int | None = None,
         decode: Literal["auto", "loop", "generate"] = "generate",
+        keep_updates: bool = False,
     ) -> None:
         from rlhf.models.load import load_causal_lm, load_tokenizer
 
@@ -66,6 +68,12 @@ class HFEngine:
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids)
         )
         self.decode = _decode_path(decode, self.model)  # "loop" | "generate"
+        if keep_updates and self.decode != "loop":
+            why = "rollout.hf.decode is generate" if decode == "generate" else loop_unsupported(self.model)
+            raise ValueError("pipeline.weight_update: keep with the hf engine needs its decode loop (rollout.hf.decode:"
+                             f" loop or auto); here it cannot run: {why}")
+        # pipeline.weight_update: keep -- updates land between decode steps of a generation in flight
+        self.gate = StepGate() if keep_updates else None
 
     # ------------------------------------------------------------------ generation
 
@@ -94,6 +102,12 @@ class HFEngine:
 
     def _in_chunks(self, count: int, encode: Any, settings: SamplingSettings) -> RolloutBatch:
         """Generate for ``count`` inputs, ``encode(start, stop)`` -> left-padded (ids, mask), a chunk at a time."""
+        if self.gate is not None:
+            with self.gate.generating():
+                return self._chunks(count, encode, settings)
+        return self._chunks(count, encode, settings)
+
+    def _chunks(self, count: int, encode: Any, settings: SamplingSettings) -> RolloutBatch:
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         per_call = max(1, self.batch_size // max(1, settings.n))
@@ -105,10 +119,11 @@ class HFEngine:
     def _generate_chunk(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: SamplingSettings) -> RolloutBatch:
         tok = self.tokenizer
         n = 1 if s.greedy else s.n
+        step_versions = None
         if self.decode == "loop":
-            completion_ids, sampled_logprobs = decode(  # (B*n, C), (B*n, C)
+            completion_ids, sampled_logprobs, step_versions = decode(  # (B*n, C), (B*n, C), (C,)
                 self.model, prompt_ids.to(self.device), prompt_mask.to(self.device), s, eos_ids=self.eos_ids,
-                pad_id=tok.pad_token_id, stop=stop_string_check(tok, s.stop))
+                pad_id=tok.pad_token_id, stop=stop_string_check(tok, s.stop), between_steps=self._between_steps)
         else:
             completion_ids, sampled_logprobs = self._hf_generate(prompt_ids, prompt_mask, s, n)
         prompt_ids = prompt_ids.repeat_interleave(n, dim=0)  # (B*n, P)
@@ -135,8 +150,16 @@ class HFEngine:
             logprobs=logprobs.float(),
             group_ids=torch.arange(B).repeat_interleave(n),
             finished=finished,
-            versions=token_versions(completion_mask, self.weight_version),
+            versions=token_versions(completion_mask, self.weight_version) if step_versions is None else
+            torch.where(completion_mask.bool(), torch.tensor(step_versions, dtype=torch.long)[None, :], -1),
         )
+
+    def _between_steps(self) -> int:
+        """The decode loop, before each forward: weight updates asked for meanwhile land here (keep mode); the
+        version the next forward runs with."""
+        if self.gate is not None:
+            self.gate.boundary(_nothing, _nothing)
+        return self.weight_version
 
     def _hf_generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: SamplingSettings, n: int
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -173,8 +196,16 @@ class HFEngine:
             cfg.temperature, cfg.top_p, cfg.top_k = s.temperature, s.top_p, (s.top_k or None)
         return cfg
 
-    @torch.no_grad()
     def completion_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float = 1.0
+    ) -> torch.Tensor:
+        if self.gate is not None:  # keep mode: not while weights may change between decode steps
+            return self.gate.exclusive(lambda: self._completion_logprobs(input_ids, attention_mask, prompt_len,
+                                                                         temperature))
+        return self._completion_logprobs(input_ids, attention_mask, prompt_len, temperature)
+
+    @torch.no_grad()
+    def _completion_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float = 1.0
     ) -> torch.Tensor:
         from rlhf.objectives.common import completion_logprobs
@@ -205,7 +236,14 @@ class HFEngine:
                      adapter: dict[str, Any] | None = None) -> tuple[int, str]:
         """Load a full model's buckets in place, or (adapter: the trainer's model.lora config) a LoRA adapter's:
         the model is wrapped with that config once, then only adapter tensors move. Returns (version,
-        fingerprint of what the engine now holds: every parameter, or every adapter tensor)."""
+        fingerprint of what the engine now holds: every parameter, or every adapter tensor). Keep mode: at the
+        next decode step of a generation in flight."""
+        if self.gate is not None:
+            return self.gate.update(lambda: self._load_weights(buckets, version, adapter))
+        return self._load_weights(buckets, version, adapter)
+
+    def _load_weights(self, buckets: Iterable[bytes], version: int,
+                      adapter: dict[str, Any] | None = None) -> tuple[int, str]:
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         if adapter is not None:
@@ -273,7 +311,13 @@ class HFEngine:
         return 1
 
     def receive_weights(self, version: int) -> tuple[int, str]:
-        """Receive the full model over the weight-sync group, in place; return (version, fingerprint)."""
+        """Receive the full model over the weight-sync group, in place; return (version, fingerprint). Keep mode:
+        at the next decode step of a generation in flight."""
+        if self.gate is not None:
+            return self.gate.update(lambda: self._receive_weights(version))
+        return self._receive_weights(version)
+
+    def _receive_weights(self, version: int) -> tuple[int, str]:
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         group = getattr(self, "_sync_group", None)
@@ -418,3 +462,7 @@ class _SampledLogprobs:
         if steps:
             out[:, : len(steps)] = torch.stack(steps, dim=1)[:, :C].cpu()
         return out  # (B, C)
+
+
+def _nothing() -> None:
+    """The hf engine's pause and resume around an update at a step boundary: its loop is already between steps."""

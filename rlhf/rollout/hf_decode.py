@@ -1,7 +1,8 @@
 """The hf engine's own decode loop: sampling that stops spending work on finished rows.
 
-    tokens, logprobs = decode(model, prompt_ids, prompt_mask, settings, eos_ids={2}, pad_id=0)
-    # tokens (B*n, C): each row's sampled ids, pad after its end; logprobs (B*n, C): 0 after its end
+    tokens, logprobs, versions = decode(model, prompt_ids, prompt_mask, settings, eos_ids={2}, pad_id=0)
+    # tokens (B*n, C): each row's sampled ids, pad after its end; logprobs (B*n, C): 0 after its end;
+    # versions (C,): the weight version that sampled step t's tokens (``between_steps``)
 
 transformers' ``generate`` keeps every row of the batch in every forward until the last row is done, so with EOS
 on and mixed lengths (short answers beside a few rows that run to max_new_tokens) most decode steps spend their
@@ -16,7 +17,10 @@ work on rows that already ended. This loop:
   log_softmax(logits / T) of the raw logits (the trainer's formula, rlhf.objectives.common.completion_logprobs),
   then ignore_eos sets the EOS logits to -inf, then temperature, top-k, top-p, and a multinomial draw from the
   torch RNG (or the argmax when greedy). Positions count real tokens only (left padding has none), as the
-  trainer's full forward counts them.
+  trainer's full forward counts them;
+- before the prefill and before each decode forward calls ``between_steps`` (when given): the engine applies a
+  weight update asked for meanwhile there (``pipeline.weight_update: keep``, rlhf/rollout/keep.py) and returns
+  the version the next forward runs with. The KV cache of the tokens so far stays that of the older weights.
 
 The random draws are not generate's (one draw per live row per step), so a seed gives other samples than
 ``generate`` with that seed, but always the same ones; greedy decoding gives generate's tokens.
@@ -82,13 +86,15 @@ def decode(
     eos_ids: set[int],
     pad_id: int,
     stop: StopCheck | None = None,
-) -> tuple[Tensor, Tensor]:
+    between_steps: Callable[[], int] | None = None,
+) -> tuple[Tensor, Tensor, list[int]]:
     """Sample ``s.n`` completions (1 when greedy) of each left-padded prompt, rows grouped by prompt.
 
     prompt_ids, prompt_mask: (B, P) on the model's device. Returns (tokens, logprobs), both (B*n, C) on the CPU,
     C = the longest completion: tokens long (each row's ids, ``pad_id`` after its end: after its EOS, its stop
     string or max_new_tokens), logprobs float32 (each sampled token's log_softmax(logits / T); 0 after the end;
-    0 everywhere unless ``s.logprobs``). ``s.ignore_eos``: EOS never ends a row and is never sampled."""
+    0 everywhere unless ``s.logprobs``), and the version that sampled each step's tokens (0s without
+    ``between_steps``). ``s.ignore_eos``: EOS never ends a row and is never sampled."""
     from transformers import DynamicCache
 
     from rlhf.objectives.common import _accepts_logits_to_keep, position_ids_from_mask
@@ -99,6 +105,8 @@ def decode(
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)  # (E,)
     cache = DynamicCache(config=model.config)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    version = between_steps() if between_steps is not None else 0  # the weights of the next forward
+    versions: list[int] = []  # (steps,)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids_from_mask(prompt_mask),
                 past_key_values=cache, use_cache=True, **extra)
     logits = out.logits[:, -1].float()  # (B, V): the next token of each prompt
@@ -115,6 +123,7 @@ def decode(
     steps = 0
     for t in range(s.max_new_tokens):
         token, lp = _sample(logits, s, temperature, eos if s.ignore_eos else None)  # (A,), (A,) or None
+        versions.append(version)
         tokens[active, t] = token
         if lp is not None:
             logprobs[active, t] = lp
@@ -131,11 +140,13 @@ def decode(
             cache.batch_select_indices(keep)
             active, token, attn, next_pos = active[keep], token[keep], attn[keep], next_pos[keep]
         attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=1)  # (A, P + t + 1)
+        if between_steps is not None:
+            version = between_steps()
         out = model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos[:, None],
                     past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1
         logits = out.logits[:, -1].float()  # (A, V)
-    return tokens[:, :steps].cpu(), logprobs[:, :steps].cpu()
+    return tokens[:, :steps].cpu(), logprobs[:, :steps].cpu(), versions
 
 
 def _sample(logits: Tensor, s: SamplingSettings, temperature: float, suppress: Tensor | None

@@ -248,7 +248,7 @@ class VLLMEngine:
     def _resume(self) -> None:
         self.llm.wake_up(tags=["scheduling"])
 
-    def _update(self, fn: Callable[[], Any]) -> Any:
+    def _at_boundary(self, fn: Callable[[], Any]) -> Any:
         """A weight update: now, or (keep mode, generation in flight) at the generation's next step boundary."""
         return fn() if self.gate is None else self.gate.update(fn)
 
@@ -305,7 +305,7 @@ class VLLMEngine:
     def load_weights(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
         """The object-store route: each bucket goes to the workers as a shared-memory file, one at a time, inside
         one layer-wise update (`begin_update` ... `finish_update`)."""
-        return self._update(lambda: self._load_files(buckets, version))
+        return self._at_boundary(lambda: self._load_files(buckets, version))
 
     def _load_files(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
         self.begin_update(version)
@@ -358,7 +358,7 @@ class VLLMEngine:
                         timeout_s: float) -> int:
         """Every vLLM worker of this engine joins the weight-sync group, as ranks rank, rank + 1, ...
         (rollout.weight_sync=broadcast); returns how many ranks it took (the tensor-parallel size)."""
-        ranks = self._update(lambda: self.llm.collective_rpc("rlhf_join_sync_group", args=(
+        ranks = self._at_boundary(lambda: self.llm.collective_rpc("rlhf_join_sync_group", args=(
             host, port, rank, world_size, backend, timeout_s)))
         return len(ranks)
 
@@ -371,10 +371,10 @@ class VLLMEngine:
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         self._wake()
-        return self._update(lambda: self._loaded(self.llm.collective_rpc("rlhf_receive_weights"), version))
+        return self._at_boundary(lambda: self._loaded(self.llm.collective_rpc("rlhf_receive_weights"), version))
 
     def leave_sync_group(self) -> None:
-        self._update(lambda: self.llm.collective_rpc("rlhf_leave_sync_group"))
+        self._at_boundary(lambda: self.llm.collective_rpc("rlhf_leave_sync_group"))
 
     def fingerprint(self) -> str:
         """Fingerprint of the last weights loaded (from disk at start, then each sync), as the workers saw them."""
