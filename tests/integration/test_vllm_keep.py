@@ -147,6 +147,7 @@ def test_sync_call_during_a_long_generation(keep_actor, vllm_model_dir):  # noqa
     assert bool((v[:, 1:] >= v[:, :-1]).all())
 
 
+@pytest.mark.extended  # ~30 s; the default suite runs keep end to end on the hf engine (test_hf_keep_e2e.py)
 def test_grpo_async_keep_run(ray_session, vllm_model_dir, tmp_path):  # noqa: F811
     """`rlhf train` with pipeline {max_staleness: 1, weight_update: keep}: every step trains, no sample is staler
     than 1, and the per-token versions reach the metrics (the share of samples a sync split is logged)."""
