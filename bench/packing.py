@@ -17,6 +17,13 @@ right-padded to 64. Variants:
 - packed: ``train.packing`` (micro-batches balanced by real tokens, each packed padding-free);
 - packed_grouped: length-grouped micro-batches, each packed (packing.balance false).
 
+Online DPO pairs, timed in the same repeats: ``rlhf.train.steps.online_pair_update`` (DPO sigmoid, beta 0.1) on the
+same 64 rows read as 32 (chosen, rejected) pairs (rows 2i, 2i + 1), micro-batches of 4 pairs -- the reference pass
+over all rows (no grad) plus forward, backward and AdamW step of the pair loss:
+
+- pairs_trimmed: today's path without packing (micro-batches in pair order, each trimmed to its longest);
+- pairs_packed: ``train.packing`` (the reference pass and every micro-batch packed padding-free).
+
 Every variant computes the same loss (tests/unit/test_packing.py; the table's last column re-checks it). Tokens
 = real (prompt + completion) tokens of the batch. Figures: per variant the mean, median and range of the repeats;
 ratios are of mean times, and the paired ratio of each repeat (the variants alternate inside a repeat, so load drift
@@ -35,6 +42,7 @@ from bench.common import header, machine_info, md_table, parse_args, print_resul
 
 NAME = "packing"
 VARIANTS = ("padded", "grouped", "packed", "packed_grouped")
+PAIR_VARIANTS = ("pairs_trimmed", "pairs_packed")
 
 
 def make_batch(rows: int, prompt_cap: int, completion_cap: int, vocab: int, seed: int = 0):
@@ -75,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from rlhf.config.registry import build_objective
     from rlhf.config.schema import GRPOConfig
+    from rlhf.objectives.dpo import DPO
     from rlhf.train import steps
+    from rlhf.train.settings import StepSettings
     from rlhf.train.torch import TorchBackend
 
     args = parse_args(argv, __doc__.splitlines()[0])
@@ -94,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with torch.no_grad():
         exp.ref_logprobs = steps.logprobs_chunked(reference, exp, 1.0, micro)  # (B, C): the update needs no pass
     objective = build_objective(GRPOConfig(kl_coef=0.04))
-    update: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    update: dict[str, list[float]] = {v: [] for v in (*VARIANTS, *PAIR_VARIANTS)}
     ref: dict[str, list[float]] = {v: [] for v in VARIANTS}
     loss: dict[str, float] = {}
     info = machine_info()
@@ -115,8 +125,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if i:
                 update[variant].append(t1 - t0)
                 ref[variant].append(t2 - t1)
+        for variant in PAIR_VARIANTS:  # online DPO: rows (2i, 2i + 1) are a pair; reference logps on the fly
+            s = StepSettings(temperature=1.0, micro_batch_size=micro, max_new_tokens=completion_cap,
+                             packing=variant == "pairs_packed")
+            policy = copy.deepcopy(model)
+            backend = TorchBackend(policy, lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0, grad_clip=1.0)
+            ctx = steps.StepContext(backend, policy, reference, torch.device("cpu"), 0, 1, s)
+            batch = copy.deepcopy(exp)
+            batch.ref_logprobs = None
+            t0 = time.perf_counter()
+            metrics = steps.online_pair_update(ctx, batch, DPO(beta=0.1))
+            t1 = time.perf_counter()
+            loss[variant] = metrics["loss/dpo"]
+            if i:
+                update[variant].append(t1 - t0)
     tokens = lengths["real_tokens"]
-    seconds = {v: {**summary(update[v]), "mean": statistics.fmean(update[v])} for v in VARIANTS}
+    seconds = {v: {**summary(update[v]), "mean": statistics.fmean(update[v])} for v in (*VARIANTS, *PAIR_VARIANTS)}
     ref_seconds = {v: {**summary(ref[v]), "mean": statistics.fmean(ref[v])} for v in VARIANTS}
 
     def paired(a: str, b: str, times: dict[str, list[float]]) -> dict[str, float]:
@@ -129,12 +153,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows": rows, "micro_batch_size": micro, "lengths": lengths,
         "padding_share": 1 - tokens / lengths["padded_tokens"],
         "seconds": seconds, "reference_seconds": ref_seconds,
-        "tokens_per_s": {v: tokens / seconds[v]["mean"] for v in VARIANTS},
+        "tokens_per_s": {v: tokens / seconds[v]["mean"] for v in (*VARIANTS, *PAIR_VARIANTS)},
         "loss": loss,
         "paired": {"packed_over_padded": paired("padded", "packed", update),
                    "packed_over_grouped": paired("grouped", "packed", update),
                    "packed_grouped_over_grouped": paired("grouped", "packed_grouped", update),
-                   "reference_packed_over_grouped": paired("grouped", "packed", ref)},
+                   "reference_packed_over_grouped": paired("grouped", "packed", ref),
+                   "pairs_packed_over_trimmed": paired("pairs_trimmed", "pairs_packed", update)},
         "ratios": {
             "tokens_per_s_packed_over_padded": ratio(seconds["padded"]["mean"], seconds["packed"]["mean"]),
             "tokens_per_s_packed_over_grouped": ratio(seconds["grouped"]["mean"], seconds["packed"]["mean"]),
@@ -142,8 +167,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                               seconds["packed_grouped"]["mean"]),
             "reference_tokens_per_s_packed_over_grouped": ratio(ref_seconds["grouped"]["mean"],
                                                                 ref_seconds["packed"]["mean"]),
+            "pairs_tokens_per_s_packed_over_trimmed": ratio(seconds["pairs_trimmed"]["mean"],
+                                                            seconds["pairs_packed"]["mean"]),
         },
-        "required_ratios": ["tokens_per_s_packed_over_padded", "tokens_per_s_packed_over_grouped"],
+        "required_ratios": ["tokens_per_s_packed_over_padded", "tokens_per_s_packed_over_grouped",
+                            "pairs_tokens_per_s_packed_over_trimmed"],
     }
     result["paths"] = write_results(args.out, NAME, result, render(result, quick))
     print_result(result)
@@ -155,6 +183,8 @@ def render(r: dict[str, Any], quick: bool) -> str:
     rows = [[v, f"{s[v]['mean']:.2f} s", f"{s[v]['min']:.2f}-{s[v]['max']:.2f} s", f"{r['tokens_per_s'][v]:,.0f}",
              f"{rs[v]['mean']:.2f} s ({rs[v]['min']:.2f}-{rs[v]['max']:.2f})", f"{r['loss'][v]:.6f}"]
             for v in VARIANTS]
+    pair_rows = [[v, f"{s[v]['mean']:.2f} s", f"{s[v]['min']:.2f}-{s[v]['max']:.2f} s",
+                  f"{r['tokens_per_s'][v]:,.0f}", f"{r['loss'][v]:.6f}"] for v in PAIR_VARIANTS]
     p = r["paired"]
 
     def line(key: str, label: str) -> str:
@@ -173,6 +203,9 @@ def render(r: dict[str, Any], quick: bool) -> str:
             line("packed_over_padded", "packed / padded"), line("packed_over_grouped", "packed / grouped (default)"),
             line("packed_grouped_over_grouped", "packed, length-grouped / grouped"),
             line("reference_packed_over_grouped", "reference pass, packed / grouped")]),
+        f"Online DPO pairs (the same rows as {r['rows'] // 2} pairs; reference pass + pair update):",
+        md_table(["variant", "step (mean)", "range", "real tokens/s", "loss (same)"], pair_rows),
+        line("pairs_packed_over_trimmed", "pairs, packed / trimmed (today's default)"),
     ])
 
 

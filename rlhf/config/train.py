@@ -16,8 +16,11 @@ class PackingConfig(Strict):
     enabled: bool = Field(
         False, description="run each micro-batch padding-free: its sequences' real tokens packed back to back with "
         "position ids restarting per sequence, so attention is block-diagonal (varlen with flash attention) and "
-        "only completion positions reach the LM head; the same loss and gradient as the padded forward (policy "
-        "gradient updates and their reference / old logprobs; not the critic or preference pairs)")
+        "only completion positions reach the LM head; the same loss and gradient as the padded forward. Covers "
+        "policy-gradient updates and their reference / old logprobs, the PPO critic's value forwards and updates, "
+        "preference-pair forwards (offline DPO-family pairs, MAH-DPO's multi-head policy included, their cached "
+        "reference logps, online DPO pairs), per-component gradients (gradient-based weighting) and the trainer's "
+        "logprob checks")
     balance: bool = Field(
         True, description="with enabled: split each mini-batch into its micro-batches by real tokens (about the "
         "same tokens per micro-batch, the same rows per micro-batch and the same number of micro-batches) instead "

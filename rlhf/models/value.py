@@ -2,6 +2,7 @@
 
     critic = load_value_model(model_dir, num_heads=K + 1)            # from a causal LM (or a saved critic)
     values = completion_values(critic, input_ids, attention_mask, P)  # (B, C, K + 1) V(s_t) per stream
+    values = packed_completion_values(critic, input_ids, attention_mask, P)  # the same, padding-free (0 on padding)
     save_value_model(critic, out_dir)                                 # backbone (HF) + value_head.safetensors
 
 The value head maps the last hidden state h_t to V(s_t) in R^S (one value per reward stream of a vector critic,
@@ -15,6 +16,11 @@ token j (its logit) and holds V(s_j), the value of the state in which token j is
     values[b, j] = head(h[b, P + j - 1])        j = 0 .. C-1
 
 The last position P + C - 1 (the state after the final token) is not used: its value is 0 by definition in GAE.
+
+``packed_completion_values`` (train.packing) runs the backbone on the batch's real tokens packed back to back
+(``rlhf.objectives.packing.pack_rows``: position ids restarting per sequence, block-diagonal attention) and reads
+the head at the same predictor positions, so every real value equals the padded one with nothing computed for
+padding.
 
 A saved critic is a directory with the backbone's ``save_pretrained`` files (config.json, model.safetensors) and
 ``value_head.safetensors`` (``weight`` (S, H), ``bias`` (S,)) + ``value_head.json`` ({"num_heads": S}).
@@ -34,6 +40,7 @@ from transformers import AutoModel, PreTrainedModel
 
 from rlhf.models.load import DTYPES, ModelLoadError, _check_path, _where
 from rlhf.objectives.common import position_ids_from_mask
+from rlhf.objectives.packing import pack_rows, varlen_attention
 
 HEAD_WEIGHTS = "value_head.safetensors"
 HEAD_CONFIG = "value_head.json"
@@ -59,8 +66,9 @@ class ValueModel(nn.Module):
     def num_heads(self) -> int:
         return int(self.head.out_features)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
-        """(B, T, num_heads) float32 value of every position's hidden state. input_ids/attention_mask (B, T)."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None, position_ids: Tensor | None = None) -> Tensor:
+        """(B, T, num_heads) float32 value of every position's hidden state. input_ids/attention_mask (B, T);
+        attention_mask None with restarting position_ids: packed sequences (``packed_completion_values``)."""
         out = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )
@@ -85,6 +93,26 @@ def completion_values(model: ValueModel, input_ids: Tensor, attention_mask: Tens
     position_ids = position_ids_from_mask(attention_mask)  # (B, P + C)
     values = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)  # (B, T, S)
     return values[:, prompt_len - 1 : T - 1]  # (B, C, S): position P + j - 1 holds V(s_j)
+
+
+def packed_completion_values(model: ValueModel, input_ids: Tensor, attention_mask: Tensor, prompt_len: int,
+                             one_row: bool | None = None) -> Tensor:
+    """(B, C, S) V(s_j) as ``completion_values`` gives on real completion tokens, from one padding-free forward
+    (module docstring); 0 on completion padding (and where no real token precedes completion token j).
+
+    input_ids, attention_mask: (B, P + C), prompt left-padded to ``prompt_len`` = P, completion right-padded.
+    one_row: as ``packed_completion_logprobs`` (None: one row exactly under flash attention's varlen kernels).
+    """
+    if prompt_len < 1:
+        raise ValueError(f"packed_completion_values: prompt_len must be >= 1 (got {prompt_len})")
+    one_row = varlen_attention(model) if one_row is None else one_row
+    packed = pack_rows(input_ids, attention_mask, prompt_len, None if one_row else 0)
+    values = model(input_ids=packed.input_ids, attention_mask=None, position_ids=packed.position_ids)  # (R, L, S)
+    flat = values.reshape(-1, values.shape[-1])  # (R * L, S)
+    B, C = packed.valid.shape
+    out = flat.new_zeros((B, C, flat.shape[1]))  # (B, C, S)
+    out[packed.valid] = flat[packed.predictor[packed.valid]]  # (M, S) the head at each predictor position
+    return out
 
 
 def load_value_model(path: str, num_heads: int, dtype: str = "float32", trust_remote_code: bool = False) -> ValueModel:
@@ -147,4 +175,4 @@ def save_value_model(model: ValueModel, out_dir: str, state_dict: dict[str, Tens
         json.dump({"num_heads": int(head_sd["weight"].shape[0])}, f)
 
 
-__all__ = ["ValueModel", "completion_values", "load_value_model", "save_value_model"]
+__all__ = ["ValueModel", "completion_values", "load_value_model", "packed_completion_values", "save_value_model"]

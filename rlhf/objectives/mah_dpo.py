@@ -30,11 +30,14 @@ that beats the others on its own objective has the largest entry of its column j
 
 ``head_sequence_logps(model, ids, mask, loss_mask)`` gives the (B, K) summed log-probs of every head from one trunk
 forward: the model's forward takes ``all_heads=True`` and returns logits (B, K, T, V)
-(``rlhf.models.multihead.MultiHeadCausalLM``). Imports only torch and the standard library.
+(``rlhf.models.multihead.MultiHeadCausalLM``); ``packed_head_sequence_logps`` the same from one padding-free
+trunk forward (train.packing; rlhf/objectives/packing.py), every head applied only to the positions that predict
+a loss-masked token. Imports only torch and the standard library.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -42,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlhf.objectives.common import selected_logprobs
+from rlhf.objectives.common import selected_logprobs, unwrapped
+from rlhf.objectives.packing import head_sees, pack_rows, varlen_attention
 from rlhf.types import LossOutput
 
 
@@ -57,6 +61,26 @@ def head_sequence_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, l
                               targets.reshape(B * K, T - 1)).reshape(B, K, T - 1)  # (B, K, T-1)
     mask = loss_mask[:, 1:].unsqueeze(1).to(token.dtype)  # (B, 1, T-1)
     return torch.where(mask > 0, token, torch.zeros_like(token)).sum(-1)  # (B, K)
+
+
+def packed_head_sequence_logps(model: Any, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor,
+                               one_row: bool | None = None) -> Tensor:
+    """(B, K) ``head_sequence_logps`` of right-padded (B, T) ids, mask and loss_mask from one packed trunk forward
+    (each row's first token as its one-token "prompt"); one_row as ``packed_completion_logprobs``."""
+    one_row = varlen_attention(model) if one_row is None else one_row
+    packed = pack_rows(input_ids, attention_mask, 1, None if one_row else 0)  # predictors of tokens 1..T-1
+    take = packed.valid & (loss_mask[:, 1:] != 0)  # (B, T-1) loss-masked tokens with a predictor
+    keep = packed.predictor[take]  # (M,) flat predictor positions, row-major over (b, t)
+    with ExitStack() as stack:
+        for head in unwrapped(model).heads:  # each head sees only the M predictor positions
+            stack.enter_context(head_sees(head, keep))
+        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=None,
+                    use_cache=False, all_heads=True)
+    logits = (out.logits if hasattr(out, "logits") else out[0])[0]  # (K, M, V)
+    K, M = logits.shape[0], logits.shape[1]
+    token = selected_logprobs(logits, input_ids[:, 1:][take].unsqueeze(0).expand(K, M))  # (K, M)
+    rows = take.nonzero()[:, 0]  # (M,) the batch row of each kept token
+    return token.new_zeros((K, input_ids.shape[0])).index_add(1, rows, token).T  # (B, K)
 
 
 @dataclass

@@ -126,13 +126,28 @@ def train_parts(exp: ExperienceBatch, start: int, stop: int, micro: int, s: Step
     return length_grouped(exp, start, stop, micro, s.group_by_length)
 
 
+def forward_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                     temperature: float, packing: bool) -> torch.Tensor:
+    """(b, C) completion logprobs of input_ids, attention_mask (b, P + C): packed, padding-free (train.packing; 0
+    on completion padding) or padded (the pad token's logprob on completion padding); equal on real tokens."""
+    fn = packed_completion_logprobs if packing else completion_logprobs
+    return fn(model, input_ids, attention_mask, prompt_len, temperature)
+
+
 def part_logprobs(model: torch.nn.Module, part: ExperienceBatch, temperature: float,
                   packing: bool) -> torch.Tensor:
-    """(b, C) completion logprobs of a micro-batch: packed, padding-free (train.packing; 0 on completion padding)
-    or padded (the pad token's logprob on completion padding); equal on real tokens."""
-    if packing:
-        return packed_completion_logprobs(model, part.input_ids, part.attention_mask, part.prompt_len, temperature)
-    return completion_logprobs(model, part.input_ids, part.attention_mask, part.prompt_len, temperature)
+    """(b, C) completion logprobs of a micro-batch (``forward_logprobs``)."""
+    return forward_logprobs(model, part.input_ids, part.attention_mask, part.prompt_len, temperature, packing)
+
+
+def part_values(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                packing: bool) -> torch.Tensor:
+    """(b, C, S) critic values of input_ids, attention_mask (b, P + C): packed (train.packing; 0 on completion
+    padding) or padded (garbage on completion padding); equal on real tokens."""
+    from rlhf.models.value import completion_values, packed_completion_values
+
+    fn = packed_completion_values if packing else completion_values
+    return fn(model, input_ids, attention_mask, prompt_len)
 
 
 def logprobs_chunked(model: torch.nn.Module, exp: ExperienceBatch, temperature: float, micro: int,
@@ -211,9 +226,9 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
 
 
 def value_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -> dict[str, float]:
-    """COLLECTIVE. Epochs x micro-batches of clipped value-loss steps towards exp.returns (the critic's rank)."""
-    from rlhf.models.value import completion_values
-
+    """COLLECTIVE. Epochs x micro-batches of clipped value-loss steps towards exp.returns (the critic's rank).
+    The micro-batches stay length-grouped with packing too: the value loss is a mean over each micro-batch's own
+    tokens, so regrouping rows by tokens (train.packing.balance) would change the gradient."""
     s = ctx.settings
     exp = exp.to(ctx.device)
     n = exp.batch_size
@@ -221,7 +236,8 @@ def value_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -> dict
     metrics = Metrics()
 
     def loss_fn(part: ExperienceBatch) -> LossOutput:
-        values = completion_values(ctx.backend.module, part.input_ids, part.attention_mask, part.prompt_len)
+        values = part_values(ctx.backend.module, part.input_ids, part.attention_mask, part.prompt_len,
+                             s.packing)  # (b, C, S)
         return objective.value_loss(values, part.values, part.returns, part.loss_mask)
 
     for _epoch in range(s.epochs):
@@ -232,15 +248,13 @@ def value_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -> dict
 
 @torch.no_grad()
 def critic_values(ctx: StepContext, exp: ExperienceBatch) -> torch.Tensor:
-    """COLLECTIVE. (B, C, S) critic values of this rank's shard."""
-    from rlhf.models.value import completion_values
-
+    """COLLECTIVE. (B, C, S) critic values of this rank's shard (0 on completion padding when packed)."""
     exp = exp.to(ctx.device)
     micro = ctx.settings.micro_batch_size
     with ctx.eval_mode():
-        parts = [completion_values(ctx.backend.module, exp.input_ids[i : i + micro],
-                                   exp.attention_mask[i : i + micro], exp.prompt_len)
-                 for i in range(0, exp.batch_size, micro)]
+        parts = [part_values(ctx.backend.module, exp.input_ids[i : i + micro], exp.attention_mask[i : i + micro],
+                             exp.prompt_len, ctx.settings.packing)
+                 for i in range(0, exp.batch_size, micro)]  # (micro, C, S) each
     return torch.cat(parts).float().cpu()
 
 
@@ -267,18 +281,26 @@ def supervised_eval(ctx: StepContext, batch: Any, objective: Any) -> dict[str, f
 # --------------------------------------------------------------------------- preference pairs
 
 
-def pair_logps(model: torch.nn.Module, batch: Any, heads: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logps(model: torch.nn.Module, batch: Any, heads: bool = False,
+               packing: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) summed completion logps of chosen and of rejected, from one forward over both; ``heads``: a
-    multi-head policy's (B, K) logps of every head, from one trunk forward."""
+    multi-head policy's (B, K) logps of every head, from one trunk forward. packing (train.packing): the 2B
+    right-padded sequences packed padding-free (each row's first token as its one-token "prompt", so the (2B,
+    T - 1) logprobs are those of tokens 1..T-1, as ``token_logprobs``')."""
     from rlhf.objectives.common import token_logprobs
     from rlhf.objectives.dpo import sequence_logps
 
     ids, mask, loss_mask = batch.stacked()  # (2B, T)
     if heads:
-        from rlhf.objectives.mah_dpo import head_sequence_logps
+        from rlhf.objectives.mah_dpo import head_sequence_logps, packed_head_sequence_logps
 
-        return head_sequence_logps(model, ids, mask, loss_mask).chunk(2)  # (B, K) each
-    logps = sequence_logps(token_logprobs(model, ids, mask), loss_mask[:, 1:])  # (2B,)
+        fn = packed_head_sequence_logps if packing else head_sequence_logps
+        return fn(model, ids, mask, loss_mask).chunk(2)  # (B, K) each
+    if packing:
+        token = packed_completion_logprobs(model, ids, mask, 1)  # (2B, T - 1), 0 on padding
+    else:
+        token = token_logprobs(model, ids, mask)  # (2B, T - 1)
+    logps = sequence_logps(token, loss_mask[:, 1:])  # (2B,)
     return logps.chunk(2)
 
 
@@ -291,7 +313,8 @@ def pair_update(ctx: StepContext, pairs: Any, objective: Any, heads: bool = Fals
     metrics = Metrics()
 
     def loss_fn(part: Any) -> LossOutput:
-        chosen, rejected = pair_logps(ctx.backend.module, part.batch, heads)  # (b,) or (b, K) each
+        chosen, rejected = pair_logps(ctx.backend.module, part.batch, heads,
+                                      ctx.settings.packing)  # (b,) or (b, K) each
         ref = part.ref_logps  # (b, 2) or None (reference-free)
         return objective.pair_loss(chosen, rejected, None if ref is None else ref[:, 0],
                                    None if ref is None else ref[:, 1], margin=part.margin,
@@ -312,14 +335,14 @@ def online_pair_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -
     exp = exp.to(ctx.device)  # (2P, ...) rows: chosen, rejected, chosen, ...
     if objective.pairs_need_reference:
         with torch.no_grad():
-            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.micro_batch_size)  # (2P, C)
+            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.micro_batch_size,
+                                                s.packing)  # (2P, C)
     n_pairs = exp.batch_size // 2
     pairs_per_micro = micro_size(n_pairs, max(1, s.micro_batch_size // 2))
     micro = ctx.backend.configure_batch(exp.batch_size, 2 * pairs_per_micro)
 
     def loss_fn(part: ExperienceBatch) -> LossOutput:
-        seq = (completion_logprobs(ctx.backend.module, part.input_ids, part.attention_mask, part.prompt_len,
-                                   s.temperature) * part.loss_mask).sum(1)  # (b,)
+        seq = (part_logprobs(ctx.backend.module, part, s.temperature, s.packing) * part.loss_mask).sum(1)  # (b,)
         ref = None if part.ref_logprobs is None else (part.ref_logprobs * part.loss_mask).sum(1)  # (b,)
         lengths = part.loss_mask.sum(1)  # (b,)
         pair_info = None if part.pair_info is None else part.pair_info[0::2]  # (b/2, 2) CODPO's [weight, beta]
@@ -351,8 +374,7 @@ def component_gram(ctx: StepContext, exp: ExperienceBatch, component_advantages:
     adv = component_advantages[:n].to(ctx.device, torch.float32)  # (n, K)
     model = hookless_twin(ctx.hf_model)
     params = [p for p in model.parameters() if p.requires_grad]
-    logprobs = completion_logprobs(model, exp.input_ids, exp.attention_mask, exp.prompt_len,
-                                   ctx.settings.temperature)  # (n, C)
+    logprobs = part_logprobs(model, exp, ctx.settings.temperature, ctx.settings.packing)  # (n, C)
     mask = exp.loss_mask.to(logprobs.dtype)  # (n, C)
     tokens = max(ctx.global_sum(mask.sum()), 1.0)
     rows = []

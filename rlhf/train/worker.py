@@ -236,12 +236,12 @@ class TrainWorker:
     @torch.no_grad()
     def policy_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                         temperature: float = 1.0) -> torch.Tensor:
-        """COLLECTIVE (ZeRO-3 forwards gather parameters). (B, C) logprobs under the current policy."""
-        from rlhf.objectives.common import completion_logprobs
-
+        """COLLECTIVE (ZeRO-3 forwards gather parameters). (B, C) logprobs under the current policy, from one
+        forward (padding-free with train.packing: 0 on completion padding; equal on real tokens)."""
         with self._ctx().eval_mode():
-            return completion_logprobs(self.backend.module, input_ids.to(self.device),
-                                       attention_mask.to(self.device), prompt_len, temperature).cpu()
+            return steps.forward_logprobs(self.backend.module, input_ids.to(self.device),
+                                          attention_mask.to(self.device), prompt_len, temperature,
+                                          self.settings.steps.packing).cpu()
 
     def values(self, exp: ExperienceBatch) -> torch.Tensor:
         """COLLECTIVE. (B, C, S) critic values of this rank's shard."""
@@ -256,7 +256,7 @@ class TrainWorker:
         model = self.reference if reference else self.backend.module
         heads = bool(self.policy_heads) and not reference
         with self._ctx().eval_mode():
-            chosen, rejected = steps.pair_logps(model, batch.to(self.device), heads)
+            chosen, rejected = steps.pair_logps(model, batch.to(self.device), heads, self.settings.steps.packing)
         return torch.stack([chosen, rejected], dim=1).cpu()  # (B, 2) or (B, 2, K)
 
     # ------------------------------------------------------------------ weights out (rlhf/train/export.py)
