@@ -5,6 +5,11 @@ conditioned component's measured value follow its weight?
     python -m bench.dpa_steer --seeds 0 --steps 20  # one seed, fewer RL steps
     python -m bench.dpa_steer --quick               # a few steps of one seed (smoke test, not the figures)
     python -m bench.dpa_steer --recipe recipes/dpa_tiny_cpu.yaml   # any conditioned recipe (e.g. GRPO's)
+    python -m bench.dpa_steer --recipe recipes/dpa_style_tiny_cpu.yaml --keep runs/dpa_steer  # keep each run
+
+Every seed trains its own SFT warm-up (`run.seed` seeds the tiny model, its tokenizer's example vectors, the
+warm-up's drawn vectors and batches). Runs go to a temporary directory, or under --keep DIR as DIR/seedS (metrics,
+summary and checkpoints stay there).
 
 For each seed the recipe is trained once (its SFT warm-up, then its objective; `run.seed` = the seed) and its final
 evaluation is read: greedy completions of the held-out prompts with each of `conditioning.eval_vectors` written
@@ -36,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--recipe": {"default": DEFAULT_RECIPE, "help": f"a conditioned recipe (default {DEFAULT_RECIPE})"},
         "--seeds": {"default": "0,1,2", "help": "comma-separated run.seed values (default 0,1,2)"},
         "--steps": {"type": int, "default": None, "help": "RL steps (default: the recipe's; --quick 2)"},
-        "--set": {"nargs": "*", "default": [], "help": "more recipe overrides KEY=VALUE"}})
+        "--set": {"nargs": "*", "default": [], "help": "more recipe overrides KEY=VALUE"},
+        "--keep": {"default": None, "help": "write each seed's run to KEEP/seedS and keep it (default: a temporary "
+                   "directory, removed)"}})
     setup_env()
     from rlhf.config import load_recipe
     from rlhf.data.conditioning import rank_correlation
@@ -46,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info = machine_info()
     runs: list[dict[str, Any]] = []
     recipe = None
-    with ray_running(), tempfile.TemporaryDirectory(prefix="bench_dpa_steer_") as tmp:
+    with ray_running(), tempfile.TemporaryDirectory(prefix="bench_dpa_steer_") as scratch:
+        tmp = args.keep or scratch
         for seed in seeds:
             overrides = [f"run.output_dir={tmp}/seed{seed}", "run.progress=false", f"run.seed={seed}",
                          "run.save_every=0", "eval.every=0", *args.set]
@@ -71,12 +79,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      for j, c in enumerate(components)}
     steers = {c: all(_ok(r["spearman"][c]) for r in runs) for c in components}
     result = {"bench": NAME, "quick": args.quick, "machine": info, "recipe": args.recipe, "overrides": args.set,
-              "seeds": seeds, "steps": recipe.run.steps, "warmup_steps": recipe.warmup.steps,
+              "seeds": seeds, "kept_runs": args.keep, "steps": recipe.run.steps, "warmup_steps": recipe.warmup.steps,
               "objective": recipe.objective.kind, "components": components, "vectors": vectors, "runs": runs,
               "seed_mean": mean, "seed_mean_spearman": mean_spearman, "bar": BAR, "steers": steers,
               "ratios": {}, "required_ratios": []}
     md = header("DPA: steering one conditioned policy with the preference in its prompt",
-                f"python -m bench.{NAME} --recipe {args.recipe}" + (" --quick" if args.quick else "")
+                f"python -m bench.{NAME} --recipe {args.recipe} --seeds {args.seeds}"
+                + (" --quick" if args.quick else "")
+                + (f" --steps {args.steps}" if args.steps else "")
                 + (f" --set {' '.join(args.set)}" if args.set else ""), info, args.quick)
     md += (f"\n{args.recipe} (objective {recipe.objective.kind}): {recipe.warmup.steps} SFT warm-up steps, then "
            f"{recipe.run.steps} steps; seeds {seeds}; {sum(r['wall_s'] for r in runs):.0f} s in all. Greedy "

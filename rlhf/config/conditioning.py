@@ -3,7 +3,9 @@
 prompt by a template, and the prompt's samples are weighted by their own v (rlhf/data/conditioning.py draws and
 renders, rlhf/weighting/static.py weights per sample; under ``objective.kind: rsf`` a sample's score v^T r picks
 the samples fine-tuned on, DPA's own training step). One policy then follows the weights a user writes at
-inference. The recipe itself is in rlhf/config/schema.py; ``check_conditioning`` is its cross-check.
+inference. With ``levels`` the weights live on a grid and each is written as one level word ("<D B>" for
+(0.75, 0.25) at levels 4), which a tiny model reads far more easily than decimals. The recipe itself is in
+rlhf/config/schema.py; ``check_conditioning`` is its cross-check.
 """
 
 from __future__ import annotations
@@ -39,11 +41,23 @@ class ConditioningConfig(Strict):
                                        "vectors drawn from, each one entry per component, on the simplex")
     decimals: Optional[int] = Field(
         2, ge=0, le=6, description="drawn weights are rounded to this many decimals (the last entry takes the rest, "
-        "so the vector still sums to 1): the prompt shows the weights the reward uses; None keeps them exact")
+        "so the vector still sums to 1): the prompt shows the weights the reward uses; None keeps them exact. "
+        "Unused with `levels`")
+    levels: Optional[int] = Field(
+        None, ge=1, description="write each weight as ONE level token instead of a decimal string: weights live "
+        "on the grid 0, 1/levels, ..., 1 (drawn vectors are rounded onto it by largest remainder, so they still "
+        "sum to 1; `vectors` and the evaluation vectors must lie on it) and {NAME} / {weights} show the level's "
+        "word from `level_tokens` (levels 10 with the default words: 0.7 is 'H'). A tiny model reads a few "
+        "distinct tokens far more easily than digits it also sees in the prompt. None: decimals")
+    level_tokens: list[str] = Field(
+        default_factory=list, description="levels: the word for level 0, 1, ..., levels (levels + 1 distinct "
+        "words, no spaces or braces); default: capital letters A, B, C, ... (at most 25 levels). A word that "
+        "should be one token should be one character for the tiny tokenizer (it splits digits and, at small "
+        "vocab sizes, merges nothing), or a token the model's tokenizer already has")
     template: str = Field(
         "<pref {weights}> {prompt}", description="how the prompt is written: {prompt} is the data's prompt, "
-        "{NAME} a component's weight (format specs allowed: {correct:.2f}), {weights} every weight, "
-        "space-separated, with `decimals` decimals")
+        "{NAME} a component's weight (format specs allowed: {correct:.2f}; not with `levels`), {weights} every "
+        "weight, space-separated, with `decimals` decimals (with `levels`: their level words)")
     column: str = Field("preference", min_length=1, description="the row column that holds the drawn vector "
                         "(reward plugins may read it; it must not be a dataset column)")
     warmup: bool = Field(True, description="the SFT warm-up's prompts carry a drawn preference too (one per row, "
@@ -62,10 +76,37 @@ class ConditioningConfig(Strict):
         k = len(self.components)
         return [[float(i == j) for j in range(k)] for i in range(k)] + [[1.0 / k] * k]
 
+    def level_words(self) -> list[str]:
+        """The word per level 0..levels: level_tokens, else capital letters A, B, ... (empty without levels)."""
+        if self.levels is None:
+            return []
+        return list(self.level_tokens) or default_level_words(self.levels)
+
+
+def default_level_words(levels: int) -> list[str]:
+    """Capital letters for levels 0..levels: 'A' is weight 0, chr(ord('A') + levels) weight 1."""
+    if levels > 25:
+        raise ValueError(f"conditioning.levels: {levels} levels need {levels + 1} words; the default letters A-Z "
+                         "cover at most 25 levels -- give conditioning.level_tokens")
+    return [chr(ord("A") + i) for i in range(levels + 1)]
+
+
+def off_grid(vector: list[float], levels: int) -> Optional[float]:
+    """The first weight of ``vector`` not on the grid of 1/levels (None when all are)."""
+    for x in vector:
+        if abs(x * levels - round(x * levels)) > 1e-6:
+            return x
+    return None
+
 
 def template_fields(template: str) -> list[str]:
     """The placeholder names of a format template ('{a:.2f} {b}' -> ['a', 'b'])."""
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def template_specs(template: str) -> list[str]:
+    """The placeholders that carry a format spec or conversion ('{a:.2f} {b!r} {c}' -> ['a', 'b'])."""
+    return [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None and (spec or conv)]
 
 
 def check_vectors(vectors: list[list[float]], n: int, where: str) -> None:
@@ -126,3 +167,32 @@ def check_conditioning(recipe: Any) -> None:
     if unknown:
         raise ValueError(f"conditioning.template: unknown placeholder {{{unknown[0]}}}; placeholders are {{prompt}}, "
                          "{weights} and the conditioned components' names")
+    if c.levels is not None:
+        check_levels(c)
+
+
+def check_levels(c: ConditioningConfig) -> None:
+    """``levels``: the words, the template's plain placeholders and every fixed / evaluation vector on the grid."""
+    n = c.levels + 1
+    if c.level_tokens and len(c.level_tokens) != n:
+        raise ValueError(f"conditioning.level_tokens: {len(c.level_tokens)} words; levels {c.levels} needs {n} "
+                         "(one for each of 0, 1/levels, ..., 1)")
+    words = c.level_words()
+    for i, w in enumerate(words):
+        if not w or any(ch.isspace() or ch in "{}" for ch in w):
+            raise ValueError(f"conditioning.level_tokens.{i}: {w!r}; a level word is non-empty, without spaces or "
+                             "braces")
+    dup = sorted({w for w in words if words.count(w) > 1})
+    if dup:
+        raise ValueError(f"conditioning.level_tokens: {dup} listed more than once; each level needs its own word")
+    specs = [f for f in template_specs(c.template) if f != "prompt"]
+    if specs:
+        raise ValueError(f"conditioning.template: {{{specs[0]}}} has a format spec; with conditioning.levels a "
+                         "weight is shown as its level word (write {" + specs[0] + "})")
+    for where, vectors in (("conditioning.vectors", c.vectors), ("conditioning.eval_vectors",
+                                                                  c.evaluation_vectors())):
+        for i, v in enumerate(vectors):
+            x = off_grid(v, c.levels)
+            if x is not None:
+                raise ValueError(f"{where}.{i}: weight {x:g} of {v} is not on the grid of conditioning.levels "
+                                 f"{c.levels} (multiples of 1/{c.levels}); pick grid vectors or other levels")

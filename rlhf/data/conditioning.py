@@ -14,6 +14,13 @@ state to checkpoint. Dirichlet(alpha) is sampled as normalised Gamma(alpha_k, 1)
 recipe's vectors uniformly. With ``decimals`` set, a drawn vector is rounded to that many decimals by largest
 remainder (it still sums to 1 and no entry goes negative), so the prompt shows exactly the weights the reward uses.
 
+With ``levels`` set, weights live on the grid 0, 1/levels, ..., 1 instead (drawn vectors rounded onto it the same
+way) and the template shows each weight as its level's word, one token each (``level_tokens``; default capital
+letters, so with levels 10 the vector (0.7, 0.3) renders "<H D>" where decimals render "<0.7 0.3>"): a tiny
+model's tokenizer splits "0.7" into three tokens whose digits also spell the prompt's numbers, while a level
+word is one token of its own. ``examples`` then renders a row at every level so that every word reaches the
+tokenizer's corpus. A vector off the grid cannot be rendered (ValueError naming the grid).
+
 The vector travels with its row: the rows' columns become the rollout's per-row ``extras`` (mapped generically by
 ``RolloutBatch.select`` / ``cat``), and ``attach`` reads them back after scoring. Imports only torch and stdlib.
 """
@@ -53,7 +60,8 @@ class PreferenceConditioner:
     def __init__(self, components: Sequence[str], reward_names: Sequence[str], *, distribution: str = "dirichlet",
                  alpha: float | Sequence[float] = 1.0, vectors: Sequence[Sequence[float]] = (),
                  decimals: int | None = 2, template: str = "<pref {weights}> {prompt}", column: str = "preference",
-                 warmup: bool = True, eval_vectors: Sequence[Sequence[float]] = (), seed: int = 0) -> None:
+                 warmup: bool = True, eval_vectors: Sequence[Sequence[float]] = (), seed: int = 0,
+                 levels: int | None = None, level_tokens: Sequence[str] = ()) -> None:
         self.components = tuple(components)
         self.reward_names = tuple(reward_names)
         k = len(self.components)
@@ -62,6 +70,11 @@ class PreferenceConditioner:
         self.decimals, self.template, self.column = decimals, template, column
         self.warmup, self.seed = warmup, seed
         self.eval_vectors = [list(map(float, v)) for v in eval_vectors]
+        self.levels = levels
+        self.level_tokens = list(level_tokens) or (_default_words(levels) if levels is not None else [])
+        if levels is not None and len(self.level_tokens) != levels + 1:
+            raise ValueError(f"conditioning.level_tokens: {len(self.level_tokens)} words; levels {levels} needs "
+                             f"{levels + 1}")
         if distribution not in ("dirichlet", "fixed"):
             raise ValueError(f"conditioning.distribution: {distribution!r}; expected dirichlet or fixed")
         if distribution == "fixed" and not self.vectors:
@@ -79,7 +92,9 @@ class PreferenceConditioner:
                 g = [rng.gammavariate(a, 1.0) for a in self.alpha]
                 total = sum(g)
                 v = [x / total for x in g] if total > 0 else [1.0 / len(g)] * len(g)
-                if self.decimals is not None:
+                if self.levels is not None:
+                    v = round_to_grid(v, self.levels)
+                elif self.decimals is not None:
                     v = round_on_simplex(v, self.decimals)
             out.append(v)
         return out
@@ -103,9 +118,21 @@ class PreferenceConditioner:
         return out
 
     def prompt(self, prompt: str, vector: Sequence[float]) -> str:
-        """The prompt with the preference written in by the template."""
+        """The prompt with the preference written in by the template (weights as decimals, or level words)."""
+        if self.levels is not None:
+            words = [self.level_word(x) for x in vector]
+            return self.template.format(prompt=prompt, weights=" ".join(words), **dict(zip(self.components, words)))
         shown = " ".join(f"{x:.{self.decimals}f}" if self.decimals is not None else f"{x:g}" for x in vector)
         return self.template.format(prompt=prompt, weights=shown, **dict(zip(self.components, vector)))
+
+    def level_word(self, x: float) -> str:
+        """The word of weight x's level (levels set; x a multiple of 1/levels, else ValueError)."""
+        assert self.levels is not None
+        level = round(x * self.levels)
+        if abs(x * self.levels - level) > 1e-6 or not 0 <= level <= self.levels:
+            raise ValueError(f"conditioning.levels: weight {x:g} is not on the grid 0, 1/{self.levels}, ..., 1; "
+                             "a level-rendered prompt shows grid weights only")
+        return self.level_tokens[level]
 
     def condition(self, rows: list[dict], step: int, round_: int = 0) -> list[dict]:
         """A training batch's rows, each at its own drawn vector (reproducible from the seed, step and round)."""
@@ -119,8 +146,19 @@ class PreferenceConditioner:
 
     def examples(self, rows: list[dict]) -> list[dict]:
         """The rows at drawn vectors, whatever ``warmup`` says: text that shows the template (a tiny model's
-        tokenizer is trained on it)."""
-        return self.render(rows, self.draw(len(rows), random.Random(f"{self.seed}:examples")))
+        tokenizer is trained on it). With ``levels``, also the first row at each level (in the first component;
+        the rest split evenly on the grid), so every level word is in the corpus, drawn or not."""
+        out = self.render(rows, self.draw(len(rows), random.Random(f"{self.seed}:examples")))
+        if self.levels is not None and rows:
+            out += self.render(rows[:1] * (self.levels + 1), [self._level_vector(i) for i in range(self.levels + 1)])
+        return out
+
+    def _level_vector(self, level: int) -> list[float]:
+        """A grid vector whose first weight is level/levels (the rest shared out on the grid)."""
+        assert self.levels is not None
+        k, rest = len(self.components), self.levels - level
+        counts = [level] + [rest // (k - 1) + (j < rest % (k - 1)) for j in range(k - 1)] if k > 1 else [level]
+        return [c / self.levels for c in counts]
 
     # ------------------------------------------------------------------ the reward vector
 
@@ -143,7 +181,11 @@ class PreferenceConditioner:
 def round_on_simplex(v: Sequence[float], decimals: int) -> list[float]:
     """v rounded to ``decimals`` decimals, still summing to 1: floors in units of 10^-decimals, the units left go
     to the largest remainders (ties to the earlier entry)."""
-    unit = 10 ** decimals
+    return round_to_grid(v, 10 ** decimals)
+
+
+def round_to_grid(v: Sequence[float], unit: int) -> list[float]:
+    """v rounded to multiples of 1/unit, still summing to 1 (largest remainder; ties to the earlier entry)."""
     scaled = [x * unit for x in v]
     counts = [math.floor(x) for x in scaled]
     order = sorted(range(len(v)), key=lambda i: (-(scaled[i] - counts[i]), i))
@@ -178,6 +220,14 @@ def _ranks(values: Sequence[float]) -> list[float]:
     return ranks
 
 
+def _default_words(levels: int) -> list[str]:
+    """Capital letters for levels 0..levels (the config's default, rlhf/config/conditioning.py)."""
+    if not 1 <= levels <= 25:
+        raise ValueError(f"conditioning.levels: {levels}; the default words A-Z cover 1 to 25 levels -- give "
+                         "level_tokens")
+    return [chr(ord("A") + i) for i in range(levels + 1)]
+
+
 def build_conditioner(cfg: Any, reward_names: Sequence[str], seed: int) -> NoConditioning | PreferenceConditioner:
     """The recipe's ``conditioning`` section as a component: ``NoConditioning`` when disabled."""
     if not cfg.enabled:
@@ -185,4 +235,4 @@ def build_conditioner(cfg: Any, reward_names: Sequence[str], seed: int) -> NoCon
     return PreferenceConditioner(cfg.components, reward_names, distribution=cfg.distribution, alpha=cfg.alpha,
                                  vectors=cfg.vectors, decimals=cfg.decimals, template=cfg.template,
                                  column=cfg.column, warmup=cfg.warmup, eval_vectors=cfg.evaluation_vectors(),
-                                 seed=seed)
+                                 seed=seed, levels=cfg.levels, level_tokens=cfg.level_words())
