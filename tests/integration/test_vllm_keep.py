@@ -3,8 +3,9 @@ serves two calls at a time (generate from the producer thread, the weight sync f
 
 Checks: the stepped generation loop returns what ``llm.generate`` returns when no update lands; an update landing at
 a chosen decode step splits every sequence there (tokens before it as without the update, version labels from
-vLLM's per-token weight-version spans, the fingerprint of the new weights); and a weight sync sent as its own Ray
-call while a long generation runs completes without blocking either call.
+vLLM's per-token weight-version spans, the fingerprint of the new weights); a weight sync sent as its own Ray
+call while a long generation runs completes without blocking either call; and with kv_on_update recompute the
+new version's tokens have its logprobs. A whole run in keep mode: tests/integration/test_keep_e2e.py.
 """
 
 from __future__ import annotations
@@ -145,34 +146,6 @@ def test_sync_call_during_a_long_generation(keep_actor, vllm_model_dir):  # noqa
     v = batch.versions  # (B, C): each row's versions never go down, and are the old or the new one
     assert set(v.unique().tolist()) <= {current, current + 1}
     assert bool((v[:, 1:] >= v[:, :-1]).all())
-
-
-@pytest.mark.extended  # ~30 s; the default suite runs keep end to end on the hf engine (test_hf_keep_e2e.py)
-def test_grpo_async_keep_run(ray_session, vllm_model_dir, tmp_path):  # noqa: F811
-    """`rlhf train` with pipeline {max_staleness: 1, weight_update: keep}: every step trains, no sample is staler
-    than 1, and the per-token versions reach the metrics (the share of samples a sync split is logged)."""
-    from rlhf.config.load import validate_dict
-    from rlhf.runtime.controller import run
-
-    recipe = validate_dict({
-        "run": {"output_dir": str(tmp_path / "out"), "steps": 5, "progress": False},
-        "model": {"path": vllm_model_dir},
-        "data": {"synthetic": {"n_train": 64, "n_eval": 8, "max_operand": 20, "ops": ["+"]}, "max_prompt_tokens": 16},
-        "rewards": [{"name": "correct", "plugin": "math_answer"}],
-        "rollout": {"engine": "vllm", "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 24},
-        "objective": {"kind": "grpo"},
-        "pipeline": {"max_staleness": 1, "weight_update": "keep"},
-        "train": {"backend": "torch", "num_ranks": 1, "lr": 1e-3, "micro_batch_size": 16},
-        "eval": {"max_samples": 8},
-    }, "test")
-    run(recipe)
-    import json
-
-    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "async/staleness_max" in r]
-    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
-    assert all(r["async/staleness_max"] <= 1 and 0 <= r["async/mixed_version_share"] <= 1 for r in steps)
-    assert all(r["offpolicy/masked_frac"] >= 0 for r in steps if "offpolicy/masked_frac" in r)
 
 
 def test_recompute_makes_each_token_the_policy_of_its_version(keep_actor, vllm_model_dir):  # noqa: F811
