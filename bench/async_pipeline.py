@@ -31,10 +31,9 @@ NAME = "async_pipeline"
 MODES = {"sync": 0, "async k=1": 1, "async k=2": 2}  # -> pipeline.max_staleness
 KEEP = "pipeline.weight_update=keep"  # syncs land between decode steps (the hf engine: with its decode loop)
 EXTRA_MODES = {  # engine -> mode -> (pipeline.max_staleness, more overrides)
-    "hf": {"async k=1 loop": (1, ["rollout.hf.decode=loop"]),  # the keep rows' control: same decode path
-           "async k=1 keep (loop)": (1, ["rollout.hf.decode=loop", KEEP]),
-           "async k=2 keep (loop)": (2, ["rollout.hf.decode=loop", KEEP])},
-    "vllm": {"async k=1 keep": (1, [KEEP]), "async k=2 keep": (2, [KEEP])},
+    "hf": {"async k=1 loop": (1, ["rollout.hf.decode=loop"]),  # the keep row's control: same decode path
+           "async k=1 keep (loop)": (1, ["rollout.hf.decode=loop", KEEP])},
+    "vllm": {"async k=1 keep": (1, [KEEP])},
 }
 
 
