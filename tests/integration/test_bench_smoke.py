@@ -43,9 +43,10 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
 
 
 # weight_sync: the sync itself is tested in test_train_sync / test_vllm_engine; rollout_engines: the engines in
-# test_hf_engine / test_vllm_engine
+# test_hf_engine / test_vllm_engine; step_phases: it times the runtime's own phase functions, which every e2e test runs
 @pytest.mark.parametrize("name", [pytest.param("reward_width", marks=SLOWISH), pytest.param("weight_sync",
-                                  marks=SLOWISH), "step_phases", pytest.param("rollout_engines", marks=SLOWISH),
+                                  marks=SLOWISH), pytest.param("step_phases", marks=SLOWISH),
+                                  pytest.param("rollout_engines", marks=SLOWISH),
                                   pytest.param("grpo_vs_trl", marks=SLOWISH),
                                   pytest.param("engine_curves", marks=SLOW),
                                   pytest.param("scaling", marks=SLOW), pytest.param("agents", marks=SLOW),

@@ -25,6 +25,7 @@ def _recipe(tmp_path) -> Recipe:
     })
 
 
+@pytest.mark.extended  # ~33 s: broadcast parity and a GRPO run over broadcast stay in test_vllm_engine.py
 def test_broadcast_sync_parity_and_fallback_when_an_engine_dies(ray_session, arithmetic_model_dir, tmp_path):
     from rlhf.rollout.group import RolloutGroup
     from rlhf.runtime.sync import SyncCoordinator, resolve_weight_sync

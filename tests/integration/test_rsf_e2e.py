@@ -41,7 +41,9 @@ def _recipe(out: Path, conditioned: bool):
     # without conditioning the same stage runs the recipe's weights (the unit tests cover the selection): extended,
     # for the default run's 15 minutes
     pytest.param(False, id="plain", marks=pytest.mark.extended),
-    pytest.param(True, id="conditioned")])
+    # conditioned (~15 s): extended too; the trainer's real update on the kept rows is tested in test_rsf.py and
+    # conditioning end to end in test_conditioning_e2e.py
+    pytest.param(True, id="conditioned", marks=pytest.mark.extended)])
 def test_rsf_trains_on_the_kept_samples(ray_session, tmp_path, conditioned):
     from rlhf.runtime.controller import run
 
