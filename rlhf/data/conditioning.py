@@ -22,7 +22,7 @@ word is one token of its own. ``examples`` then renders a row at every level so 
 tokenizer's corpus. A vector off the grid cannot be rendered (ValueError naming the grid).
 
 The vector travels with its row: the rows' columns become the rollout's per-row ``extras`` (mapped generically by
-``RolloutBatch.select`` / ``cat``), and ``attach`` reads them back after scoring. Imports only torch and stdlib.
+``RolloutBatch.select`` / ``cat``), and ``attach`` reads them back after scoring.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
+from rlhf.config.conditioning import default_level_words
 from rlhf.types import RewardVector
 
 
@@ -71,7 +72,7 @@ class PreferenceConditioner:
         self.warmup, self.seed = warmup, seed
         self.eval_vectors = [list(map(float, v)) for v in eval_vectors]
         self.levels = levels
-        self.level_tokens = list(level_tokens) or (_default_words(levels) if levels is not None else [])
+        self.level_tokens = list(level_tokens) or (default_level_words(levels) if levels is not None else [])
         if levels is not None and len(self.level_tokens) != levels + 1:
             raise ValueError(f"conditioning.level_tokens: {len(self.level_tokens)} words; levels {levels} needs "
                              f"{levels + 1}")
@@ -218,14 +219,6 @@ def _ranks(values: Sequence[float]) -> list[float]:
             ranks[order[k]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
-
-
-def _default_words(levels: int) -> list[str]:
-    """Capital letters for levels 0..levels (the config's default, rlhf/config/conditioning.py)."""
-    if not 1 <= levels <= 25:
-        raise ValueError(f"conditioning.levels: {levels}; the default words A-Z cover 1 to 25 levels -- give "
-                         "level_tokens")
-    return [chr(ord("A") + i) for i in range(levels + 1)]
 
 
 def build_conditioner(cfg: Any, reward_names: Sequence[str], seed: int) -> NoConditioning | PreferenceConditioner:
