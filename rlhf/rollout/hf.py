@@ -25,7 +25,7 @@ import torch
 
 from rlhf.rollout.base import eos_ids
 from rlhf.rollout.hf_decode import decode, loop_unsupported, stop_string_check
-from rlhf.rollout.keep import StepGate
+from rlhf.rollout.keep import StepGate, alone, at_boundary
 from rlhf.transport.weights import (WeightSyncError, fingerprint_module, fingerprint_named, load_buckets_into,
                                    load_named_into)
 from rlhf.types import RolloutBatch, SamplingSettings, token_versions
@@ -199,10 +199,8 @@ class HFEngine:
     def completion_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, temperature: float = 1.0
     ) -> torch.Tensor:
-        if self.gate is not None:  # keep mode: not while weights may change between decode steps
-            return self.gate.exclusive(lambda: self._completion_logprobs(input_ids, attention_mask, prompt_len,
-                                                                         temperature))
-        return self._completion_logprobs(input_ids, attention_mask, prompt_len, temperature)
+        # keep mode: not while weights may change between decode steps
+        return alone(self.gate, lambda: self._completion_logprobs(input_ids, attention_mask, prompt_len, temperature))
 
     @torch.no_grad()
     def _completion_logprobs(
@@ -238,9 +236,7 @@ class HFEngine:
         the model is wrapped with that config once, then only adapter tensors move. Returns (version,
         fingerprint of what the engine now holds: every parameter, or every adapter tensor). Keep mode: at the
         next decode step of a generation in flight."""
-        if self.gate is not None:
-            return self.gate.update(lambda: self._load_weights(buckets, version, adapter))
-        return self._load_weights(buckets, version, adapter)
+        return at_boundary(self.gate, lambda: self._load_weights(buckets, version, adapter))
 
     def _load_weights(self, buckets: Iterable[bytes], version: int,
                       adapter: dict[str, Any] | None = None) -> tuple[int, str]:
@@ -313,9 +309,7 @@ class HFEngine:
     def receive_weights(self, version: int) -> tuple[int, str]:
         """Receive the full model over the weight-sync group, in place; return (version, fingerprint). Keep mode:
         at the next decode step of a generation in flight."""
-        if self.gate is not None:
-            return self.gate.update(lambda: self._receive_weights(version))
-        return self._receive_weights(version)
+        return at_boundary(self.gate, lambda: self._receive_weights(version))
 
     def _receive_weights(self, version: int) -> tuple[int, str]:
         if version < self.weight_version:

@@ -121,3 +121,14 @@ class StepGate:
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
+
+
+def at_boundary(gate: StepGate | None, fn: Callable[[], Any]) -> Any:
+    """An engine's weight update: now without a gate, else ``gate.update`` (at the next step boundary of a
+    generation in flight)."""
+    return fn() if gate is None else gate.update(fn)
+
+
+def alone(gate: StepGate | None, fn: Callable[[], Any]) -> Any:
+    """Work that must not overlap a generation: now without a gate, else ``gate.exclusive``."""
+    return fn() if gate is None else gate.exclusive(fn)

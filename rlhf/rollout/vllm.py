@@ -29,13 +29,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 
 from rlhf.config.rollout import VLLMConfig
 from rlhf.rollout.base import eos_ids
-from rlhf.rollout.keep import StepGate
+from rlhf.rollout.keep import StepGate, alone, at_boundary
 from rlhf.transport.weights import WeightSyncError, fingerprint_named
 from rlhf.types import RolloutBatch, SamplingSettings
 
@@ -248,10 +248,6 @@ class VLLMEngine:
     def _resume(self) -> None:
         self.llm.wake_up(tags=["scheduling"])
 
-    def _at_boundary(self, fn: Callable[[], Any]) -> Any:
-        """A weight update: now, or (keep mode, generation in flight) at the generation's next step boundary."""
-        return fn() if self.gate is None else self.gate.update(fn)
-
     def _sampling_params(self, s: SamplingSettings, n: int, prompt_index: int) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -273,9 +269,8 @@ class VLLMEngine:
         temperature 1 only). Used to check parity with the trainer after a weight sync."""
         if temperature != 1.0:
             raise ValueError("VLLMEngine.completion_logprobs: only temperature 1.0 (vLLM prompt logprobs are raw)")
-        if self.gate is not None:  # keep mode: never inside a generation in flight (this pass steps the engine too)
-            return self.gate.exclusive(lambda: self._prompt_logprobs(input_ids, attention_mask, prompt_len))
-        return self._prompt_logprobs(input_ids, attention_mask, prompt_len)
+        # keep mode: never inside a generation in flight (this pass steps the engine too)
+        return alone(self.gate, lambda: self._prompt_logprobs(input_ids, attention_mask, prompt_len))
 
     def _prompt_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
                          ) -> torch.Tensor:
@@ -305,7 +300,7 @@ class VLLMEngine:
     def load_weights(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
         """The object-store route: each bucket goes to the workers as a shared-memory file, one at a time, inside
         one layer-wise update (`begin_update` ... `finish_update`)."""
-        return self._at_boundary(lambda: self._load_files(buckets, version))
+        return at_boundary(self.gate, lambda: self._load_files(buckets, version))
 
     def _load_files(self, buckets: Iterable[bytes], version: int) -> tuple[int, str]:
         self.begin_update(version)
@@ -358,7 +353,7 @@ class VLLMEngine:
                         timeout_s: float) -> int:
         """Every vLLM worker of this engine joins the weight-sync group, as ranks rank, rank + 1, ...
         (rollout.weight_sync=broadcast); returns how many ranks it took (the tensor-parallel size)."""
-        ranks = self._at_boundary(lambda: self.llm.collective_rpc("rlhf_join_sync_group", args=(
+        ranks = at_boundary(self.gate, lambda: self.llm.collective_rpc("rlhf_join_sync_group", args=(
             host, port, rank, world_size, backend, timeout_s)))
         return len(ranks)
 
@@ -371,10 +366,10 @@ class VLLMEngine:
         if version < self.weight_version:
             raise WeightSyncError(f"weight sync: version {version} is older than the engine's {self.weight_version}")
         self._wake()
-        return self._at_boundary(lambda: self._loaded(self.llm.collective_rpc("rlhf_receive_weights"), version))
+        return at_boundary(self.gate, lambda: self._loaded(self.llm.collective_rpc("rlhf_receive_weights"), version))
 
     def leave_sync_group(self) -> None:
-        self._at_boundary(lambda: self.llm.collective_rpc("rlhf_leave_sync_group"))
+        at_boundary(self.gate, lambda: self.llm.collective_rpc("rlhf_leave_sync_group"))
 
     def fingerprint(self) -> str:
         """Fingerprint of the last weights loaded (from disk at start, then each sync), as the workers saw them."""
