@@ -11,9 +11,15 @@ architecture, same initial weights, same tokenizer) on the same synthetic arithm
 ``data.synthetic`` rows), with the same GRPO settings: group size, prompts per optimizer step, max new tokens,
 temperature 1, clip 0.2, k3 KL with the same beta against the initial model, token-mean loss over the whole batch,
 group-normalised advantages (unbiased std, eps 1e-4), AdamW (betas 0.9/0.999, no weight decay), constant
-learning rate, no warm-up, grad clip 1.0, float32, one optimizer step per generation batch (one epoch, one
+learning rate, no warm-up, grad clip 1.0, float32 weights, one optimizer step per generation batch (one epoch, one
 mini-batch), seed 0, one reward: ``correct`` = ``rewards/verifiable/math_answer.py`` (math-verify) on the
-``answer`` column. Generation: HF ``generate`` on both sides (our ``hf`` rollout engine; TRL without vLLM).
+``answer`` column. Generation: HF on both sides (our ``hf`` rollout engine; TRL's ``generate`` without vLLM).
+
+Precision (``--precision``): ``defaults`` (the default) runs each side at its own defaults: ours
+``train.precision: auto`` (bf16 on a CPU with AVX512-BF16 / AMX for hidden >= 256, else fp32; engines follow),
+``train.packing`` auto and ``rollout.hf.decode`` auto; TRL ``GRPOConfig``'s own ``bf16`` (True unless fp16).
+``fp32``: both sides float32 compute (ours ``train.precision=fp32``, TRL ``bf16=False``); ``bf16``: both bf16
+(ours ``train.precision=bf16``, TRL ``bf16=True``).
 
 Ours: ``rlhf.runtime.controller.run`` with ``train.backend=torch``, one rank (TRL runs one process), on the local
 Ray; throughput from metrics.jsonl: samples per step / ``time/step`` (generate + score + advantages + train +
@@ -135,7 +141,7 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def run_ours(workdir: str, model_dir: str, s: dict[str, Any], zero2: bool = False,
-             fixed_length: bool = False) -> dict[str, Any]:
+             fixed_length: bool = False, precision: str = "defaults") -> dict[str, Any]:
     from rlhf.runtime.controller import run
 
     n = s["prompts"] * s["group"]
@@ -160,6 +166,8 @@ def run_ours(workdir: str, model_dir: str, s: dict[str, Any], zero2: bool = Fals
         "train.grad_clip=1.0",
         "eval.max_samples=16", "eval.every=0", f"rollout.ignore_eos={str(fixed_length).lower()}",
     ]
+    if precision != "defaults":
+        overrides.append(f"train.precision={precision}")
     if zero2:
         overrides += ["train.backend=deepspeed", "train.zero_stage=2", "train.num_ranks=2",
                       f"train.micro_batch_size={n // 2}"]
@@ -183,7 +191,7 @@ def run_ours(workdir: str, model_dir: str, s: dict[str, Any], zero2: bool = Fals
 
 
 def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, Any],
-            fixed_length: bool = False) -> dict[str, Any]:
+            fixed_length: bool = False, precision: str = "defaults") -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -202,7 +210,8 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
         return math_answer(prompts, completions, answer=answer)
 
     cfg = GRPOConfig(
-        output_dir=os.path.join(workdir, "trl"), report_to="none", use_cpu=True, bf16=False, fp16=False,
+        output_dir=os.path.join(workdir, "trl"), report_to="none", use_cpu=True,
+        **({} if precision == "defaults" else {"bf16": precision == "bf16", "fp16": False}),
         seed=SEED, data_seed=SEED, max_steps=s["steps"], logging_steps=1, save_strategy="no", disable_tqdm=True,
         per_device_train_batch_size=n, gradient_accumulation_steps=1, steps_per_generation=1,
         num_generations=s["group"], max_completion_length=s["max_new"], temperature=1.0, top_p=1.0, top_k=0,
@@ -213,6 +222,7 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
         # --fixed-length: EOS suppressed until max_completion_length, as our rollout.ignore_eos
         generation_kwargs={"min_new_tokens": s["max_new"]} if fixed_length else None,
     )
+    bf16 = bool(cfg.bf16)
     times: list[float] = []
     logs: list[dict[str, Any]] = []
 
@@ -262,7 +272,7 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
                       "reward": l.get("rewards/correct/mean"), "kl": l.get("kl"),
                       "finished_rate": 1 - l["completions/clipped_ratio"] if "completions/clipped_ratio" in l else None})
     return {"wall_s": wall, "steps": steps, "how": "callback on_step_begin -> on_step_end",
-            "trl_version": __import__("trl").__version__}
+            "trl_version": __import__("trl").__version__, "precision": "bf16" if bf16 else "fp32"}
 
 
 # --------------------------------------------------------------------------- analysis
@@ -286,6 +296,13 @@ def probe_seconds(repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def ours_precision(requested: str, hidden: int) -> str:
+    """What our side computes in: the request, or what train.precision auto picks here for this width."""
+    from rlhf.train.precision import auto_precision
+
+    return auto_precision("cpu", hidden) if requested == "defaults" else requested
+
+
 def analyse(side: dict[str, Any]) -> dict[str, Any]:
     st = side["steps"]
     used = st[1:] if len(st) > 1 else st  # step 1 warms caches up
@@ -307,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--zero2": {"action": "store_true", "help": "also run ours on DeepSpeed ZeRO-2, 2 ranks"},
         "--sft-steps": {"type": int, "default": 0,
                         "help": "start both sides from the random model after this many shared SFT steps (default 0)"},
+        "--precision": {"choices": ["defaults", "fp32", "bf16"], "default": "defaults",
+                        "help": "defaults: each side at its own (ours train.precision auto, TRL bf16=True); fp32 / "
+                                "bf16: both sides so"},
         "--fixed-length": {"action": "store_true",
                            "help": "both sides decode exactly max new tokens per sample (EOS ignored): equal work "
                                    "per step, so samples/s no longer depends on how long each policy answers"},
@@ -324,13 +344,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         load: dict[str, float] = {"ours_before": os.getloadavg()[0]}
         probe: dict[str, float] = {"ours_before": probe_seconds()}
         with ray_running():
-            ours = run_ours(tmp, model_dir, s, fixed_length=args.fixed_length)
+            ours = run_ours(tmp, model_dir, s, fixed_length=args.fixed_length, precision=args.precision)
             load["ours_after"] = os.getloadavg()[0]
-            zero2 = run_ours(tmp, model_dir, s, zero2=True, fixed_length=args.fixed_length) if args.zero2 else None
+            zero2 = run_ours(tmp, model_dir, s, zero2=True, fixed_length=args.fixed_length,
+                             precision=args.precision) if args.zero2 else None
         probe["ours_after"] = probe_seconds()  # with our Ray down: its idle actors are not outside load
         load["trl_before"] = os.getloadavg()[0]
         probe["trl_before"] = probe_seconds()
-        trl = run_trl(tmp, model_dir, train_rows, s, fixed_length=args.fixed_length)
+        trl = run_trl(tmp, model_dir, train_rows, s, fixed_length=args.fixed_length, precision=args.precision)
         load["trl_after"] = os.getloadavg()[0]
         probe["trl_after"] = probe_seconds()
     a_ours, a_trl = analyse(ours), analyse(trl)
@@ -346,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "samples_per_step": s["prompts"] * s["group"]},
         "ours": {**ours, "analysis": a_ours}, "trl": {**trl, "analysis": a_trl},
         "ratios": ratios, "required_ratios": ["ours_over_trl_samples_per_s"], "load_avg": load,
-        "probe_s": probe, "fixed_length": args.fixed_length,
+        "probe_s": probe, "fixed_length": args.fixed_length, "precision": args.precision,
+        "ours_precision": ours_precision(args.precision, s["model"]["hidden_size"]),
     }
     if zero2 is not None:
         a_z = analyse(zero2)
@@ -361,12 +383,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def render(result: dict[str, Any], args) -> str:
     s, ours, trl = result["settings"], result["ours"], result["trl"]
     cmd = f"python -m bench.{NAME}" + (" --quick" if args.quick else "") + (" --zero2" if args.zero2 else "") \
-        + (f" --sft-steps {args.sft_steps}" if args.sft_steps else "") + (" --fixed-length" if args.fixed_length else "")
+        + (f" --sft-steps {args.sft_steps}" if args.sft_steps else "") + (" --fixed-length" if args.fixed_length else "") \
+        + (f" --precision {args.precision}" if args.precision != "defaults" else "")
     m = s["model"]
     lines = [header("GRPO end to end: this platform vs TRL GRPOTrainer (CPU)", cmd, result["machine"], args.quick)]
     lines.append(f"Model: Llama, {s['model_params'] / 1e6:.2f}M parameters (hidden {m['hidden_size']}, "
                  f"{m['num_layers']} layers, {m['num_heads']} heads, MLP {m['intermediate_size']}, tied embeddings), "
-                 f"float32, random init (seed {s['seed']}), one directory loaded by both sides; BPE tokenizer "
+                 f"float32 weights, random init (seed {s['seed']}), one directory loaded by both sides; BPE tokenizer "
                  f"(vocab 32) trained on the task's text. TRL {trl.get('trl_version')}.\n")
     sft = s.get("shared_sft")
     lines.append(f"Start: the random model after a shared SFT of {sft['steps']} steps (batch {sft['batch']}, lr "
@@ -394,6 +417,10 @@ def render(result: dict[str, Any], args) -> str:
         ["updates per batch", "epochs 1, mini_batches 1", "num_iterations 1"],
         ["reward", "`correct` = math_answer (math-verify) on `answer`", "same function, called on `answer`"],
         ["processes", "train.backend=torch, 1 rank (+ rollout and reward actors)", "one process, use_cpu=True"],
+        ["compute precision" + (" (each side's default)" if result["precision"] == "defaults" else ""),
+         f"{result['ours_precision']} (train.precision "
+         f"{'auto' if result['precision'] == 'defaults' else result['precision']}; engine weights in that dtype)",
+         f"{trl.get('precision')} (bf16={trl.get('precision') == 'bf16'})"],
         ["steps (first dropped)", s["steps"], s["steps"]],
     ]))
     lines.append("\nNot matched: the order in which prompts are drawn (each side's own seeded sampler over the "

@@ -15,12 +15,12 @@ class HFConfig(Strict):
     """Settings of the `hf` engine (rollout.engine: hf; rlhf/rollout/hf.py)."""
 
     decode: Literal["auto", "loop", "generate"] = Field(
-        "generate", description="how the engine decodes: loop, its own KV-cache loop that drops each row from the "
+        "auto", description="how the engine decodes: loop, its own KV-cache loop that drops each row from the "
         "batch once it has ended (rlhf/rollout/hf_decode.py; 1.71x the tokens per CPU-second on the demo's "
         "rollout, bench/README.md hf_decode); generate, transformers' model.generate, which runs every row until "
-        "the last one ends (the default: the published learning figures were measured with it); auto, the loop "
-        "unless the model's cache cannot drop rows (remote code, linear-attention layers), then generate. Greedy "
-        "tokens are the same on both; a seed gives other (but fixed) samples on each")
+        "the last one ends; auto (the default), the loop unless the model's cache cannot drop rows (remote code, "
+        "linear-attention layers), then generate. Greedy tokens are the same on both; a seed gives other (but "
+        "fixed) samples on each")
 
 
 class VLLMConfig(Strict):

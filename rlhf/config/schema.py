@@ -260,7 +260,8 @@ class RolloutConfig(Strict):
     batch_size: int = Field(64, ge=1, description="sequences per generate() call inside an engine")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of the engines' weights and compute (the weight sync sends this dtype); auto: "
-        "train.precision's dtype (bf16 -> bfloat16, fp16 -> float16), else model.dtype")
+        "train.precision's dtype (bf16 -> bfloat16, fp16 -> float16; precision auto as resolved for the run), "
+        "else model.dtype")
 
     @property
     def completion_tokens(self) -> int:
@@ -401,7 +402,7 @@ class Recipe(Strict):
     def _precision_checks(self) -> "Recipe":
         """train.precision against the weights' dtype and the backend."""
         t = self.train
-        if t.precision != "fp32" and self.model.dtype != "float32":
+        if t.precision in ("bf16", "fp16") and self.model.dtype != "float32":
             raise ValueError(f"train.precision: {t.precision} is autocast over float32 weights, but model.dtype is "
                              f"{self.model.dtype} (the weights already compute in it); set train.precision: fp32, "
                              "or model.dtype: float32 for float32 master weights")

@@ -3,7 +3,7 @@ batches, precision, activation checkpointing); the recipe itself is in rlhf/conf
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
@@ -13,14 +13,19 @@ from rlhf.config.base import Strict
 class PackingConfig(Strict):
     """``train.packing``: padding-free training forwards (rlhf/objectives/packing.py)."""
 
-    enabled: bool = Field(
-        False, description="run each micro-batch padding-free: its sequences' real tokens packed back to back with "
+    def on(self, trust_remote_code: bool) -> bool:
+        """Whether the training forwards pack: enabled, or auto with a transformers model class."""
+        return self.enabled is True or (self.enabled == "auto" and not trust_remote_code)
+
+    enabled: Union[bool, Literal["auto"]] = Field(
+        "auto", description="run each micro-batch padding-free: its sequences' real tokens packed back to back with "
         "position ids restarting per sequence, so attention is block-diagonal (varlen with flash attention) and "
         "only completion positions reach the LM head; the same loss and gradient as the padded forward. Covers "
         "policy-gradient updates and their reference / old logprobs, the PPO critic's value forwards and updates, "
         "preference-pair forwards (offline DPO-family pairs, MAH-DPO's multi-head policy included, their cached "
         "reference logps, online DPO pairs), per-component gradients (gradient-based weighting) and the trainer's "
-        "logprob checks")
+        "logprob checks. auto: on, except with model.trust_remote_code (a model class of its own may not read "
+        "packed position ids); false: padded micro-batches")
     balance: bool = Field(
         True, description="with enabled: split each mini-batch into its micro-batches by real tokens (about the "
         "same tokens per micro-batch, the same rows per micro-batch and the same number of micro-batches) instead "
@@ -47,11 +52,13 @@ class TrainConfig(Strict):
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient's global norm to this; 0 = no clipping")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward on one rank")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="compute precision of the training ranks' forward and backward passes: bf16 / fp16 "
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="compute precision of the training ranks' forward and backward passes: bf16 / fp16 "
         "run them under autocast while the weights (model.dtype) and the optimizer state stay as they are "
         "(float32 master weights); bf16 is fast on a CPU with AVX512-BF16 or AMX (emulated, and slow, on "
-        "others) and on GPUs with bf16")
+        "others) and on GPUs with bf16. auto: bf16 on GPUs and on such CPUs for models with hidden size >= 256 "
+        "(smaller ones run slower under autocast), else fp32; fp32 when model.dtype is not float32. The driver "
+        "resolves it once per run and logs it (rlhf/train/precision.py)")
     group_by_length: bool = Field(
         True, description="micro-batches of rows with similar completion lengths, each cut to its own longest row "
         "(the same loss and gradient, less work on padding; transformers' group_by_length); false: rows in "

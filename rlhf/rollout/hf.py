@@ -5,9 +5,9 @@
 
 Two decode paths, same RolloutBatch: ``loop`` (rlhf/rollout/hf_decode.py), our own KV-cache loop that drops each
 row from the batch and the cache once it has ended, so finished rows cost nothing (issue 20); ``generate``,
-transformers' ``model.generate``, which runs every row until the last one ends (the default, ``rollout.hf.decode``:
-the published learning figures were measured with it). ``auto`` takes the loop unless the model's cache cannot drop
-rows (remote code, linear-attention layers). Greedy decoding gives the
+transformers' ``model.generate``, which runs every row until the last one ends. ``auto`` (the default,
+``rollout.hf.decode``) takes the loop unless the model's cache cannot drop rows (remote code, linear-attention
+layers). Greedy decoding gives the
 same tokens on both; sampling with a seed is deterministic on both but draws other samples on each.
 
 Returns token ids and, when asked (``SamplingSettings.logprobs``), the logprob of every sampled token under the
@@ -42,7 +42,7 @@ class HFEngine:
         max_prompt_tokens: int = 128,
         batch_size: int = 64,
         num_threads: int | None = None,
-        decode: Literal["auto", "loop", "generate"] = "generate",
+        decode: Literal["auto", "loop", "generate"] = "auto",
         keep_updates: bool = False,
     ) -> None:
         from rlhf.models.load import load_causal_lm, load_tokenizer

@@ -88,6 +88,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     from rlhf.models.load import resolve_model_dir
     from rlhf.runtime.data import load_data
     from rlhf.runtime.pipeline import SyncPipeline, build_pipeline
+    from rlhf.runtime.precision import resolve_precision
     from rlhf.runtime.resume import checkpoint_step, load_pending, resume_point, truncate_metrics
     from rlhf.runtime.stages import StageInputs, build_stage
     from rlhf.runtime.warmup import SFTStage
@@ -119,6 +120,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     model_dir, _tok_dir = resolve_model_dir(recipe.model, corpus, out, seed)
 
     started_ray = _init_ray(recipe)
+    recipe = resolve_precision(recipe, model_dir)  # train.precision: auto -> bf16 | fp32 for these cores and model
     if resume_from is not None:
         truncate_metrics(out, state.step)  # steps after the checkpoint are redone, not logged twice
     actors: list[Any] = []

@@ -1,6 +1,7 @@
 """Mixed precision and activation checkpointing of a training rank's models (``train.precision``,
 ``train.gradient_checkpointing``).
 
+    auto_precision("cpu", hidden_size=384)          # train.precision: auto -> "bf16" or "fp32" (below)
     check_precision("bf16", device)                  # an error on a GPU without bf16, a warning on a CPU that emulates it
     autocast_forward(model, "bf16", device)          # every forward of `model` runs under torch.autocast
     enable_checkpointing(model)                      # recompute each decoder layer in the backward pass
@@ -19,6 +20,13 @@ The autocast wraps the module's own ``forward`` (an instance attribute), so it a
 called: through DeepSpeed's engine (whose forward then sees no outer autocast and leaves it alone), directly, and
 for the reference model. Backward passes run in the dtype of their forward ops. The gradients of float32
 parameters are float32, so DeepSpeed's reductions and the optimizer are unchanged.
+
+``train.precision: auto`` (the default) picks bf16 where it is faster and fp32 elsewhere: on GPUs (bf16 tensor
+cores), and on a CPU with AVX512-BF16 or AMX when the model's hidden size is at least ``BF16_MIN_HIDDEN``. Below
+that the matmuls are too small to pay for autocast's casts: forward + backward of a 0.9M Llama (hidden 128) took
+0.71x the float32 speed under bf16 autocast on an AMX Xeon, hidden 256 1.17x, 384 1.33x, 512 1.45x
+(bench/README.md, ``python -m bench.bf16_speed``). The driver resolves it once per run (rlhf/runtime/controller.py)
+and every rank and engine gets the concrete value.
 
 fp16 needs loss scaling against gradient underflow: the torch backend scales with ``torch.amp.GradScaler``
 (rlhf/train/torch.py); DeepSpeed's own fp16 mode (``model.dtype: float16``) is the route there, and the recipe
@@ -61,13 +69,37 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+BF16_MIN_HIDDEN = 256  # train.precision auto: smallest hidden size at which bf16 autocast beats float32 on a CPU
+
+
+def auto_precision(device_type: str, hidden_size: int | None, fast_cpu_bf16: bool | None = None) -> str:
+    """What ``train.precision: auto`` means on `device_type` ("cuda" or "cpu") for a model of `hidden_size`
+    (None: unknown, taken as large): "bf16" on a GPU; on a CPU "bf16" when it runs bf16 natively (AVX512-BF16 or
+    AMX; `fast_cpu_bf16` overrides the probe) and the model is wide enough to gain from it, else "fp32"."""
+    if device_type == "cuda":
+        return "bf16"
+    fast = cpu_has_fast_bf16() if fast_cpu_bf16 is None else fast_cpu_bf16
+    return "bf16" if fast and (hidden_size is None or hidden_size >= BF16_MIN_HIDDEN) else "fp32"
+
+
+def resolved(precision: str, device: torch.device, model: nn.Module) -> str:
+    """`precision` with "auto" resolved for `device` and `model` (the driver normally resolves it first:
+    rlhf/runtime/precision.py; this covers ranks built without the controller)."""
+    if precision != "auto":
+        return precision
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    hidden = text.to_dict().get("hidden_size") if text is not None else None
+    return auto_precision(device.type, hidden if isinstance(hidden, int) else None)
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Raise PrecisionError where `device` cannot run `precision`; warn where it runs it slowly (checked on the
     machine that runs the rank: a login node may validate the recipe)."""
     if precision == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise PrecisionError(f"train.precision: bf16 -- GPU {torch.cuda.get_device_name(device)} has no bf16; "
-                                 "use fp16 (torch backend) or fp32")
+            raise PrecisionError(f"train.precision: bf16 -- GPU {torch.cuda.get_device_name(device)} has no bf16 "
+                                 "(auto picks bf16 on every GPU); set train.precision: fp16 (torch backend) or fp32")
         if device.type == "cpu" and not cpu_has_fast_bf16():
             log.warning("train.precision: bf16 -- this CPU has neither AVX512-BF16 nor AMX: torch emulates bf16, "
                         "which is far slower than float32 (bench/README.md); the run is correct but slow, use fp32")

@@ -64,8 +64,8 @@ def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
         temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
         epochs=caps.epochs, mini_batches=caps.mini_batches,
         max_new_tokens=recipe.rollout.completion_tokens, group_by_length=recipe.train.group_by_length,
-        packing=recipe.train.packing.enabled,
-        balance_tokens=recipe.train.packing.enabled and recipe.train.packing.balance,
+        packing=recipe.train.packing.on(recipe.model.trust_remote_code),
+        balance_tokens=recipe.train.packing.on(recipe.model.trust_remote_code) and recipe.train.packing.balance,
     )
     export = ExportSettings(
         bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,

@@ -26,6 +26,7 @@ class TrainWorker:
         from rlhf.config.registry import build_objective, capabilities
 
         self.rank, self.world_size, self.settings = rank, world_size, settings
+        self.precision = settings.train.precision  # "auto" resolved for this rank's device and model in build()
         torch.set_num_threads(max(1, num_threads))
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # decided here, on the worker's own node
@@ -92,7 +93,8 @@ class TrainWorker:
             else:
                 self.hf_model = self._load(model_dir, score_heads, tokenizer)
         steps.disable_dropout(self.hf_model)  # ratios and KL must not carry dropout noise (as TRL/OpenRLHF do)
-        precision.check_precision(t.precision, self.device)
+        self.precision = precision.resolved(t.precision, self.device, self.hf_model)
+        precision.check_precision(self.precision, self.device)
         if t.gradient_checkpointing:  # before the LoRA wrap: transformers' own switch on the HF model
             precision.enable_checkpointing(self.hf_model)
         if lora_cfg is not None:  # after disable_dropout: model.lora.dropout is the adapter's own choice
@@ -103,7 +105,7 @@ class TrainWorker:
                 lora.load_adapter_dir(self.hf_model, model_dir)
         self.hf_model.train()
         self.hf_model.config.use_cache = False
-        precision.autocast_forward(self.hf_model, t.precision, self.device)  # before DeepSpeed wraps the module
+        precision.autocast_forward(self.hf_model, self.precision, self.device)  # before DeepSpeed wraps the module
         kwargs = dict(lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay, grad_clip=t.grad_clip)
         if t.backend == "deepspeed":
             from rlhf.train.deepspeed import DeepSpeedBackend
@@ -112,12 +114,13 @@ class TrainWorker:
         else:
             from rlhf.train.torch import TorchBackend
 
-            self.backend = TorchBackend(self.hf_model, precision=t.precision, **kwargs)
+            self.backend = TorchBackend(self.hf_model, precision=self.precision, **kwargs)
         self.export.attach(self.backend, self.hf_model, tokenizer, lora_base_dir)
         numel = lambda p: getattr(p, "ds_numel", None) or p.numel()  # noqa: E731 - ZeRO-3: the full size
         n = sum(numel(p) for p in self.hf_model.parameters())
         trainable = sum(numel(p) for p in self.hf_model.parameters() if p.requires_grad)
-        return {"rank": self.rank, "params": n, "trainable_params": trainable, "threads": torch.get_num_threads()}
+        return {"rank": self.rank, "params": n, "trainable_params": trainable, "threads": torch.get_num_threads(),
+                "precision": self.precision}
 
     def _load(self, model_dir: str, score_heads: tuple[str, ...], tokenizer: Any) -> Any:
         """The policy (a causal LM; a multi-head one with policy_heads) or, with score_heads, a reward model
@@ -156,7 +159,7 @@ class TrainWorker:
         with self._loading():
             reference = load_causal_lm(model_dir, m.dtype, m.trust_remote_code)
         reference.eval().requires_grad_(False).to(self.device)
-        precision.autocast_forward(reference, t.precision, self.device)
+        precision.autocast_forward(reference, self.precision, self.device)
         if t.backend == "deepspeed":  # ZeRO-3: sharded like the policy (its forwards gather, collectively)
             from rlhf.train.deepspeed import inference_engine
 

@@ -237,23 +237,28 @@ def test_bf16_autocast_packed_stays_near_float32():
     torch.testing.assert_close(got[mask], want[mask], rtol=0, atol=0.05)
 
 
-def test_packing_config_defaults_off_is_strict_and_reaches_the_step_settings():
+def test_packing_config_defaults_auto_is_strict_and_reaches_the_step_settings():
     from rlhf.config.schema import Recipe
     from rlhf.train.settings import worker_settings
 
-    assert TrainConfig().packing.enabled is False and TrainConfig().packing.balance is True
+    assert TrainConfig().packing.enabled == "auto" and TrainConfig().packing.balance is True
     with pytest.raises(Exception, match="balanced"):
         TrainConfig.model_validate({"packing": {"balanced": True}})
 
-    def step_settings(packing: dict) -> StepSettings:
-        return worker_settings(Recipe.model_validate({"model": {"path": "unused"}, "train": {"packing": packing},
-                                                      "rewards": [{"name": "r", "plugin": "exact_match"}]})).steps
+    def step_settings(packing: dict, remote: bool = False) -> StepSettings:
+        return worker_settings(Recipe.model_validate({
+            "model": {"path": "unused", "trust_remote_code": remote}, "train": {"packing": packing},
+            "rewards": [{"name": "r", "plugin": "exact_match"}]})).steps
 
     on, unbalanced, off = step_settings({"enabled": True}), step_settings({"enabled": True, "balance": False}), \
-        step_settings({})
+        step_settings({"enabled": False})
     assert (on.packing, on.balance_tokens) == (True, True)
     assert (unbalanced.packing, unbalanced.balance_tokens) == (True, False)
     assert (off.packing, off.balance_tokens) == (False, False)
+    # auto: on for transformers' own model classes, off for remote code (which may not read packed position ids)
+    assert (step_settings({}).packing, step_settings({}).balance_tokens) == (True, True)
+    assert (step_settings({}, remote=True).packing, step_settings({}, remote=True).balance_tokens) == (False, False)
+    assert step_settings({"enabled": True}, remote=True).packing is True  # asked for: the user's call
 
 
 DEEPSPEED_SCRIPT = textwrap.dedent("""

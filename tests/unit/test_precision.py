@@ -178,11 +178,66 @@ def _recipe(**sections) -> Recipe:
 
 
 def test_engine_dtype_follows_the_precision_unless_set():
-    assert _recipe().engine_dtype == "float32"
+    assert _recipe().engine_dtype == "float32"  # precision auto, not yet resolved: the weights' dtype
+    assert _recipe(train={"precision": "fp32"}).engine_dtype == "float32"
     assert _recipe(train={"precision": "bf16"}).engine_dtype == "bfloat16"
     assert _recipe(train={"precision": "fp16", "backend": "torch", "num_ranks": 1}).engine_dtype == "float16"
     assert _recipe(train={"precision": "bf16"}, rollout={"dtype": "float32"}).engine_dtype == "float32"
     assert _recipe(model={"dtype": "bfloat16"}).engine_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("device, hidden, fast, want", [
+    ("cuda", 64, False, "bf16"),  # every GPU: bf16 (a GPU without it is refused by check_precision)
+    ("cpu", 384, True, "bf16"),
+    ("cpu", 256, True, "bf16"),  # the threshold itself
+    ("cpu", 255, True, "fp32"),  # too narrow: autocast's casts cost more than the bf16 matmuls save
+    ("cpu", None, True, "bf16"),  # width unknown: taken as large
+    ("cpu", 4096, False, "fp32"),  # no AVX512-BF16 / AMX: bf16 is emulated, slower than float32
+])
+def test_auto_precision_rule(device, hidden, fast, want):
+    assert precision.BF16_MIN_HIDDEN == 256
+    assert precision.auto_precision(device, hidden, fast_cpu_bf16=fast) == want
+
+
+def test_auto_precision_probes_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    assert precision.auto_precision("cpu", 512) == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert precision.auto_precision("cpu", 512) == "fp32"
+
+
+@pytest.mark.parametrize("fast, hidden, want_precision, want_engine", [
+    (True, 384, "bf16", "bfloat16"), (True, 128, "fp32", "float32"), (False, 384, "fp32", "float32")])
+def test_the_driver_resolves_auto_from_the_model_width_and_the_cpu(tmp_path, monkeypatch, fast, hidden,
+                                                                   want_precision, want_engine):
+    import json
+
+    import rlhf.transport.placement as placement
+    from rlhf.runtime.precision import model_hidden_size, resolve_precision
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden,
+                                                      "num_attention_heads": 4}))
+    assert model_hidden_size(str(tmp_path)) == hidden
+    monkeypatch.setattr(placement, "has_gpus", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
+    got = resolve_precision(_recipe(), str(tmp_path))
+    assert (got.train.precision, got.engine_dtype) == (want_precision, want_engine)
+    # set explicitly, or weights not in float32: left as they are / fp32
+    assert resolve_precision(_recipe(train={"precision": "fp32"}), str(tmp_path)).train.precision == "fp32"
+    assert resolve_precision(_recipe(model={"dtype": "bfloat16"}), str(tmp_path)).train.precision == "fp32"
+    monkeypatch.setattr(placement, "has_gpus", lambda: True)
+    assert resolve_precision(_recipe(), str(tmp_path)).train.precision == "bf16"
+
+
+def test_a_rank_built_without_the_driver_resolves_auto_itself(monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2))
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    assert precision.resolved("auto", torch.device("cpu"), model) == "fp32"  # hidden 64 < 256
+    assert precision.resolved("bf16", torch.device("cpu"), model) == "bf16"
+    assert precision.resolved("auto", torch.device("cuda"), model) == "bf16"
 
 
 @pytest.mark.parametrize("sections, match", [
