@@ -22,6 +22,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from bench.common import FORMER_DEFAULTS
 from bench.common import REPO_ROOT, curve, earlier_result, header, machine_info, md_table, parse_args, ray_running, \
     read_metrics, save_figure, setup_env, write_results
 
@@ -35,7 +36,8 @@ def _recipe(name: str, overrides: list[str], out: str, start: str | None = None,
     from rlhf.config import load_recipe
     from rlhf.config.schema import Recipe
 
-    recipe = load_recipe(REPO_ROOT / "recipes" / name, [*overrides, f"run.output_dir={out}", "run.progress=false",
+    recipe = load_recipe(REPO_ROOT / "recipes" / name, [*FORMER_DEFAULTS, *overrides, f"run.output_dir={out}",
+                                                        "run.progress=false",
                                                         "run.save_every=0"])
     data = recipe.model_dump(mode="json")
     if start is not None:

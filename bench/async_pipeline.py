@@ -8,12 +8,13 @@ learning suffers. The demo recipe (recipes/grpo_tiny_cpu.yaml) on the bench task
 throughput  from the demo's SFT warm-up (done once), STEPS RL steps per run in each mode: sync (pipeline.max_staleness
             0), async k = 1 and k = 2 (engines' threads on half the cores, the training ranks' on the rest),
             with the hf engine and, when installed, vllm; also pipeline.weight_update keep (syncs land between the
-            decode steps of the batch in flight; hf: with its decode loop, and async k = 1 with the loop as their
-            control); modes interleaved, REPEATS times. samples/s over steps
+            decode steps of the batch in flight; the hf engine decodes with its loop, the default since
+            2026-12-08); modes interleaved, REPEATS times. samples/s over steps
             3..STEPS (sum of batch sizes / sum of time/step: the wall time of the loop without logging), and
             the mean busy share of each actor group and the idle times.
 learning    per seed, the demo as written (400 SFT + 200 GRPO steps) synchronously, then async k = 1 from the same
-            SFT weights and prompts: held-out greedy accuracy (200 prompts) before / after, curves.
+            SFT weights and prompts: held-out greedy accuracy (200 prompts) before / after, curves. Runs with the
+            defaults before 2026-12-08 (bench/common.py FORMER_DEFAULTS), as its published figures did.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from bench.common import FORMER_DEFAULTS
 from bench.common import (curve, earlier_result, header, md_table, machine_info, parse_args, ray_running, read_metrics,
                           save_figure, setup_env, tiny_recipe, write_results)
 
@@ -31,8 +33,7 @@ NAME = "async_pipeline"
 MODES = {"sync": 0, "async k=1": 1, "async k=2": 2}  # -> pipeline.max_staleness
 KEEP = "pipeline.weight_update=keep"  # syncs land between decode steps (the hf engine: with its decode loop)
 EXTRA_MODES = {  # engine -> mode -> (pipeline.max_staleness, more overrides)
-    "hf": {"async k=1 loop": (1, ["rollout.hf.decode=loop"]),  # the keep row's control: same decode path
-           "async k=1 keep (loop)": (1, ["rollout.hf.decode=loop", KEEP])},
+    "hf": {"async k=1 keep (loop)": (1, [KEEP])},  # the hf engine decodes with its loop by default (auto)
     "vllm": {"async k=1 keep": (1, [KEEP])},
 }
 
@@ -89,7 +90,9 @@ def learning(tmp: str, quick: bool, seeds: list[int]) -> list[dict[str, Any]]:
         for mode in ("sync", "async k=1"):
             path = os.path.join(tmp, f"learn_{MODES[mode]}_s{seed}")
             t0 = time.perf_counter()
-            rl = _run([f"run.seed={seed}", f"pipeline.max_staleness={MODES[mode]}", *extra], path, start)
+            # the published learning figures (6 seeds) predate 2026-12-08's defaults: pinned until re-measured
+            rl = _run([*FORMER_DEFAULTS, f"run.seed={seed}", f"pipeline.max_staleness={MODES[mode]}", *extra], path,
+                      start)
             evals = read_metrics(os.path.join(path, "metrics.jsonl"), "eval")
             acc = [r["eval/accuracy"] for r in evals if r.get("eval/accuracy") is not None]
             row[mode] = {"before": acc[0], "after": acc[-1], "minutes": round((time.perf_counter() - t0) / 60, 1),

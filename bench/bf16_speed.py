@@ -1,6 +1,6 @@
 """Where bf16 pays on this CPU: one GRPO update and one hf-engine generation in bf16 vs float32, by model width.
 
-    python -m bench.bf16_speed          # ~3-4 min on 2 cores: Llamas of hidden 128 (the demo's), 256, 384, 512
+    python -m bench.bf16_speed          # ~2 min on 2 cores: Llamas of hidden 128 (the demo's), 256, 384, 512
     python -m bench.bf16_speed --quick  # seconds: two tiny widths, smoke test
 
 What is timed, per width, the two variants alternating so that load drifts hit both (median of the repeats):
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv, __doc__.splitlines()[0])
     setup_env()
     widths = QUICK_WIDTHS if args.quick else WIDTHS
-    repeats, rows, micro, new_tokens = (1, 16, 8, 4) if args.quick else (3, 64, 16, 24)
+    repeats, rows, micro, new_tokens = (1, 16, 8, 4) if args.quick else (5, 64, 16, 24)
     info = machine_info()
     cells: dict[int, dict[str, Any]] = {}
     prompts = [f"{a}+{b}=" for a, b in zip(range(32), range(7, 39))]
@@ -106,10 +106,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         times[f"update_{p}"].append(u)
                         times[f"generate_{p}"].append(g)
             s = {k: summary(v) for k, v in times.items()}
+            paired = {k: [a / b for a, b in zip(times[f"{k}_fp32"], times[f"{k}_bf16"])] for k in ("update", "generate")}
             cells[hidden] = {
                 "params_m": sum(x.numel() for x in model.parameters()) / 1e6, "layers": layers, "seconds": s,
                 "update_fp32_over_bf16": ratio(s["update_fp32"]["median"], s["update_bf16"]["median"]),
-                "generate_fp32_over_bf16": ratio(s["generate_fp32"]["median"], s["generate_bf16"]["median"])}
+                "generate_fp32_over_bf16": ratio(s["generate_fp32"]["median"], s["generate_bf16"]["median"]),
+                "paired": {k: summary(v) for k, v in paired.items()}}
             print(f"hidden {hidden}: update x{cells[hidden]['update_fp32_over_bf16']:.2f}, generate "
                   f"x{cells[hidden]['generate_fp32_over_bf16']:.2f}", flush=True)
     from rlhf.train.precision import BF16_MIN_HIDDEN, cpu_has_fast_bf16
@@ -129,16 +131,18 @@ def render(r: dict[str, Any], quick: bool) -> str:
         s = c["seconds"]
         rows.append([h, f"{c['params_m']:.1f}M", c["layers"],
                      f"{s['update_fp32']['median']:.2f} / {s['update_bf16']['median']:.2f} s",
-                     f"**{c['update_fp32_over_bf16']:.2f}x**",
+                     f"**{c['update_fp32_over_bf16']:.2f}x** ({c['paired']['update']['min']:.2f}-"
+                     f"{c['paired']['update']['max']:.2f})",
                      f"{s['generate_fp32']['median']:.2f} / {s['generate_bf16']['median']:.2f} s",
-                     f"**{c['generate_fp32_over_bf16']:.2f}x**",
+                     f"**{c['generate_fp32_over_bf16']:.2f}x** ({c['paired']['generate']['min']:.2f}-"
+                     f"{c['paired']['generate']['max']:.2f})",
                      "bf16" if r["native_bf16"] and int(h) >= r["threshold_hidden"] else "fp32"])
     return "\n\n".join([
         header("bf16 vs float32 by model width (CPU)", "python -m bench.bf16_speed" + (" --quick" if quick else ""),
                r["machine"], quick),
         f"Native bf16 (AVX512-BF16 or AMX): {r['native_bf16']}. Update: {r['rows']} rows, micro-batches of "
         f"{r['micro_batch_size']}; generate: 32 prompts x 2 x 24 tokens; median of {r['repeats']} alternating "
-        "repeats.",
+        "repeats (in brackets: the range of the per-repeat ratios).",
         md_table(["hidden", "params", "layers", "update fp32 / bf16", "update speed-up", "generate fp32 / bf16",
                   "generate speed-up", "train.precision auto picks"], rows),
     ])

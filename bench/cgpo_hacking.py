@@ -27,6 +27,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from bench.common import FORMER_DEFAULTS
 from bench.common import header, machine_info, md_table, parse_args, print_result, ray_running, read_metrics, \
     save_figure, setup_env, tiny_recipe, write_results
 
@@ -70,7 +71,7 @@ def recipe_for(method: str, seed: int, steps: int, out: str, sft_dir: str | None
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe(overrides, out, edit)
+    return tiny_recipe([*FORMER_DEFAULTS, *overrides], out, edit)  # measured before 2026-12-08
 
 
 def violation_curve(method: str, out: str) -> list[float]:

@@ -20,6 +20,7 @@ import statistics
 import tempfile
 from typing import Any, Sequence
 
+from bench.common import FORMER_DEFAULTS
 from bench.common import curve, header, machine_info, md_table, parse_args, ratio, ray_running, read_metrics, save_figure, \
     setup_env, tiny_recipe, without_vllm, write_results
 
@@ -42,7 +43,7 @@ def recipe_for(engine: str, steps: int, eval_every: int, out: str, sft_dir: str 
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe(overrides, out, edit)
+    return tiny_recipe([*FORMER_DEFAULTS, *overrides], out, edit)  # measured before 2026-12-08
 
 
 def quarter_mean(points: list[tuple[int, float]], last: bool = True) -> float:

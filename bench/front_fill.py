@@ -29,6 +29,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from bench.common import FORMER_DEFAULTS
 from bench.common import header, machine_info, md_table, parse_args, ray_running, setup_env, tiny_recipe, \
     write_results
 from bench.multi_objective import WARMUP_STEPS, rewards_for
@@ -57,7 +58,7 @@ def recipe_for(seed: int, steps: int, out: str, sft_dir: str | None, quick: bool
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe(overrides, out, edit)
+    return tiny_recipe([*FORMER_DEFAULTS, *overrides], out, edit)  # measured before 2026-12-08
 
 
 def one_seed(seed: int, steps: int, warmup_steps: int, quick: bool, tmp: str, prompts: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+from bench.common import FORMER_DEFAULTS
 from bench.common import header, machine_info, md_table, parse_args, ray_running, read_metrics, setup_env, \
     tiny_recipe, write_results
 
@@ -59,7 +60,7 @@ def recipe_for(method: str, seed: int, steps: int, eval_every: int, out: str, sf
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe(overrides, out, edit)
+    return tiny_recipe([*FORMER_DEFAULTS, *overrides], out, edit)  # measured before 2026-12-08
 
 
 def eval_points(out: str) -> list[tuple[float, float]]:

@@ -37,6 +37,7 @@ import math
 import tempfile
 from typing import Any, Sequence
 
+from bench.common import FORMER_DEFAULTS
 from bench.common import (
     header,
     machine_info,
@@ -103,7 +104,7 @@ def run_cell(cfg: str, batch: int, steps: int, quick: bool, workdir: str) -> dic
                  f"train.num_ranks={ranks}", f"train.micro_batch_size={max(batch, 1)}"]
     if backend == "deepspeed":
         overrides.append(f"train.zero_stage={stage}")
-    recipe = tiny_recipe(overrides, workdir)
+    recipe = tiny_recipe([*FORMER_DEFAULTS, *overrides], workdir)  # measured before 2026-12-08
     wall, out = timed(lambda: run(recipe))
     records = read_metrics(out["metrics"])
     used = records[1:] if len(records) > 2 else records  # step 1 warms up

@@ -25,6 +25,7 @@ import os
 import tempfile
 from typing import Any, Sequence
 
+from bench.common import with_former_defaults
 from bench.common import (
     header,
     machine_info,
@@ -60,14 +61,14 @@ def build_model(out_dir: str, quick: bool) -> tuple[str, dict[str, int]]:
 def make_recipe(out_dir: str, zero_stage: int):
     from rlhf.config.schema import Recipe
 
-    return Recipe.model_validate({
+    return Recipe.model_validate(with_former_defaults({  # measured before 2026-12-08
         "run": {"output_dir": os.path.join(out_dir, f"run_z{zero_stage}")},
         "model": {"path": "unused"},  # the groups are built from the directory given to build()
         "rewards": [{"name": "r", "plugin": "exact_match"}],
         "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
         "objective": {"kind": "grpo"},
         "train": {"backend": "deepspeed", "zero_stage": zero_stage, "num_ranks": 2, "lr": 1e-4},
-    })
+    }))
 
 
 def bench_real_sync(model_dir: str, workdir: str, stages: Sequence[int], repeats: int) -> dict[str, Any]:

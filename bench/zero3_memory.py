@@ -45,6 +45,7 @@ import os
 import tempfile
 from typing import Any, Sequence
 
+from bench.common import with_former_defaults
 from bench.common import (
     header,
     machine_info,
@@ -107,7 +108,7 @@ def count_params(model_dir: str) -> int:
 def make_recipe(workdir: str, model_dir: str, zero_stage: int):
     from rlhf.config.schema import Recipe
 
-    return Recipe.model_validate({
+    return Recipe.model_validate(with_former_defaults({  # measured before 2026-12-08
         "run": {"output_dir": os.path.join(workdir, f"run_z{zero_stage}")},
         "model": {"path": model_dir},  # the group is built from the directory given to build(); plan reads it
         "data": {"max_prompt_tokens": PROMPT},
@@ -115,7 +116,7 @@ def make_recipe(workdir: str, model_dir: str, zero_stage: int):
         "rollout": {"prompts_per_step": ROWS // 4, "group_size": 4, "max_new_tokens": COMPLETION},
         "objective": {"kind": "grpo", "kl_coef": 0.05},
         "train": {"backend": "deepspeed", "zero_stage": zero_stage, "num_ranks": RANKS, "lr": 1e-5},
-    })
+    }))
 
 
 def synthetic_batch(vocab: int, seed: int = 0):

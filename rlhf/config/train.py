@@ -51,6 +51,11 @@ class TrainConfig(Strict):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     grad_clip: float = Field(1.0, ge=0, description="clip the gradient's global norm to this; 0 = no clipping")
     micro_batch_size: int = Field(64, ge=1, description="sequences per forward/backward on one rank")
+    logprob_micro_batch_size: Optional[int] = Field(
+        None, ge=1, description="sequences per no-grad logprob forward on one rank (reference and old-policy "
+        "logprobs, the trainer's logprob checks); default micro_batch_size. No activations are kept for a "
+        "backward pass, so larger chunks fit, and under ZeRO-3 every forward gathers each layer once: fewer, larger "
+        "chunks gather less often")
     sync_bucket_mb: float = Field(256.0, gt=0, description="weight-sync bucket size")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="compute precision of the training ranks' forward and backward passes: bf16 / fp16 "

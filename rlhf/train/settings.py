@@ -23,6 +23,12 @@ class StepSettings:
     group_by_length: bool = True  # micro-batches of similar lengths, trimmed of all-padding columns
     packing: bool = False  # padding-free policy forwards (train.packing.enabled)
     balance_tokens: bool = False  # micro-batches balanced by real tokens, not grouped by length (packing.balance)
+    logprob_micro_batch_size: int = 0  # sequences per no-grad logprob forward; 0: micro_batch_size
+
+    @property
+    def logprob_micro(self) -> int:
+        """Sequences per no-grad logprob forward (train.logprob_micro_batch_size, else micro_batch_size)."""
+        return self.logprob_micro_batch_size or self.micro_batch_size
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
         max_new_tokens=recipe.rollout.completion_tokens, group_by_length=recipe.train.group_by_length,
         packing=recipe.train.packing.on(recipe.model.trust_remote_code),
         balance_tokens=recipe.train.packing.on(recipe.model.trust_remote_code) and recipe.train.packing.balance,
+        logprob_micro_batch_size=recipe.train.logprob_micro_batch_size or 0,
     )
     export = ExportSettings(
         bucket_bytes=int(recipe.train.sync_bucket_mb * 2**20), dtype=recipe.model.dtype,

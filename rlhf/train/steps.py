@@ -181,11 +181,11 @@ def policy_gradient_update(ctx: StepContext, exp: ExperienceBatch, objective: An
         if objective.needs_reference and exp.ref_logprobs is None:
             if ctx.reference is None:
                 raise RuntimeError("the objective needs a reference model but none was loaded")
-            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.micro_batch_size, s.packing)
+            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.logprob_micro, s.packing)
         reuse_old = s.epochs * s.mini_batches == 1 and not token_level
         if not reuse_old and exp.old_logprobs is None:
             with ctx.eval_mode():
-                exp.old_logprobs = logprobs_chunked(ctx.backend.module, exp, s.temperature, s.micro_batch_size,
+                exp.old_logprobs = logprobs_chunked(ctx.backend.module, exp, s.temperature, s.logprob_micro,
                                                     s.packing)
         if token_level:  # KL-shaped token rewards -> returns -> whitening over every rank's tokens
             exp.advantages = objective.token_advantages(exp.advantages, exp.old_logprobs, exp.ref_logprobs,
@@ -335,7 +335,7 @@ def online_pair_update(ctx: StepContext, exp: ExperienceBatch, objective: Any) -
     exp = exp.to(ctx.device)  # (2P, ...) rows: chosen, rejected, chosen, ...
     if objective.pairs_need_reference:
         with torch.no_grad():
-            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.micro_batch_size,
+            exp.ref_logprobs = logprobs_chunked(ctx.reference, exp, s.temperature, s.logprob_micro,
                                                 s.packing)  # (2P, C)
     n_pairs = exp.batch_size // 2
     pairs_per_micro = micro_size(n_pairs, max(1, s.micro_batch_size // 2))

@@ -233,7 +233,7 @@ class TrainWorker:
         with ctx.eval_mode():
             model = self.reference if reference else self.backend.module
             s = self.settings.steps
-            return steps.logprobs_chunked(model, exp.to(self.device), s.temperature, s.micro_batch_size,
+            return steps.logprobs_chunked(model, exp.to(self.device), s.temperature, s.logprob_micro,
                                           s.packing).cpu()
 
     @torch.no_grad()

@@ -99,3 +99,36 @@ def test_logprobs_chunked_pads_trimmed_chunks_back_and_matches_one_pass():
     m = exp.loss_mask.bool()
     torch.testing.assert_close(chunked[m], one[m], rtol=0, atol=1e-5)
     assert (chunked[2:4, 7:] == 0).all()  # rows 2-3 (completions 3 and 7 long) were trimmed to 7 columns
+
+
+def test_logprob_micro_batch_size_sets_the_no_grad_chunks_only():
+    """train.logprob_micro_batch_size: the reference pass runs in chunks of that many rows (here one forward for
+    all 6 rows against 3 with the training micro-batch of 2); the update keeps micro_batch_size; same numbers."""
+    from rlhf.config.schema import Recipe
+    from rlhf.train.settings import worker_settings
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=64, use_cache=False))
+    reference = copy.deepcopy(model).eval()
+    calls: list[int] = []
+    reference.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs["input_ids"].shape[0]),
+                                        with_kwargs=True)
+    objective = build_objective(GRPOConfig(kl_coef=0.05))
+    got = {}
+    for chunk in (0, 6):
+        exp = _batch()
+        exp.ref_logprobs = None
+        calls.clear()
+        policy = copy.deepcopy(model)
+        settings = StepSettings(temperature=0.9, micro_batch_size=2, max_new_tokens=10,
+                                logprob_micro_batch_size=chunk)
+        ctx = steps.StepContext(_Recording(policy), policy, reference, torch.device("cpu"), 0, 1, settings)
+        got[chunk] = steps.policy_gradient_update(ctx, exp, objective)["loss/policy"]
+        assert calls == ([2, 2, 2] if chunk == 0 else [6])
+    assert got[6] == pytest.approx(got[0], rel=1e-5)
+    recipe = {"model": {"path": "unused"}, "rewards": [{"name": "r", "plugin": "exact_match"}],
+              "train": {"micro_batch_size": 8}}
+    assert worker_settings(Recipe.model_validate(recipe)).steps.logprob_micro == 8
+    recipe["train"]["logprob_micro_batch_size"] = 32
+    assert worker_settings(Recipe.model_validate(recipe)).steps.logprob_micro == 32
