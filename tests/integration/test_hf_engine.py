@@ -79,7 +79,7 @@ def test_greedy_is_argmax_and_ignores_model_generation_config(arithmetic_model_d
 
 
 def test_recipe_key_reaches_the_rollout_actor(ray_session, arithmetic_model_dir, tmp_path):
-    """rollout.hf.decode picks the engine's decode path in its Ray actor (the default, generate, is HFEngine's own
+    """rollout.hf.decode picks the engine's decode path in its Ray actor (the default, auto, is HFEngine's own
     default: tests/unit/test_hf_decode.py)."""
     from rlhf.config.schema import Recipe
     from rlhf.rollout.group import RolloutGroup
@@ -90,10 +90,10 @@ def test_recipe_key_reaches_the_rollout_actor(ray_session, arithmetic_model_dir,
             "rewards": [{"name": "r", "plugin": "exact_match"}],
             "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4, "hf": hf}})
 
-    assert recipe().rollout.hf.decode == "generate"
-    engines = RolloutGroup(recipe(decode="loop"), arithmetic_model_dir)
+    assert recipe().rollout.hf.decode == "auto"
+    engines = RolloutGroup(recipe(decode="generate"), arithmetic_model_dir)
     try:
-        assert engines.infos[0]["decode"] == "loop"
+        assert engines.infos[0]["decode"] == "generate"
         batch = engines.generate(["3+4=", "5-1="], SamplingSettings(n=2, max_new_tokens=4, seed=1))
         assert batch.batch_size == 4
     finally:

@@ -74,10 +74,12 @@ def test_async_with_sleeping_vllm_engine(tmp_path):
 def test_keep_updates_need_async_and_an_engine_that_steps(tmp_path):
     msg = _error(tmp_path, pipeline={"weight_update": "keep"}, rollout={"engine": "vllm"})
     assert "pipeline.weight_update: keep" in msg and "pipeline.max_staleness: 0" in msg
-    msg = _error(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1}, rollout={"engine": "hf"})
+    msg = _error(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1},
+                 rollout={"engine": "hf", "hf": {"decode": "generate"}})
     assert "pipeline.weight_update: keep" in msg and "rollout.hf.decode: generate" in msg
-    load_recipe(_write(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1},
-                       rollout={"engine": "hf", "hf": {"decode": "loop"}}))
+    for decode in ("loop", "auto"):  # auto: the loop (the engine refuses keep for a model the loop cannot run)
+        load_recipe(_write(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1},
+                           rollout={"engine": "hf", "hf": {"decode": decode}}))
     ok = load_recipe(_write(tmp_path, pipeline={"weight_update": "keep", "max_staleness": 1},
                             rollout={"engine": "vllm"}))
     assert ok.pipeline.updates_in_flight and not _recipe().pipeline.updates_in_flight

@@ -181,9 +181,9 @@ def test_top_k_top_p_masks():
 
 
 def test_decode_path_choice(arithmetic_model_dir):
-    assert HFEngine(arithmetic_model_dir).decode == "generate"  # the default (rollout.hf.decode)
-    engine = HFEngine(arithmetic_model_dir, decode="auto")
+    engine = HFEngine(arithmetic_model_dir)  # the default (rollout.hf.decode): auto
     assert engine.decode == "loop" and engine.info()["decode"] == "loop" and loop_unsupported(engine.model) is None
+    assert HFEngine(arithmetic_model_dir, decode="generate").decode == "generate"
     assert "not a transformers model" in loop_unsupported(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="decode must be"):
         HFEngine(arithmetic_model_dir, decode="fast")
