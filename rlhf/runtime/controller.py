@@ -208,6 +208,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         summary = _summary(recipe, state, eval_after, final_ckpt, log.path, stage, caps.rollouts)
         summary["curves"] = _plot(out)
         summary["placement"] = _placement(actors)  # as it ended: an engine restarted elsewhere shows its new node
+        summary["precision"] = {"train": recipe.train.precision, "engines": recipe.engine_dtype}  # auto resolved
         _write_json(os.path.join(out, "summary.json"), summary)
         log.close(summary)  # the trackers log it, then their runs end as finished
         return summary
