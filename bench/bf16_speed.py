@@ -120,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "threshold_hidden": BF16_MIN_HIDDEN, "rows": rows, "micro_batch_size": micro, "repeats": repeats,
               "cells": {str(h): c for h, c in cells.items()},
               "ratios": {f"update_fp32_over_bf16_h{h}": c["update_fp32_over_bf16"] for h, c in cells.items()}}
+    result["required_ratios"] = list(result["ratios"])
     result["paths"] = write_results(args.out, NAME, result, render(result, args.quick))
     print_result(result)
     return result

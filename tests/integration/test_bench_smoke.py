@@ -53,7 +53,8 @@ SLOWISH = pytest.mark.skipif(os.environ.get("RLHF_SLOW_TESTS") != "1",
                                   pytest.param("async_pipeline", marks=SLOW),
                                   pytest.param("zero3_memory", marks=SLOWISH), "length_grouping", "packing",
                                   "sandbox_corpus", pytest.param("front_fill", marks=SLOW),
-                                  pytest.param("hf_decode", marks=SLOW)])
+                                  pytest.param("hf_decode", marks=SLOW), pytest.param("bf16_speed", marks=SLOWISH),
+                                  pytest.param("phases_before_after", marks=SLOW)])
 def test_bench_quick(name, ray_session, tmp_path):
     import importlib
 
@@ -78,6 +79,11 @@ def test_bench_quick(name, ray_session, tmp_path):
     if name == "front_fill":  # ~5 min: warm-up, 5 runs and their resumes; the fill runs need a front of 2+ points
         seed = data["per_seed"][0]
         assert len(seed["even"]["runs"]) == 5 and len(seed["fill"]["runs"]) == 3 + seed["fill"]["fill_runs"]
+    if name == "bf16_speed":
+        assert set(data["cells"]) == {"64", "128"}
+        assert all(c["update_fp32_over_bf16"] > 0 for c in data["cells"].values())
+    if name == "phases_before_after":
+        assert all(data["phases"][side]["step"]["median"] > 0 for side in ("before", "after"))
     if name == "step_phases":
         assert 0 <= data["analysis"]["glue_share"] < 1
         assert (tmp_path / "step_phases.png").exists()
