@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         times[f"update_{p}"].append(u)
                         times[f"generate_{p}"].append(g)
             s = {k: summary(v) for k, v in times.items()}
-            paired = {k: [a / b for a, b in zip(times[f"{k}_fp32"], times[f"{k}_bf16"])] for k in ("update", "generate")}
+            paired = {k: [a / b for a, b in zip(times[f"{k}_fp32"], times[f"{k}_bf16"])]
+                      for k in ("update", "generate")}
             cells[hidden] = {
                 "params_m": sum(x.numel() for x in model.parameters()) / 1e6, "layers": layers, "seconds": s,
                 "update_fp32_over_bf16": ratio(s["update_fp32"]["median"], s["update_bf16"]["median"]),

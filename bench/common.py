@@ -298,3 +298,20 @@ def print_result(result: dict[str, Any]) -> None:
     print({k: round(v, 4) if is_finite_positive(v) else v for k, v in result["ratios"].items()})
     print(result["paths"]["markdown"])
 
+
+def probe_seconds(repeats: int = 5) -> float:
+    """Median seconds of a fixed CPU workload (float32 matmuls on torch's default threads): how fast the machine
+    is right now. Taken before and after each side, it estimates how much outside load each side ran under."""
+    import statistics
+
+    import torch
+
+    a = torch.randn(384, 384, generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x = a
+        for _ in range(40):
+            x = torch.tanh(x @ a)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

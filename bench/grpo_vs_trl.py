@@ -15,27 +15,14 @@ learning rate, no warm-up, grad clip 1.0, float32 weights, one optimizer step pe
 mini-batch), seed 0, one reward: ``correct`` = ``rewards/verifiable/math_answer.py`` (math-verify) on the
 ``answer`` column. Generation: HF on both sides (our ``hf`` rollout engine; TRL's ``generate`` without vLLM).
 
-Precision (``--precision``): ``defaults`` (the default) runs each side at its own defaults: ours
-``train.precision: auto`` (bf16 on a CPU with AVX512-BF16 / AMX for hidden >= 256, else fp32; engines follow),
-``train.packing`` auto and ``rollout.hf.decode`` auto; TRL ``GRPOConfig``'s own ``bf16`` (True unless fp16).
-``fp32``: both sides float32 compute (ours ``train.precision=fp32``, TRL ``bf16=False``); ``bf16``: both bf16
-(ours ``train.precision=bf16``, TRL ``bf16=True``).
-
-Ours: ``rlhf.runtime.controller.run`` with ``train.backend=torch``, one rank (TRL runs one process), on the local
-Ray; throughput from metrics.jsonl: samples per step / ``time/step`` (generate + score + advantages + train +
-sync). Optional (``--zero2``): the same recipe on DeepSpeed ZeRO-2, 2 ranks. TRL: ``GRPOTrainer`` in this process
-(``use_cpu=True``, ``report_to="none"``, no vLLM), throughput from a callback timing each optimizer step from
-``on_step_begin`` to ``on_step_end`` (generation, reward, reference logprobs, forward/backward, optimizer step).
-Step 1 of each side is dropped (caches warm up); figures are medians over the remaining steps, so start-up (Ray,
-model loading, TRL's set-up) is excluded on both sides. The two runs go one after the other, each with the whole
-machine.
-
-Figure: ours samples/s / TRL samples/s (ratio of the medians of per-step samples/s). Writes grpo_vs_trl.json,
-grpo_vs_trl.md and grpo_vs_trl.png (mean ``correct`` reward per step, both sides).
+Precision (``--precision``): ``defaults`` (the default) runs each side at its own defaults: ours ``train.precision``,
+``train.packing`` and ``rollout.hf.decode`` auto; TRL ``GRPOConfig``'s ``bf16`` (True unless fp16). ``fp32`` / ``bf16``:
+both sides in float32 (ours ``train.precision=fp32``, TRL ``bf16=False``) or in bf16 (``bf16``, ``bf16=True``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -47,6 +34,7 @@ from bench.common import (
     md_table,
     parse_args,
     print_result,
+    probe_seconds,
     ratio,
     ray_running,
     read_metrics,
@@ -92,7 +80,7 @@ def build_shared(workdir: str, s: dict[str, Any]) -> tuple[str, list[dict], list
     from safetensors import safe_open
 
     with safe_open(os.path.join(model_dir, "model.safetensors"), "pt") as f:
-        n_params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+        n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     return model_dir, train_rows, eval_rows, n_params
 
 
@@ -128,13 +116,6 @@ def shared_sft(model_dir: str, train_rows: list[dict], steps: int, out_dir: str,
     tok.save_pretrained(out_dir)
     return out_dir, {"steps": steps, "batch": batch, "lr": lr, "seconds": time.perf_counter() - t0,
                      "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 # --------------------------------------------------------------------------- ours
@@ -278,24 +259,6 @@ def run_trl(workdir: str, model_dir: str, train_rows: list[dict], s: dict[str, A
 # --------------------------------------------------------------------------- analysis
 
 
-def probe_seconds(repeats: int = 5) -> float:
-    """Median seconds of a fixed CPU workload (float32 matmuls on torch's default threads): how fast the machine
-    is right now. Taken before and after each side, it estimates how much outside load each side ran under."""
-    import statistics
-
-    import torch
-
-    a = torch.randn(384, 384, generator=torch.Generator().manual_seed(0))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x = a
-        for _ in range(40):
-            x = torch.tanh(x @ a)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def ours_precision(requested: str, hidden: int) -> str:
     """What our side computes in: the request, or what train.precision auto picks here for this width."""
     from rlhf.train.precision import auto_precision
@@ -383,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def render(result: dict[str, Any], args) -> str:
     s, ours, trl = result["settings"], result["ours"], result["trl"]
     cmd = f"python -m bench.{NAME}" + (" --quick" if args.quick else "") + (" --zero2" if args.zero2 else "") \
-        + (f" --sft-steps {args.sft_steps}" if args.sft_steps else "") + (" --fixed-length" if args.fixed_length else "") \
+        + (f" --sft-steps {args.sft_steps}" if args.sft_steps else "") \
+        + (" --fixed-length" if args.fixed_length else "") \
         + (f" --precision {args.precision}" if args.precision != "defaults" else "")
     m = s["model"]
     lines = [header("GRPO end to end: this platform vs TRL GRPOTrainer (CPU)", cmd, result["machine"], args.quick)]

@@ -78,8 +78,8 @@ def render(r: dict[str, Any]) -> str:
     return "\n\n".join([
         header("GRPO step phases, former defaults -> today's", "python -m bench.phases_before_after"
                + (" --quick" if r["quick"] else ""), r["machine"], r["quick"]),
-        f"Llama {s['hidden']} x {s['layers']} from random init; 16 prompts x 4 x exactly 64 tokens (EOS ignored), KL 0.04 "
-        f"with a reference, torch backend, 1 rank; {s['steps']} steps per run (step 1 dropped), {s['repeats']} "
+        f"Llama {s['hidden']} x {s['layers']} from random init; 16 prompts x 4 x exactly 64 tokens (EOS ignored), "
+        f"KL 0.04 with a reference, torch backend, 1 rank; {s['steps']} steps per run (step 1 dropped), {s['repeats']} "
         f"runs per side interleaved. Before: `{' '.join(r['former_defaults'])}`; after: the defaults. Mean "
         f"completion tokens per step, median: before {r['completion_tokens_mean']['before']['median']:.1f}, after "
         f"{r['completion_tokens_mean']['after']['median']:.1f} (each side samples its own tokens).",

@@ -37,8 +37,8 @@ import math
 import tempfile
 from typing import Any, Sequence
 
-from bench.common import FORMER_DEFAULTS
 from bench.common import (
+    FORMER_DEFAULTS,
     header,
     machine_info,
     md_table,

@@ -45,8 +45,8 @@ import os
 import tempfile
 from typing import Any, Sequence
 
-from bench.common import with_former_defaults
 from bench.common import (
+    with_former_defaults,
     header,
     machine_info,
     md_table,

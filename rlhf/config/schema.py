@@ -260,8 +260,7 @@ class RolloutConfig(Strict):
     batch_size: int = Field(64, ge=1, description="sequences per generate() call inside an engine")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype of the engines' weights and compute (the weight sync sends this dtype); auto: "
-        "train.precision's dtype (bf16 -> bfloat16, fp16 -> float16; precision auto as resolved for the run), "
-        "else model.dtype")
+        "train.precision's dtype (bf16 -> bfloat16, fp16 -> float16; auto: as resolved), else model.dtype")
 
     @property
     def completion_tokens(self) -> int:
