@@ -25,9 +25,8 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from bench.common import FORMER_DEFAULTS
-from bench.common import (curve, earlier_result, header, md_table, machine_info, parse_args, ray_running, read_metrics,
-                          save_figure, setup_env, tiny_recipe, write_results)
+from bench.common import (FORMER_DEFAULTS, curve, earlier_result, header, md_table, machine_info, parse_args,
+                          ray_running, read_metrics, save_figure, setup_env, tiny_recipe, write_results)
 
 NAME = "async_pipeline"
 MODES = {"sync": 0, "async k=1": 1, "async k=2": 2}  # -> pipeline.max_staleness

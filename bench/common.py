@@ -245,9 +245,22 @@ BENCH_TASK = ("data.synthetic.max_operand=30", "data.synthetic.n_train=1700", "e
 # generate to auto, train.precision from fp32 to auto. A bench whose published figures were measured before passes
 # these overrides until it is re-measured, so that its figures stay the figures of the code it runs; bench/README.md
 # says which benches do.
-FORMER_DEFAULTS = ("train.packing.enabled=false", "rollout.hf.decode=generate", "train.precision=fp32")
 FORMER_DEFAULTS_DICT = {"train": {"packing": {"enabled": False}, "precision": "fp32"},
                         "rollout": {"hf": {"decode": "generate"}}}
+
+
+def _dotted(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """A nested recipe dict as KEY=VALUE overrides (YAML scalars: false, fp32)."""
+    out = []
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out += _dotted(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
+FORMER_DEFAULTS = tuple(_dotted(FORMER_DEFAULTS_DICT))  # the same as overrides, for load_recipe / tiny_recipe
 
 
 def with_former_defaults(d: dict[str, Any]) -> dict[str, Any]:

@@ -18,14 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def model_hidden_size(model_dir: str, trust_remote_code: bool = False) -> int | None:
-    """The width of the model's hidden states from its config (the text model's, for multimodal configs);
-    None when the config does not say."""
+    """The width of the model's hidden states, read from its config (``config_hidden_size``)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    size = text.to_dict().get("hidden_size")
-    return int(size) if isinstance(size, int) else None
+    from rlhf.train.precision import config_hidden_size
+
+    return config_hidden_size(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
 
 
 def resolve_precision(recipe: Recipe, model_dir: str) -> Recipe:
@@ -40,9 +38,10 @@ def resolve_precision(recipe: Recipe, model_dir: str) -> Recipe:
 
         gpu = has_gpus()
         hidden = None if gpu else model_hidden_size(model_dir, recipe.model.trust_remote_code)
-        chosen = auto_precision("cuda" if gpu else "cpu", hidden)
-        why = ("GPUs" if gpu else f"CPU {'with' if cpu_has_fast_bf16() else 'without'} native bf16, hidden size "
-               f"{hidden} (bf16 from {BF16_MIN_HIDDEN})")
+        fast = not gpu and cpu_has_fast_bf16()  # /proc/cpuinfo read once, for the choice and its log line
+        chosen = auto_precision("cuda" if gpu else "cpu", hidden, fast_cpu_bf16=fast)
+        why = ("GPUs" if gpu else f"CPU {'with' if fast else 'without'} native bf16, hidden size {hidden} "
+               f"(bf16 from {BF16_MIN_HIDDEN})")
     log.info("train.precision: auto -> %s (%s)", chosen, why)
     train = recipe.train.model_copy(update={"precision": chosen})
     return recipe.model_copy(update={"train": train})

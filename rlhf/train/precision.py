@@ -23,9 +23,9 @@ parameters are float32, so DeepSpeed's reductions and the optimizer are unchange
 
 ``train.precision: auto`` (the default) picks bf16 where it is faster and fp32 elsewhere: on GPUs (bf16 tensor
 cores), and on a CPU with AVX512-BF16 or AMX when the model's hidden size is at least ``BF16_MIN_HIDDEN``. Below
-that the matmuls are too small to pay for autocast's casts: forward + backward of a 0.9M Llama (hidden 128) took
-0.71x the float32 speed under bf16 autocast on an AMX Xeon, hidden 256 1.17x, 384 1.33x, 512 1.45x
-(bench/README.md, ``python -m bench.bf16_speed``). The driver resolves it once per run (rlhf/runtime/controller.py)
+that the matmuls are too small to pay for autocast's casts: one GRPO update of a 0.9M Llama (hidden 128) ran at
+0.95x the float32 speed under bf16 autocast on an AMX Xeon, hidden 256 1.30x, 384 1.25x, 512 1.76x
+(bench/README.md, ``python -m bench.bf16_speed``, 2026-12-08). The driver resolves it once per run (rlhf/runtime/controller.py)
 and every rank and engine gets the concrete value.
 
 fp16 needs loss scaling against gradient underflow: the torch backend scales with ``torch.amp.GradScaler``
@@ -82,15 +82,22 @@ def auto_precision(device_type: str, hidden_size: int | None, fast_cpu_bf16: boo
     return "bf16" if fast and (hidden_size is None or hidden_size >= BF16_MIN_HIDDEN) else "fp32"
 
 
+def config_hidden_size(config: Any) -> int | None:
+    """The width of a transformers config's hidden states (the text model's, for multimodal configs); None when
+    there is no config or it does not say."""
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = text.to_dict().get("hidden_size")
+    return size if isinstance(size, int) else None
+
+
 def resolved(precision: str, device: torch.device, model: nn.Module) -> str:
     """`precision` with "auto" resolved for `device` and `model` (the driver normally resolves it first:
     rlhf/runtime/precision.py; this covers ranks built without the controller)."""
     if precision != "auto":
         return precision
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    hidden = text.to_dict().get("hidden_size") if text is not None else None
-    return auto_precision(device.type, hidden if isinstance(hidden, int) else None)
+    return auto_precision(device.type, config_hidden_size(getattr(model, "config", None)))
 
 
 def check_precision(precision: str, device: torch.device) -> None:

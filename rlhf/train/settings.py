@@ -66,12 +66,13 @@ def worker_settings(recipe: Any, role: str = "policy") -> WorkerSettings:
 
     objective = trained_objective(recipe)  # objective.off_policy resolved (async, rollout.tis_cap)
     caps = capabilities(objective)
+    packing = recipe.train.packing.on(recipe.model.trust_remote_code)  # auto: off for remote-code models
     steps = StepSettings(
         temperature=recipe.rollout.temperature, micro_batch_size=recipe.train.micro_batch_size,
         epochs=caps.epochs, mini_batches=caps.mini_batches,
         max_new_tokens=recipe.rollout.completion_tokens, group_by_length=recipe.train.group_by_length,
-        packing=recipe.train.packing.on(recipe.model.trust_remote_code),
-        balance_tokens=recipe.train.packing.on(recipe.model.trust_remote_code) and recipe.train.packing.balance,
+        packing=packing,
+        balance_tokens=packing and recipe.train.packing.balance,
         logprob_micro_batch_size=recipe.train.logprob_micro_batch_size or 0,
     )
     export = ExportSettings(
