@@ -25,8 +25,8 @@ parameters are float32, so DeepSpeed's reductions and the optimizer are unchange
 cores), and on a CPU with AVX512-BF16 or AMX when the model's hidden size is at least ``BF16_MIN_HIDDEN``. Below
 that the matmuls are too small to pay for autocast's casts: one GRPO update of a 0.9M Llama (hidden 128) ran at
 0.95x the float32 speed under bf16 autocast on an AMX Xeon, hidden 256 1.30x, 384 1.25x, 512 1.76x
-(bench/README.md, ``python -m bench.bf16_speed``, 2026-12-08). The driver resolves it once per run (rlhf/runtime/controller.py)
-and every rank and engine gets the concrete value.
+(bench/README.md, ``python -m bench.bf16_speed``, 2026-12-08). The driver resolves it once per run
+(rlhf/runtime/controller.py) and every rank and engine gets the concrete value.
 
 fp16 needs loss scaling against gradient underflow: the torch backend scales with ``torch.amp.GradScaler``
 (rlhf/train/torch.py); DeepSpeed's own fp16 mode (``model.dtype: float16``) is the route there, and the recipe
