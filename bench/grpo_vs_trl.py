@@ -4,6 +4,7 @@
                                                 # 10 steps per side: ~5 min on a quiet 2-core machine
     python -m bench.grpo_vs_trl            # the same, each side stopping at EOS (the figure then depends on how
                                            # long each policy's answers drift; see bench/README.md)
+    python -m bench.grpo_vs_trl --fixed-length --model 20m   # a 21M Llama (512 x 8): ~2x the time
     python -m bench.grpo_vs_trl --quick    # ~1-2 min: a tiny model, 3 steps, smoke test
 
 Both sides train the same model (one Llama + BPE tokenizer materialized once with ``materialize_tiny``: same
@@ -51,6 +52,8 @@ QUICK = dict(model=dict(hidden_size=64, intermediate_size=128, num_layers=2, num
              prompts=4, group=4, max_new=16, steps=3)
 FULL = dict(model=dict(hidden_size=384, intermediate_size=1024, num_layers=6, num_heads=6),
             prompts=8, group=8, max_new=64, steps=10)
+MODELS = {"10m": FULL["model"],  # --model: 10.6M (the default) or the issue's ~20M (21M: 512 wide x 8 layers)
+          "20m": dict(hidden_size=512, intermediate_size=1376, num_layers=8, num_heads=8)}
 LR = 3e-4
 BETA = 0.01  # KL coefficient (both sides; the tiny recipe's objective.kl_coef)
 ADV_EPS = 1e-4  # TRL adds 1e-4 to the group std; our objective.eps is set to the same
@@ -290,12 +293,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--precision": {"choices": ["defaults", "fp32", "bf16"], "default": "defaults",
                         "help": "defaults: each side at its own (ours train.precision auto, TRL bf16=True); fp32 / "
                                 "bf16: both sides so"},
+        "--model": {"choices": sorted(MODELS), "default": "10m", "help": "10m (default): 10.6M Llama, 384 x 6; "
+                                                                        "20m: 21M, 512 x 8"},
         "--fixed-length": {"action": "store_true",
                            "help": "both sides decode exactly max new tokens per sample (EOS ignored): equal work "
                                    "per step, so samples/s no longer depends on how long each policy answers"},
     })
     setup_env()
-    s = dict(QUICK if args.quick else FULL)
+    s = dict(QUICK if args.quick else dict(FULL, model=MODELS[args.model]))
     if args.steps:
         s["steps"] = args.steps
     info = machine_info()
