@@ -1,6 +1,6 @@
 """Reward hacking under plain GRPO vs CGPO (CRPG with a judge): violation rate of the judge over training.
 
-    python -m bench.cgpo_hacking               # ~15 min on 2 cores: 2 methods x 2 seeds x 24 steps
+    python -m bench.cgpo_hacking               # ~3 min on a quiet 2-core machine: 2 methods x 2 seeds x 24 steps
     python -m bench.cgpo_hacking --quick       # ~3 min: 1 seed, a few steps (smoke test)
 
 Task: the demo's synthetic arithmetic; its SFT warm-up data carries trailing chatter on 30% of the answers
@@ -27,7 +27,6 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from bench.common import FORMER_DEFAULTS
 from bench.common import header, machine_info, md_table, parse_args, print_result, ray_running, read_metrics, \
     save_figure, setup_env, tiny_recipe, write_results
 
@@ -71,7 +70,7 @@ def recipe_for(method: str, seed: int, steps: int, out: str, sft_dir: str | None
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe([*FORMER_DEFAULTS, *overrides], out, edit)  # measured before 2026-12-08
+    return tiny_recipe(list(overrides), out, edit)
 
 
 def violation_curve(method: str, out: str) -> list[float]:
