@@ -28,7 +28,6 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from bench.common import FORMER_DEFAULTS
 from bench.common import REPO_ROOT, header, machine_info, md_table, parse_args, ray_running, save_figure, \
     setup_env, write_results
 
@@ -42,7 +41,7 @@ def _train(seed: int, mixes: list[list[float]], args: Any, tmp: str) -> dict[str
     from rlhf.config import load_recipe
     from rlhf.runtime.controller import run
 
-    overrides = [*FORMER_DEFAULTS, f"run.output_dir={tmp}/run_{seed}", "run.progress=false", f"run.seed={seed}",
+    overrides = [f"run.output_dir={tmp}/run_{seed}", "run.progress=false", f"run.seed={seed}",
                  f"objective.eval_mixes={mixes}", "eval.every=0"]
     if args.quick:
         overrides += ["warmup.steps=10", "run.steps=4"]
