@@ -1,6 +1,6 @@
 """The demo's GRPO recipe with `rollout.engine: vllm` vs `hf`: do both learn alike? Reward curves on one plot.
 
-    python -m bench.engine_curves            # ~10-15 min on 2 cores: shared SFT, then 80 GRPO steps per engine
+    python -m bench.engine_curves            # ~7 min on a quiet 2-core machine: shared SFT, 80 GRPO steps per engine
     python -m bench.engine_curves --quick    # ~2 min: a few steps, smoke test
 
 Same recipe (recipes/grpo_tiny_cpu.yaml: correctness, format and length components, DeepSpeed ZeRO-2, 2 ranks),
@@ -20,7 +20,6 @@ import statistics
 import tempfile
 from typing import Any, Sequence
 
-from bench.common import FORMER_DEFAULTS
 from bench.common import curve, header, machine_info, md_table, parse_args, ratio, ray_running, read_metrics, save_figure, \
     setup_env, tiny_recipe, without_vllm, write_results
 
@@ -43,7 +42,7 @@ def recipe_for(engine: str, steps: int, eval_every: int, out: str, sft_dir: str 
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe([*FORMER_DEFAULTS, *overrides], out, edit)  # measured before 2026-12-08
+    return tiny_recipe(list(overrides), out, edit)
 
 
 def quarter_mean(points: list[tuple[int, float]], last: bool = True) -> float:
