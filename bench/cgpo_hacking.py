@@ -70,7 +70,7 @@ def recipe_for(method: str, seed: int, steps: int, out: str, sft_dir: str | None
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe(list(overrides), out, edit)
+    return tiny_recipe(overrides, out, edit)
 
 
 def violation_curve(method: str, out: str) -> list[float]:

@@ -42,7 +42,7 @@ def recipe_for(engine: str, steps: int, eval_every: int, out: str, sft_dir: str 
         if sft_dir:
             d["model"] = {"path": sft_dir}
 
-    return tiny_recipe(list(overrides), out, edit)
+    return tiny_recipe(overrides, out, edit)
 
 
 def quarter_mean(points: list[tuple[int, float]], last: bool = True) -> float:
